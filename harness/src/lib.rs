@@ -1,0 +1,11 @@
+//! Lodestone's test harness: what the end-to-end tests and the sandbox stand on.
+//!
+//! - [`apiserver`]: an embedded, in-memory Kubernetes API server (HTTPS, bearer token,
+//!   kubeconfig) that the real binaries and kubectl talk to as if it were a cluster.
+//! - [`cluster`]: one entry point for tests: the embedded server, or a real kube-apiserver + etcd
+//!   when `TEST_ASSET_KUBE_APISERVER` and `TEST_ASSET_ETCD` name binaries (the envtest convention).
+//! - [`netns`]: network namespaces, veth pairs and bridges for layer-2 topologies on one machine.
+
+pub mod apiserver;
+pub mod cluster;
+pub mod netns;
