@@ -1,0 +1,15 @@
+//! lodestone-speaker: decides which node answers for each LoadBalancer address, and answers.
+//!
+//! - [`election`], [`eligibility`]: pure decisions (who may announce, who owns).
+//! - [`membership`]: fast liveness of the other speakers over the node network.
+//! - [`frames`]: ARP and NDP frames, built and parsed (pure).
+//! - [`sys`]: the only module with `unsafe`: filtered raw sockets.
+//! - [`announcer`], [`interfaces`]: answering ARP/NDP on the chosen links.
+
+pub mod announcer;
+pub mod election;
+pub mod eligibility;
+pub mod frames;
+pub mod interfaces;
+pub mod membership;
+pub mod sys;
