@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
     group = "lodestone.dev",
     version = "v1alpha1",
     kind = "L2Advertisement",
+    doc = "Announce the addresses of some pools over layer 2 (ARP and NDP) from some nodes",
     plural = "l2advertisements",
     singular = "l2advertisement",
     shortname = "l2adv",

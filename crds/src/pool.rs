@@ -32,6 +32,7 @@ pub mod condition_reasons {
     group = "lodestone.dev",
     version = "v1alpha1",
     kind = "IPAddressPool",
+    doc = "A set of addresses Lodestone may give to LoadBalancer Services",
     plural = "ipaddresspools",
     singular = "ipaddresspool",
     shortname = "ippool",
@@ -60,7 +61,7 @@ pub struct IPAddressPoolSpec {
     pub auto_assign: bool,
 
     /// Never hand out addresses ending in `.0` or `.255` (some clients drop them).
-    #[serde(default)]
+    #[serde(default, rename = "avoidBuggyIPs")]
     pub avoid_buggy_ips: bool,
 
     /// Which Services the pool serves, and in which order pools are tried.
