@@ -1,1 +1,2 @@
 //! Embedded Kubernetes API server.
+pub mod merge;
