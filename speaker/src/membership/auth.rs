@@ -349,8 +349,8 @@ mod tests {
         for i in [3, 0, 9, 1, 2, 8, 4, 7, 5, 6] {
             assert!(o.open(&d[i]).is_ok(), "datagram {i}");
         }
-        for i in 0..10 {
-            assert_eq!(o.open(&d[i]), Err(AuthError::Replay));
+        for datagram in &d {
+            assert_eq!(o.open(datagram), Err(AuthError::Replay));
         }
     }
 

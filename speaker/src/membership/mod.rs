@@ -257,6 +257,8 @@ pub struct MembershipStats {
     pub malformed: u64,
     /// Sends the kernel refused.
     pub send_errors: u64,
+    /// Times the others declared this speaker down and it rejoined under a renewed identity.
+    pub rejoins: u64,
 }
 
 #[derive(Default)]
@@ -269,6 +271,7 @@ struct SharedStats {
     replays: AtomicU64,
     malformed: AtomicU64,
     send_errors: AtomicU64,
+    rejoins: AtomicU64,
 }
 
 impl SharedStats {
@@ -283,6 +286,7 @@ impl SharedStats {
             replays: self.replays.load(r),
             malformed: self.malformed.load(r),
             send_errors: self.send_errors.load(r),
+            rejoins: self.rejoins.load(r),
         }
     }
 }
@@ -328,12 +332,7 @@ impl Membership {
         cfg: MembershipConfig,
     ) -> Result<(Membership, watch::Receiver<MembershipView>), MembershipError> {
         let foca_config = cfg.foca_config()?;
-        let identity = NodeId {
-            name: cfg.node_name.clone(),
-            addr: cfg.advertise,
-            bump: boot_number(),
-        };
-        let sealer = auth::Sealer::new(&cfg.key, &cfg.node_name, identity.bump)?;
+        let mut cfg = cfg;
         let opener = auth::Opener::new(&cfg.key)?;
         let socket = tokio::net::UdpSocket::bind(cfg.bind)
             .await
@@ -347,6 +346,16 @@ impl Membership {
                 addr: cfg.bind,
                 source,
             })?;
+        // Port 0 means "whatever the kernel gave us" (tests, ad-hoc runs).
+        if cfg.advertise.port() == 0 {
+            cfg.advertise.set_port(local_addr.port());
+        }
+        let identity = NodeId {
+            name: cfg.node_name.clone(),
+            addr: cfg.advertise,
+            bump: boot_number(),
+        };
+        let sealer = auth::Sealer::new(&cfg.key, &cfg.node_name, identity.bump)?;
 
         let stats = Arc::new(SharedStats::default());
         let (commands, command_rx) = mpsc::unbounded_channel();

@@ -226,6 +226,7 @@ impl State {
                     tracing::warn!("this speaker was declared down by the others")
                 }
                 OwnedNotification::Rejoin(id) => {
+                    self.stats.rejoins.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         ?id,
                         "declared down by the others; rejoined with a new identity"
