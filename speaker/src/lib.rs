@@ -5,6 +5,8 @@
 //! - [`frames`]: ARP and NDP frames, built and parsed (pure).
 //! - [`sys`]: the only module with `unsafe`: filtered raw sockets.
 //! - [`announcer`], [`interfaces`]: answering ARP/NDP on the chosen links.
+//! - [`plan`]: pure: from the cluster's objects to what this node announces.
+//! - [`run`], [`metrics`]: the I/O shell around it.
 
 pub mod announcer;
 pub mod election;
@@ -12,4 +14,7 @@ pub mod eligibility;
 pub mod frames;
 pub mod interfaces;
 pub mod membership;
+pub mod metrics;
+pub mod plan;
+pub mod run;
 pub mod sys;
