@@ -1,1 +1,468 @@
-//! (being written)
+//! Filtered raw sockets for ARP and NDP: the only module of the speaker with `unsafe`.
+//!
+//! Filtering happens in the kernel so that unrelated traffic never reaches user space:
+//!
+//! - [`ArpSocket`]: `AF_PACKET`/`SOCK_RAW` created with protocol 0 (which receives nothing),
+//!   then a classic BPF program accepting only ARP requests/replies that were not sent by this
+//!   host is attached, and only then is it bound to `ETH_P_ARP` and one interface. There is no
+//!   window in which unfiltered frames queue up. It is never put in promiscuous mode.
+//! - [`NdpSocket`]: raw `AF_INET6`/`IPPROTO_ICMPV6` with an `ICMP6_FILTER` passing only
+//!   Neighbor Solicitations and Advertisements, bound to one device, sending with hop limit
+//!   255, reporting the received hop limit so RFC 4861's "hop limit must be 255" can be
+//!   checked, and joined to the solicited-node group of each owned address.
+//!
+//! Both are non-blocking and registered with tokio through [`register`].
+
+use std::ffi::c_int;
+use std::io::{self, Read};
+use std::mem::size_of;
+use std::net::{Ipv6Addr, SocketAddrV6};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+
+use socket2::{Domain, Protocol, SockAddr, SockFilter, Socket, Type};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+/// `ICMP6_FILTER` socket option (level `IPPROTO_ICMPV6`), from `<netinet/icmp6.h>`; absent
+/// from the `libc` crate.
+pub const ICMP6_FILTER: c_int = 1;
+
+/// `struct icmp6_filter` from `<netinet/icmp6.h>`, absent from the `libc` crate: a bitmap
+/// over the 256 ICMPv6 types in which, on Linux, a set bit means *block*.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Icmp6Filter {
+    data: [u32; 8],
+}
+
+impl Icmp6Filter {
+    /// A filter that blocks every type (`ICMP6_FILTER_SETBLOCKALL`).
+    pub const fn block_all() -> Self {
+        Icmp6Filter {
+            data: [u32::MAX; 8],
+        }
+    }
+
+    /// Lets `icmp_type` through (`ICMP6_FILTER_SETPASS`).
+    pub fn pass(&mut self, icmp_type: u8) {
+        let t = usize::from(icmp_type);
+        if let Some(word) = self.data.get_mut(t >> 5) {
+            *word &= !(1u32 << (t & 31));
+        }
+    }
+
+    /// Whether `icmp_type` gets through (`!ICMP6_FILTER_WILLBLOCK`).
+    pub fn passes(&self, icmp_type: u8) -> bool {
+        let t = usize::from(icmp_type);
+        self.data
+            .get(t >> 5)
+            .is_some_and(|word| word & (1u32 << (t & 31)) == 0)
+    }
+}
+
+/// The ICMPv6 filter of the NDP socket: Neighbor Solicitation (135), to answer, and Neighbor
+/// Advertisement (136), to detect conflicts.
+pub fn ndp_icmp6_filter() -> Icmp6Filter {
+    let mut f = Icmp6Filter::block_all();
+    f.pass(crate::frames::ICMPV6_NEIGHBOR_SOLICITATION);
+    f.pass(crate::frames::ICMPV6_NEIGHBOR_ADVERTISEMENT);
+    f
+}
+
+// Classic BPF opcodes (linux/filter.h, linux/bpf_common.h).
+const BPF_LD_H_ABS: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
+const BPF_LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+const BPF_JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+const BPF_RET_K: u16 = 0x06; // BPF_RET | BPF_K
+/// Ancillary load of `skb->pkt_type`: the offset is negative by design, hence the cast.
+const SKF_PKTTYPE: u32 = (libc::SKF_AD_OFF + libc::SKF_AD_PKTTYPE) as u32;
+const PACKET_OUTGOING: u32 = 4;
+
+/// The classic BPF program of the ARP socket: accept Ethernet frames with ethertype 0x0806
+/// whose ARP operation is request (1) or reply (2), unless this host sent them (packet
+/// sockets also see outgoing frames, ours included).
+pub fn arp_filter_program() -> [SockFilter; 9] {
+    [
+        /* 0 */ SockFilter::new(BPF_LD_H_ABS, 0, 0, 12), // ethertype
+        /* 1 */
+        SockFilter::new(BPF_JEQ_K, 0, 6, crate::frames::ETH_P_ARP.into()), // else drop
+        /* 2 */ SockFilter::new(BPF_LD_H_ABS, 0, 0, 20), // ARP operation
+        /* 3 */ SockFilter::new(BPF_JEQ_K, 1, 0, 1), // request: to 5
+        /* 4 */ SockFilter::new(BPF_JEQ_K, 0, 3, 2), // reply: to 5, else drop
+        /* 5 */ SockFilter::new(BPF_LD_W_ABS, 0, 0, SKF_PKTTYPE),
+        /* 6 */ SockFilter::new(BPF_JEQ_K, 1, 0, PACKET_OUTGOING), // ours: drop
+        /* 7 */ SockFilter::new(BPF_RET_K, 0, 0, 0x0004_0000), // accept (whole frame)
+        /* 8 */ SockFilter::new(BPF_RET_K, 0, 0, 0), // drop
+    ]
+}
+
+/// A packet socket that receives only ARP on one interface and sends whole Ethernet frames.
+#[derive(Debug)]
+pub struct ArpSocket {
+    socket: Socket,
+    ifindex: u32,
+}
+
+impl ArpSocket {
+    /// Opens the socket on interface `ifindex` (filter first, bind second).
+    pub fn open(ifindex: u32) -> io::Result<ArpSocket> {
+        // Protocol 0: the socket is attached to no protocol yet and receives nothing.
+        let socket = Socket::new(
+            Domain::PACKET,
+            Type::RAW.nonblocking(),
+            Some(Protocol::from(0)),
+        )?;
+        socket.attach_filter(&arp_filter_program())?;
+        let ifindex_c = c_int::try_from(ifindex)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
+        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value of it.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
+        sll.sll_ifindex = ifindex_c;
+        // SAFETY: the fd is an open socket owned by `socket`; the pointer and length describe
+        // `sll`, which lives across the call; bind(2) only reads it.
+        let rc = unsafe {
+            libc::bind(
+                socket.as_raw_fd(),
+                (&raw const sll).cast::<libc::sockaddr>(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ArpSocket { socket, ifindex })
+    }
+
+    /// The interface this socket is bound to.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Receives one frame (non-blocking: `WouldBlock` when none is queued).
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.socket).read(buf)
+    }
+
+    /// Sends one whole Ethernet frame out of the bound interface.
+    pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
+        self.socket.send(frame)
+    }
+}
+
+/// One received NDP message: the ICMPv6 body is in the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NdpReceived {
+    /// Bytes of ICMPv6 body received.
+    pub len: usize,
+    /// IPv6 source address of the packet.
+    pub source: Ipv6Addr,
+    /// The packet's hop limit, when the kernel reported it.
+    pub hop_limit: Option<u8>,
+}
+
+/// A raw ICMPv6 socket on one interface that sees only NS and NA.
+#[derive(Debug)]
+pub struct NdpSocket {
+    socket: Socket,
+    ifindex: u32,
+}
+
+impl NdpSocket {
+    /// Opens the socket on interface `ifname`/`ifindex`.
+    pub fn open(ifname: &str, ifindex: u32) -> io::Result<NdpSocket> {
+        let socket = Socket::new(
+            Domain::IPV6,
+            Type::RAW.nonblocking(),
+            Some(Protocol::ICMPV6),
+        )?;
+        let filter = ndp_icmp6_filter();
+        // SAFETY: the fd is an open socket owned by `socket`; the pointer and length describe
+        // `filter`, a #[repr(C)] struct icmp6_filter that outlives the call; the kernel only
+        // reads it.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_ICMPV6,
+                ICMP6_FILTER,
+                (&raw const filter).cast::<libc::c_void>(),
+                size_of::<Icmp6Filter>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        socket.bind_device(Some(ifname.as_bytes()))?;
+        // RFC 4861: NDP is sent with hop limit 255 so receivers know it was not routed.
+        socket.set_unicast_hops_v6(255)?;
+        socket.set_multicast_hops_v6(255)?;
+        socket.set_multicast_if_v6(ifindex)?;
+        // Our own unsolicited advertisements are not news to us.
+        socket.set_multicast_loop_v6(false)?;
+        socket.set_recv_hoplimit_v6(true)?;
+        Ok(NdpSocket { socket, ifindex })
+    }
+
+    /// The interface this socket is bound to.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Joins a multicast group (e.g. a solicited-node group) on the bound interface.
+    pub fn join(&self, group: Ipv6Addr) -> io::Result<()> {
+        self.socket.join_multicast_v6(&group, self.ifindex)
+    }
+
+    /// Leaves a multicast group joined with [`NdpSocket::join`].
+    pub fn leave(&self, group: Ipv6Addr) -> io::Result<()> {
+        self.socket.leave_multicast_v6(&group, self.ifindex)
+    }
+
+    /// Sends an ICMPv6 body to `dst` (the kernel adds the header and checksum).
+    pub fn send_to(&self, body: &[u8], dst: Ipv6Addr) -> io::Result<usize> {
+        let addr = SockAddr::from(SocketAddrV6::new(dst, 0, 0, self.ifindex));
+        self.socket.send_to(body, &addr)
+    }
+
+    /// Receives one ICMPv6 body with its source address and hop limit (non-blocking).
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<NdpReceived> {
+        // SAFETY: sockaddr_in6 is plain old data; all-zero is a valid value of it.
+        let mut source: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        // u64s so the control buffer is aligned for struct cmsghdr.
+        let mut control = [0u64; 8];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain old data (integers and pointers); all-zero is valid.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&raw mut source).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of::<[u64; 8]>() as _;
+        // SAFETY: every pointer in `msg` refers to a live local (`source`, `iov`, `control`)
+        // or to `buf`, with the lengths given; they all outlive the call, and the kernel
+        // writes at most those lengths.
+        let n = unsafe { libc::recvmsg(self.socket.as_raw_fd(), &raw mut msg, 0) };
+        let len = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        let mut hop_limit = None;
+        // SAFETY: `msg` was filled by a successful recvmsg, so msg_control/msg_controllen
+        // describe initialised control messages inside `control`; CMSG_FIRSTHDR/NXTHDR stay
+        // within it and return null at its end.
+        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
+        while !cmsg.is_null() {
+            // SAFETY: `cmsg` is non-null and points at a cmsghdr inside `control` (above).
+            let header = unsafe { &*cmsg };
+            // SAFETY: CMSG_LEN is pure arithmetic.
+            let int_len = unsafe { libc::CMSG_LEN(size_of::<c_int>() as u32) } as usize;
+            if header.cmsg_level == libc::IPPROTO_IPV6
+                && header.cmsg_type == libc::IPV6_HOPLIMIT
+                && header.cmsg_len as usize >= int_len
+            {
+                // SAFETY: the length check above guarantees a c_int of data after the
+                // header; read_unaligned because cmsg data has no alignment promise.
+                let value = unsafe { libc::CMSG_DATA(cmsg).cast::<c_int>().read_unaligned() };
+                hop_limit = u8::try_from(value).ok();
+            }
+            // SAFETY: as for CMSG_FIRSTHDR; `cmsg` is a header of this message.
+            cmsg = unsafe { libc::CMSG_NXTHDR(&raw const msg, cmsg) };
+        }
+        Ok(NdpReceived {
+            len: len.min(buf.len()),
+            source: Ipv6Addr::from(source.sin6_addr.s6_addr),
+            hop_limit,
+        })
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::ArpSocket {}
+    impl Sealed for super::NdpSocket {}
+}
+
+/// Sockets of this module that may be registered with tokio. Sealed: the safety argument of
+/// [`register`] holds for these types only.
+pub trait OwnedSocket: AsRawFd + sealed::Sealed {}
+impl OwnedSocket for ArpSocket {}
+impl OwnedSocket for NdpSocket {}
+
+impl AsRawFd for ArpSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+impl AsFd for ArpSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+impl AsRawFd for NdpSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+impl AsFd for NdpSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+/// Registers a socket with the current tokio runtime's reactor.
+///
+/// tokio 1.54 deprecated `AsyncFd::new` as unsound (it cannot know that the descriptor stays
+/// valid) in favour of the `unsafe` `AsyncFd::register`. The invariant it needs holds here:
+/// [`ArpSocket`] and [`NdpSocket`] own their descriptor through a `socket2::Socket` that is
+/// created once, never replaced, never exposed mutably and closed only when the socket value
+/// is dropped — which `AsyncFd` does after deregistering. So `as_raw_fd` returns the same
+/// open descriptor for the whole registration.
+///
+/// Must be called within a tokio runtime (it panics otherwise, like every tokio I/O type).
+pub fn register<T: OwnedSocket>(socket: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: see the invariant above; `OwnedSocket` is sealed to the two types it covers.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE | Interest::WRITABLE) };
+    registered.map_err(|e| e.into_parts().1)
+}
+
+/// Waits for and receives one ARP frame.
+pub async fn recv_arp(fd: &AsyncFd<ArpSocket>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let mut guard = fd.readable().await?;
+        match guard.try_io(|s| s.get_ref().recv(buf)) {
+            Ok(result) => return result,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// Sends one ARP frame, waiting while the socket's send buffer is full.
+pub async fn send_arp(fd: &AsyncFd<ArpSocket>, frame: &[u8]) -> io::Result<usize> {
+    loop {
+        let mut guard = fd.writable().await?;
+        match guard.try_io(|s| s.get_ref().send(frame)) {
+            Ok(result) => return result,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// Waits for and receives one NDP message.
+pub async fn recv_ndp(fd: &AsyncFd<NdpSocket>, buf: &mut [u8]) -> io::Result<NdpReceived> {
+    loop {
+        let mut guard = fd.readable().await?;
+        match guard.try_io(|s| s.get_ref().recv(buf)) {
+            Ok(result) => return result,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// Sends one ICMPv6 body to `dst`, waiting while the socket's send buffer is full.
+pub async fn send_ndp(fd: &AsyncFd<NdpSocket>, body: &[u8], dst: Ipv6Addr) -> io::Result<usize> {
+    loop {
+        let mut guard = fd.writable().await?;
+        match guard.try_io(|s| s.get_ref().send_to(body, dst)) {
+            Ok(result) => return result,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn icmp6_filter_passes_only_ndp() {
+        let f = ndp_icmp6_filter();
+        for t in 0..=255u8 {
+            assert_eq!(f.passes(t), t == 135 || t == 136, "type {t}");
+        }
+        // Layout matches the kernel's: type 135 is bit 7 of word 4.
+        assert_eq!(f.data[4], !((1 << 7) | (1 << 8)));
+        assert_eq!(size_of::<Icmp6Filter>(), 32);
+    }
+
+    /// A tiny interpreter of the classic BPF subset we use, to check the program's logic
+    /// on frames without a kernel.
+    fn run_bpf(prog: &[(u16, u8, u8, u32)], frame: &[u8], pkttype: u32) -> u32 {
+        let mut pc = 0usize;
+        let mut acc = 0u32;
+        loop {
+            let (code, jt, jf, k) = prog[pc];
+            match code {
+                BPF_LD_H_ABS => {
+                    let o = k as usize;
+                    match frame.get(o..o + 2) {
+                        Some(b) => acc = u32::from(u16::from_be_bytes([b[0], b[1]])),
+                        None => return 0,
+                    }
+                }
+                BPF_LD_W_ABS if k == SKF_PKTTYPE => acc = pkttype,
+                BPF_JEQ_K => {
+                    pc += usize::from(if acc == k { jt } else { jf });
+                }
+                BPF_RET_K => return k,
+                other => panic!("unexpected opcode {other:#x}"),
+            }
+            pc += 1;
+        }
+    }
+
+    /// The same program as plain tuples (SockFilter's fields are private).
+    fn program_tuples() -> Vec<(u16, u8, u8, u32)> {
+        vec![
+            (BPF_LD_H_ABS, 0, 0, 12),
+            (BPF_JEQ_K, 0, 6, 0x0806),
+            (BPF_LD_H_ABS, 0, 0, 20),
+            (BPF_JEQ_K, 1, 0, 1),
+            (BPF_JEQ_K, 0, 3, 2),
+            (BPF_LD_W_ABS, 0, 0, SKF_PKTTYPE),
+            (BPF_JEQ_K, 1, 0, PACKET_OUTGOING),
+            (BPF_RET_K, 0, 0, 0x0004_0000),
+            (BPF_RET_K, 0, 0, 0),
+        ]
+    }
+
+    #[test]
+    fn arp_program_accepts_only_incoming_arp_requests_and_replies() {
+        let prog = program_tuples();
+        // The tuples are the real program: SockFilter is repr(C) sock_filter
+        // {code: u16, jt: u8, jf: u8, k: u32}, so compare the raw bytes.
+        let real = arp_filter_program();
+        assert_eq!(real.len(), prog.len());
+        for (r, t) in real.iter().zip(&prog) {
+            // SAFETY (test only): SockFilter is #[repr(transparent)] over libc::sock_filter.
+            let raw: libc::sock_filter = unsafe { std::mem::transmute_copy(r) };
+            assert_eq!((raw.code, raw.jt, raw.jf, raw.k), *t);
+        }
+        use crate::frames::{MacAddr, arp_request, gratuitous_arp};
+        let mac = MacAddr::new(2, 0, 0, 0, 0, 1);
+        let req = arp_request(
+            mac,
+            "192.0.2.1".parse().unwrap(),
+            "192.0.2.2".parse().unwrap(),
+        );
+        assert_ne!(run_bpf(&prog, &req, 0), 0);
+        assert_ne!(run_bpf(&prog, &req, 1), 0); // broadcast
+        assert_eq!(run_bpf(&prog, &req, PACKET_OUTGOING), 0);
+        let mut reply = req.clone();
+        reply[21] = 2;
+        assert_ne!(run_bpf(&prog, &reply, 0), 0);
+        let mut rarp = req.clone();
+        rarp[21] = 3;
+        assert_eq!(run_bpf(&prog, &rarp, 0), 0);
+        let mut ipv4 = gratuitous_arp("192.0.2.1".parse().unwrap(), mac);
+        ipv4[12] = 0x08;
+        ipv4[13] = 0x00;
+        assert_eq!(run_bpf(&prog, &ipv4, 0), 0);
+        assert_eq!(run_bpf(&prog, &req[..15], 0), 0);
+    }
+}
