@@ -8,13 +8,16 @@
 //! errors they would see against a real cluster.
 
 mod lists;
+pub mod schema;
 
 pub use lists::{builtin_list_semantics, schema_list_semantics};
+pub use schema::{FieldCause, StructuralSchema};
 
 /// How a list is merged, per Kubernetes' list-type markers / patchStrategy.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum ListType {
     /// The list is one value: replaced as a whole, owned as a whole.
+    #[default]
     Atomic,
     /// A list of distinct scalars: merged by union, each value owned separately.
     Set,
