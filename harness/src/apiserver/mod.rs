@@ -1,2 +1,254 @@
 //! Embedded Kubernetes API server.
+//!
+//! An in-memory kube-apiserver stand-in: HTTPS with a self-signed CA, bearer-token auth,
+//! discovery, CRUD + watch with one global resourceVersion, status subresources, finalizers,
+//! server-side apply, CRDs served on creation, Tables for kubectl. Start it in-process with
+//! [`Server::start`] or as the `lodestone-apiserver` binary; clients reach it through an ordinary
+//! kubeconfig ([`Server::kubeconfig_yaml`]).
+
+pub mod discovery;
+pub mod errors;
+pub mod handlers;
 pub mod merge;
+pub mod patch;
+pub mod resources;
+pub mod selectors;
+pub mod server;
+pub mod services;
+pub mod store;
+pub mod tables;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use rand::Rng;
+
+use handlers::State;
+use server::{Generation, Shared};
+
+/// Errors starting or driving the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiServerError {
+    /// Binding or accepting failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    /// Certificate generation failed.
+    #[error("certificate: {0}")]
+    Cert(#[from] rcgen::Error),
+    /// TLS configuration failed.
+    #[error("tls: {0}")]
+    Tls(#[from] rustls::Error),
+    /// Building a kube client failed.
+    #[error("kube client: {0}")]
+    Client(String),
+}
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Port on 127.0.0.1; 0 picks a free one (kept across [`Server::restart`]).
+    pub port: u16,
+    /// Bearer token clients must present; random when `None`.
+    pub token: Option<String>,
+    /// Watch events retained for resuming watches; older resourceVersions get 410 Gone.
+    pub watch_history: usize,
+    /// Interval between BOOKMARK events on watches that allow them.
+    pub bookmark_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            port: 0,
+            token: None,
+            watch_history: 10_000,
+            bookmark_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A running embedded API server.
+pub struct Server {
+    shared: Arc<Shared>,
+    tls: Arc<rustls::ServerConfig>,
+    ca_pem: String,
+    port: u16,
+    generation: Option<Generation>,
+}
+
+struct Certs {
+    ca_pem: String,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+fn make_certs() -> Result<Certs, ApiServerError> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        SanType,
+    };
+    // A CA plus a leaf: webpki (kube-rs) rejects a CA certificate used as the server certificate.
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name
+        .push(DnType::CommonName, "lodestone-apiserver-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf_key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "kubernetes".to_string(),
+        "kubernetes.default.svc".to_string(),
+    ])?;
+    leaf.subject_alt_names
+        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+    leaf.subject_alt_names
+        .push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
+    leaf.distinguished_name
+        .push(DnType::CommonName, "lodestone-apiserver");
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
+    Ok(Certs {
+        ca_pem: ca_cert.pem(),
+        chain: vec![leaf_cert.der().clone(), ca_cert.der().clone()],
+        key: rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    })
+}
+
+impl Server {
+    /// Generate certificates, bind and start serving.
+    pub async fn start(config: ServerConfig) -> Result<Server, ApiServerError> {
+        // Ignore the error: another part of the process may have installed it already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certs = make_certs()?;
+        let mut tls = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs.chain, certs.key)?;
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tls = Arc::new(tls);
+        let token = config.token.clone().unwrap_or_else(|| {
+            let mut b = [0u8; 24];
+            rand::rng().fill(&mut b);
+            b.iter().map(|x| format!("{x:02x}")).collect()
+        });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new(config.watch_history)),
+            token,
+            bookmark_interval: config.bookmark_interval.max(Duration::from_millis(10)),
+            address: Mutex::new(String::new()),
+        });
+        let (generation, port) = server::listen(shared.clone(), tls.clone(), config.port).await?;
+        *shared.address.lock().unwrap_or_else(|p| p.into_inner()) = format!("127.0.0.1:{port}");
+        tracing::info!(port, "embedded API server listening");
+        Ok(Server {
+            shared,
+            tls,
+            ca_pem: certs.ca_pem,
+            port,
+            generation: Some(generation),
+        })
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The bearer token.
+    pub fn token(&self) -> &str {
+        &self.shared.token
+    }
+
+    /// The CA certificate (PEM) that signed the serving certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// A kubeconfig with cluster, user (token) and the current context `lodestone-sandbox`.
+    pub fn kubeconfig_yaml(&self) -> String {
+        let ca = base64::engine::general_purpose::STANDARD.encode(self.ca_pem.as_bytes());
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lodestone-sandbox\n  cluster:\n    server: {url}\n    certificate-authority-data: {ca}\nusers:\n- name: lodestone-sandbox\n  user:\n    token: {token}\ncontexts:\n- name: lodestone-sandbox\n  context:\n    cluster: lodestone-sandbox\n    user: lodestone-sandbox\n    namespace: default\ncurrent-context: lodestone-sandbox\npreferences: {{}}\n",
+            url = self.url(),
+            token = self.token(),
+        )
+    }
+
+    /// Write [`Server::kubeconfig_yaml`] to `path` (mode 0600: it holds a credential).
+    pub fn write_kubeconfig(&self, path: &std::path::Path) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        f.write_all(self.kubeconfig_yaml().as_bytes())
+    }
+
+    /// A kube client built from the kubeconfig, the same path the real binaries take.
+    pub async fn client(&self) -> Result<kube::Client, ApiServerError> {
+        let kc = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml())
+            .map_err(|e| ApiServerError::Client(e.to_string()))?;
+        let cfg =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| ApiServerError::Client(e.to_string()))?;
+        kube::Client::try_from(cfg).map_err(|e| ApiServerError::Client(e.to_string()))
+    }
+
+    async fn stop_listening(&mut self) {
+        if let Some(g) = self.generation.take() {
+            g.cancel.cancel();
+            let _ = g.accept.await;
+        }
+    }
+
+    /// Close the listener and every connection and watch, then listen again on the same port
+    /// with the same store: clients see a real outage and resourceVersions continue.
+    pub async fn restart(&mut self) -> Result<(), ApiServerError> {
+        self.stop_listening().await;
+        let mut last = None;
+        for _ in 0..50 {
+            match server::listen(self.shared.clone(), self.tls.clone(), self.port).await {
+                Ok((g, _)) => {
+                    self.generation = Some(g);
+                    return Ok(());
+                }
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        Err(ApiServerError::Io(
+            last.unwrap_or_else(|| std::io::Error::other("rebind failed")),
+        ))
+    }
+
+    /// Drop the retained watch history: watches from any older resourceVersion get 410 Gone.
+    pub fn compact(&self) {
+        self.shared.lock().store.compact();
+    }
+
+    /// Stop serving.
+    pub async fn shutdown(mut self) {
+        self.stop_listening().await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(g) = &self.generation {
+            g.cancel.cancel();
+        }
+    }
+}

@@ -1,0 +1,1092 @@
+//! The verbs over the store: create, get, list, update, patch, delete, with kube-apiserver's
+//! metadata rules, optimistic concurrency, status-subresource isolation, finalizers, generation,
+//! Service allocation and CRD registration. Synchronous: the caller holds the state lock, so
+//! every write is one atomic commit.
+
+use std::sync::Arc;
+
+use chrono::{SecondsFormat, Utc};
+use rand::Rng;
+use serde_json::{Map, Value, json};
+
+use super::errors::{ApiError, Cause};
+use super::patch;
+use super::resources::{Registry, ResourceDef, crd_defs};
+use super::selectors::{FieldSelector, LabelSelector};
+use super::services::{self, ServiceRanges, Used};
+use super::store::{ObjKey, Store, rv_of};
+
+/// Namespaces every cluster starts with.
+pub const INITIAL_NAMESPACES: &[&str] = &[
+    "default",
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "lodestone-system",
+];
+
+/// Per-request write options.
+#[derive(Debug, Clone)]
+pub struct WriteCtx {
+    /// Field manager recorded in managedFields.
+    pub manager: String,
+    /// RFC 3339 "now".
+    pub now: String,
+    /// `fieldValidation=Strict`: unknown fields are an error instead of being dropped.
+    pub strict: bool,
+}
+
+impl WriteCtx {
+    /// A context stamped with the current time.
+    pub fn new(manager: impl Into<String>, strict: bool) -> Self {
+        WriteCtx {
+            manager: manager.into(),
+            now: now(),
+            strict,
+        }
+    }
+}
+
+/// RFC 3339 UTC with seconds, as Kubernetes writes timestamps.
+pub fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Everything behind the server's lock.
+#[derive(Debug)]
+pub struct State {
+    /// Objects, RV counter, history, watchers.
+    pub store: Store,
+    /// Served resources.
+    pub registry: Registry,
+    /// Service allocation ranges.
+    pub ranges: ServiceRanges,
+}
+
+/// What a delete did.
+#[derive(Debug, Clone)]
+pub enum Deleted {
+    /// The object is gone; its last state.
+    Gone(Value),
+    /// The object has finalizers and is now (or already was) terminating.
+    Pending(Value),
+}
+
+fn meta(obj: &Value) -> Option<&Map<String, Value>> {
+    obj.get("metadata").and_then(Value::as_object)
+}
+
+fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
+    if !obj.get("metadata").is_some_and(Value::is_object) {
+        obj["metadata"] = json!({});
+    }
+    match obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        Some(m) => m,
+        None => unreachable!("metadata was just made an object"),
+    }
+}
+
+fn meta_str<'a>(obj: &'a Value, k: &str) -> Option<&'a str> {
+    meta(obj).and_then(|m| m.get(k)).and_then(Value::as_str)
+}
+
+fn finalizers_empty(obj: &Value) -> bool {
+    meta(obj)
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+}
+
+/// The object without metadata and status: what `generation` tracks.
+fn spec_part(obj: &Value) -> Value {
+    let mut o = obj.clone();
+    if let Some(m) = o.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+    }
+    o
+}
+
+/// The object as compared for no-op detection: no RV, no managedFields timestamps.
+fn comparable(obj: &Value) -> Value {
+    let mut o = obj.clone();
+    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+        if let Some(mf) = m.get_mut("managedFields").and_then(Value::as_array_mut) {
+            for e in mf.iter_mut().filter_map(Value::as_object_mut) {
+                e.remove("time");
+            }
+        }
+    }
+    o
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn valid_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+impl State {
+    /// A fresh cluster: the initial namespaces exist.
+    pub fn new(watch_history: usize) -> Self {
+        let mut st = State {
+            store: Store::new(watch_history),
+            registry: Registry::default(),
+            ranges: ServiceRanges::default(),
+        };
+        let ctx = WriteCtx::new("kube-apiserver", false);
+        if let Some(def) = st.registry.lookup("", "v1", "namespaces") {
+            for ns in INITIAL_NAMESPACES {
+                let obj =
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+                // Cannot fail: fresh store, valid names.
+                let _ = st.create(&def, None, obj, &ctx);
+            }
+        }
+        st
+    }
+
+    /// The store key of an object.
+    pub fn key(def: &ResourceDef, ns: Option<&str>, name: &str) -> ObjKey {
+        let ns = if def.namespaced { ns.unwrap_or("") } else { "" };
+        (def.store_key(), ns.to_string(), name.to_string())
+    }
+
+    /// Get one object.
+    pub fn get(&self, def: &ResourceDef, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        self.store
+            .get(&Self::key(def, ns, name))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&def.group, &def.plural, name))
+    }
+
+    /// List objects (all namespaces when `ns` is `None`) and the list's resourceVersion.
+    pub fn list(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        labels: &LabelSelector,
+        fields: &FieldSelector,
+    ) -> (Vec<Value>, u64) {
+        let ns = if def.namespaced { ns } else { None };
+        let items = self
+            .store
+            .list(&def.store_key(), ns)
+            .map(|(_, v)| v)
+            .filter(|v| labels.matches_object(v) && fields.matches(v))
+            .cloned()
+            .collect();
+        (items, self.store.current_rv())
+    }
+
+    fn check_type_meta(def: &ResourceDef, obj: &mut Value) -> Result<(), ApiError> {
+        let Some(o) = obj.as_object_mut() else {
+            return Err(ApiError::bad_request(
+                "the body of the request must be a JSON object",
+            ));
+        };
+        let want_av = def.api_version();
+        match o.get("apiVersion").and_then(Value::as_str) {
+            Some(av) if !av.is_empty() && av != want_av => {
+                // Other served versions of the same resource are accepted (no conversion needed).
+                let same_group = def.crd.is_some()
+                    && av.split_once('/').map(|(g, _)| g) == Some(def.group.as_str());
+                if !same_group {
+                    return Err(ApiError::bad_request(format!(
+                        "the API version in the data ({av}) does not match the expected API version ({want_av})"
+                    )));
+                }
+            }
+            _ => {}
+        }
+        match o.get("kind").and_then(Value::as_str) {
+            Some(k) if !k.is_empty() && k != def.kind => {
+                return Err(ApiError::bad_request(format!(
+                    "the kind in the data ({k}) does not match the expected kind ({})",
+                    def.kind
+                )));
+            }
+            _ => {}
+        }
+        o.insert("apiVersion".into(), json!(want_av));
+        o.insert("kind".into(), json!(def.kind));
+        Ok(())
+    }
+
+    /// Resource-specific defaulting and validation before a write.
+    fn admit(
+        &self,
+        def: &ResourceDef,
+        key: &ObjKey,
+        obj: &mut Value,
+        old: Option<&Value>,
+        ctx: &WriteCtx,
+    ) -> Result<(), ApiError> {
+        let invalid = |causes: Vec<Cause>| ApiError::invalid(&def.group, &def.kind, &key.2, causes);
+        if def.crd.is_some() {
+            let mut unknown = Vec::new();
+            patch::schema_admit(def, obj, old, &mut unknown).map_err(invalid)?;
+            if ctx.strict && !unknown.is_empty() {
+                let list: Vec<String> = unknown
+                    .iter()
+                    .map(|f| format!("unknown field {f:?}"))
+                    .collect();
+                return Err(ApiError::bad_request(format!(
+                    "strict decoding error: {}",
+                    list.join(", ")
+                )));
+            }
+            return Ok(());
+        }
+        match (def.group.as_str(), def.kind.as_str()) {
+            ("", "Service") => {
+                let mut used = Used::default();
+                for (k, v) in self.store.list(&key.0, None) {
+                    if k != key {
+                        used.add_service(v);
+                    }
+                }
+                services::prepare(obj, old, &used, &self.ranges).map_err(invalid)
+            }
+            ("", "Namespace") => {
+                let m = meta_mut(obj);
+                let labels = m.entry("labels").or_insert_with(|| json!({}));
+                if let Some(l) = labels.as_object_mut() {
+                    l.insert("kubernetes.io/metadata.name".into(), json!(key.2));
+                }
+                if obj.pointer("/status/phase").is_none() {
+                    obj["status"] = json!({"phase": "Active"});
+                }
+                if obj.get("spec").is_none() {
+                    obj["spec"] = json!({});
+                }
+                Ok(())
+            }
+            ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+                self.admit_crd(key, obj, old, ctx)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn admit_crd(
+        &self,
+        key: &ObjKey,
+        obj: &mut Value,
+        old: Option<&Value>,
+        ctx: &WriteCtx,
+    ) -> Result<(), ApiError> {
+        let invalid = |field: String, message: String| {
+            ApiError::invalid(
+                "apiextensions.k8s.io",
+                "CustomResourceDefinition",
+                &key.2,
+                vec![Cause {
+                    reason: "FieldValueInvalid".into(),
+                    message,
+                    field,
+                }],
+            )
+        };
+        let defs = crd_defs(obj).map_err(|e| invalid(e.field, e.message))?;
+        let Some(first) = defs.first().cloned() else {
+            return Err(invalid(
+                "spec.versions".into(),
+                "Invalid value: at least one version must be served".into(),
+            ));
+        };
+        let mut probe = self.registry.clone();
+        probe
+            .register_crd(obj)
+            .map_err(|e| invalid(e.field, e.message))?;
+        // Defaults kube-apiserver fills.
+        if let Some(names) = obj
+            .pointer_mut("/spec/names")
+            .and_then(Value::as_object_mut)
+        {
+            names.entry("singular").or_insert(json!(first.singular));
+            names.entry("listKind").or_insert(json!(first.list_kind));
+        }
+        if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.entry("conversion")
+                .or_insert(json!({"strategy": "None"}));
+        }
+        let names = obj.pointer("/spec/names").cloned().unwrap_or(json!({}));
+        let storage = first
+            .crd
+            .as_ref()
+            .map(|c| c.storage_version.clone())
+            .unwrap_or_default();
+        let mut stored: Vec<Value> = old
+            .and_then(|o| o.pointer("/status/storedVersions"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if !stored.contains(&json!(storage)) {
+            stored.push(json!(storage));
+        }
+        let old_conditions = old.and_then(|o| o.pointer("/status/conditions")).cloned();
+        let conditions = old_conditions.unwrap_or_else(|| {
+            json!([
+                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": ctx.now},
+                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": ctx.now}
+            ])
+        });
+        obj["status"] =
+            json!({"acceptedNames": names, "conditions": conditions, "storedVersions": stored});
+        Ok(())
+    }
+
+    /// Namespace check for namespaced writes.
+    fn require_namespace(&self, def: &ResourceDef, ns: &str) -> Result<(), ApiError> {
+        if !def.namespaced {
+            return Ok(());
+        }
+        let key = ("/namespaces".to_string(), String::new(), ns.to_string());
+        if self.store.get(&key).is_none() {
+            return Err(ApiError::not_found("", "namespaces", ns));
+        }
+        Ok(())
+    }
+
+    /// Create. `tracked`: managedFields already computed (server-side apply).
+    pub fn create(
+        &mut self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        mut obj: Value,
+        ctx: &WriteCtx,
+    ) -> Result<Value, ApiError> {
+        self.create_inner(def, ns, &mut obj, ctx, false)
+    }
+
+    fn create_inner(
+        &mut self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        obj: &mut Value,
+        ctx: &WriteCtx,
+        tracked: bool,
+    ) -> Result<Value, ApiError> {
+        Self::check_type_meta(def, obj)?;
+        let body_ns = meta_str(obj, "namespace")
+            .filter(|s| !s.is_empty())
+            .map(String::from);
+        let ns = if def.namespaced {
+            let ns = match (ns, body_ns.as_deref()) {
+                (Some(url), Some(body)) if url != body => {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+                (Some(url), _) => url.to_string(),
+                (None, Some(body)) => body.to_string(),
+                (None, None) => return Err(ApiError::method_not_allowed()),
+            };
+            self.require_namespace(def, &ns)?;
+            Some(ns)
+        } else {
+            None
+        };
+        let mut name = meta_str(obj, "name").unwrap_or("").to_string();
+        let generate = meta_str(obj, "generateName").unwrap_or("").to_string();
+        if name.is_empty() && !generate.is_empty() {
+            for _ in 0..8 {
+                name = format!("{generate}{}", random_suffix());
+                if self
+                    .store
+                    .get(&Self::key(def, ns.as_deref(), &name))
+                    .is_none()
+                {
+                    break;
+                }
+            }
+        }
+        if name.is_empty() {
+            return Err(ApiError::invalid(
+                &def.group,
+                &def.kind,
+                "",
+                vec![Cause {
+                    reason: "FieldValueRequired".into(),
+                    message: "Required value: name or generateName is required".into(),
+                    field: "metadata.name".into(),
+                }],
+            ));
+        }
+        if !valid_dns_subdomain(&name) && def.kind != "Event" {
+            return Err(ApiError::invalid(
+                &def.group,
+                &def.kind,
+                &name,
+                vec![Cause {
+                    reason: "FieldValueInvalid".into(),
+                    message: format!(
+                        "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+                    ),
+                    field: "metadata.name".into(),
+                }],
+            ));
+        }
+        let key = Self::key(def, ns.as_deref(), &name);
+        if self.store.get(&key).is_some() {
+            return Err(ApiError::already_exists(&def.group, &def.plural, &name));
+        }
+        {
+            let m = meta_mut(obj);
+            m.insert("name".into(), json!(name));
+            match &ns {
+                Some(ns) => m.insert("namespace".into(), json!(ns)),
+                None => m.remove("namespace"),
+            };
+            for k in [
+                "resourceVersion",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "selfLink",
+            ] {
+                m.remove(k);
+            }
+            if !tracked {
+                m.remove("managedFields");
+            }
+            m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+            m.insert("creationTimestamp".into(), json!(ctx.now));
+            if def.generation {
+                m.insert("generation".into(), json!(1));
+            } else {
+                m.remove("generation");
+            }
+        }
+        if def.status
+            && !def.status_on_create
+            && let Some(o) = obj.as_object_mut()
+        {
+            o.remove("status");
+        }
+        self.admit(def, &key, obj, None, ctx)?;
+        if !tracked {
+            patch::track_update(def, None, obj, &ctx.manager, None, &ctx.now);
+        }
+        let stored = self.store.put(key, obj.clone());
+        self.after_write(def, &stored);
+        Ok(stored)
+    }
+
+    /// Update (PUT) of the object or its status.
+    pub fn update(
+        &mut self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        sub: Option<&str>,
+        body: Value,
+        ctx: &WriteCtx,
+    ) -> Result<Value, ApiError> {
+        let key = Self::key(def, ns, name);
+        let old = self
+            .store
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&def.group, &def.plural, name))?;
+        self.commit_update(def, &key, &old, body, sub, ctx, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn commit_update(
+        &mut self,
+        def: &ResourceDef,
+        key: &ObjKey,
+        old: &Value,
+        mut new: Value,
+        sub: Option<&str>,
+        ctx: &WriteCtx,
+        tracked: bool,
+    ) -> Result<Value, ApiError> {
+        Self::check_type_meta(def, &mut new)?;
+        if let Some(n) = meta_str(&new, "name").filter(|n| !n.is_empty())
+            && n != key.2
+        {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({})",
+                key.2
+            )));
+        }
+        if def.namespaced
+            && let Some(n) = meta_str(&new, "namespace").filter(|n| !n.is_empty())
+            && n != key.1
+        {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        if let Some(rv) = meta_str(&new, "resourceVersion").filter(|s| !s.is_empty())
+            && rv.parse::<u64>().ok() != Some(rv_of(old))
+        {
+            return Err(ApiError::conflict(&def.group, &def.plural, &key.2));
+        }
+        let mut cand = if sub == Some("status") {
+            let mut c = old.clone();
+            match new.get("status") {
+                Some(s) => c["status"] = s.clone(),
+                None => {
+                    if let Some(o) = c.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+            }
+            if tracked && let Some(mf) = new.pointer("/metadata/managedFields") {
+                meta_mut(&mut c).insert("managedFields".into(), mf.clone());
+            }
+            c
+        } else {
+            if def.status
+                && let Some(o) = new.as_object_mut()
+            {
+                match old.get("status") {
+                    Some(s) => o.insert("status".into(), s.clone()),
+                    None => o.remove("status"),
+                };
+            }
+            let old_meta = meta(old).cloned().unwrap_or_default();
+            let m = meta_mut(&mut new);
+            for k in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "name",
+                "namespace",
+            ] {
+                match old_meta.get(k) {
+                    Some(v) => m.insert(k.into(), v.clone()),
+                    None => m.remove(k),
+                };
+            }
+            m.remove("selfLink");
+            if !tracked
+                && !m.contains_key("managedFields")
+                && let Some(mf) = old_meta.get("managedFields")
+            {
+                m.insert("managedFields".into(), mf.clone());
+            }
+            new
+        };
+        meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv_of(old).to_string()));
+        self.admit(def, key, &mut cand, Some(old), ctx)?;
+        if def.generation && spec_part(&cand) != spec_part(old) {
+            let g = meta(old)
+                .and_then(|m| m.get("generation"))
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            meta_mut(&mut cand).insert("generation".into(), json!(g + 1));
+        }
+        if !tracked {
+            patch::track_update(def, Some(old), &mut cand, &ctx.manager, sub, &ctx.now);
+        }
+        if comparable(&cand) == comparable(old) {
+            return Ok(old.clone());
+        }
+        if meta(&cand).is_some_and(|m| m.contains_key("deletionTimestamp"))
+            && finalizers_empty(&cand)
+        {
+            return match self.store.remove_as(key, Some(cand)) {
+                Some(gone) => {
+                    self.after_delete(def, key, &gone);
+                    Ok(gone)
+                }
+                None => Err(ApiError::internal("object vanished during update")),
+            };
+        }
+        let stored = self.store.put(key.clone(), cand);
+        self.after_write(def, &stored);
+        Ok(stored)
+    }
+
+    /// PATCH. Returns the object and whether it was created (apply on a missing object).
+    #[allow(clippy::too_many_arguments)]
+    pub fn patch(
+        &mut self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        sub: Option<&str>,
+        content_type: &str,
+        body: &[u8],
+        force: bool,
+        ctx: &WriteCtx,
+    ) -> Result<(Value, bool), ApiError> {
+        let key = Self::key(def, ns, name);
+        let live = self.store.get(&key).cloned();
+        let ct = content_type.split(';').next().unwrap_or("").trim();
+        if ct == "application/apply-patch+yaml" {
+            let config: Value = serde_saphyr::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+            if !config.is_object() {
+                return Err(ApiError::bad_request("apply patch must be an object"));
+            }
+            let Some(ctx_manager) = Some(ctx.manager.as_str()).filter(|m| !m.is_empty()) else {
+                return Err(ApiError::bad_request(
+                    "PATCH, application/apply-patch+yaml requests must have a fieldManager",
+                ));
+            };
+            let mut config = config;
+            Self::check_type_meta(def, &mut config)?;
+            if let Some(n) = meta_str(&config, "name").filter(|n| !n.is_empty())
+                && n != name
+            {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+            let applied = patch::apply(
+                def,
+                live.as_ref(),
+                &config,
+                ctx_manager,
+                force,
+                sub,
+                &ctx.now,
+                name,
+            )?;
+            return match live {
+                None => {
+                    if sub.is_some() {
+                        return Err(ApiError::not_found(&def.group, &def.plural, name));
+                    }
+                    let mut obj = applied;
+                    meta_mut(&mut obj).insert("name".into(), json!(name));
+                    let created = self.create_inner(def, ns, &mut obj, ctx, true)?;
+                    Ok((created, true))
+                }
+                Some(old) => {
+                    let mut applied = applied;
+                    // Apply is not conditional unless the config says so.
+                    if meta_str(&config, "resourceVersion").is_none() {
+                        meta_mut(&mut applied).remove("resourceVersion");
+                    }
+                    Ok((
+                        self.commit_update(def, &key, &old, applied, sub, ctx, true)?,
+                        false,
+                    ))
+                }
+            };
+        }
+        let old = live.ok_or_else(|| ApiError::not_found(&def.group, &def.plural, name))?;
+        let patched = match ct {
+            "application/merge-patch+json" => {
+                let p: Value = serde_json::from_slice(body)
+                    .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+                patch::merge_patch(&old, &p)
+            }
+            "application/json-patch+json" => {
+                let p: json_patch::Patch = serde_json::from_slice(body)
+                    .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+                let mut doc = old.clone();
+                json_patch::patch(&mut doc, &p).map_err(|e| ApiError {
+                    code: 422,
+                    reason: "Invalid",
+                    message: format!(
+                        "the server rejected our request due to an error in our request: {e}"
+                    ),
+                    details: None,
+                })?;
+                doc
+            }
+            "application/strategic-merge-patch+json" => {
+                if def.crd.is_some() {
+                    return Err(ApiError::unsupported_media_type(ct));
+                }
+                let p: Value = serde_json::from_slice(body)
+                    .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+                patch::strategic_patch(def, &old, &p)?
+            }
+            other => return Err(ApiError::unsupported_media_type(other)),
+        };
+        Ok((
+            self.commit_update(def, &key, &old, patched, sub, ctx, false)?,
+            false,
+        ))
+    }
+
+    /// DELETE with optional `DeleteOptions` (preconditions honoured).
+    pub fn delete(
+        &mut self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        opts: &Value,
+        ctx: &WriteCtx,
+    ) -> Result<Deleted, ApiError> {
+        let key = Self::key(def, ns, name);
+        let old = self
+            .store
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&def.group, &def.plural, name))?;
+        if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
+            let have = meta_str(&old, "uid").unwrap_or("");
+            if uid != have {
+                return Err(ApiError::conflict_msg(
+                    &def.group,
+                    &def.plural,
+                    name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"
+                    ),
+                ));
+            }
+        }
+        if let Some(rv) = opts
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            && rv.parse::<u64>().ok() != Some(rv_of(&old))
+        {
+            return Err(ApiError::conflict_msg(
+                &def.group,
+                &def.plural,
+                name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    rv_of(&old)
+                ),
+            ));
+        }
+        if !finalizers_empty(&old) {
+            if meta(&old).is_some_and(|m| m.contains_key("deletionTimestamp")) {
+                return Ok(Deleted::Pending(old));
+            }
+            let mut cand = old.clone();
+            let m = meta_mut(&mut cand);
+            m.insert("deletionTimestamp".into(), json!(ctx.now));
+            m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            if let Some(g) = m.get("generation").and_then(Value::as_i64) {
+                m.insert("generation".into(), json!(g + 1));
+            }
+            let stored = self.store.put(key, cand);
+            return Ok(Deleted::Pending(stored));
+        }
+        match self.store.remove(&key) {
+            Some(gone) => {
+                self.after_delete(def, &key, &gone);
+                Ok(Deleted::Gone(gone))
+            }
+            None => Err(ApiError::not_found(&def.group, &def.plural, name)),
+        }
+    }
+
+    fn after_write(&mut self, def: &ResourceDef, stored: &Value) {
+        if def.group == "apiextensions.k8s.io" && def.kind == "CustomResourceDefinition" {
+            // Validated in admit; a failure here would mean the registry changed in between,
+            // which the lock rules out.
+            let _ = self.registry.register_crd(stored);
+        }
+    }
+
+    fn after_delete(&mut self, def: &ResourceDef, key: &ObjKey, _gone: &Value) {
+        match (def.group.as_str(), def.kind.as_str()) {
+            ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+                if let Some(defs) = self.registry.unregister_crd(&key.2)
+                    && let Some(d) = defs.first()
+                {
+                    self.remove_all(&d.store_key(), None);
+                }
+            }
+            ("", "Namespace") => {
+                let mut keys: Vec<String> = self
+                    .registry
+                    .all()
+                    .filter(|r| r.namespaced)
+                    .map(|r| r.store_key())
+                    .collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    self.remove_all(&k, Some(&key.2));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn remove_all(&mut self, resource: &str, ns: Option<&str>) {
+        let keys: Vec<ObjKey> = self
+            .store
+            .list(resource, ns)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.store.remove(&k);
+        }
+    }
+
+    /// The served definition for a stored object's resource at a version, for presenting.
+    pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceDef>> {
+        self.registry.lookup(group, version, plural)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> WriteCtx {
+        WriteCtx::new("test", false)
+    }
+
+    fn svc_def(st: &State) -> Arc<ResourceDef> {
+        st.lookup("", "v1", "services").unwrap()
+    }
+
+    fn svc(name: &str) -> Value {
+        json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}})
+    }
+
+    #[test]
+    fn initial_namespaces_exist() {
+        let st = State::new(100);
+        let ns = st.lookup("", "v1", "namespaces").unwrap();
+        for n in INITIAL_NAMESPACES {
+            let o = st.get(&ns, None, n).unwrap();
+            assert_eq!(o["status"]["phase"], "Active");
+            assert_eq!(o["metadata"]["labels"]["kubernetes.io/metadata.name"], *n);
+        }
+    }
+
+    #[test]
+    fn create_get_conflict() {
+        let mut st = State::new(100);
+        let d = svc_def(&st);
+        let c = st.create(&d, Some("default"), svc("a"), &ctx()).unwrap();
+        assert_eq!(c["kind"], "Service");
+        assert!(c["metadata"]["uid"].is_string());
+        assert!(c["spec"]["clusterIP"].is_string());
+        let e = st
+            .create(&d, Some("default"), svc("a"), &ctx())
+            .unwrap_err();
+        assert_eq!(e.reason, "AlreadyExists");
+        let e = st.create(&d, Some("nope"), svc("a"), &ctx()).unwrap_err();
+        assert_eq!(e.code, 404);
+        let mut stale = c.clone();
+        stale["metadata"]["labels"] = json!({"x": "y"});
+        let updated = st
+            .update(&d, Some("default"), "a", None, stale.clone(), &ctx())
+            .unwrap();
+        assert!(rv_of(&updated) > rv_of(&c));
+        let e = st
+            .update(&d, Some("default"), "a", None, stale, &ctx())
+            .unwrap_err();
+        assert_eq!(e.reason, "Conflict");
+    }
+
+    #[test]
+    fn noop_update_keeps_rv() {
+        let mut st = State::new(100);
+        let d = svc_def(&st);
+        let c = st.create(&d, Some("default"), svc("a"), &ctx()).unwrap();
+        let u = st
+            .update(&d, Some("default"), "a", None, c.clone(), &ctx())
+            .unwrap();
+        assert_eq!(rv_of(&u), rv_of(&c));
+    }
+
+    #[test]
+    fn status_isolation() {
+        let mut st = State::new(100);
+        let d = svc_def(&st);
+        let c = st.create(&d, Some("default"), svc("a"), &ctx()).unwrap();
+        let mut body = c.clone();
+        body["status"] = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}});
+        body["spec"]["sessionAffinity"] = json!("ClientIP");
+        let s = st
+            .update(
+                &d,
+                Some("default"),
+                "a",
+                Some("status"),
+                body.clone(),
+                &ctx(),
+            )
+            .unwrap();
+        assert_eq!(s["status"]["loadBalancer"]["ingress"][0]["ip"], "192.0.2.1");
+        assert_eq!(s["spec"]["sessionAffinity"], "None");
+        let mut main = s.clone();
+        main["status"] = json!({});
+        main["metadata"]["labels"] = json!({"a": "b"});
+        let m = st
+            .update(&d, Some("default"), "a", None, main, &ctx())
+            .unwrap();
+        assert_eq!(m["status"]["loadBalancer"]["ingress"][0]["ip"], "192.0.2.1");
+        assert_eq!(m["metadata"]["labels"]["a"], "b");
+    }
+
+    #[test]
+    fn finalizers_hold_deletion() {
+        let mut st = State::new(100);
+        let d = st.lookup("", "v1", "configmaps").unwrap();
+        let c = st
+            .create(
+                &d,
+                Some("default"),
+                json!({"metadata": {"name": "f", "finalizers": ["x/y"]}}),
+                &ctx(),
+            )
+            .unwrap();
+        let Deleted::Pending(p) = st
+            .delete(&d, Some("default"), "f", &json!({}), &ctx())
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert!(p["metadata"]["deletionTimestamp"].is_string());
+        let Deleted::Pending(p2) = st
+            .delete(&d, Some("default"), "f", &json!({}), &ctx())
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(rv_of(&p2), rv_of(&p));
+        let mut cleared = p.clone();
+        cleared["metadata"]["finalizers"] = json!([]);
+        // Clients cannot remove deletionTimestamp, and the object vanishes once finalizers are gone.
+        cleared["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("deletionTimestamp");
+        st.update(&d, Some("default"), "f", None, cleared, &ctx())
+            .unwrap();
+        assert_eq!(st.get(&d, Some("default"), "f").unwrap_err().code, 404);
+        let _ = c;
+    }
+
+    #[test]
+    fn generate_name_and_generation() {
+        let mut st = State::new(100);
+        let d = st
+            .lookup("discovery.k8s.io", "v1", "endpointslices")
+            .unwrap();
+        let c = st.create(&d, Some("default"), json!({"metadata": {"generateName": "web-"}, "addressType": "IPv4", "endpoints": []}), &ctx()).unwrap();
+        let name = c["metadata"]["name"].as_str().unwrap().to_string();
+        assert!(name.starts_with("web-") && name.len() == 9);
+        assert_eq!(c["metadata"]["generation"], 1);
+        let mut u = c.clone();
+        u["metadata"]["labels"] = json!({"a": "b"});
+        let u = st
+            .update(&d, Some("default"), &name, None, u, &ctx())
+            .unwrap();
+        assert_eq!(u["metadata"]["generation"], 1);
+        let mut u2 = u.clone();
+        u2["endpoints"] = json!([{"addresses": ["192.0.2.1"]}]);
+        let u2 = st
+            .update(&d, Some("default"), &name, None, u2, &ctx())
+            .unwrap();
+        assert_eq!(u2["metadata"]["generation"], 2);
+    }
+
+    #[test]
+    fn crd_lifecycle_serves_and_removes() {
+        let mut st = State::new(100);
+        let crd_def = st
+            .lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+            .unwrap();
+        let crd = json!({"metadata": {"name": "ws.example.com"}, "spec": {"group": "example.com", "scope": "Namespaced",
+            "names": {"plural": "ws", "kind": "W"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}}}]}});
+        let c = st.create(&crd_def, None, crd, &ctx()).unwrap();
+        assert_eq!(c["status"]["conditions"][1]["type"], "Established");
+        let w = st.lookup("example.com", "v1", "ws").unwrap();
+        st.create(
+            &w,
+            Some("default"),
+            json!({"metadata": {"name": "x"}, "spec": {"a": 1}, "status": {"s": 1}}),
+            &ctx(),
+        )
+        .unwrap();
+        let got = st.get(&w, Some("default"), "x").unwrap();
+        assert!(got.get("status").is_none());
+        assert_eq!(got["apiVersion"], "example.com/v1");
+        st.delete(&crd_def, None, "ws.example.com", &json!({}), &ctx())
+            .unwrap();
+        assert!(st.lookup("example.com", "v1", "ws").is_none());
+        assert_eq!(st.store.list(&w.store_key(), None).count(), 0);
+    }
+
+    #[test]
+    fn namespace_delete_cascades() {
+        let mut st = State::new(100);
+        let ns = st.lookup("", "v1", "namespaces").unwrap();
+        st.create(&ns, None, json!({"metadata": {"name": "t"}}), &ctx())
+            .unwrap();
+        let cm = st.lookup("", "v1", "configmaps").unwrap();
+        st.create(&cm, Some("t"), json!({"metadata": {"name": "c"}}), &ctx())
+            .unwrap();
+        st.delete(&ns, None, "t", &json!({}), &ctx()).unwrap();
+        assert_eq!(st.get(&cm, Some("t"), "c").unwrap_err().code, 404);
+    }
+
+    #[test]
+    fn merge_and_json_patch() {
+        let mut st = State::new(100);
+        let d = st.lookup("", "v1", "configmaps").unwrap();
+        st.create(
+            &d,
+            Some("default"),
+            json!({"metadata": {"name": "c"}, "data": {"a": "1"}}),
+            &ctx(),
+        )
+        .unwrap();
+        let (p, _) = st
+            .patch(
+                &d,
+                Some("default"),
+                "c",
+                None,
+                "application/merge-patch+json",
+                br#"{"data":{"b":"2","a":null}}"#,
+                false,
+                &ctx(),
+            )
+            .unwrap();
+        assert_eq!(p["data"], json!({"b": "2"}));
+        let (p, _) = st
+            .patch(
+                &d,
+                Some("default"),
+                "c",
+                None,
+                "application/json-patch+json",
+                br#"[{"op":"add","path":"/data/c","value":"3"}]"#,
+                false,
+                &ctx(),
+            )
+            .unwrap();
+        assert_eq!(p["data"], json!({"b": "2", "c": "3"}));
+        let e = st
+            .patch(
+                &d,
+                Some("default"),
+                "c",
+                None,
+                "application/merge-patch+json",
+                br#"{"metadata":{"resourceVersion":"1"}}"#,
+                false,
+                &ctx(),
+            )
+            .unwrap_err();
+        assert_eq!(e.reason, "Conflict");
+    }
+}

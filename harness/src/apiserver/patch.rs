@@ -1,0 +1,79 @@
+//! The only place the server calls into [`super::merge`]: patch application, server-side apply,
+//! managed-fields tracking and custom-resource schema handling. Everything else in the server
+//! treats these as black boxes over JSON.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::errors::{ApiError, Cause};
+use super::merge::{self, ListSemantics};
+use super::resources::ResourceDef;
+
+/// List semantics for a resource (built-in table or the CRD schema).
+pub fn lists_for(def: &ResourceDef) -> Arc<dyn ListSemantics> {
+    match &def.crd {
+        Some(c) => merge::schema_list_semantics(&c.schema),
+        None => merge::builtin_list_semantics(&def.group, &def.kind),
+    }
+}
+
+/// RFC 7386 merge patch.
+pub fn merge_patch(original: &Value, patch: &Value) -> Value {
+    merge::json_merge_patch(original, patch)
+}
+
+/// Strategic merge patch.
+pub fn strategic_patch(
+    def: &ResourceDef,
+    original: &Value,
+    patch: &Value,
+) -> Result<Value, ApiError> {
+    let _ = (def, original, patch);
+    Err(ApiError::unsupported_media_type(
+        "application/strategic-merge-patch+json",
+    ))
+}
+
+/// Server-side apply.
+#[allow(clippy::too_many_arguments)]
+pub fn apply(
+    def: &ResourceDef,
+    live: Option<&Value>,
+    config: &Value,
+    manager: &str,
+    force: bool,
+    subresource: Option<&str>,
+    now: &str,
+    name: &str,
+) -> Result<Value, ApiError> {
+    let _ = (def, live, config, manager, force, subresource, now, name);
+    Err(ApiError::unsupported_media_type(
+        "application/apply-patch+yaml",
+    ))
+}
+
+/// Record field ownership for a non-apply write.
+pub fn track_update(
+    def: &ResourceDef,
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    subresource: Option<&str>,
+    now: &str,
+) {
+    let _ = (def, old, new, manager, subresource, now);
+}
+
+/// Prune unknown fields, apply defaults and validate a custom resource against its CRD schema.
+/// Returns the causes when invalid; `unknown` receives the pruned field paths (for strict
+/// field validation).
+pub fn schema_admit(
+    def: &ResourceDef,
+    obj: &mut Value,
+    old: Option<&Value>,
+    unknown: &mut Vec<String>,
+) -> Result<(), Vec<Cause>> {
+    let _ = (def, obj, old, unknown);
+    Ok(())
+}
