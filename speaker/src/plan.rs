@@ -1,1 +1,962 @@
-//! (being written)
+//! What this node announces, decided from plain data: no client, no socket, no clock.
+//!
+//! Every speaker runs [`plan`] over the same cluster objects and the same alive set, so they all
+//! agree on one owner per address without talking to each other. The steps:
+//!
+//! 1. Services of our class ([`ClassFilter`]) with IP addresses in `status.loadBalancer.ingress`.
+//! 2. Each address must lie in an [`IPAddressPool`] that some [`L2Advertisement`] selects; the
+//!    nodes that may announce it are those some such advertisement selects by `nodeSelectors`,
+//!    that do not carry [`EXCLUDE_LABEL`], whose speaker is alive, and that have a ready endpoint
+//!    of the Service (`externalTrafficPolicy: Local`) — with `Cluster` the Service needs a ready
+//!    endpoint anywhere, or nobody announces it (traffic would be dropped anyway).
+//! 3. A Service's candidates are the nodes eligible for *all* its announced addresses; the owner
+//!    is [`election::owner`] over them for the Service's *first* ingress address, so the
+//!    addresses of a dual-stack Service land on one node.
+//! 4. An address shared by several Services goes to the owner chosen by the first of them (by
+//!    `namespace/name`) that has one, so no address ever has two owners, even when the sharing
+//!    Services disagree about eligibility.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use lodestone_crds::addresses::{PoolAddresses, parse_pool};
+use lodestone_crds::selector;
+use lodestone_crds::{IPAddressPool, L2Advertisement};
+
+use crate::election;
+
+/// Nodes with this label never announce (the well-known Kubernetes label MetalLB honours too).
+pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+/// The label EndpointSlices carry to name their Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Default `--lb-class`.
+pub const DEFAULT_LB_CLASS: &str = "lodestone.dev/lb";
+
+/// Which Services are Lodestone's: type LoadBalancer and `spec.loadBalancerClass` equal to
+/// `lb_class`, or no class at all when `default_class` (the same rule as the controller's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassFilter {
+    /// The class we serve.
+    pub lb_class: String,
+    /// Whether Services without a class are ours.
+    pub default_class: bool,
+}
+
+impl Default for ClassFilter {
+    fn default() -> Self {
+        Self {
+            lb_class: DEFAULT_LB_CLASS.to_owned(),
+            default_class: true,
+        }
+    }
+}
+
+impl ClassFilter {
+    /// Whether `svc` is ours.
+    pub fn accepts(&self, svc: &Service) -> bool {
+        let Some(spec) = svc.spec.as_ref() else {
+            return false;
+        };
+        if spec.type_.as_deref() != Some("LoadBalancer") {
+            return false;
+        }
+        match spec.load_balancer_class.as_deref() {
+            Some(class) => class == self.lb_class,
+            None => self.default_class,
+        }
+    }
+}
+
+/// Everything the decision depends on. Objects are shared (`Arc`) because they come straight
+/// from reflector stores; nothing here is mutated.
+#[derive(Clone, Debug, Default)]
+pub struct PlanInput {
+    /// This node's name.
+    pub node_name: String,
+    /// All Services (any class; filtered here).
+    pub services: Vec<Arc<Service>>,
+    /// All EndpointSlices.
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    /// All Nodes.
+    pub nodes: Vec<Arc<Node>>,
+    /// All IPAddressPools.
+    pub pools: Vec<Arc<IPAddressPool>>,
+    /// All L2Advertisements.
+    pub advertisements: Vec<Arc<L2Advertisement>>,
+    /// Nodes whose speaker is alive (see [`alive_set`]).
+    pub alive: BTreeSet<String>,
+    /// Which Services are ours.
+    pub class: ClassFilter,
+}
+
+/// Why a Service of ours has no owner.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NoOwner {
+    /// `status.loadBalancer.ingress` holds no IP address yet.
+    NoAddress,
+    /// None of its addresses lies in a pool.
+    NotInPool,
+    /// Its pools are not selected by any L2Advertisement.
+    NotAdvertised,
+    /// No ready endpoint anywhere (any policy) — nobody could serve the traffic.
+    NoReadyEndpoints,
+    /// Endpoints exist, but no node is selected, alive, not excluded and (Local) hosting one.
+    NoEligibleNode,
+}
+
+impl std::fmt::Display for NoOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NoOwner::NoAddress => "no IP address assigned yet",
+            NoOwner::NotInPool => "its addresses are in no IPAddressPool",
+            NoOwner::NotAdvertised => "no L2Advertisement selects its pool",
+            NoOwner::NoReadyEndpoints => "no ready endpoint",
+            NoOwner::NoEligibleNode => "no eligible node with a live speaker",
+        })
+    }
+}
+
+/// The decision for one Service of ours.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePlan {
+    /// IP addresses that are announced (in a pool selected by an advertisement), ingress order.
+    pub addresses: Vec<IpAddr>,
+    /// Node that announces them, or why none does.
+    pub owner: Result<String, NoOwner>,
+}
+
+/// The decision for this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Addresses this node announces → the interfaces to announce on (`None` = automatic).
+    pub owned: BTreeMap<IpAddr, Option<Vec<String>>>,
+    /// Every Service of ours by `namespace/name`.
+    pub services: BTreeMap<String, ServicePlan>,
+}
+
+impl Plan {
+    /// The Services (by key) whose first address this node announces: those whose status
+    /// condition this node writes.
+    pub fn owned_services<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.services
+            .iter()
+            .filter(move |(_, s)| s.owner.as_deref() == Ok(node))
+            .map(|(k, _)| k.as_str())
+    }
+}
+
+/// Where the alive set came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AliveSource {
+    /// The membership protocol (fast).
+    Membership,
+    /// Node `Ready` conditions, while membership is not formed (slow: tens of seconds).
+    NodeReady,
+}
+
+/// The alive set: the membership's when it is formed, otherwise the Nodes whose `Ready`
+/// condition is `True`.
+pub fn alive_set(
+    membership: Option<(&BTreeSet<String>, bool)>,
+    nodes: &[Arc<Node>],
+) -> (BTreeSet<String>, AliveSource) {
+    match membership {
+        Some((alive, true)) => (alive.clone(), AliveSource::Membership),
+        _ => (
+            nodes
+                .iter()
+                .filter(|n| node_ready(n))
+                .filter_map(|n| n.metadata.name.clone())
+                .collect(),
+            AliveSource::NodeReady,
+        ),
+    }
+}
+
+/// Whether the Node's `Ready` condition is `True`.
+pub fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The Node's first `InternalIP`, if it parses.
+pub fn internal_ip(node: &Node) -> Option<IpAddr> {
+    node.status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.trim().parse().ok())
+}
+
+/// `namespace/name` of an object, the form every log line and map key uses.
+pub fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The IP addresses of a Service's ingress, in order; hostnames and junk are skipped.
+pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    for entry in ingress.into_iter().flatten() {
+        if let Some(ip) = entry
+            .ip
+            .as_deref()
+            .and_then(|s| s.trim().parse::<IpAddr>().ok())
+        {
+            let ip = ip.to_canonical();
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+    }
+    out
+}
+
+/// A parsed pool with the advertisements that select it.
+struct PoolView<'a> {
+    addresses: PoolAddresses,
+    adverts: Vec<&'a L2Advertisement>,
+}
+
+fn advert_selects_pool(adv: &L2Advertisement, pool: &IPAddressPool) -> bool {
+    let spec = &adv.spec;
+    if spec.ip_address_pools.is_empty() && spec.ip_address_pool_selectors.is_empty() {
+        return true;
+    }
+    let name = pool.metadata.name.as_deref().unwrap_or_default();
+    if spec.ip_address_pools.iter().any(|p| p == name) {
+        return true;
+    }
+    let empty = BTreeMap::new();
+    let labels = pool.metadata.labels.as_ref().unwrap_or(&empty);
+    // A malformed selector selects nothing: announcing from the wrong place is worse than not.
+    spec.ip_address_pool_selectors
+        .iter()
+        .any(|s| selector::matches(s, labels).unwrap_or(false))
+}
+
+fn advert_selects_node(adv: &L2Advertisement, node: &Node) -> bool {
+    if adv.spec.node_selectors.is_empty() {
+        return true;
+    }
+    let empty = BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
+    adv.spec
+        .node_selectors
+        .iter()
+        .any(|s| selector::matches(s, labels).unwrap_or(false))
+}
+
+fn excluded(node: &Node) -> bool {
+    node.metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(EXCLUDE_LABEL))
+}
+
+/// Ready endpoints of each Service: `namespace/name` → nodes hosting one (`None` for an
+/// endpoint without `nodeName`, which counts for "anywhere" but for no node).
+fn ready_endpoints(slices: &[Arc<EndpointSlice>]) -> BTreeMap<String, BTreeSet<Option<String>>> {
+    let mut out: BTreeMap<String, BTreeSet<Option<String>>> = BTreeMap::new();
+    for slice in slices {
+        let Some(service) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        else {
+            continue;
+        };
+        let key = format!(
+            "{}/{}",
+            slice.metadata.namespace.as_deref().unwrap_or_default(),
+            service
+        );
+        let entry = out.entry(key).or_default();
+        for ep in &slice.endpoints {
+            // An unset `ready` means ready (the API's documented default).
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            if ready && !ep.addresses.is_empty() {
+                entry.insert(ep.node_name.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Per address: the advertisements (of pools containing it) that apply.
+fn adverts_for<'a>(ip: IpAddr, pools: &[PoolView<'a>]) -> Option<Vec<&'a L2Advertisement>> {
+    let mut in_pool = false;
+    let mut adverts = Vec::new();
+    for pool in pools.iter().filter(|p| p.addresses.contains(ip)) {
+        in_pool = true;
+        adverts.extend(pool.adverts.iter().copied());
+    }
+    in_pool.then_some(adverts)
+}
+
+/// Decide, for every Service of ours, which node announces it, and what this node announces.
+pub fn plan(input: &PlanInput) -> Plan {
+    let pools: Vec<PoolView<'_>> = input
+        .pools
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            // An invalid pool serves nothing; the controller reports it on the pool.
+            let addresses = parse_pool(&p.spec.addresses).ok()?;
+            let adverts = input
+                .advertisements
+                .iter()
+                .map(|a| a.as_ref())
+                .filter(|a| advert_selects_pool(a, p))
+                .collect();
+            Some(PoolView { addresses, adverts })
+        })
+        .collect();
+    let nodes: BTreeMap<&str, &Node> = input
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, n.as_ref())))
+        .collect();
+    let endpoints = ready_endpoints(&input.endpoint_slices);
+
+    // Step 1-3: a candidate owner per Service, plus this node's interfaces per address.
+    struct Candidate {
+        addresses: Vec<IpAddr>,
+        owner: Result<String, NoOwner>,
+        // Interfaces on *this* node per address, when this node is eligible.
+        local_interfaces: BTreeMap<IpAddr, Option<Vec<String>>>,
+    }
+    let mut candidates: BTreeMap<String, Candidate> = BTreeMap::new();
+    for svc in input.services.iter().filter(|s| input.class.accepts(s)) {
+        let key = key_of(&svc.metadata);
+        let ips = ingress_ips(svc);
+        let mut cand = Candidate {
+            addresses: Vec::new(),
+            owner: Err(NoOwner::NoAddress),
+            local_interfaces: BTreeMap::new(),
+        };
+        if ips.is_empty() {
+            candidates.insert(key, cand);
+            continue;
+        }
+        let mut any_in_pool = false;
+        let mut per_address: Vec<(IpAddr, Vec<&L2Advertisement>)> = Vec::new();
+        for ip in &ips {
+            match adverts_for(*ip, &pools) {
+                None => {}
+                Some(a) => {
+                    any_in_pool = true;
+                    if !a.is_empty() {
+                        per_address.push((*ip, a));
+                    }
+                }
+            }
+        }
+        if per_address.is_empty() {
+            cand.owner = Err(if any_in_pool {
+                NoOwner::NotAdvertised
+            } else {
+                NoOwner::NotInPool
+            });
+            candidates.insert(key, cand);
+            continue;
+        }
+        cand.addresses = per_address.iter().map(|(ip, _)| *ip).collect();
+        let ready = endpoints.get(&key);
+        if ready.is_none_or(|r| r.is_empty()) {
+            cand.owner = Err(NoOwner::NoReadyEndpoints);
+            candidates.insert(key, cand);
+            continue;
+        }
+        let local = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.external_traffic_policy.as_deref())
+            == Some("Local");
+
+        let node_ok = |name: &str, node: &Node| {
+            input.alive.contains(name)
+                && !excluded(node)
+                && (!local || ready.is_some_and(|r| r.contains(&Some(name.to_owned()))))
+        };
+        // Nodes eligible for every announced address.
+        let eligible: Vec<&str> = nodes
+            .iter()
+            .filter(|(name, node)| node_ok(name, node))
+            .filter(|(_, node)| {
+                per_address
+                    .iter()
+                    .all(|(_, adverts)| adverts.iter().any(|a| advert_selects_node(a, node)))
+            })
+            .map(|(name, _)| *name)
+            .collect();
+        let first = ips.first().map(|ip| ip.to_string()).unwrap_or_default();
+        cand.owner = election::owner(&first, eligible.iter().copied())
+            .map(str::to_owned)
+            .ok_or(NoOwner::NoEligibleNode);
+        if let Some(me) = nodes.get(input.node_name.as_str()) {
+            for (ip, adverts) in &per_address {
+                cand.local_interfaces
+                    .insert(*ip, interfaces_of(adverts.iter().copied(), me));
+            }
+        }
+        candidates.insert(key, cand);
+    }
+
+    // Step 4: one owner per address, from the first Service (by key) that has one.
+    let mut address_owner: BTreeMap<IpAddr, &str> = BTreeMap::new();
+    for cand in candidates.values() {
+        if let Ok(owner) = &cand.owner {
+            for ip in &cand.addresses {
+                address_owner.entry(*ip).or_insert(owner.as_str());
+            }
+        }
+    }
+    let mut out = Plan::default();
+    for (key, cand) in &candidates {
+        let owner = match (&cand.owner, cand.addresses.first()) {
+            (Ok(_), Some(first)) => address_owner
+                .get(first)
+                .map(|o| (*o).to_owned())
+                .ok_or(NoOwner::NoEligibleNode),
+            (other, _) => other.clone(),
+        };
+        for ip in &cand.addresses {
+            if address_owner.get(ip) == Some(&input.node_name.as_str()) {
+                let ifaces = cand.local_interfaces.get(ip).cloned().flatten();
+                merge_interfaces(
+                    out.owned.entry(*ip),
+                    ifaces,
+                    cand.local_interfaces.contains_key(ip),
+                );
+            }
+        }
+        out.services.insert(
+            key.clone(),
+            ServicePlan {
+                addresses: cand.addresses.clone(),
+                owner,
+            },
+        );
+    }
+    out
+}
+
+/// Interfaces to use on `node` given the advertisements: `None` (automatic) when any applicable
+/// advertisement names none, else the union of the names.
+fn interfaces_of<'a>(
+    adverts: impl Iterator<Item = &'a L2Advertisement>,
+    node: &Node,
+) -> Option<Vec<String>> {
+    let mut names = BTreeSet::new();
+    let mut any = false;
+    for adv in adverts.filter(|a| advert_selects_node(a, node)) {
+        any = true;
+        if adv.spec.interfaces.is_empty() {
+            return None;
+        }
+        names.extend(adv.spec.interfaces.iter().cloned());
+    }
+    // Not selected at all cannot happen for an owner; automatic is the safe reading.
+    if !any {
+        return None;
+    }
+    Some(names.into_iter().collect())
+}
+
+/// Combines the interfaces two Services sharing an address ask for: automatic wins.
+fn merge_interfaces(
+    entry: std::collections::btree_map::Entry<'_, IpAddr, Option<Vec<String>>>,
+    ifaces: Option<Vec<String>>,
+    known: bool,
+) {
+    use std::collections::btree_map::Entry;
+    // An address this node owns through another Service's election but is not itself
+    // eligible for: it follows the address, on automatic interfaces.
+    let ifaces = if known { ifaces } else { None };
+    match entry {
+        Entry::Vacant(v) => {
+            v.insert(ifaces);
+        }
+        Entry::Occupied(mut o) => {
+            let merged = match (o.get().clone(), ifaces) {
+                (Some(mut a), Some(b)) => {
+                    a.extend(b);
+                    a.sort();
+                    a.dedup();
+                    Some(a)
+                }
+                _ => None,
+            };
+            o.insert(merged);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        LoadBalancerIngress, LoadBalancerStatus, NodeAddress, NodeCondition, NodeStatus,
+        ServiceSpec, ServiceStatus,
+    };
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+    use lodestone_crds::{IPAddressPoolSpec, L2AdvertisementSpec};
+    use proptest::prelude::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    fn node(name: &str, pairs: &[(&str, &str)]) -> Arc<Node> {
+        Arc::new(Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: labels(pairs),
+                ..Default::default()
+            },
+            status: Some(NodeStatus {
+                addresses: Some(vec![NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: "192.0.2.1".into(),
+                }]),
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn service(name: &str, ips: &[&str], local: bool) -> Arc<Service> {
+        Arc::new(Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some("LoadBalancer".into()),
+                external_traffic_policy: Some(if local { "Local" } else { "Cluster" }.into()),
+                ..Default::default()
+            }),
+            status: Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(
+                        ips.iter()
+                            .map(|ip| LoadBalancerIngress {
+                                ip: Some((*ip).into()),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    ),
+                }),
+                ..Default::default()
+            }),
+        })
+    }
+
+    fn slice(service: &str, ready_on: &[(&str, bool)]) -> Arc<EndpointSlice> {
+        Arc::new(EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(format!("{service}-abc")),
+                namespace: Some("default".into()),
+                labels: labels(&[(SERVICE_NAME_LABEL, service)]),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: ready_on
+                .iter()
+                .map(|(n, ready)| Endpoint {
+                    addresses: vec!["10.0.0.1".into()],
+                    node_name: Some((*n).into()),
+                    conditions: Some(EndpointConditions {
+                        ready: Some(*ready),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ports: None,
+        })
+    }
+
+    fn pool(name: &str, addrs: &[&str]) -> Arc<IPAddressPool> {
+        Arc::new(IPAddressPool::new(
+            name,
+            IPAddressPoolSpec {
+                addresses: addrs.iter().map(|a| (*a).into()).collect(),
+                auto_assign: true,
+                avoid_buggy_ips: false,
+                service_allocation: None,
+            },
+        ))
+    }
+
+    fn advert(name: &str, spec: L2AdvertisementSpec) -> Arc<L2Advertisement> {
+        Arc::new(L2Advertisement::new(name, spec))
+    }
+
+    fn base(me: &str) -> PlanInput {
+        let names = ["node-a", "node-b", "node-c"];
+        PlanInput {
+            node_name: me.into(),
+            services: vec![service("web", &["198.51.100.10"], false)],
+            endpoint_slices: vec![slice("web", &[("node-a", true)])],
+            nodes: names.iter().map(|n| node(n, &[])).collect(),
+            pools: vec![pool("p", &["198.51.100.0/24", "2001:db8::/120"])],
+            advertisements: vec![advert("all", L2AdvertisementSpec::default())],
+            alive: names.iter().map(|n| (*n).to_owned()).collect(),
+            class: ClassFilter::default(),
+        }
+    }
+
+    fn owner_of(p: &Plan, svc: &str) -> Result<String, NoOwner> {
+        p.services[&format!("default/{svc}")].owner.clone()
+    }
+
+    #[test]
+    fn owner_is_the_election_winner_and_only_it_owns() {
+        let input = base("node-a");
+        let expected = election::owner("198.51.100.10", ["node-a", "node-b", "node-c"]).unwrap();
+        let ip: IpAddr = "198.51.100.10".parse().unwrap();
+        for me in ["node-a", "node-b", "node-c"] {
+            let p = plan(&PlanInput {
+                node_name: me.into(),
+                ..input.clone()
+            });
+            assert_eq!(owner_of(&p, "web").as_deref(), Ok(expected));
+            assert_eq!(p.owned.contains_key(&ip), me == expected, "{me}");
+            if me == expected {
+                assert_eq!(p.owned[&ip], None, "no interfaces named means automatic");
+                assert_eq!(p.owned_services(me).collect::<Vec<_>>(), ["default/web"]);
+            }
+        }
+    }
+
+    #[test]
+    fn class_filter() {
+        let f = ClassFilter::default();
+        let mut svc = (*service("s", &["198.51.100.1"], false)).clone();
+        assert!(f.accepts(&svc));
+        svc.spec.as_mut().unwrap().load_balancer_class = Some("other.example/lb".into());
+        assert!(!f.accepts(&svc));
+        svc.spec.as_mut().unwrap().load_balancer_class = Some(DEFAULT_LB_CLASS.into());
+        assert!(f.accepts(&svc));
+        svc.spec.as_mut().unwrap().load_balancer_class = None;
+        let strict = ClassFilter {
+            default_class: false,
+            ..f.clone()
+        };
+        assert!(!strict.accepts(&svc));
+        svc.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
+        assert!(!f.accepts(&svc));
+
+        let mut input = base("node-a");
+        input.services = vec![Arc::new(svc)];
+        assert!(plan(&input).services.is_empty());
+    }
+
+    #[test]
+    fn no_ready_endpoint_means_no_owner() {
+        let mut input = base("node-a");
+        input.endpoint_slices = vec![slice("web", &[("node-a", false)])];
+        for me in ["node-a", "node-b", "node-c"] {
+            input.node_name = me.into();
+            let p = plan(&input);
+            assert_eq!(owner_of(&p, "web"), Err(NoOwner::NoReadyEndpoints));
+            assert!(p.owned.is_empty());
+        }
+        input.endpoint_slices.clear();
+        assert_eq!(
+            owner_of(&plan(&input), "web"),
+            Err(NoOwner::NoReadyEndpoints)
+        );
+    }
+
+    #[test]
+    fn local_policy_follows_the_ready_endpoint() {
+        let mut input = base("node-a");
+        input.services = vec![service("web", &["198.51.100.10"], true)];
+        for host in ["node-a", "node-b", "node-c"] {
+            input.endpoint_slices = vec![slice(
+                "web",
+                &[
+                    (host, true),
+                    // Not ready elsewhere: must not count.
+                    (if host == "node-a" { "node-b" } else { "node-a" }, false),
+                ],
+            )];
+            assert_eq!(owner_of(&plan(&input), "web").as_deref(), Ok(host));
+        }
+    }
+
+    #[test]
+    fn dead_speakers_excluded_nodes_and_selectors() {
+        let mut input = base("node-a");
+        let winner = election::owner("198.51.100.10", ["node-a", "node-b", "node-c"]).unwrap();
+        input.alive.remove(winner);
+        let second = owner_of(&plan(&input), "web").unwrap();
+        assert_ne!(second, winner);
+
+        let mut input = base("node-a");
+        input.nodes = ["node-a", "node-b", "node-c"]
+            .iter()
+            .map(|n| {
+                if *n == winner {
+                    node(n, &[(EXCLUDE_LABEL, "")])
+                } else {
+                    node(n, &[])
+                }
+            })
+            .collect();
+        assert_eq!(owner_of(&plan(&input), "web").unwrap(), second);
+
+        let mut input = base("node-a");
+        input.nodes = vec![
+            node("node-a", &[("zone", "x")]),
+            node("node-b", &[("zone", "y")]),
+            node("node-c", &[]),
+        ];
+        input.advertisements = vec![advert(
+            "only-y",
+            L2AdvertisementSpec {
+                node_selectors: vec![LabelSelector {
+                    match_labels: labels(&[("zone", "y")]),
+                    ..Default::default()
+                }],
+                interfaces: vec!["eth0".into()],
+                ..Default::default()
+            },
+        )];
+        input.node_name = "node-b".into();
+        let p = plan(&input);
+        assert_eq!(owner_of(&p, "web").as_deref(), Ok("node-b"));
+        assert_eq!(
+            p.owned[&"198.51.100.10".parse::<IpAddr>().unwrap()],
+            Some(vec!["eth0".to_owned()])
+        );
+        input.alive.remove("node-b");
+        assert_eq!(owner_of(&plan(&input), "web"), Err(NoOwner::NoEligibleNode));
+    }
+
+    #[test]
+    fn pools_and_advertisements() {
+        let mut input = base("node-a");
+        input.pools = vec![pool("other", &["203.0.113.0/24"])];
+        assert_eq!(owner_of(&plan(&input), "web"), Err(NoOwner::NotInPool));
+        input.pools = vec![pool("p", &["198.51.100.0/24"])];
+        input.advertisements = vec![advert(
+            "q-only",
+            L2AdvertisementSpec {
+                ip_address_pools: vec!["q".into()],
+                ..Default::default()
+            },
+        )];
+        assert_eq!(owner_of(&plan(&input), "web"), Err(NoOwner::NotAdvertised));
+        let mut labelled = (*pool("p", &["198.51.100.0/24"])).clone();
+        labelled.metadata.labels = labels(&[("tier", "front")]);
+        input.pools = vec![Arc::new(labelled)];
+        input.advertisements = vec![advert(
+            "by-label",
+            L2AdvertisementSpec {
+                ip_address_pool_selectors: vec![LabelSelector {
+                    match_labels: labels(&[("tier", "front")]),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )];
+        assert!(owner_of(&plan(&input), "web").is_ok());
+        input.services = vec![service("web", &[], false)];
+        assert_eq!(owner_of(&plan(&input), "web"), Err(NoOwner::NoAddress));
+    }
+
+    #[test]
+    fn dual_stack_lands_on_one_node() {
+        let mut input = base("node-a");
+        input.services = vec![service("web", &["2001:db8::10", "198.51.100.10"], false)];
+        let expected = election::owner("2001:db8::10", ["node-a", "node-b", "node-c"]).unwrap();
+        input.node_name = expected.into();
+        let p = plan(&input);
+        assert_eq!(owner_of(&p, "web").as_deref(), Ok(expected));
+        assert_eq!(p.owned.len(), 2);
+    }
+
+    #[test]
+    fn shared_address_has_one_owner() {
+        let mut input = base("node-a");
+        // Two Services share an address; Local policy makes their candidate owners differ.
+        input.services = vec![
+            service("a", &["198.51.100.20"], true),
+            service("b", &["198.51.100.20"], true),
+        ];
+        input.endpoint_slices = vec![
+            slice("a", &[("node-a", true)]),
+            slice("b", &[("node-c", true)]),
+        ];
+        let ip: IpAddr = "198.51.100.20".parse().unwrap();
+        let owners: Vec<bool> = ["node-a", "node-b", "node-c"]
+            .iter()
+            .map(|me| {
+                input.node_name = (*me).into();
+                plan(&input).owned.contains_key(&ip)
+            })
+            .collect();
+        assert_eq!(owners, [true, false, false]);
+        assert_eq!(owner_of(&plan(&input), "b").as_deref(), Ok("node-a"));
+    }
+
+    #[test]
+    fn alive_falls_back_on_ready() {
+        let mut nodes = vec![node("node-a", &[]), node("node-b", &[])];
+        let mut not_ready = (*node("node-c", &[])).clone();
+        not_ready
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[0]
+            .status = "False".into();
+        nodes.push(Arc::new(not_ready));
+        let members: BTreeSet<String> = ["node-c".to_owned()].into();
+        let (alive, src) = alive_set(Some((&members, true)), &nodes);
+        assert_eq!((alive, src), (members.clone(), AliveSource::Membership));
+        let (alive, src) = alive_set(Some((&members, false)), &nodes);
+        assert_eq!(src, AliveSource::NodeReady);
+        assert_eq!(alive, ["node-a".to_owned(), "node-b".to_owned()].into());
+        assert_eq!(alive_set(None, &nodes).1, AliveSource::NodeReady);
+        assert_eq!(internal_ip(&nodes[0]), Some("192.0.2.1".parse().unwrap()));
+    }
+
+    // Property: random clusters, every node computes the plan; they agree.
+    fn arb_input() -> impl Strategy<Value = PlanInput> {
+        let nodes = prop::collection::btree_set("n[a-e]", 1..5);
+        (
+            nodes,
+            prop::collection::vec((0u8..6, any::<bool>(), 0u8..32, 0u8..32), 1..8),
+            0u8..32,
+            0u8..32,
+        )
+            .prop_map(|(nodes, svcs, alive_mask, zone_mask)| {
+                let nodes: Vec<String> = nodes.into_iter().collect();
+                let mut input = PlanInput {
+                    pools: vec![pool("p", &["198.51.100.0/29", "2001:db8::/125"])],
+                    advertisements: vec![advert(
+                        "zone-x",
+                        L2AdvertisementSpec {
+                            node_selectors: vec![LabelSelector {
+                                match_labels: labels(&[("zone", "x")]),
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        },
+                    )],
+                    ..Default::default()
+                };
+                for (i, n) in nodes.iter().enumerate() {
+                    let zone = if zone_mask & (1 << i) != 0 { "x" } else { "y" };
+                    input.nodes.push(node(n, &[("zone", zone)]));
+                    if alive_mask & (1 << i) != 0 {
+                        input.alive.insert(n.clone());
+                    }
+                }
+                for (i, (addr, local, ep_mask, ready_mask)) in svcs.into_iter().enumerate() {
+                    let name = format!("s{i}");
+                    // Addresses 4 and 5 are IPv6, 0..=3 IPv4: dual-stack and sharing both occur.
+                    let ip = if addr < 4 {
+                        format!("198.51.100.{addr}")
+                    } else {
+                        format!("2001:db8::{addr}")
+                    };
+                    let second = format!("2001:db8::{}", addr % 2 + 4);
+                    let ips: Vec<&str> = if addr % 3 == 0 {
+                        vec![ip.as_str(), second.as_str()]
+                    } else {
+                        vec![ip.as_str()]
+                    };
+                    input.services.push(service(&name, &ips, local));
+                    let eps: Vec<(&str, bool)> = nodes
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| ep_mask & (1 << j) != 0)
+                        .map(|(j, n)| (n.as_str(), ready_mask & (1 << j) != 0))
+                        .collect();
+                    input.endpoint_slices.push(slice(&name, &eps));
+                }
+                input.node_name = nodes[0].clone();
+                input
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn all_nodes_agree_and_no_address_has_two_owners(input in arb_input()) {
+            let names: Vec<String> = input.nodes.iter().filter_map(|n| n.metadata.name.clone()).collect();
+            let plans: Vec<(String, Plan)> = names.iter().map(|me| {
+                (me.clone(), plan(&PlanInput { node_name: me.clone(), ..input.clone() }))
+            }).collect();
+            let first = &plans[0].1;
+            let mut claimed: BTreeMap<IpAddr, String> = BTreeMap::new();
+            for (me, p) in &plans {
+                prop_assert_eq!(&p.services, &first.services, "services differ on {}", me);
+                for ip in p.owned.keys() {
+                    if let Some(other) = claimed.insert(*ip, me.clone()) {
+                        prop_assert!(false, "{} owned by {} and {}", ip, other, me);
+                    }
+                }
+            }
+            // Every owned address belongs to a Service whose owner is the one announcing it,
+            // and every owner is alive.
+            for (me, p) in &plans {
+                for ip in p.owned.keys() {
+                    prop_assert!(input.alive.contains(me));
+                    prop_assert!(first.services.values().any(|s| s.addresses.contains(ip)));
+                }
+            }
+            // A Service with no ready endpoint is announced by nobody (unless its address is
+            // shared with a Service that has one).
+            let ready = ready_endpoints(&input.endpoint_slices);
+            for (key, sp) in &first.services {
+                if ready.get(key).is_none_or(|r| r.is_empty()) {
+                    prop_assert_eq!(&sp.owner, &Err(NoOwner::NoReadyEndpoints));
+                    for ip in &sp.addresses {
+                        let shared = first.services.iter().any(|(k, s)| k != key && s.owner.is_ok() && s.addresses.contains(ip));
+                        if !shared {
+                            prop_assert!(plans.iter().all(|(_, p)| !p.owned.contains_key(ip)));
+                        }
+                    }
+                }
+                if let Ok(owner) = &sp.owner {
+                    prop_assert!(input.alive.contains(owner));
+                }
+            }
+        }
+    }
+}
