@@ -7,9 +7,12 @@
 //! patch", "structural schema") and kube-apiserver's messages, so that kubectl and kube-rs see the
 //! errors they would see against a real cluster.
 
+pub mod apply;
+mod fieldset;
 mod lists;
 pub mod schema;
 
+pub use apply::{ApplyError, Conflict, apply, track_update};
 pub use lists::{builtin_list_semantics, schema_list_semantics};
 pub use schema::{FieldCause, StructuralSchema};
 
