@@ -1,0 +1,232 @@
+//! Runs the real `lodestonectl migrate-metallb` on MetalLB manifests under `tests/fixtures/`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use lodestone_crds::{IPAddressPool, L2Advertisement};
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lodestonectl"))
+        .args(args)
+        .output()
+        .expect("run lodestonectl")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+/// Every document parses into its Lodestone type and passes the CRD's CEL rules.
+fn check_lodestone(docs: &[Value]) -> (Vec<IPAddressPool>, Vec<L2Advertisement>) {
+    let (mut pools, mut advs) = (Vec::new(), Vec::new());
+    for doc in docs {
+        assert_eq!(doc["apiVersion"], "lodestone.dev/v1alpha1", "{doc}");
+        match doc["kind"].as_str() {
+            Some("IPAddressPool") => {
+                let p: IPAddressPool = serde_json::from_value(doc.clone()).unwrap();
+                p.validate_cel().unwrap();
+                assert_eq!(p.metadata.namespace, None);
+                pools.push(p);
+            }
+            Some("L2Advertisement") => {
+                let a: L2Advertisement = serde_json::from_value(doc.clone()).unwrap();
+                a.validate_cel().unwrap();
+                assert_eq!(a.metadata.namespace, None);
+                advs.push(a);
+            }
+            other => panic!("unexpected kind {other:?}"),
+        }
+    }
+    (pools, advs)
+}
+
+fn name<K: kube::Resource>(o: &K) -> &str {
+    o.meta().name.as_deref().unwrap()
+}
+
+#[test]
+fn layer2_setup_converts_and_bgp_is_named() {
+    let out = run(&[
+        "migrate-metallb",
+        fixture("metallb-layer2.yaml").to_str().unwrap(),
+    ]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(std::str::from_utf8(&out.stdout).unwrap()).unwrap();
+    let (pools, advs) = check_lodestone(&docs);
+
+    assert_eq!(
+        pools.iter().map(name).collect::<Vec<_>>(),
+        ["public", "cheap"]
+    );
+    assert_eq!(
+        advs.iter().map(name).collect::<Vec<_>>(),
+        ["public-edge", "cheap-everywhere"]
+    );
+    let public = &pools[0];
+    assert_eq!(
+        public.spec.addresses,
+        ["203.0.113.0/28", "2001:db8:100::/124"]
+    );
+    assert!(!public.spec.auto_assign && public.spec.avoid_buggy_ips);
+    assert_eq!(
+        public.metadata.labels.as_ref().unwrap()["exposure"],
+        "public",
+        "labels feed ipAddressPoolSelectors"
+    );
+    let alloc = public.spec.service_allocation.as_ref().unwrap();
+    assert_eq!(
+        (alloc.priority, alloc.namespaces.as_slice()),
+        (Some(10), &["shop".to_owned()][..])
+    );
+    assert_eq!(
+        pools[1].spec.service_allocation.as_ref().unwrap().priority,
+        None,
+        "MetalLB's priority 0 = none"
+    );
+    assert_eq!(advs[0].spec.interfaces, ["bond0", "eth1"]);
+    assert_eq!(advs[1].spec.ip_address_pools, ["cheap"]);
+
+    for (kind, name) in [
+        ("BGPPeer", "tor-a"),
+        ("BGPAdvertisement", "public-bgp"),
+        ("BFDProfile", "fast"),
+        ("Community", "communities"),
+    ] {
+        let line = format!("warning: {kind} metallb-system/{name}: BGP is not supported");
+        assert!(err.contains(&line), "missing {line:?} in:\n{err}");
+    }
+    assert!(
+        err.contains("IPAddressPool metallb-system/cheap: spec.serviceAllocation.priority 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("migrated 4 object(s) with 5 warning(s)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn kubectl_list_export_drops_server_fields_silently() {
+    let out = run(&[
+        "migrate-metallb",
+        "-o",
+        "json",
+        fixture("kubectl-get-list.yaml").to_str().unwrap(),
+    ]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["kind"], "List");
+    let items = list["items"].as_array().unwrap();
+    let (pools, advs) = check_lodestone(items);
+    assert_eq!((pools.len(), advs.len()), (1, 1));
+    let meta = &pools[0].metadata;
+    assert_eq!(
+        (
+            meta.uid.as_ref(),
+            meta.resource_version.as_ref(),
+            meta.creation_timestamp.as_ref()
+        ),
+        (None, None, None)
+    );
+    let ann = meta.annotations.as_ref().unwrap();
+    assert!(!ann.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
+    assert_eq!(
+        ann["lodestone.dev/migrated-from"],
+        "metallb.io/v1beta1 IPAddressPool metallb-system/default"
+    );
+    assert!(err.contains("with 0 warning(s)"), "{err}");
+}
+
+#[test]
+fn collisions_and_unknown_fields_are_warned() {
+    let out = run(&[
+        "migrate-metallb",
+        fixture("collisions.yaml").to_str().unwrap(),
+    ]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(std::str::from_utf8(&out.stdout).unwrap()).unwrap();
+    let (pools, advs) = check_lodestone(&docs);
+    assert_eq!(pools.len(), 1);
+    assert_eq!(pools[0].spec.addresses, ["192.0.2.0/28"]);
+    assert_eq!(advs.len(), 1);
+    assert!(
+        err.contains(
+            "warning: IPAddressPool metallb-old/blue: Lodestone's IPAddressPools are cluster-scoped"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: L2Advertisement metallb-system/blue: spec.interfaceSelector:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn several_files_and_stdin_are_one_input() {
+    let layer2 = std::fs::read(fixture("metallb-layer2.yaml")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lodestonectl"))
+        .args([
+            "migrate-metallb",
+            "-",
+            fixture("collisions.yaml").to_str().unwrap(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&layer2).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(std::str::from_utf8(&out.stdout).unwrap()).unwrap();
+    let (pools, advs) = check_lodestone(&docs);
+    assert_eq!(
+        pools.iter().map(name).collect::<Vec<_>>(),
+        ["public", "cheap", "blue"]
+    );
+    assert_eq!(advs.len(), 3);
+}
+
+#[test]
+fn unreadable_input_fails_without_output() {
+    let out = run(&["migrate-metallb", "/nonexistent/metallb.yaml"]);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("reading /nonexistent/metallb.yaml"),
+        "{}",
+        stderr(&out)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "kind: [unclosed\n").unwrap();
+    let out = run(&["migrate-metallb", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("is not valid YAML"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn no_files_is_a_usage_error() {
+    let out = run(&["migrate-metallb"]);
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+}
