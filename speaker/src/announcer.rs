@@ -1,1 +1,943 @@
-//! (being written)
+//! The announcer: answers ARP and NDP for the addresses this node owns, on the chosen links.
+//!
+//! The speaker's shell tells it the desired state with [`Announcer::set_owned`]; the
+//! election that produces it lives elsewhere. For each owned address the announcer
+//!
+//! - answers ARP requests (IPv4) or Neighbor Solicitations (IPv6) with the link's MAC,
+//! - sends a burst of gratuitous ARPs / unsolicited Neighbor Advertisements when it starts
+//!   announcing on a link (takeover, restart, or the link coming back up),
+//! - stops answering at once when the address is no longer owned: every answer checks the
+//!   *current* desired state and plan, never a copy taken earlier,
+//! - reports other machines claiming the address as [`AnnouncerEvent::Conflict`].
+//!
+//! What to answer is decided by pure functions ([`arp_action`], [`ndp_action`]); the tasks
+//! around them only move bytes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::frames::{
+    self, ArpFrame, ArpOp, MacAddr, NdpMessage, arp_reply, gratuitous_arp, neighbor_advertisement,
+    solicited_node_multicast,
+};
+use crate::interfaces::{
+    AbortOnDrop, DEFAULT_EXCLUDE, InterfaceFilter, InterfacesError, LinkInfo, LinkWatcher,
+    choose_interfaces, watch_links,
+};
+use crate::sys::{self, ArpSocket, NdpSocket};
+
+/// All-nodes multicast, the destination of unsolicited Neighbor Advertisements.
+const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+/// Pause after a socket error so a persistent one cannot spin a task.
+const ERROR_BACKOFF: Duration = Duration::from_millis(200);
+/// Receive buffer: an Ethernet frame or an ICMPv6 body always fits.
+const RECV_BUF: usize = 2048;
+
+/// Settings of the announcer.
+#[derive(Debug, Clone)]
+pub struct AnnouncerConfig {
+    /// Gratuitous ARPs / unsolicited NAs per burst (0 disables bursts).
+    pub gratuitous_count: u32,
+    /// Pause between two messages of a burst.
+    pub gratuitous_interval: Duration,
+    /// Regular expression of interface names never chosen automatically.
+    pub exclude: String,
+    /// Longest time the link view may stay stale if netlink notifications are lost.
+    pub resync_interval: Duration,
+    /// Capacity of the event channel; events beyond it are dropped (and logged).
+    pub event_capacity: usize,
+}
+
+impl Default for AnnouncerConfig {
+    fn default() -> Self {
+        AnnouncerConfig {
+            gratuitous_count: 3,
+            gratuitous_interval: Duration::from_millis(500),
+            exclude: DEFAULT_EXCLUDE.to_owned(),
+            resync_interval: Duration::from_secs(30),
+            event_capacity: 1024,
+        }
+    }
+}
+
+/// Something the speaker's shell should log, count or report on the Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnnouncerEvent {
+    /// Another MAC claims an address we own (ARP reply, gratuitous ARP or NA).
+    Conflict {
+        /// The contested address.
+        ip: IpAddr,
+        /// The other claimant's MAC.
+        mac: MacAddr,
+        /// Where we saw the claim.
+        interface: String,
+    },
+    /// The address is now announced on these interfaces (sent whenever the set changes).
+    Announcing {
+        /// The address.
+        ip: IpAddr,
+        /// Interface names, ordered by index.
+        interfaces: Vec<String>,
+    },
+    /// The address is no longer announced anywhere.
+    Stopped {
+        /// The address.
+        ip: IpAddr,
+    },
+    /// A socket on an interface could not be opened or failed.
+    InterfaceError {
+        /// Interface name.
+        interface: String,
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// Errors starting the announcer.
+#[derive(Debug, thiserror::Error)]
+pub enum AnnouncerError {
+    /// The interface exclusion pattern is not a valid regular expression.
+    #[error("invalid interface exclusion pattern: {0}")]
+    Exclude(#[from] regex::Error),
+    /// The link view could not be set up.
+    #[error("watching links: {0}")]
+    Links(#[from] InterfacesError),
+}
+
+/// Monotonic counters of the data plane.
+#[derive(Debug, Default)]
+pub struct Counters {
+    arp_frames_received: AtomicU64,
+    arp_requests_seen: AtomicU64,
+    arp_requests_answered: AtomicU64,
+    ndp_messages_received: AtomicU64,
+    ndp_dropped_hop_limit: AtomicU64,
+    ns_seen: AtomicU64,
+    ns_answered: AtomicU64,
+    gratuitous_arp_sent: AtomicU64,
+    unsolicited_na_sent: AtomicU64,
+    conflicts: AtomicU64,
+}
+
+/// A copy of [`Counters`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CountersSnapshot {
+    /// Frames the ARP sockets delivered to user space (the kernel filter passes only ARP).
+    pub arp_frames_received: u64,
+    /// ARP requests among them.
+    pub arp_requests_seen: u64,
+    /// ARP replies sent.
+    pub arp_requests_answered: u64,
+    /// Messages the NDP sockets delivered to user space (the kernel filter passes NS/NA).
+    pub ndp_messages_received: u64,
+    /// NDP messages dropped because their hop limit was not 255 (RFC 4861).
+    pub ndp_dropped_hop_limit: u64,
+    /// Neighbor Solicitations received.
+    pub ns_seen: u64,
+    /// Neighbor Advertisements sent in answer.
+    pub ns_answered: u64,
+    /// Gratuitous ARPs sent.
+    pub gratuitous_arp_sent: u64,
+    /// Unsolicited Neighbor Advertisements sent.
+    pub unsolicited_na_sent: u64,
+    /// Conflicts detected.
+    pub conflicts: u64,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    /// Reads all counters.
+    pub fn snapshot(&self) -> CountersSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CountersSnapshot {
+            arp_frames_received: get(&self.arp_frames_received),
+            arp_requests_seen: get(&self.arp_requests_seen),
+            arp_requests_answered: get(&self.arp_requests_answered),
+            ndp_messages_received: get(&self.ndp_messages_received),
+            ndp_dropped_hop_limit: get(&self.ndp_dropped_hop_limit),
+            ns_seen: get(&self.ns_seen),
+            ns_answered: get(&self.ns_answered),
+            gratuitous_arp_sent: get(&self.gratuitous_arp_sent),
+            unsolicited_na_sent: get(&self.unsolicited_na_sent),
+            conflicts: get(&self.conflicts),
+        }
+    }
+}
+
+/// What to do with a received ARP frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArpAction {
+    /// Answer it: the target is ours here.
+    Reply,
+    /// Someone else claims an address we own.
+    Conflict,
+    /// Not our business.
+    Ignore,
+}
+
+/// Decides what to do with an ARP frame received on a link.
+///
+/// `owned_here(ip)` says whether we announce `ip` on that link right now; `is_local(mac)`
+/// whether a MAC is one of this host's (our own frames are not conflicts).
+pub fn arp_action(
+    frame: &ArpFrame,
+    is_local: impl Fn(MacAddr) -> bool,
+    owned_here: impl Fn(Ipv4Addr) -> bool,
+) -> ArpAction {
+    // Any frame whose *sender* is an address we own, from a MAC that is not ours, means
+    // another machine uses it: a reply, a gratuitous ARP, or a request it sends from it.
+    if !frame.sender_ip.is_unspecified()
+        && owned_here(frame.sender_ip)
+        && !is_local(frame.sender_mac)
+    {
+        return ArpAction::Conflict;
+    }
+    if frame.op == ArpOp::Request && owned_here(frame.target_ip) && !is_local(frame.sender_mac) {
+        return ArpAction::Reply;
+    }
+    ArpAction::Ignore
+}
+
+/// What to do with a received NDP message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NdpAction {
+    /// Send a Neighbor Advertisement for `target` to `dst`.
+    Reply {
+        /// Owned address being resolved.
+        target: Ipv6Addr,
+        /// Where to send the advertisement.
+        dst: Ipv6Addr,
+        /// S flag (false when answering a DAD probe, which goes to all-nodes).
+        solicited: bool,
+    },
+    /// Another machine advertises an address we own.
+    Conflict {
+        /// The address.
+        target: Ipv6Addr,
+        /// Its MAC.
+        mac: MacAddr,
+    },
+    /// Drop it.
+    Ignore,
+}
+
+/// Decides what to do with an NDP message from `source` that arrived with `hop_limit`.
+pub fn ndp_action(
+    msg: &NdpMessage,
+    source: Ipv6Addr,
+    hop_limit: Option<u8>,
+    is_local: impl Fn(MacAddr) -> bool,
+    owned_here: impl Fn(Ipv6Addr) -> bool,
+) -> NdpAction {
+    // RFC 4861 §7.1: a hop limit below 255 means the packet was routed: not from this link.
+    if hop_limit != Some(255) {
+        return NdpAction::Ignore;
+    }
+    match msg {
+        NdpMessage::Solicitation(ns) => {
+            if !owned_here(ns.target) {
+                return NdpAction::Ignore;
+            }
+            if source.is_unspecified() {
+                // DAD probe for our address: defend it on all-nodes (RFC 4861 §7.2.4). A
+                // probe carrying a source link-layer option is invalid (§7.1.1).
+                if ns.source_mac.is_some() {
+                    return NdpAction::Ignore;
+                }
+                return NdpAction::Reply {
+                    target: ns.target,
+                    dst: ALL_NODES,
+                    solicited: false,
+                };
+            }
+            if ns.source_mac.is_some_and(&is_local) {
+                return NdpAction::Ignore;
+            }
+            NdpAction::Reply {
+                target: ns.target,
+                dst: source,
+                solicited: true,
+            }
+        }
+        NdpMessage::Advertisement(na) => match na.target_mac {
+            Some(mac) if owned_here(na.target) && !is_local(mac) => NdpAction::Conflict {
+                target: na.target,
+                mac,
+            },
+            _ => NdpAction::Ignore,
+        },
+    }
+}
+
+/// Where each address is announced: address → (interface index → name).
+type Plan = BTreeMap<IpAddr, BTreeMap<u32, String>>;
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    // A panic while holding the lock cannot leave these plain maps half-updated in a way
+    // that matters more than stopping the data plane would.
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// State shared by the handle, the manager and the per-interface tasks.
+#[derive(Debug)]
+struct Shared {
+    desired: RwLock<BTreeMap<IpAddr, Option<Vec<String>>>>,
+    plan: RwLock<Plan>,
+    local_macs: RwLock<BTreeSet<MacAddr>>,
+    counters: Counters,
+    events: mpsc::Sender<AnnouncerEvent>,
+}
+
+impl Shared {
+    /// The answer-time check: owned now, and planned on this interface now.
+    fn answers(&self, ip: IpAddr, ifindex: u32) -> bool {
+        read(&self.desired).contains_key(&ip)
+            && read(&self.plan)
+                .get(&ip)
+                .is_some_and(|m| m.contains_key(&ifindex))
+    }
+
+    fn is_local_mac(&self, mac: MacAddr) -> bool {
+        read(&self.local_macs).contains(&mac)
+    }
+
+    fn emit(&self, event: AnnouncerEvent) {
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(ev)) => {
+                tracing::warn!(event = ?ev, "announcer event channel full; event dropped");
+            }
+            // Nobody listens any more: nothing to report to.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+/// Handle to the announcer. Cheap to clone; the work runs in tasks on the tokio runtime that
+/// was current in [`Announcer::start`]. It stops on [`Announcer::shutdown`], or when every
+/// handle has been dropped.
+#[derive(Debug, Clone)]
+pub struct Announcer {
+    shared: Arc<Shared>,
+    wake: Arc<watch::Sender<u64>>,
+    stop: Arc<watch::Sender<bool>>,
+    manager: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl Announcer {
+    /// Starts watching links and returns the handle and the event stream.
+    pub async fn start(
+        config: AnnouncerConfig,
+    ) -> Result<(Announcer, mpsc::Receiver<AnnouncerEvent>), AnnouncerError> {
+        let filter = InterfaceFilter::new(&config.exclude)?;
+        let watcher = watch_links(config.resync_interval).await?;
+        let (events, rx) = mpsc::channel(config.event_capacity.max(1));
+        let shared = Arc::new(Shared {
+            desired: RwLock::new(BTreeMap::new()),
+            plan: RwLock::new(BTreeMap::new()),
+            local_macs: RwLock::new(BTreeSet::new()),
+            counters: Counters::default(),
+            events,
+        });
+        let (wake, wake_rx) = watch::channel(0u64);
+        let (stop, stop_rx) = watch::channel(false);
+        let manager = Manager {
+            shared: shared.clone(),
+            config,
+            filter,
+            links: watcher.subscribe(),
+            _watcher: watcher,
+            workers: BTreeMap::new(),
+            bursts: BTreeMap::new(),
+            announced: BTreeMap::new(),
+        };
+        let task = tokio::spawn(manager.run(wake_rx, stop_rx));
+        Ok((
+            Announcer {
+                shared,
+                wake: Arc::new(wake),
+                stop: Arc::new(stop),
+                manager: Arc::new(Mutex::new(Some(task))),
+            },
+            rx,
+        ))
+    }
+
+    /// Desired state, replacing the previous one: each owned address with the interface
+    /// names to use (`None` = automatic choice, see [`choose_interfaces`]). Newly owned
+    /// addresses are answered and announced with a burst; addresses no longer owned are not
+    /// answered from the moment this returns (their groups are left and bursts cancelled
+    /// shortly after).
+    pub fn set_owned(&self, owned: BTreeMap<IpAddr, Option<Vec<String>>>) {
+        *write(&self.shared.desired) = owned;
+        self.wake
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+
+    /// Where each owned address is currently announced (interface names by index).
+    pub fn announced_on(&self) -> BTreeMap<IpAddr, Vec<String>> {
+        let desired = read(&self.shared.desired);
+        read(&self.shared.plan)
+            .iter()
+            .filter(|(ip, m)| !m.is_empty() && desired.contains_key(*ip))
+            .map(|(ip, m)| (*ip, m.values().cloned().collect()))
+            .collect()
+    }
+
+    /// Current counter values.
+    pub fn counters(&self) -> CountersSnapshot {
+        self.shared.counters.snapshot()
+    }
+
+    /// Stops answering everything and waits for the background tasks to end.
+    pub async fn shutdown(self) {
+        write(&self.shared.desired).clear();
+        write(&self.shared.plan).clear();
+        self.stop.send_replace(true);
+        let task = self
+            .manager
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            // A JoinError means the manager panicked or was cancelled; it is gone either way.
+            let _ = task.await;
+        }
+    }
+}
+
+/// The sockets and receive tasks of one interface.
+struct Worker {
+    name: String,
+    mac: MacAddr,
+    arp: Option<(Arc<AsyncFd<ArpSocket>>, AbortOnDrop<()>)>,
+    ndp: Option<(Arc<AsyncFd<NdpSocket>>, AbortOnDrop<()>)>,
+    groups: BTreeSet<Ipv6Addr>,
+}
+
+/// Turns desired state + link view into a plan, sockets, group memberships and bursts.
+struct Manager {
+    shared: Arc<Shared>,
+    config: AnnouncerConfig,
+    filter: InterfaceFilter,
+    links: watch::Receiver<Arc<Vec<LinkInfo>>>,
+    _watcher: LinkWatcher,
+    workers: BTreeMap<u32, Worker>,
+    bursts: BTreeMap<(IpAddr, u32), AbortOnDrop<()>>,
+    announced: BTreeMap<IpAddr, Vec<String>>,
+}
+
+impl Manager {
+    async fn run(mut self, mut wake: watch::Receiver<u64>, mut stop: watch::Receiver<bool>) {
+        loop {
+            if *stop.borrow_and_update() {
+                break;
+            }
+            self.reconcile();
+            tokio::select! {
+                r = self.links.changed() => if r.is_err() { break },
+                // Err: every handle is gone, so nobody can change the desired state again.
+                r = wake.changed() => if r.is_err() { break },
+                r = stop.changed() => if r.is_err() { break },
+            }
+        }
+        write(&self.shared.plan).clear();
+        self.bursts.clear();
+        self.workers.clear();
+        for ip in std::mem::take(&mut self.announced).into_keys() {
+            self.shared.emit(AnnouncerEvent::Stopped { ip });
+        }
+    }
+
+    fn reconcile(&mut self) {
+        let links = self.links.borrow_and_update().clone();
+        let desired = read(&self.shared.desired).clone();
+        *write(&self.shared.local_macs) = links.iter().filter_map(|l| l.mac).collect();
+
+        let mut plan: Plan = BTreeMap::new();
+        for (ip, requested) in &desired {
+            let chosen = choose_interfaces(*ip, requested.as_deref(), &links, &self.filter);
+            plan.insert(
+                *ip,
+                chosen.iter().map(|l| (l.index, l.name.clone())).collect(),
+            );
+        }
+
+        // A worker whose link vanished, or was renamed or re-addressed, starts afresh.
+        self.workers.retain(|index, w| {
+            links
+                .iter()
+                .any(|l| l.index == *index && l.name == w.name && l.mac == Some(w.mac))
+        });
+        for (ip, interfaces) in plan.iter_mut() {
+            let v4 = ip.is_ipv4();
+            interfaces.retain(|index, name| {
+                let Some(mac) = links.iter().find(|l| l.index == *index).and_then(|l| l.mac) else {
+                    return false;
+                };
+                match self.ensure_socket(*index, name, mac, v4) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        self.shared.emit(AnnouncerEvent::InterfaceError {
+                            interface: name.clone(),
+                            error: e.to_string(),
+                        });
+                        false
+                    }
+                }
+            });
+        }
+
+        // From here on answers follow the new plan.
+        let previous = std::mem::replace(&mut *write(&self.shared.plan), plan.clone());
+
+        self.update_groups(&plan);
+
+        let pairs = |p: &Plan| -> BTreeSet<(IpAddr, u32)> {
+            p.iter()
+                .flat_map(|(ip, m)| m.keys().map(move |i| (*ip, *i)))
+                .collect()
+        };
+        let (now, before) = (pairs(&plan), pairs(&previous));
+        self.bursts
+            .retain(|k, task| now.contains(k) && !task.0.is_finished());
+        for &(ip, index) in now.difference(&before) {
+            if let Some(task) = self.spawn_burst(ip, index) {
+                self.bursts.insert((ip, index), task);
+            }
+        }
+
+        let used: BTreeSet<u32> = now.iter().map(|(_, i)| *i).collect();
+        self.workers.retain(|index, _| used.contains(index));
+
+        for (ip, interfaces) in &plan {
+            let names: Vec<String> = interfaces.values().cloned().collect();
+            if names.is_empty() {
+                if self.announced.remove(ip).is_some() {
+                    self.shared.emit(AnnouncerEvent::Stopped { ip: *ip });
+                }
+            } else if self.announced.get(ip) != Some(&names) {
+                self.announced.insert(*ip, names.clone());
+                self.shared.emit(AnnouncerEvent::Announcing {
+                    ip: *ip,
+                    interfaces: names,
+                });
+            }
+        }
+        let gone: Vec<IpAddr> = self
+            .announced
+            .keys()
+            .filter(|ip| !plan.contains_key(*ip))
+            .copied()
+            .collect();
+        for ip in gone {
+            self.announced.remove(&ip);
+            self.shared.emit(AnnouncerEvent::Stopped { ip });
+        }
+    }
+
+    fn ensure_socket(
+        &mut self,
+        index: u32,
+        name: &str,
+        mac: MacAddr,
+        v4: bool,
+    ) -> std::io::Result<()> {
+        let worker = self.workers.entry(index).or_insert_with(|| Worker {
+            name: name.to_owned(),
+            mac,
+            arp: None,
+            ndp: None,
+            groups: BTreeSet::new(),
+        });
+        if v4 && worker.arp.is_none() {
+            let socket = Arc::new(sys::register(ArpSocket::open(index)?)?);
+            let task = tokio::spawn(arp_loop(
+                self.shared.clone(),
+                socket.clone(),
+                index,
+                name.to_owned(),
+                mac,
+            ));
+            worker.arp = Some((socket, AbortOnDrop(task)));
+        }
+        if !v4 && worker.ndp.is_none() {
+            let socket = Arc::new(sys::register(NdpSocket::open(name, index)?)?);
+            let task = tokio::spawn(ndp_loop(
+                self.shared.clone(),
+                socket.clone(),
+                index,
+                name.to_owned(),
+                mac,
+            ));
+            worker.ndp = Some((socket, AbortOnDrop(task)));
+        }
+        Ok(())
+    }
+
+    /// Joins the solicited-node group of each IPv6 address planned on a link, leaves the
+    /// groups no longer needed.
+    fn update_groups(&mut self, plan: &Plan) {
+        for (index, worker) in &mut self.workers {
+            let Some((socket, _)) = &worker.ndp else {
+                continue;
+            };
+            let wanted: BTreeSet<Ipv6Addr> = plan
+                .iter()
+                .filter(|(_, m)| m.contains_key(index))
+                .filter_map(|(ip, _)| match ip {
+                    IpAddr::V6(v6) => Some(solicited_node_multicast(*v6)),
+                    IpAddr::V4(_) => None,
+                })
+                .collect();
+            for group in worker.groups.difference(&wanted) {
+                if let Err(e) = socket.get_ref().leave(*group) {
+                    tracing::warn!(%group, interface = %worker.name, error = %e, "leaving group");
+                }
+            }
+            let mut joined: BTreeSet<Ipv6Addr> =
+                worker.groups.intersection(&wanted).copied().collect();
+            for group in wanted.difference(&worker.groups) {
+                match socket.get_ref().join(*group) {
+                    Ok(()) => {
+                        joined.insert(*group);
+                    }
+                    Err(e) => self.shared.emit(AnnouncerEvent::InterfaceError {
+                        interface: worker.name.clone(),
+                        error: format!("joining {group}: {e}"),
+                    }),
+                }
+            }
+            worker.groups = joined;
+        }
+    }
+
+    fn spawn_burst(&self, ip: IpAddr, index: u32) -> Option<AbortOnDrop<()>> {
+        let worker = self.workers.get(&index)?;
+        let shared = self.shared.clone();
+        let count = self.config.gratuitous_count;
+        let interval = self.config.gratuitous_interval;
+        let name = worker.name.clone();
+        let task = match ip {
+            IpAddr::V4(v4) => {
+                let socket = worker.arp.as_ref()?.0.clone();
+                let frame = gratuitous_arp(v4, worker.mac);
+                tokio::spawn(async move {
+                    for i in 0..count {
+                        if !shared.answers(ip, index) {
+                            return;
+                        }
+                        match sys::send_arp(&socket, &frame).await {
+                            Ok(_) => inc(&shared.counters.gratuitous_arp_sent),
+                            Err(e) => {
+                                tracing::warn!(%ip, interface = %name, error = %e, "gratuitous ARP")
+                            }
+                        }
+                        if i + 1 < count {
+                            tokio::time::sleep(interval).await;
+                        }
+                    }
+                })
+            }
+            IpAddr::V6(v6) => {
+                let socket = worker.ndp.as_ref()?.0.clone();
+                let body = neighbor_advertisement(v6, worker.mac, false, true);
+                tokio::spawn(async move {
+                    for i in 0..count {
+                        if !shared.answers(ip, index) {
+                            return;
+                        }
+                        match sys::send_ndp(&socket, &body, ALL_NODES).await {
+                            Ok(_) => inc(&shared.counters.unsolicited_na_sent),
+                            Err(e) => {
+                                tracing::warn!(%ip, interface = %name, error = %e, "unsolicited NA")
+                            }
+                        }
+                        if i + 1 < count {
+                            tokio::time::sleep(interval).await;
+                        }
+                    }
+                })
+            }
+        };
+        Some(AbortOnDrop(task))
+    }
+}
+
+async fn arp_loop(
+    shared: Arc<Shared>,
+    socket: Arc<AsyncFd<ArpSocket>>,
+    index: u32,
+    name: String,
+    mac: MacAddr,
+) {
+    let mut buf = vec![0u8; RECV_BUF];
+    loop {
+        let n = match sys::recv_arp(&socket, &mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                // E.g. ENETDOWN once when the link goes down; the manager retires the
+                // socket if the link is no longer usable.
+                shared.emit(AnnouncerEvent::InterfaceError {
+                    interface: name.clone(),
+                    error: format!("receiving ARP: {e}"),
+                });
+                tokio::time::sleep(ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        inc(&shared.counters.arp_frames_received);
+        let Some(Ok(frame)) = buf.get(..n).map(frames::parse_arp) else {
+            continue;
+        };
+        if frame.op == ArpOp::Request {
+            inc(&shared.counters.arp_requests_seen);
+        }
+        let action = arp_action(
+            &frame,
+            |m| shared.is_local_mac(m),
+            |ip| shared.answers(IpAddr::V4(ip), index),
+        );
+        match action {
+            ArpAction::Reply => match sys::send_arp(&socket, &arp_reply(&frame, mac)).await {
+                Ok(_) => inc(&shared.counters.arp_requests_answered),
+                Err(e) => tracing::warn!(interface = %name, error = %e, "sending ARP reply"),
+            },
+            ArpAction::Conflict => {
+                inc(&shared.counters.conflicts);
+                shared.emit(AnnouncerEvent::Conflict {
+                    ip: IpAddr::V4(frame.sender_ip),
+                    mac: frame.sender_mac,
+                    interface: name.clone(),
+                });
+            }
+            ArpAction::Ignore => {}
+        }
+    }
+}
+
+async fn ndp_loop(
+    shared: Arc<Shared>,
+    socket: Arc<AsyncFd<NdpSocket>>,
+    index: u32,
+    name: String,
+    mac: MacAddr,
+) {
+    let mut buf = vec![0u8; RECV_BUF];
+    loop {
+        let received = match sys::recv_ndp(&socket, &mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                shared.emit(AnnouncerEvent::InterfaceError {
+                    interface: name.clone(),
+                    error: format!("receiving NDP: {e}"),
+                });
+                tokio::time::sleep(ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        inc(&shared.counters.ndp_messages_received);
+        if received.hop_limit != Some(255) {
+            inc(&shared.counters.ndp_dropped_hop_limit);
+            continue;
+        }
+        let Some(Ok(msg)) = buf.get(..received.len).map(frames::parse_ndp) else {
+            continue;
+        };
+        if matches!(msg, NdpMessage::Solicitation(_)) {
+            inc(&shared.counters.ns_seen);
+        }
+        let action = ndp_action(
+            &msg,
+            received.source,
+            received.hop_limit,
+            |m| shared.is_local_mac(m),
+            |ip| shared.answers(IpAddr::V6(ip), index),
+        );
+        match action {
+            NdpAction::Reply {
+                target,
+                dst,
+                solicited,
+            } => {
+                let body = neighbor_advertisement(target, mac, solicited, true);
+                match sys::send_ndp(&socket, &body, dst).await {
+                    Ok(_) => inc(&shared.counters.ns_answered),
+                    Err(e) => tracing::warn!(interface = %name, error = %e, "sending NA"),
+                }
+            }
+            NdpAction::Conflict { target, mac } => {
+                inc(&shared.counters.conflicts);
+                shared.emit(AnnouncerEvent::Conflict {
+                    ip: IpAddr::V6(target),
+                    mac,
+                    interface: name.clone(),
+                });
+            }
+            NdpAction::Ignore => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frames::{NeighborAdvertisement, NeighborSolicitation, arp_request, parse_arp};
+
+    const OURS: MacAddr = MacAddr(2, 0, 0, 0, 0, 1);
+    const THEIRS: MacAddr = MacAddr(2, 0, 0, 0, 0, 2);
+    const OWNED: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+
+    fn local(m: MacAddr) -> bool {
+        m == OURS
+    }
+    fn owned4(ip: Ipv4Addr) -> bool {
+        ip == OWNED
+    }
+    fn v6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+    fn owned6(ip: Ipv6Addr) -> bool {
+        ip == v6("2001:db8::100")
+    }
+
+    #[test]
+    fn arp_decisions() {
+        let req = parse_arp(&arp_request(THEIRS, CLIENT, OWNED)).unwrap();
+        assert_eq!(arp_action(&req, local, owned4), ArpAction::Reply);
+        // Not owned (or no longer owned): silence.
+        assert_eq!(arp_action(&req, local, |_| false), ArpAction::Ignore);
+        let other = parse_arp(&arp_request(THEIRS, CLIENT, Ipv4Addr::new(192, 0, 2, 7))).unwrap();
+        assert_eq!(arp_action(&other, local, owned4), ArpAction::Ignore);
+        // A probe for our address is answered (defended).
+        let probe = parse_arp(&arp_request(THEIRS, Ipv4Addr::UNSPECIFIED, OWNED)).unwrap();
+        assert_eq!(arp_action(&probe, local, owned4), ArpAction::Reply);
+        // Someone else's gratuitous ARP or reply for our address is a conflict.
+        let garp = parse_arp(&gratuitous_arp(OWNED, THEIRS)).unwrap();
+        assert_eq!(arp_action(&garp, local, owned4), ArpAction::Conflict);
+        let reply = parse_arp(&arp_reply(&req, THEIRS)).unwrap();
+        assert_eq!(arp_action(&reply, local, owned4), ArpAction::Conflict);
+        // Our own frames are neither.
+        let ours = parse_arp(&gratuitous_arp(OWNED, OURS)).unwrap();
+        assert_eq!(arp_action(&ours, local, owned4), ArpAction::Ignore);
+        let our_reply = parse_arp(&arp_reply(&req, OURS)).unwrap();
+        assert_eq!(arp_action(&our_reply, local, owned4), ArpAction::Ignore);
+        // A reply about someone else's address is ignored.
+        let unrelated = parse_arp(&arp_reply(&other, THEIRS)).unwrap();
+        assert_eq!(arp_action(&unrelated, local, owned4), ArpAction::Ignore);
+    }
+
+    #[test]
+    fn ndp_decisions() {
+        let target = v6("2001:db8::100");
+        let client = v6("2001:db8::1");
+        let ns = NdpMessage::Solicitation(NeighborSolicitation {
+            target,
+            source_mac: Some(THEIRS),
+        });
+        assert_eq!(
+            ndp_action(&ns, client, Some(255), local, owned6),
+            NdpAction::Reply {
+                target,
+                dst: client,
+                solicited: true
+            }
+        );
+        // Routed (hop limit < 255) or unknown hop limit: dropped.
+        assert_eq!(
+            ndp_action(&ns, client, Some(64), local, owned6),
+            NdpAction::Ignore
+        );
+        assert_eq!(
+            ndp_action(&ns, client, None, local, owned6),
+            NdpAction::Ignore
+        );
+        assert_eq!(
+            ndp_action(&ns, client, Some(255), local, |_| false),
+            NdpAction::Ignore
+        );
+        let dad = NdpMessage::Solicitation(NeighborSolicitation {
+            target,
+            source_mac: None,
+        });
+        assert_eq!(
+            ndp_action(&dad, Ipv6Addr::UNSPECIFIED, Some(255), local, owned6),
+            NdpAction::Reply {
+                target,
+                dst: ALL_NODES,
+                solicited: false
+            }
+        );
+        // DAD with a source link-layer option is invalid.
+        assert_eq!(
+            ndp_action(&ns, Ipv6Addr::UNSPECIFIED, Some(255), local, owned6),
+            NdpAction::Ignore
+        );
+        let na = |mac| {
+            NdpMessage::Advertisement(NeighborAdvertisement {
+                target,
+                target_mac: Some(mac),
+                router: false,
+                solicited: false,
+                override_flag: true,
+            })
+        };
+        assert_eq!(
+            ndp_action(&na(THEIRS), client, Some(255), local, owned6),
+            NdpAction::Conflict {
+                target,
+                mac: THEIRS
+            }
+        );
+        assert_eq!(
+            ndp_action(&na(OURS), client, Some(255), local, owned6),
+            NdpAction::Ignore
+        );
+        assert_eq!(
+            ndp_action(&na(THEIRS), client, Some(255), local, |_| false),
+            NdpAction::Ignore
+        );
+    }
+
+    #[test]
+    fn counters_snapshot_reads_each_counter() {
+        let c = Counters::default();
+        inc(&c.arp_requests_seen);
+        inc(&c.arp_requests_seen);
+        inc(&c.conflicts);
+        let s = c.snapshot();
+        assert_eq!(s.arp_requests_seen, 2);
+        assert_eq!(s.conflicts, 1);
+        assert_eq!(
+            s,
+            CountersSnapshot {
+                arp_requests_seen: 2,
+                conflicts: 1,
+                ..CountersSnapshot::default()
+            }
+        );
+    }
+
+    #[test]
+    fn defaults_match_the_issue() {
+        let c = AnnouncerConfig::default();
+        assert_eq!(c.gratuitous_count, 3);
+        assert_eq!(c.gratuitous_interval, Duration::from_millis(500));
+        assert!(InterfaceFilter::new(&c.exclude).is_ok());
+    }
+}
