@@ -267,6 +267,34 @@ impl Netns {
         })
     }
 
+    /// Like [`Netns::run_in`] but in the background: starts `f` on a new OS thread inside
+    /// the namespace and returns at once. The thread keeps the namespace alive (in the
+    /// kernel) even if this guard is dropped first, so join it before dropping the guard.
+    pub fn thread_in<F, R>(&self, f: F) -> Result<std::thread::JoinHandle<Result<R>>>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let path = format!("/var/run/netns/{}", self.name);
+        let file = File::open(&path).map_err(|source| NetnsError::Io {
+            context: format!("opening {path}"),
+            source,
+        })?;
+        std::thread::Builder::new()
+            .name(format!("in-{}", self.name))
+            .spawn(move || {
+                enter(&file).map_err(|source| NetnsError::Io {
+                    context: format!("setns into {path}"),
+                    source,
+                })?;
+                Ok(f())
+            })
+            .map_err(|source| NetnsError::Io {
+                context: "spawning a thread".into(),
+                source,
+            })
+    }
+
     fn kill_everything_inside(&self) {
         for mut child in self
             .children

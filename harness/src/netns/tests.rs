@@ -127,3 +127,22 @@ fn two_hosts_on_a_bridge_reach_each_other_and_everything_is_removed() {
         assert!(!after.contains(&name), "{name} still exists");
     }
 }
+
+#[test]
+fn thread_in_runs_in_the_background_inside_the_namespace() {
+    let ns = Netns::new("ldt").unwrap();
+    let ns_ino = std::fs::metadata(format!("/var/run/netns/{}", ns.name()))
+        .unwrap()
+        .ino();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let handle = ns
+        .thread_in(move || {
+            // Still running while the caller goes on: it waits for the caller's signal.
+            rx.recv().unwrap();
+            std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino()
+        })
+        .unwrap();
+    assert!(!handle.is_finished());
+    tx.send(()).unwrap();
+    assert_eq!(handle.join().unwrap().unwrap(), ns_ino);
+}
