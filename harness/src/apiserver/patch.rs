@@ -74,6 +74,51 @@ pub fn schema_admit(
     old: Option<&Value>,
     unknown: &mut Vec<String>,
 ) -> Result<(), Vec<Cause>> {
-    let _ = (def, obj, old, unknown);
-    Ok(())
+    let Some(schema) = def.crd.as_ref().and_then(|c| c.structural.as_ref()) else {
+        return Ok(());
+    };
+    let before = obj.clone();
+    schema.prune(obj);
+    removed_fields(&before, obj, "", unknown);
+    schema.apply_defaults(obj);
+    let causes = schema.validate(obj, old);
+    if causes.is_empty() {
+        return Ok(());
+    }
+    Err(causes
+        .into_iter()
+        .map(|c| Cause {
+            reason: c.reason,
+            message: c.message,
+            field: c.field,
+        })
+        .collect())
+}
+
+/// Paths present in `before` but not in `after` (what pruning dropped), in kube's
+/// `spec.a.b` / `spec.list[0].x` form.
+fn removed_fields(before: &Value, after: &Value, path: &str, out: &mut Vec<String>) {
+    match (before, after) {
+        (Value::Object(b), Value::Object(a)) => {
+            for (k, bv) in b {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match a.get(k) {
+                    // Pruned nulls are not unknown fields.
+                    None if bv.is_null() => {}
+                    None => out.push(p),
+                    Some(av) => removed_fields(bv, av, &p, out),
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(a)) => {
+            for (i, (bv, av)) in b.iter().zip(a).enumerate() {
+                removed_fields(bv, av, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
 }

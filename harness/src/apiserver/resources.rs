@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::merge::StructuralSchema;
+
 /// A built-in resource, as one row of [`BUILTINS`].
 #[derive(Debug, Clone, Copy)]
 pub struct Builtin {
@@ -207,6 +209,8 @@ pub struct CrdVersion {
     pub printer_columns: Vec<Value>,
     /// The storage version (objects are stored once; reads rewrite `apiVersion`).
     pub storage_version: String,
+    /// The compiled schema (pruning, defaulting, validation incl. CEL), when the version has one.
+    pub structural: Option<Arc<StructuralSchema>>,
 }
 
 /// A served resource at one group/version.
@@ -472,7 +476,7 @@ pub fn crd_defs(crd: &Value) -> Result<Vec<Arc<ResourceDef>>, CrdError> {
     let short_names = strings_at(crd, "/spec/names/shortNames");
     let categories = strings_at(crd, "/spec/names/categories");
     let mut out = Vec::new();
-    for v in versions {
+    for (i, v) in versions.iter().enumerate() {
         if v.get("served").and_then(Value::as_bool) != Some(true) {
             continue;
         }
@@ -489,6 +493,16 @@ pub fn crd_defs(crd: &Value) -> Result<Vec<Arc<ResourceDef>>, CrdError> {
             .pointer("/schema/openAPIV3Schema")
             .cloned()
             .unwrap_or(Value::Null);
+        let structural = if schema.is_object() {
+            Some(Arc::new(StructuralSchema::new(&schema).map_err(|e| {
+                CrdError {
+                    field: format!("spec.versions[{i}].schema.openAPIV3Schema"),
+                    message: e,
+                }
+            })?))
+        } else {
+            None
+        };
         out.push(Arc::new(ResourceDef {
             group: group.into(),
             version: version.into(),
@@ -507,6 +521,7 @@ pub fn crd_defs(crd: &Value) -> Result<Vec<Arc<ResourceDef>>, CrdError> {
                 schema,
                 printer_columns,
                 storage_version: storage_version.clone(),
+                structural,
             })),
         }));
     }
