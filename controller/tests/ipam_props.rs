@@ -32,7 +32,10 @@ fn universe() -> Vec<IpAddr> {
 }
 
 fn key(i: usize) -> ServiceKey {
-    ServiceKey::new(if i % 2 == 0 { "ns1" } else { "ns2" }, format!("s{i}"))
+    ServiceKey::new(
+        if i.is_multiple_of(2) { "ns1" } else { "ns2" },
+        format!("s{i}"),
+    )
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -483,8 +486,7 @@ proptest! {
         for n in 0..30 {
             prop_assert!(ipam.assign(&req(n)).is_ok());
         }
-        let mut next = 40;
-        for r in releases {
+        for (next, r) in (40..).zip(releases) {
             ipam.release(&req(r).key);
             let lowest = pool_addrs.iter().copied().find(|ip| ipam.is_free(*ip));
             match ipam.assign(&req(next)) {
@@ -494,7 +496,6 @@ proptest! {
                 }
                 Err(_) => prop_assert_eq!(lowest, None),
             }
-            next += 1;
         }
         let held: BTreeSet<IpAddr> = ipam.assignments().flat_map(|(_, a)| a.addresses.clone()).collect();
         let count: usize = ipam.assignments().map(|(_, a)| a.addresses.len()).sum();
