@@ -11,10 +11,12 @@ pub mod apply;
 mod fieldset;
 mod lists;
 pub mod schema;
+pub mod strategic;
 
 pub use apply::{ApplyError, Conflict, apply, track_update};
 pub use lists::{builtin_list_semantics, schema_list_semantics};
 pub use schema::{FieldCause, StructuralSchema};
+pub use strategic::{PatchError, strategic_merge_patch};
 
 /// How a list is merged, per Kubernetes' list-type markers / patchStrategy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
