@@ -1,0 +1,257 @@
+//! IPv4 data plane against the real kernel: an announcer in a "node" namespace, a client
+//! namespace whose own kernel resolves addresses by ARP, all on one bridge.
+
+mod dataplane_support;
+
+use std::net::UdpSocket;
+
+use dataplane_support::{RunningAnnouncer, arping_macs, fast_config, ip, wait_until};
+use ipnet::IpNet;
+use lodestone_harness::netns::Topology;
+use lodestone_speaker::announcer::AnnouncerEvent;
+
+fn net(s: &str) -> Option<IpNet> {
+    Some(s.parse().unwrap())
+}
+
+#[test]
+fn owned_address_resolves_to_the_node_and_falls_silent_when_released() {
+    let topo = Topology::new().unwrap();
+    let node = topo.add_host("ldn", net("192.0.2.10/24"), None).unwrap();
+    let client = topo.add_host("ldc", net("192.0.2.1/24"), None).unwrap();
+    let a = RunningAnnouncer::start(node.ns(), fast_config());
+    let owned = ip("192.0.2.100");
+    let unowned = ip("192.0.2.101");
+
+    a.own(&[owned]);
+    a.wait_announced(owned);
+    a.wait_event("Announcing", |e| {
+        *e == AnnouncerEvent::Announcing {
+            ip: owned,
+            interfaces: vec!["eth0".into()],
+        }
+    });
+
+    // The echo itself goes unanswered (the address is not configured on the node); the
+    // point is the client kernel's ARP resolution on the way.
+    let _ = client.ping(owned).unwrap();
+    let entry = client.neigh(owned).unwrap().expect("neighbour entry");
+    assert_eq!(entry.mac, Some(node.mac().unwrap()), "{entry:?}");
+    assert!(a.announcer.counters().arp_requests_answered >= 1);
+
+    // Nobody answers for an address nobody owns.
+    assert!(!client.ping(unowned).unwrap());
+    let entry = client.neigh(unowned).unwrap();
+    assert!(entry.as_ref().is_none_or(|e| e.mac.is_none()), "{entry:?}");
+
+    // Released: silent at once.
+    a.own(&[]);
+    assert!(a.announcer.announced_on().is_empty());
+    a.wait_event("Stopped", |e| *e == AnnouncerEvent::Stopped { ip: owned });
+    let before = a.announcer.counters();
+    client.flush_neigh().unwrap();
+    assert!(!client.ping(owned).unwrap());
+    let entry = client.neigh(owned).unwrap();
+    assert!(entry.as_ref().is_none_or(|e| e.mac.is_none()), "{entry:?}");
+    let after = a.announcer.counters();
+    assert_eq!(after.arp_requests_answered, before.arp_requests_answered);
+}
+
+#[test]
+fn gratuitous_arp_moves_the_clients_entry_to_the_new_owner() {
+    let topo = Topology::new().unwrap();
+    let node_a = topo.add_host("ldna", net("192.0.2.10/24"), None).unwrap();
+    let node_b = topo.add_host("ldnb", net("192.0.2.11/24"), None).unwrap();
+    let client = topo.add_host("ldc", net("192.0.2.1/24"), None).unwrap();
+    let a = RunningAnnouncer::start(node_a.ns(), fast_config());
+    let b = RunningAnnouncer::start(node_b.ns(), fast_config());
+    let vip = ip("192.0.2.100");
+    let mac_a = node_a.mac().unwrap();
+    let mac_b = node_b.mac().unwrap();
+
+    a.own(&[vip]);
+    a.wait_announced(vip);
+    let _ = client.ping(vip).unwrap();
+    assert_eq!(client.neigh(vip).unwrap().unwrap().mac, Some(mac_a.clone()));
+
+    // Failover: A lets go, B takes over. The client sends nothing; only B's gratuitous
+    // ARPs can change its entry.
+    a.own(&[]);
+    b.own(&[vip]);
+    wait_until("client entry points at node B", || {
+        client.neigh(vip).unwrap().and_then(|n| n.mac) == Some(mac_b.clone())
+    });
+    let cb = b.announcer.counters();
+    assert!(cb.gratuitous_arp_sent >= 1);
+    assert_eq!(cb.arp_requests_answered, 0, "B answered a request: {cb:?}");
+}
+
+#[test]
+fn only_arp_frames_reach_user_space() {
+    let topo = Topology::new().unwrap();
+    let node = topo.add_host("ldn", net("192.0.2.10/24"), None).unwrap();
+    let client = topo.add_host("ldc", net("192.0.2.1/24"), None).unwrap();
+    let a = RunningAnnouncer::start(node.ns(), fast_config());
+    let vip = ip("192.0.2.100");
+    a.own(&[vip]);
+    a.wait_announced(vip);
+    wait_until("burst sent", || {
+        a.announcer.counters().gratuitous_arp_sent == 3
+    });
+    let before = a.announcer.counters();
+
+    const DATAGRAMS: usize = 300;
+    client
+        .ns()
+        .run_in(|| {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_broadcast(true).unwrap();
+            for i in 0..DATAGRAMS {
+                let dst = if i % 3 == 0 {
+                    "192.0.2.255:9"
+                } else {
+                    "192.0.2.10:9"
+                };
+                s.send_to(b"not ARP", dst).unwrap();
+            }
+        })
+        .unwrap();
+    // Frames are processed in order: once the node answered this later request, every
+    // datagram before it has been through the filter.
+    let _ = client.ping(vip).unwrap();
+    wait_until("request answered", || {
+        a.announcer.counters().arp_requests_answered > before.arp_requests_answered
+    });
+    let after = a.announcer.counters();
+    let received = after.arp_frames_received - before.arp_frames_received;
+    // The client's request for 192.0.2.10, its reply to the node kernel's request, the
+    // request for the VIP: a handful of ARP frames, and none of the datagrams.
+    assert!(received <= 6, "user space saw {received} frames: {after:?}");
+    assert!(received >= 2, "{after:?}");
+}
+
+#[test]
+fn a_conflicting_claim_is_reported() {
+    let topo = Topology::new().unwrap();
+    let node = topo.add_host("ldn", net("192.0.2.10/24"), None).unwrap();
+    let intruder = topo.add_host("ldi", net("192.0.2.66/24"), None).unwrap();
+    let a = RunningAnnouncer::start(node.ns(), fast_config());
+    let vip = ip("192.0.2.100");
+    a.own(&[vip]);
+    a.wait_announced(vip);
+
+    // arping -U: gratuitous ARP claiming the VIP for the intruder's MAC.
+    let _ = intruder
+        .ns()
+        .exec(
+            "arping",
+            &[
+                "-U",
+                "-S",
+                "192.0.2.100",
+                "-c",
+                "2",
+                "-W",
+                "0.2",
+                "-i",
+                "eth0",
+                "192.0.2.100",
+            ],
+        )
+        .unwrap();
+    let intruder_mac = intruder.mac().unwrap();
+    let ev = a.wait_event("Conflict", |e| matches!(e, AnnouncerEvent::Conflict { .. }));
+    let AnnouncerEvent::Conflict {
+        ip: cip,
+        mac,
+        interface,
+    } = ev
+    else {
+        unreachable!()
+    };
+    assert_eq!(cip, vip);
+    assert_eq!(mac.to_string(), intruder_mac);
+    assert_eq!(interface, "eth0");
+    assert!(a.announcer.counters().conflicts >= 1);
+}
+
+#[test]
+fn two_owners_are_visible_as_two_answering_macs() {
+    let topo = Topology::new().unwrap();
+    let node_a = topo.add_host("ldna", net("192.0.2.10/24"), None).unwrap();
+    let node_b = topo.add_host("ldnb", net("192.0.2.11/24"), None).unwrap();
+    let client = topo.add_host("ldc", net("192.0.2.1/24"), None).unwrap();
+    let a = RunningAnnouncer::start(node_a.ns(), fast_config());
+    let b = RunningAnnouncer::start(node_b.ns(), fast_config());
+    let vip = ip("192.0.2.100");
+
+    a.own(&[vip]);
+    a.wait_announced(vip);
+    assert_eq!(arping_macs(client.ns(), vip), vec![node_a.mac().unwrap()]);
+
+    b.own(&[vip]);
+    b.wait_announced(vip);
+    let mut expected = vec![node_a.mac().unwrap(), node_b.mac().unwrap()];
+    expected.sort();
+    assert_eq!(arping_macs(client.ns(), vip), expected);
+}
+
+#[test]
+fn a_link_coming_back_up_gets_a_fresh_burst() {
+    let topo = Topology::new().unwrap();
+    let node = topo.add_host("ldn", net("192.0.2.10/24"), None).unwrap();
+    let a = RunningAnnouncer::start(node.ns(), fast_config());
+    let vip = ip("192.0.2.100");
+    a.own(&[vip]);
+    a.wait_announced(vip);
+    wait_until("first burst", || {
+        a.announcer.counters().gratuitous_arp_sent == 3
+    });
+
+    node.link_down().unwrap();
+    wait_until("withdrawn from the dead link", || {
+        a.announcer.announced_on().is_empty()
+    });
+    node.link_up().unwrap();
+    a.wait_announced(vip);
+    wait_until("second burst", || {
+        a.announcer.counters().gratuitous_arp_sent == 6
+    });
+}
+
+#[test]
+fn interfaces_that_appear_later_are_used_without_restart() {
+    let topo = Topology::new().unwrap();
+    let node = topo.add_host("ldn", net("192.0.2.10/24"), None).unwrap();
+    let a = RunningAnnouncer::start(node.ns(), fast_config());
+    let vip = ip("198.51.100.100");
+    a.announcer.set_owned(
+        [(vip, Some(vec!["eth1".to_string()]))]
+            .into_iter()
+            .collect(),
+    );
+    assert!(a.announcer.announced_on().is_empty());
+
+    let ns = node.ns();
+    ns.exec_ok(
+        "ip",
+        &[
+            "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p",
+        ],
+    )
+    .unwrap();
+    ns.exec_ok("ip", &["link", "set", "eth1p", "up"]).unwrap();
+    ns.exec_ok("ip", &["link", "set", "eth1", "up"]).unwrap();
+    wait_until("announced on the new link", || {
+        a.announcer.announced_on().get(&vip) == Some(&vec!["eth1".to_string()])
+    });
+    wait_until("burst on the new link", || {
+        a.announcer.counters().gratuitous_arp_sent == 3
+    });
+
+    ns.exec_ok("ip", &["link", "del", "eth1"]).unwrap();
+    wait_until("withdrawn when the link vanishes", || {
+        a.announcer.announced_on().is_empty()
+    });
+    a.wait_event("Stopped", |e| *e == AnnouncerEvent::Stopped { ip: vip });
+}
