@@ -1,1 +1,134 @@
-fn main(){}
+//! `lodestone-speaker`: one per node; answers ARP/NDP for the LoadBalancer addresses this node
+//! owns. See `docs/announcing.md`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use lodestone_speaker::announcer::AnnouncerConfig;
+use lodestone_speaker::interfaces::DEFAULT_EXCLUDE;
+use lodestone_speaker::membership::auth::MIN_KEY_LEN;
+use lodestone_speaker::plan::{ClassFilter, DEFAULT_LB_CLASS};
+use lodestone_speaker::run::{SpeakerConfig, run};
+
+/// Environment variable that may hold the membership key instead of the file.
+const KEY_ENV: &str = "LODESTONE_MEMBERLIST_KEY";
+
+#[derive(Parser, Debug)]
+#[command(name = "lodestone-speaker", version, about)]
+struct Args {
+    /// This node's name, as in its Node object (usually from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// `spec.loadBalancerClass` served by Lodestone.
+    #[arg(long, env = "LODESTONE_LB_CLASS", default_value = DEFAULT_LB_CLASS)]
+    lb_class: String,
+    /// Also serve LoadBalancer Services without a class.
+    #[arg(long, env = "LODESTONE_DEFAULT_CLASS", default_value_t = true, action = clap::ArgAction::Set)]
+    default_class: bool,
+    /// UDP port of the membership protocol, the same on every node.
+    #[arg(long, default_value_t = 7946)]
+    membership_port: u16,
+    /// Local address the membership socket binds to (default: any, of the advertised family).
+    #[arg(long)]
+    membership_bind: Option<IpAddr>,
+    /// Address the other speakers reach this one at (default: this Node's InternalIP).
+    #[arg(long)]
+    membership_advertise: Option<IpAddr>,
+    /// File holding the shared membership key (at least 16 bytes; surrounding whitespace is
+    /// ignored). `LODESTONE_MEMBERLIST_KEY` takes precedence when set.
+    #[arg(long, default_value = "/etc/lodestone/memberlist/key")]
+    memberlist_key_file: PathBuf,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(long, default_value = "0.0.0.0:7473")]
+    health_addr: SocketAddr,
+    /// Interfaces never chosen automatically (regular expression).
+    #[arg(long, default_value = DEFAULT_EXCLUDE)]
+    interface_exclude: String,
+    /// Gratuitous ARPs / unsolicited NAs sent when starting to announce an address.
+    #[arg(long, default_value_t = 3)]
+    gratuitous_count: u32,
+    /// Pause between two of them, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    gratuitous_interval_ms: u64,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn read_key(args: &Args) -> anyhow::Result<Vec<u8>> {
+    let raw = match std::env::var_os(KEY_ENV) {
+        Some(v) => v.into_encoded_bytes(),
+        None => std::fs::read(&args.memberlist_key_file).with_context(|| {
+            format!(
+                "no membership key: set {KEY_ENV} or provide {} (the Secret lodestone-memberlist, key `key`); \
+                 speakers refuse to run unauthenticated",
+                args.memberlist_key_file.display()
+            )
+        })?,
+    };
+    let key = raw.trim_ascii().to_vec();
+    if key.len() < MIN_KEY_LEN {
+        bail!(
+            "the membership key is {} bytes; at least {MIN_KEY_LEN} are required",
+            key.len()
+        );
+    }
+    Ok(key)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; SIGTERM will not hand over gracefully");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if args.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let key = read_key(&args)?;
+    let client = kube::Client::try_default()
+        .await
+        .context("building the Kubernetes client (in-cluster config or KUBECONFIG)")?;
+    let cfg = SpeakerConfig {
+        node_name: args.node_name.clone(),
+        class: ClassFilter {
+            lb_class: args.lb_class.clone(),
+            default_class: args.default_class,
+        },
+        membership_port: args.membership_port,
+        membership_bind: args.membership_bind,
+        membership_advertise: args.membership_advertise,
+        key,
+        health_addr: args.health_addr,
+        announcer: AnnouncerConfig {
+            gratuitous_count: args.gratuitous_count,
+            gratuitous_interval: Duration::from_millis(args.gratuitous_interval_ms),
+            exclude: args.interface_exclude.clone(),
+            ..AnnouncerConfig::default()
+        },
+    };
+    run(client, cfg, shutdown_signal()).await?;
+    Ok(())
+}
