@@ -419,3 +419,64 @@ async fn unauthenticated_requests_get_401() {
         other => panic!("expected 401, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn server_side_apply_owns_fields_and_conflicts() {
+    let (_s, client) = server().await;
+    let api: Api<Service> = Api::namespaced(client, "default");
+    let cfg = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ssa", "labels": {"a": "1"}},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}});
+    let pp = PatchParams::apply("alice");
+    let created = api.patch("ssa", &pp, &Patch::Apply(&cfg)).await.unwrap();
+    let mf = created.metadata.managed_fields.clone().unwrap();
+    assert!(
+        mf.iter()
+            .any(|e| e.manager.as_deref() == Some("alice")
+                && e.operation.as_deref() == Some("Apply"))
+    );
+    // Re-applying the same configuration is a no-op: no new resourceVersion, no watch event.
+    let again = api.patch("ssa", &pp, &Patch::Apply(&cfg)).await.unwrap();
+    assert_eq!(
+        again.metadata.resource_version,
+        created.metadata.resource_version
+    );
+    // Another manager changing alice's field conflicts, unless forced.
+    let bob = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ssa", "labels": {"a": "2"}}});
+    match api
+        .patch("ssa", &PatchParams::apply("bob"), &Patch::Apply(&bob))
+        .await
+    {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
+            assert!(
+                e.message.contains("conflict with \"alice\""),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected an apply conflict, got {other:?}"),
+    }
+    let forced = api
+        .patch(
+            "ssa",
+            &PatchParams::apply("bob").force(),
+            &Patch::Apply(&bob),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forced.labels()["a"], "2");
+    // Status through apply, as the controller writes it.
+    let status = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ssa"},
+        "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.7"}]}}});
+    let st = api
+        .patch_status(
+            "ssa",
+            &PatchParams::apply("lodestone-controller").force(),
+            &Patch::Apply(&status),
+        )
+        .await
+        .unwrap();
+    let ingress = st.status.unwrap().load_balancer.unwrap().ingress.unwrap();
+    assert_eq!(ingress[0].ip.as_deref(), Some("192.0.2.7"));
+    assert_eq!(st.spec.unwrap().type_.as_deref(), Some("LoadBalancer"));
+}

@@ -460,9 +460,6 @@ impl State {
             ] {
                 m.remove(k);
             }
-            if !tracked {
-                m.remove("managedFields");
-            }
             m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
             m.insert("creationTimestamp".into(), json!(ctx.now));
             if def.generation {
@@ -578,12 +575,6 @@ impl State {
                 };
             }
             m.remove("selfLink");
-            if !tracked
-                && !m.contains_key("managedFields")
-                && let Some(mf) = old_meta.get("managedFields")
-            {
-                m.insert("managedFields".into(), mf.clone());
-            }
             new
         };
         meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv_of(old).to_string()));

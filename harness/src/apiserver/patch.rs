@@ -47,10 +47,31 @@ pub fn apply(
     now: &str,
     name: &str,
 ) -> Result<Value, ApiError> {
-    let _ = (def, live, config, manager, force, subresource, now, name);
-    Err(ApiError::unsupported_media_type(
-        "application/apply-patch+yaml",
-    ))
+    let lists = lists_for(def);
+    merge::apply(
+        live,
+        config,
+        manager,
+        force,
+        subresource,
+        lists.as_ref(),
+        now,
+    )
+    .map_err(|e| match e {
+        merge::ApplyError::Conflicts(cs) => {
+            let message = merge::ApplyError::Conflicts(cs.clone()).to_string();
+            let causes = cs
+                .into_iter()
+                .map(|c| Cause {
+                    reason: "FieldManagerConflict".into(),
+                    message: format!("conflict with {:?}", c.manager),
+                    field: c.field,
+                })
+                .collect();
+            ApiError::apply_conflict(&def.group, &def.plural, name, message, causes)
+        }
+        merge::ApplyError::Invalid(m) => ApiError::bad_request(m),
+    })
 }
 
 /// Record field ownership for a non-apply write.
@@ -62,7 +83,8 @@ pub fn track_update(
     subresource: Option<&str>,
     now: &str,
 ) {
-    let _ = (def, old, new, manager, subresource, now);
+    let lists = lists_for(def);
+    merge::track_update(old, new, manager, subresource, lists.as_ref(), now);
 }
 
 /// Prune unknown fields, apply defaults and validate a custom resource against its CRD schema.
