@@ -47,7 +47,7 @@ fn populated(cidr: &str, family: IpFamily) -> (Ipam, Vec<(ServiceRequest, Vec<Ip
     };
     let mut ipam = Ipam::new();
     ipam.set_pools(vec![pool]);
-    // Assign PRESENT / 7 * 8 then release every eighth: PRESENT remain.
+    // Assign PRESENT + PRESENT/7, then release every eighth until PRESENT remain.
     let total = PRESENT + PRESENT.div_ceil(7);
     let reqs: Vec<ServiceRequest> = (0..total).map(|n| request(n, family)).collect();
     for r in &reqs {

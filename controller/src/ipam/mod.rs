@@ -32,7 +32,7 @@
 //!
 //! With n assignments: allocate, release and [`Ipam::is_free`] are O(log n) plus a term linear in
 //! the number of pools and of ranges per pool, independent of pool sizes (a `/8` or a `/64` costs
-//! the same). Used addresses are kept as coalesced runs ([`runs`]), so the lowest free address is
+//! the same). Used addresses are kept as coalesced runs (module `runs`), so the lowest free address is
 //! found by jumping over runs, never by scanning a bitmap.
 
 mod runs;
@@ -964,7 +964,6 @@ impl Ipam {
 
     /// Addresses `req` can get from `pool`: requested ones (or a refusal) plus one per other
     /// family where available; also the first family that could not be served.
-    #[allow(clippy::type_complexity)]
     fn plan_in_pool(
         &self,
         req: &ServiceRequest,
