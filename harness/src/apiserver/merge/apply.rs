@@ -281,7 +281,7 @@ fn prune(
             let mut remove = Vec::new();
             for (pe, lchild) in last.children() {
                 let PathElement::Field(k) = pe else { continue };
-                if protected.contains(k) || (root && k == "metadata" && lchild.is_member()) {
+                if protected.contains(k) {
                     continue;
                 }
                 let Some(child) = m.get_mut(k) else { continue };
@@ -398,7 +398,20 @@ pub fn apply(
     let mut config_set = FieldSet::default();
     Walker::new(lists)
         .applied_set(&config, &mut config_set)
-        .map_err(|e| ApplyError::Invalid(e.0))?;
+        .map_err(|e| {
+            // kube-apiserver's wording, e.g. "failed to create typed patch object
+            // (/v1, Kind=Service): .spec.ports: duplicate entries for key [port=80,...]".
+            let group_version = if api_version.contains('/') {
+                api_version.clone()
+            } else {
+                format!("/{api_version}")
+            };
+            let kind = config.get("kind").and_then(Value::as_str).unwrap_or("");
+            ApplyError::Invalid(format!(
+                "failed to create typed patch object ({group_version}, Kind={kind}): {}",
+                e.0
+            ))
+        })?;
     let merged = merge(&live_clean, &config, lists, &mut Vec::new())?;
 
     let mine = entries
@@ -500,19 +513,36 @@ pub fn track_update(
     } else {
         None
     };
+    let empty = json!({});
+    let mut cmp = Comparison::default();
+    Walker::new(lists).compare(old.unwrap_or(&empty), new, &mut cmp);
+    if cmp.is_same() {
+        // Nothing to record: keep the request's own managedFields, else the stored ones verbatim.
+        if from_request.is_none() {
+            let stored = old
+                .and_then(|o| o.pointer("/metadata/managedFields"))
+                .cloned();
+            match (
+                stored,
+                new.get_mut("metadata").and_then(Value::as_object_mut),
+            ) {
+                (Some(mf), Some(meta)) => {
+                    meta.insert("managedFields".into(), mf);
+                }
+                (None, Some(meta)) => {
+                    meta.remove("managedFields");
+                }
+                (_, None) => {}
+            }
+        }
+        return;
+    }
     let mut entries = match from_request {
         Some(e) => e,
         None => old
             .map(|o| decode_managed(o).unwrap_or_default())
             .unwrap_or_default(),
     };
-    let empty = json!({});
-    let mut cmp = Comparison::default();
-    Walker::new(lists).compare(old.unwrap_or(&empty), new, &mut cmp);
-    if cmp.is_same() {
-        encode_managed(new, entries);
-        return;
-    }
     let changed = cmp.modified.union(&cmp.added);
     for e in entries.iter_mut() {
         e.fields = e.fields.difference(&changed).difference(&cmp.removed);
@@ -855,6 +885,92 @@ mod tests {
                 .contains("duplicate entries for key [type=\"A\"]"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn undeclared_fields_are_refused_for_schemas() {
+        let schema = json!({"type": "object", "properties": {
+            "spec": {"type": "object", "properties": {"a": {"type": "string"}}}}});
+        let l = crate::apiserver::merge::schema_list_semantics(&schema);
+        let cfg = json!({"apiVersion": "x.dev/v1", "kind": "X", "metadata": {"name": "n", "labels": {"k": "v"}},
+                         "spec": {"a": "1", "b": "2"}});
+        let err = apply(None, &cfg, "m", false, None, l.as_ref(), T1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "failed to create typed patch object (x.dev/v1, Kind=X): .spec.b: field not declared in schema"
+        );
+        let mut ok = cfg.clone();
+        ok["spec"] = json!({"a": "1"});
+        assert!(apply(None, &ok, "m", false, None, l.as_ref(), T1).is_ok());
+    }
+
+    #[test]
+    fn pool_status_apply_with_the_real_crd_schema() {
+        let crd = lodestone_crds::all_crds()
+            .into_iter()
+            .find(|c| c.spec.names.kind == "IPAddressPool")
+            .unwrap();
+        let schema = serde_json::to_value(
+            crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema
+                .as_ref()
+                .unwrap(),
+        )
+        .unwrap();
+        let l = crate::apiserver::merge::schema_list_semantics(&schema);
+        let live = json!({"apiVersion": "lodestone.dev/v1alpha1", "kind": "IPAddressPool",
+                          "metadata": {"name": "p"}, "spec": {"addresses": ["192.0.2.0/28"]}});
+        let status = |n: i64| {
+            json!({"apiVersion": "lodestone.dev/v1alpha1", "kind": "IPAddressPool",
+                                     "metadata": {"name": "p"},
+                                     "status": {"assigned": n, "available": 16 - n,
+                                                "conditions": [{"type": "Ready", "status": "True", "reason": "Ok",
+                                                                "message": "", "lastTransitionTime": T1}]}})
+        };
+        let o1 = apply(
+            Some(&live),
+            &status(1),
+            "lodestone-controller",
+            true,
+            Some("status"),
+            l.as_ref(),
+            T1,
+        )
+        .unwrap();
+        let o2 = apply(
+            Some(&o1),
+            &status(2),
+            "lodestone-controller",
+            true,
+            Some("status"),
+            l.as_ref(),
+            T2,
+        )
+        .unwrap();
+        assert_eq!(o2["status"]["assigned"], 2);
+        assert_eq!(o2["spec"], live["spec"]);
+        // The schema has no list-type marker on conditions: the list is owned atomically.
+        assert_eq!(
+            entry(&o2, "lodestone-controller").unwrap()["fieldsV1"]["f:status"]["f:conditions"],
+            json!({})
+        );
+        let mut bogus = status(3);
+        bogus["status"]["notInTheSchema"] = json!(1);
+        assert!(matches!(
+            apply(
+                Some(&o2),
+                &bogus,
+                "lodestone-controller",
+                true,
+                Some("status"),
+                l.as_ref(),
+                T2
+            ),
+            Err(ApplyError::Invalid(_))
+        ));
     }
 
     #[test]

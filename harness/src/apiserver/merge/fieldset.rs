@@ -333,6 +333,14 @@ impl<'a> Walker<'a> {
                         continue;
                     }
                     self.push(k.clone(), PathElement::Field(k.clone()));
+                    if !self.lists.declares(&self.sem) {
+                        let e = SetError(format!(
+                            "{}: field not declared in schema",
+                            path_string(&self.fs)
+                        ));
+                        self.pop();
+                        return Err(e);
+                    }
                     let r = self.applied_set(child, out);
                     self.pop();
                     r?;

@@ -235,6 +235,36 @@ impl ListSemantics for SchemaLists {
     fn list_type(&self, path: &[String]) -> ListType {
         self.resolve(path)
     }
+
+    fn declares(&self, path: &[String]) -> bool {
+        let mut node = &self.schema;
+        for (i, seg) in path.iter().enumerate() {
+            let flag = |n: &Value, k: &str| n.get(k).and_then(Value::as_bool).unwrap_or(false);
+            // Type meta and ObjectMeta of the root and of embedded resources are always declared.
+            if (i == 0 || flag(node, "x-kubernetes-embedded-resource"))
+                && matches!(seg.as_str(), "apiVersion" | "kind" | "metadata")
+            {
+                return true;
+            }
+            let next = if seg == "[]" {
+                node.get("items")
+            } else {
+                node.get("properties")
+                    .and_then(|p| p.get(seg))
+                    .or_else(|| node.get("additionalProperties").filter(|a| a.is_object()))
+            };
+            match next {
+                Some(n) => node = n,
+                None => {
+                    return flag(node, "x-kubernetes-preserve-unknown-fields")
+                        || node.get("additionalProperties") == Some(&Value::Bool(true))
+                        // A non-object node: a type error for validation, not an unknown field.
+                        || node.get("type").and_then(Value::as_str).is_some_and(|t| t != "object" && t != "array");
+                }
+            }
+        }
+        true
+    }
 }
 
 /// From a CRD's openAPIV3Schema: x-kubernetes-list-type (atomic|set|map) + x-kubernetes-list-map-keys;
@@ -346,5 +376,26 @@ mod tests {
             map(&["uid"])
         );
         assert_eq!(l.list_type(&p("spec.nothing.here")), ListType::Atomic);
+        for declared in [
+            "apiVersion",
+            "metadata.labels.x",
+            "spec.addresses",
+            "spec.rules.[].ports",
+            "spec.byName.any",
+            "spec.embedded.whatever.below",
+            "status.conditions",
+        ] {
+            assert!(l.declares(&p(declared)), "{declared}");
+        }
+        for undeclared in [
+            "bogus",
+            "spec.bogus",
+            "spec.rules.[].bogus",
+            // Items typed object without properties declare nothing.
+            "status.conditions.[].anything",
+        ] {
+            assert!(!l.declares(&p(undeclared)), "{undeclared}");
+        }
+        assert!(builtin_list_semantics("", "Service").declares(&p("spec.bogus")));
     }
 }

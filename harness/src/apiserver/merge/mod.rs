@@ -43,6 +43,14 @@ pub trait ListSemantics: Send + Sync {
     fn patch_strategy(&self, path: &[String]) -> ListType {
         self.list_type(path)
     }
+
+    /// Whether the schema declares the field at `path` (same form as above). Server-side apply
+    /// refuses configurations with undeclared fields ("field not declared in schema"). Built-in
+    /// tables declare everything; CRD schemas answer from their properties.
+    fn declares(&self, path: &[String]) -> bool {
+        let _ = path;
+        true
+    }
 }
 
 /// RFC 7386 JSON merge patch: objects merge recursively, `null` deletes, anything else replaces.

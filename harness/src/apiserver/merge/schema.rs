@@ -1111,8 +1111,16 @@ fn validate_object(
         }
     }
     for (k, child) in map {
-        // Root metadata is ObjectMeta, validated by the caller.
+        // Root metadata is ObjectMeta, validated by the caller; a CRD may only restrict its
+        // name and generateName.
         if root && k == "metadata" {
+            if let (Some(meta_schema), Value::Object(meta)) = (n.properties.get(k), child) {
+                for f in ["name", "generateName"] {
+                    if let (Some(s), Some(v)) = (meta_schema.properties.get(f), meta.get(f)) {
+                        validate_node(s, v, &format!("metadata.{f}"), false, out);
+                    }
+                }
+            }
             continue;
         }
         if let Some(s) = n.properties.get(k).or(n.additional.as_deref()) {
@@ -1463,6 +1471,21 @@ mod tests {
         assert_eq!(
             causes[0].message,
             "Invalid value: \"null\": spec.opt in body must be of type string: \"null\""
+        );
+    }
+
+    #[test]
+    fn metadata_name_restrictions_apply() {
+        let s = StructuralSchema::new(&json!({"type": "object", "properties": {
+            "metadata": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 3}}}}}))
+        .unwrap();
+        let causes = s.validate(
+            &json!({"metadata": {"name": "toolong", "labels": {"x": "y"}}}),
+            None,
+        );
+        assert_eq!(
+            fields(&causes),
+            vec![("metadata.name", "Too long: may not be more than 3 bytes")]
         );
     }
 
