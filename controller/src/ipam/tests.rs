@@ -800,3 +800,42 @@ fn large_pools_allocate_without_scanning() {
     assert_eq!(i.used_v4_avoid.run_count(), 1);
     assert_eq!(i.used_v6.run_count(), 1);
 }
+
+#[test]
+fn reserved_partial_dual_stack_is_completed_by_assign_or_released() {
+    let mut i = ipam(vec![pool("d", &["192.0.2.0/30", "2001:db8::/128"])]);
+    let mut r = req("ns", "dual");
+    r.families = FamilyPolicy::RequireDualStack(IpFamily::V4);
+    let held = i.reserve(&r, &ips(&["192.0.2.3"])).unwrap();
+    assert_eq!(held.addresses, ips(&["192.0.2.3"]));
+    assert_eq!(got(&mut i, &r), ips(&["192.0.2.3", "2001:db8::"]));
+    // A second one cannot be completed: the only IPv6 address is taken.
+    let mut s = req("ns", "dual2");
+    s.families = FamilyPolicy::RequireDualStack(IpFamily::V4);
+    assert!(i.reserve(&s, &ips(&["192.0.2.2"])).is_ok());
+    assert_eq!(
+        i.assign(&s).unwrap_err(),
+        AllocError::PoolExhausted {
+            pools: vec!["d".into()],
+            family: IpFamily::V6
+        }
+    );
+    assert!(i.is_free(ip("192.0.2.2")));
+}
+
+#[test]
+fn keys_policies_and_protocols_display() {
+    assert_eq!(ServiceKey::new("default", "web").to_string(), "default/web");
+    assert_eq!(
+        FamilyPolicy::PreferDualStack(IpFamily::V6).families(),
+        [IpFamily::V6, IpFamily::V4]
+    );
+    assert_eq!(
+        FamilyPolicy::SingleStack(IpFamily::V4).families(),
+        [IpFamily::V4]
+    );
+    assert_eq!(
+        [Protocol::Tcp, Protocol::Udp, Protocol::Sctp].map(|p| p.to_string()),
+        ["TCP", "UDP", "SCTP"]
+    );
+}
