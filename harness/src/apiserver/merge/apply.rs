@@ -1120,7 +1120,99 @@ mod tests {
         status_cfg(&v)
     }
 
+    type Op = (usize, std::collections::BTreeMap<String, u8>, bool);
+
+    fn arb_ops() -> impl Strategy<Value = Vec<Op>> {
+        prop::collection::vec(
+            (
+                0usize..3,
+                prop::collection::btree_map("[a-d]", 0u8..3, 0..4),
+                any::<bool>(),
+            ),
+            1..10,
+        )
+    }
+
+    /// The documented rules as a model: per field, the value and the set of owners.
+    #[derive(Default)]
+    struct Model {
+        fields: std::collections::BTreeMap<String, (u8, std::collections::BTreeSet<usize>)>,
+    }
+
+    impl Model {
+        /// Returns false when the apply conflicts (and then changes nothing).
+        fn apply(
+            &mut self,
+            m: usize,
+            cfg: &std::collections::BTreeMap<String, u8>,
+            force: bool,
+        ) -> bool {
+            let conflict = cfg.iter().any(|(k, v)| {
+                self.fields
+                    .get(k)
+                    .is_some_and(|(cur, owners)| cur != v && owners.iter().any(|o| *o != m))
+            });
+            if conflict && !force {
+                return false;
+            }
+            for (k, (_, owners)) in self.fields.iter_mut() {
+                if !cfg.contains_key(k) {
+                    owners.remove(&m);
+                }
+            }
+            self.fields.retain(|_, (_, owners)| !owners.is_empty());
+            for (k, v) in cfg {
+                let e = self
+                    .fields
+                    .entry(k.clone())
+                    .or_insert((*v, Default::default()));
+                if e.0 != *v {
+                    *e = (*v, Default::default());
+                }
+                e.1.insert(m);
+            }
+            true
+        }
+    }
+
     proptest! {
+        #[test]
+        fn apply_follows_the_ownership_model(ops in arb_ops()) {
+            let l = builtin_list_semantics("", "ConfigMap");
+            let names = ["a", "b", "c"];
+            let mut model = Model::default();
+            let mut obj: Option<Value> = None;
+            for (m, cfg, force) in &ops {
+                let data: Map<String, Value> =
+                    cfg.iter().map(|(k, v)| (k.clone(), Value::from(v.to_string()))).collect();
+                let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": data});
+                let res = apply(obj.as_ref(), &body, names[*m], *force, None, l.as_ref(), T1);
+                let accepted = model.apply(*m, cfg, *force);
+                prop_assert_eq!(res.is_ok(), accepted, "{:?}", res);
+                if let Ok(o) = res {
+                    obj = Some(o);
+                }
+                let o = obj.clone().unwrap_or_else(|| json!({}));
+                let got: std::collections::BTreeMap<String, String> = o
+                    .get("data").and_then(Value::as_object)
+                    .map(|d| d.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned())).collect())
+                    .unwrap_or_default();
+                let want: std::collections::BTreeMap<String, String> =
+                    model.fields.iter().map(|(k, (v, _))| (k.clone(), v.to_string())).collect();
+                prop_assert_eq!(got, want);
+                for (i, name) in names.iter().enumerate() {
+                    let owned: std::collections::BTreeSet<String> = entry(&o, name)
+                        .and_then(|e| e["fieldsV1"]["f:data"].as_object())
+                        .map(|d| d.keys().map(|k| k.trim_start_matches("f:").to_owned()).collect())
+                        .unwrap_or_default();
+                    let want: std::collections::BTreeSet<String> = model.fields.iter()
+                        .filter(|(_, (_, owners))| owners.contains(&i))
+                        .map(|(k, _)| k.clone()).collect();
+                    prop_assert_eq!(owned, want, "manager {}", name);
+                }
+            }
+        }
+
         #[test]
         fn apply_is_idempotent(first in arb_conditions(), second in arb_conditions()) {
             let l = svc_lists();
