@@ -238,18 +238,21 @@ impl State {
         let invalid = |causes: Vec<Cause>| ApiError::invalid(&def.group, &def.kind, &key.2, causes);
         if def.crd.is_some() {
             let mut unknown = Vec::new();
-            patch::schema_admit(def, obj, old, &mut unknown).map_err(invalid)?;
+            let admitted = patch::schema_admit(def, obj, old, &mut unknown);
+            // Strict decoding happens before validation in kube-apiserver.
             if ctx.strict && !unknown.is_empty() {
                 let list: Vec<String> = unknown
                     .iter()
                     .map(|f| format!("unknown field {f:?}"))
                     .collect();
                 return Err(ApiError::bad_request(format!(
-                    "strict decoding error: {}",
-                    list.join(", ")
+                    "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
+                    list.join(", "),
+                    kind = def.kind,
+                    version = def.version,
                 )));
             }
-            return Ok(());
+            return admitted.map_err(invalid);
         }
         match (def.group.as_str(), def.kind.as_str()) {
             ("", "Service") => {
@@ -258,6 +261,9 @@ impl State {
                     if k != key {
                         used.add_service(v);
                     }
+                }
+                if obj.get("status").is_none_or(Value::is_null) {
+                    obj["status"] = json!({"loadBalancer": {}});
                 }
                 services::prepare(obj, old, &used, &self.ranges).map_err(invalid)
             }

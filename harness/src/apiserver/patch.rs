@@ -29,10 +29,17 @@ pub fn strategic_patch(
     original: &Value,
     patch: &Value,
 ) -> Result<Value, ApiError> {
-    let _ = (def, original, patch);
-    Err(ApiError::unsupported_media_type(
-        "application/strategic-merge-patch+json",
-    ))
+    let lists = lists_for(def);
+    merge::strategic_merge_patch(original, patch, lists.as_ref()).map_err(|e| match e {
+        // kube-apiserver answers a list item without its merge key with 422.
+        merge::PatchError::NoMergeKey { .. } => ApiError {
+            code: 422,
+            reason: "Invalid",
+            message: e.to_string(),
+            details: None,
+        },
+        other => ApiError::bad_request(other.to_string()),
+    })
 }
 
 /// Server-side apply.

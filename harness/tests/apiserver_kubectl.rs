@@ -1,0 +1,293 @@
+//! The real kubectl (/usr/bin/kubectl, or $KUBECTL) against the embedded server: CRDs from the
+//! generated YAML, printer columns, client-side apply (strategic merge patch), server-side
+//! apply, `get -o yaml`, `get -w`, and server-side validation errors.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use kube::api::Api;
+use lodestone_crds::IPAddressPool;
+use lodestone_harness::cluster::TestCluster;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+struct Kubectl {
+    kubeconfig: PathBuf,
+    cache: tempfile::TempDir,
+}
+
+impl Kubectl {
+    fn new(kubeconfig: &Path) -> Self {
+        Kubectl {
+            kubeconfig: kubeconfig.to_path_buf(),
+            cache: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let bin = std::env::var("KUBECTL").unwrap_or_else(|_| "/usr/bin/kubectl".into());
+        let mut c = Command::new(bin);
+        // A private discovery cache: ports are reused across runs with different resources.
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.cache.path());
+        c.args(args);
+        c.kill_on_drop(true);
+        c
+    }
+
+    /// Run to completion; returns (success, stdout, stderr).
+    async fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
+            .await
+            .expect("kubectl finished within 60s")
+            .expect("kubectl runs (is /usr/bin/kubectl installed?)");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args).await;
+        assert!(ok, "kubectl {args:?} failed:\nstdout: {out}\nstderr: {err}");
+        out
+    }
+}
+
+/// The CRD YAML exactly as `lodestone-crdgen` writes it to deploy/crds/.
+fn crd_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for crd in lodestone_crds::all_crds() {
+        let path = dir.path().join(lodestone_crds::crd_file_name(&crd));
+        std::fs::write(path, lodestone_crds::crd_yaml(&crd).unwrap()).unwrap();
+    }
+    dir
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+const POOL: &str = "apiVersion: lodestone.dev/v1alpha1
+kind: IPAddressPool
+metadata:
+  name: pool-a
+spec:
+  addresses: [\"192.0.2.0/28\", \"198.51.100.10-198.51.100.20\"]
+";
+
+const SVC: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+  labels: {app: web}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports:
+  - name: http
+    port: 80
+    targetPort: 8080
+";
+
+async fn setup() -> (TestCluster, Kubectl, tempfile::TempDir) {
+    let c = TestCluster::start().await.unwrap();
+    let k = Kubectl::new(c.kubeconfig_path());
+    let crds = crd_dir();
+    let out = k.ok(&["apply", "-f", crds.path().to_str().unwrap()]).await;
+    assert!(
+        out.contains(
+            "customresourcedefinition.apiextensions.k8s.io/ipaddresspools.lodestone.dev created"
+        ),
+        "{out}"
+    );
+    (c, k, crds)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_applies_crds_and_shows_printer_columns() {
+    let (_c, k, dir) = setup().await;
+    let pool = write(dir.path(), "pool.yaml", POOL);
+    let out = k.ok(&["apply", "-f", pool.to_str().unwrap()]).await;
+    assert_eq!(out.trim(), "ipaddresspool.lodestone.dev/pool-a created");
+    let out = k.ok(&["get", "ipaddresspools"]).await;
+    let mut lines = out.lines();
+    let header = lines.next().unwrap();
+    for col in [
+        "NAME",
+        "ADDRESSES",
+        "AUTO ASSIGN",
+        "ASSIGNED",
+        "AVAILABLE",
+        "AGE",
+    ] {
+        assert!(header.contains(col), "missing column {col}: {out}");
+    }
+    let row = lines.next().unwrap();
+    assert!(row.starts_with("pool-a"), "{out}");
+    assert!(
+        row.contains(r#"["192.0.2.0/28","198.51.100.10-198.51.100.20"]"#),
+        "{out}"
+    );
+    assert!(row.contains("true"), "{out}");
+    // Short name and category from the CRD work too.
+    assert!(k.ok(&["get", "ippool"]).await.contains("pool-a"));
+    // Client-side apply of a change (merge patch for a custom resource).
+    let changed = POOL.replace("192.0.2.0/28", "192.0.2.0/27");
+    let pool = write(dir.path(), "pool.yaml", &changed);
+    let out = k.ok(&["apply", "-f", pool.to_str().unwrap()]).await;
+    assert_eq!(out.trim(), "ipaddresspool.lodestone.dev/pool-a configured");
+    let out = k.ok(&["apply", "-f", pool.to_str().unwrap()]).await;
+    assert_eq!(out.trim(), "ipaddresspool.lodestone.dev/pool-a unchanged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_client_and_server_side_apply() {
+    let (c, k, dir) = setup().await;
+    let svc = write(dir.path(), "svc.yaml", SVC);
+    let svc_path = svc.to_str().unwrap();
+    assert_eq!(
+        k.ok(&["apply", "-f", svc_path]).await.trim(),
+        "service/web created"
+    );
+    // A changed port goes through a strategic merge patch.
+    write(dir.path(), "svc.yaml", &SVC.replace("port: 80", "port: 81"));
+    assert_eq!(
+        k.ok(&["apply", "-f", svc_path]).await.trim(),
+        "service/web configured"
+    );
+    let api: Api<Service> = Api::namespaced(c.client(), "default");
+    let live = api.get("web").await.unwrap();
+    let ports = live.spec.unwrap().ports.unwrap();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].port, 81);
+    assert!(
+        ports[0].node_port.is_some(),
+        "node port kept across the patch"
+    );
+
+    let pool = write(dir.path(), "pool.yaml", POOL);
+    let out = k
+        .ok(&["apply", "--server-side", "-f", pool.to_str().unwrap()])
+        .await;
+    assert_eq!(
+        out.trim(),
+        "ipaddresspool.lodestone.dev/pool-a serverside-applied"
+    );
+    let pools: Api<IPAddressPool> = Api::all(c.client());
+    let p = pools.get("pool-a").await.unwrap();
+    let mf = p.metadata.managed_fields.unwrap();
+    assert!(
+        mf.iter()
+            .any(|e| e.manager.as_deref() == Some("kubectl")
+                && e.operation.as_deref() == Some("Apply")),
+        "{mf:?}"
+    );
+    // Another manager owning the same field: kubectl reports the conflict.
+    let other = POOL.replace("192.0.2.0/28", "203.0.113.0/24");
+    let other_path = write(dir.path(), "other.yaml", &other);
+    let (ok, _, err) = k
+        .run(&[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "someone-else",
+            "-f",
+            other_path.to_str().unwrap(),
+        ])
+        .await;
+    assert!(!ok);
+    assert!(err.contains("conflict"), "{err}");
+    let out = k
+        .ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            "someone-else",
+            "-f",
+            other_path.to_str().unwrap(),
+        ])
+        .await;
+    assert!(out.contains("serverside-applied"), "{out}");
+    assert_eq!(
+        pools.get("pool-a").await.unwrap().spec.addresses[0],
+        "203.0.113.0/24"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_yaml_and_validation_errors() {
+    let (_c, k, dir) = setup().await;
+    let svc = write(dir.path(), "svc.yaml", SVC);
+    k.ok(&["create", "-f", svc.to_str().unwrap()]).await;
+    let out = k.ok(&["get", "svc", "web", "-o", "yaml"]).await;
+    let v: serde_json::Value = serde_saphyr::from_str(&out).unwrap();
+    assert_eq!(v["kind"], "Service");
+    assert!(v["spec"]["clusterIP"].as_str().unwrap().starts_with("10."));
+    assert_eq!(v["spec"]["ports"][0]["protocol"], "TCP");
+    assert!(v["spec"]["ports"][0]["nodePort"].as_u64().is_some());
+    let table = k.ok(&["get", "svc"]).await;
+    let header = table.lines().next().unwrap();
+    for col in [
+        "NAME",
+        "TYPE",
+        "CLUSTER-IP",
+        "EXTERNAL-IP",
+        "PORT(S)",
+        "AGE",
+    ] {
+        assert!(header.contains(col), "{table}");
+    }
+    assert!(table.contains("<pending>"), "{table}");
+
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        &POOL.replace("192.0.2.0/28", "not-an-address"),
+    );
+    let (ok, _, err) = k.run(&["apply", "-f", bad.to_str().unwrap()]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("The IPAddressPool \"pool-a\" is invalid: spec.addresses"),
+        "{err}"
+    );
+    let unknown = write(dir.path(), "unknown.yaml", &format!("{POOL}  bogus: 1\n"));
+    let (ok, _, err) = k.run(&["apply", "-f", unknown.to_str().unwrap()]).await;
+    assert!(!ok);
+    assert!(err.contains("unknown field \"spec.bogus\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_watch_streams_changes() {
+    let (_c, k, dir) = setup().await;
+    let mut child = k
+        .command(&["get", "svc", "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let svc = write(dir.path(), "svc.yaml", SVC);
+    k.ok(&["create", "-f", svc.to_str().unwrap()]).await;
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("web ") && line.contains("LoadBalancer") {
+                return line;
+            }
+        }
+        panic!("kubectl get -w ended without showing the Service");
+    })
+    .await
+    .expect("kubectl get -w printed the new Service within 30s");
+    assert!(found.contains("<pending>"), "{found}");
+    child.kill().await.unwrap();
+}
