@@ -720,12 +720,10 @@ fn prune_node(n: &Node, v: &mut Value, keep_type_meta: bool) {
                 }
             });
             for (k, child) in map.iter_mut() {
+                // Type meta and ObjectMeta (of the root or an embedded resource) are not the
+                // schema's to prune: a schema usually declares metadata as a bare object.
                 if keep_meta && ROOT_KEPT.contains(&k.as_str()) {
-                    // Root metadata belongs to the caller; an embedded resource's is pruned to
-                    // what its schema declares, like any other field.
-                    if keep_type_meta || k != "metadata" {
-                        continue;
-                    }
+                    continue;
                 }
                 if let Some(s) = n.properties.get(k).or(n.additional.as_deref()) {
                     prune_node(s, child, false);
@@ -1343,6 +1341,9 @@ mod tests {
                     "nul": {"type": "string", "nullable": true},
                     "inner": {"type": "object", "x-kubernetes-embedded-resource": true,
                               "x-kubernetes-preserve-unknown-fields": true},
+                    "tmpl": {"type": "object", "x-kubernetes-embedded-resource": true,
+                             "properties": {"metadata": {"type": "object"},
+                                            "spec": {"type": "object", "properties": {"x": {"type": "integer"}}}}},
                     "replicas": {"type": "integer",
                                  "x-kubernetes-validations": [
                                      {"rule": "self >= oldSelf", "message": "may not shrink"},
@@ -1561,7 +1562,18 @@ mod tests {
         let mut o = obj(json!({"mode": "a", "free": {"anything": {"deep": 1}},
                                "inner": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {}},
                                "nul": null, "name": null, "opt": null, "unknown": 1}));
+        o["spec"]["tmpl"] = json!({"apiVersion": "v1", "kind": "Pod",
+                                   "metadata": {"name": "t", "labels": {"a": "b"}},
+                                   "spec": {"x": 1, "y": 2}, "other": 3});
         s.prune(&mut o);
+        assert_eq!(
+            o["spec"]["tmpl"],
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "t", "labels": {"a": "b"}},
+                   "spec": {"x": 1}})
+        );
+        if let Some(spec) = o["spec"].as_object_mut() {
+            spec.remove("tmpl");
+        }
         assert_eq!(
             o["spec"],
             json!({"mode": "a", "free": {"anything": {"deep": 1}},
