@@ -1,1 +1,16 @@
-//! (being written)
+//! Running the real binaries in a namespace topology, shared by the e2e tests and the sandbox.
+//!
+//! - [`forward`]: reach the API server (root namespace loopback) from inside a node namespace.
+//! - [`traffic`]: a responder on each node answering with the node's name, and a prober on the
+//!   client recording who answered when.
+//! - [`process`]: a binary running in a namespace, with its log, signals and cleanup.
+//! - [`objects`]: Nodes, Services with status, EndpointSlices created by hand.
+
+pub mod forward;
+pub mod objects;
+pub mod process;
+pub mod traffic;
+
+pub use forward::{Forwarder, forward_into, kubeconfig_via};
+pub use process::SpeakerProcess;
+pub use traffic::{Answer, Prober, Responder, runs};

@@ -1,0 +1,99 @@
+//! A real `lodestone-speaker` (or any binary) running inside a node namespace.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+use crate::netns::{Netns, NetnsError};
+
+/// A process started in a namespace with `ip netns exec` (which execs, so the pid is the
+/// program's own), logging to a file; killed when dropped.
+#[derive(Debug)]
+pub struct SpeakerProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl SpeakerProcess {
+    /// Starts `binary args..` in `ns` with `env` added, stdout and stderr appended to `log`.
+    pub fn spawn(
+        ns: &Netns,
+        binary: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Result<SpeakerProcess, NetnsError> {
+        let io_err = |what: &str| {
+            let context = format!("{what} for {} in {}", binary.display(), ns.name());
+            move |source: io::Error| NetnsError::Io { context, source }
+        };
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(io_err("opening the log"))?;
+        let err = out.try_clone().map_err(io_err("cloning the log"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name()])
+            .arg(binary)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(io_err("spawning"))?;
+        Ok(SpeakerProcess {
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`, `libc::SIGKILL`).
+    pub fn kill(&self, signal: i32) -> io::Result<()> {
+        let pid = libc::pid_t::try_from(self.child.id())
+            .map_err(|_| io::Error::other("pid out of range"))?;
+        // SAFETY: kill(2) takes plain integers and touches none of our memory. The pid is our
+        // own unreaped child, so it cannot have been recycled for another process.
+        let rc = unsafe { libc::kill(pid, signal) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Exit status if it has exited.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> io::Result<ExitStatus> {
+        self.child.wait()
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Path of the log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+}
+
+impl Drop for SpeakerProcess {
+    fn drop(&mut self) {
+        // Errors mean it already exited.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
