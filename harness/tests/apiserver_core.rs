@@ -133,14 +133,10 @@ async fn services_create_get_list_watch() {
         WatchEvent::Deleted(s) => assert_eq!(s.metadata.name.as_deref(), Some("web")),
         e => panic!("expected DELETED, got {e:?}"),
     }
-    assert_eq!(
-        api.get("web")
-            .await
-            .unwrap_err()
-            .to_string()
-            .contains("not found"),
-        true
-    );
+    match api.get("web").await {
+        Err(kube::Error::Api(e)) => assert_eq!((e.code, e.reason.as_str()), (404, "NotFound")),
+        other => panic!("expected NotFound after delete, got {other:?}"),
+    }
 }
 
 #[tokio::test]
