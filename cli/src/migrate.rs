@@ -167,12 +167,26 @@ fn convert(obj: &Map<String, Value>, who: &str, warnings: &mut Vec<Warning>) -> 
             }
         }
         ("metallb.io", "BGPAdvertisement" | "BGPPeer" | "BFDProfile" | "Community") => {
-            warn(
-                WarningKind::Unsupported,
-                "BGP is not supported by Lodestone yet (it announces over layer 2: ARP and NDP); not migrated. \
-                 Pools announced only by BGP get addresses but nobody announces them until an L2Advertisement covers them"
-                    .into(),
-            );
+            let mut message =
+                "BGP is not supported by Lodestone yet (it announces over layer 2: ARP and NDP); not migrated".to_owned();
+            if kind == "BGPAdvertisement" {
+                let pools = obj
+                    .get("spec")
+                    .and_then(|s| s.get("ipAddressPools"))
+                    .and_then(Value::as_array)
+                    .map(|p| {
+                        p.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| "every pool it selected".to_owned());
+                message.push_str(&format!(
+                    ". Its pools ({pools}) still get addresses, but nothing announces them unless an L2Advertisement covers them"
+                ));
+            }
+            warn(WarningKind::Unsupported, message);
             None
         }
         ("metallb.io", "OSPFAdvertisement" | "OSPFInstance") => {
@@ -521,6 +535,9 @@ fn convert_pool(
     );
     if let Some(Value::Object(alloc)) = picked.get_mut("serviceAllocation") {
         adjust_priority(alloc, who, warnings);
+        if alloc.is_empty() {
+            picked.remove("serviceAllocation");
+        }
     }
     let spec: IPAddressPoolSpec = typed(picked, who, warnings)?;
 
@@ -1063,6 +1080,16 @@ mod tests {
         assert_eq!(zero.spec.service_allocation.unwrap().priority, None);
         let neg: IPAddressPool = serde_json::from_value(out[1].clone()).unwrap();
         assert_eq!(neg.spec.service_allocation.unwrap().priority, Some(0));
+        let (only, _) = migrate(vec![pool(
+            "m",
+            "only",
+            json!({"addresses": ["192.0.2.0/28"], "serviceAllocation": {"priority": 0}}),
+        )]);
+        assert!(
+            only[0]["spec"].get("serviceAllocation").is_none(),
+            "nothing left to say: {}",
+            only[0]
+        );
     }
 
     #[test]

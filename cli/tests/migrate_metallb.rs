@@ -89,9 +89,8 @@ fn layer2_setup_converts_and_bgp_is_named() {
         (Some(10), &["shop".to_owned()][..])
     );
     assert_eq!(
-        pools[1].spec.service_allocation.as_ref().unwrap().priority,
-        None,
-        "MetalLB's priority 0 = none"
+        pools[1].spec.service_allocation, None,
+        "MetalLB's priority 0 = none, and nothing else was in serviceAllocation"
     );
     assert_eq!(advs[0].spec.interfaces, ["bond0", "eth1"]);
     assert_eq!(advs[1].spec.ip_address_pools, ["cheap"]);
@@ -105,6 +104,10 @@ fn layer2_setup_converts_and_bgp_is_named() {
         let line = format!("warning: {kind} metallb-system/{name}: BGP is not supported");
         assert!(err.contains(&line), "missing {line:?} in:\n{err}");
     }
+    assert!(
+        err.contains("Its pools (public) still get addresses, but nothing announces them"),
+        "{err}"
+    );
     assert!(
         err.contains("IPAddressPool metallb-system/cheap: spec.serviceAllocation.priority 0"),
         "{err}"
