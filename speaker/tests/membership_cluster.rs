@@ -302,3 +302,35 @@ async fn without_the_key_nobody_can_be_evicted() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_given_later_form_the_cluster() {
+    let mut a = start(config("node-a", KEY, vec![])).await;
+    let mut b = start(config("node-b", KEY, vec![])).await;
+    // Both alone by configuration: formed, but knowing only themselves.
+    assert_eq!(b.view.borrow().alive, names(&["node-b"]));
+    assert!(b.view.borrow().formed);
+    // The Node list arrives: our own address in the seed list is ignored.
+    b.handle.set_seeds(vec![b.addr(), a.addr()]);
+    let both = names(&["node-a", "node-b"]);
+    wait_for(&mut a.view, "a to see b", |v| v.alive == both).await;
+    wait_for(&mut b.view, "b to see a", |v| v.alive == both).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn works_over_ipv6() {
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0));
+    let Ok(probe) = std::net::UdpSocket::bind(v6) else {
+        // No IPv6 loopback in this environment: nothing to test against.
+        eprintln!("skipping: cannot bind [::1]");
+        return;
+    };
+    drop(probe);
+    let mut a = start(MembershipConfig::new("node-a", v6, v6, KEY.to_vec())).await;
+    let mut cfg = MembershipConfig::new("node-b", v6, v6, KEY.to_vec());
+    cfg.seeds = vec![a.addr()];
+    let mut b = start(cfg).await;
+    let both = names(&["node-a", "node-b"]);
+    wait_for(&mut a.view, "a to see b", |v| v.alive == both).await;
+    wait_for(&mut b.view, "b to see a", |v| v.alive == both && v.formed).await;
+}
