@@ -37,6 +37,9 @@ pub enum WarningKind {
     Invalid,
     /// Not MetalLB configuration (another kind, MetalLB's own status objects): skipped.
     Ignored,
+    /// A converted pool that no converted L2Advertisement announces: its addresses would be
+    /// assigned, but no node would answer for them.
+    NotAnnounced,
 }
 
 /// Something [`migrate`] could not carry over unchanged.
@@ -77,6 +80,7 @@ pub fn migrate(docs: Vec<Value>) -> (Vec<Value>, Vec<Warning>) {
             }
         }
     }
+    check_announced(&out, &mut warnings);
     (out.into_iter().map(|c| c.value).collect(), warnings)
 }
 
@@ -85,6 +89,7 @@ struct Converted {
     kind: &'static str,
     name: String,
     namespace: String,
+    who: String,
     value: Value,
 }
 
@@ -703,6 +708,7 @@ fn finish<T: serde::Serialize>(
             kind,
             name,
             namespace,
+            who: who.to_owned(),
             value,
         }),
         Err(e) => {
@@ -712,6 +718,41 @@ fn finish<T: serde::Serialize>(
                 message: format!("cannot be written: {e}; not migrated"),
             });
             None
+        }
+    }
+}
+
+/// Warn about every converted pool no converted L2Advertisement covers. An advertisement with
+/// neither pool names nor pool selectors covers every pool (MetalLB's rule and Lodestone's).
+fn check_announced(out: &[Converted], warnings: &mut Vec<Warning>) {
+    let advs: Vec<L2AdvertisementSpec> = out
+        .iter()
+        .filter(|c| c.kind == "L2Advertisement")
+        .filter_map(|c| serde_json::from_value::<L2Advertisement>(c.value.clone()).ok())
+        .map(|a| a.spec)
+        .collect();
+    for pool in out.iter().filter(|c| c.kind == "IPAddressPool") {
+        let labels: BTreeMap<String, String> = pool
+            .value
+            .pointer("/metadata/labels")
+            .and_then(|l| serde_json::from_value(l.clone()).ok())
+            .unwrap_or_default();
+        let covered = advs.iter().any(|a| {
+            (a.ip_address_pools.is_empty() && a.ip_address_pool_selectors.is_empty())
+                || a.ip_address_pools.contains(&pool.name)
+                || a.ip_address_pool_selectors
+                    .iter()
+                    .any(|sel| lodestone_crds::selector::matches(sel, &labels).unwrap_or(false))
+        });
+        if !covered {
+            warnings.push(Warning {
+                kind: WarningKind::NotAnnounced,
+                object: pool.who.clone(),
+                message: "no L2Advertisement in the input announces this pool: Lodestone would assign its \
+                          addresses but no node would answer for them. Add one (an L2Advertisement with an \
+                          empty spec announces every pool)"
+                    .into(),
+            });
         }
     }
 }
@@ -782,13 +823,22 @@ mod tests {
         })
     }
 
+    /// [`migrate`] with an L2Advertisement announcing every pool, left out of the result: for
+    /// tests about pools, which would otherwise all be warned about as not announced.
+    fn migrate_pools(mut docs: Vec<Value>) -> (Vec<Value>, Vec<Warning>) {
+        docs.push(l2("zz", "announce-all", json!({})));
+        let (mut out, warnings) = migrate(docs);
+        out.retain(|v| v["metadata"]["name"] != "announce-all");
+        (out, warnings)
+    }
+
     fn kinds(ws: &[Warning]) -> Vec<WarningKind> {
         ws.iter().map(|w| w.kind).collect()
     }
 
     #[test]
     fn full_pool_converts_field_for_field() {
-        let (out, warnings) = migrate(vec![pool(
+        let (out, warnings) = migrate_pools(vec![pool(
             "metallb-system",
             "blue",
             json!({
@@ -842,7 +892,7 @@ mod tests {
 
     #[test]
     fn defaults_match_metallb() {
-        let (out, warnings) = migrate(vec![pool(
+        let (out, warnings) = migrate_pools(vec![pool(
             "metallb-system",
             "p",
             json!({"addresses": ["192.0.2.0/24"]}),
@@ -963,7 +1013,7 @@ mod tests {
         doc["metadata"]["colour"] = json!("red");
         doc["extra"] = json!(1);
         doc["status"] = json!({"assignedIPv4": 3});
-        let (out, warnings) = migrate(vec![doc]);
+        let (out, warnings) = migrate_pools(vec![doc]);
         let p: IPAddressPool = serde_json::from_value(out[0].clone()).unwrap();
         assert_eq!(
             p.metadata.labels.unwrap(),
@@ -992,7 +1042,7 @@ mod tests {
 
     #[test]
     fn same_name_in_two_namespaces_collides() {
-        let (out, warnings) = migrate(vec![
+        let (out, warnings) = migrate_pools(vec![
             pool(
                 "metallb-system",
                 "blue",
@@ -1060,7 +1110,7 @@ mod tests {
 
     #[test]
     fn priority_zero_means_none_and_negative_becomes_zero() {
-        let (out, warnings) = migrate(vec![
+        let (out, warnings) = migrate_pools(vec![
             pool(
                 "m",
                 "zero",
@@ -1080,7 +1130,7 @@ mod tests {
         assert_eq!(zero.spec.service_allocation.unwrap().priority, None);
         let neg: IPAddressPool = serde_json::from_value(out[1].clone()).unwrap();
         assert_eq!(neg.spec.service_allocation.unwrap().priority, Some(0));
-        let (only, _) = migrate(vec![pool(
+        let (only, _) = migrate_pools(vec![pool(
             "m",
             "only",
             json!({"addresses": ["192.0.2.0/28"], "serviceAllocation": {"priority": 0}}),
@@ -1094,7 +1144,7 @@ mod tests {
 
     #[test]
     fn bad_entries_are_emitted_with_a_warning_but_rejected_ones_are_not() {
-        let (out, warnings) = migrate(vec![
+        let (out, warnings) = migrate_pools(vec![
             pool("m", "hostbits", json!({"addresses": ["192.0.2.1/24"]})),
             pool("m", "garbage", json!({"addresses": ["not-an-address"]})),
             pool("m", "notalist", json!({"addresses": "192.0.2.0/24"})),
@@ -1197,6 +1247,37 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(kinds(&warnings), vec![WarningKind::Invalid]);
         assert_eq!(warnings[0].object, "IPAddressPool (document 1)");
+    }
+
+    #[test]
+    fn pools_no_advertisement_covers_are_named() {
+        let mut labelled = pool("m", "by-label", json!({"addresses": ["192.0.2.0/28"]}));
+        labelled["metadata"]["labels"] = json!({"exposure": "public"});
+        let docs = vec![
+            pool("m", "by-name", json!({"addresses": ["192.0.2.16/28"]})),
+            labelled,
+            pool("m", "orphan", json!({"addresses": ["192.0.2.32/28"]})),
+            l2("m", "names", json!({"ipAddressPools": ["by-name"]})),
+            l2(
+                "m",
+                "selects",
+                json!({"ipAddressPoolSelectors": [{"matchLabels": {"exposure": "public"}}]}),
+            ),
+        ];
+        let (out, warnings) = migrate(docs.clone());
+        assert_eq!(out.len(), 5);
+        assert_eq!(kinds(&warnings), vec![WarningKind::NotAnnounced]);
+        assert_eq!(warnings[0].object, "IPAddressPool m/orphan");
+
+        // An advertisement naming no pool and selecting none announces them all.
+        let mut all = docs;
+        all.push(l2(
+            "m",
+            "everything",
+            json!({"nodeSelectors": [{"matchLabels": {"edge": "true"}}]}),
+        ));
+        let (_, warnings) = migrate(all);
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]
