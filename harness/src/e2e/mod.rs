@@ -4,9 +4,11 @@
 //! - [`traffic`]: a responder on each node answering with the node's name, and a prober on the
 //!   client recording who answered when.
 //! - [`process`]: a binary running in a namespace, with its log, signals and cleanup.
+//! - [`lab`]: all of the above assembled: API server, bridge, nodes, client, speakers.
 //! - [`objects`]: Nodes, Services with status, EndpointSlices created by hand.
 
 pub mod forward;
+pub mod lab;
 pub mod objects;
 pub mod process;
 pub mod traffic;

@@ -1,0 +1,236 @@
+//! End to end, IPv4: three real speakers in node namespaces, a client namespace whose kernel
+//! resolves the service address, the embedded API server. One topology is reused through the
+//! stages (answer, kill -9, restart, link cut, SIGTERM) to keep wall time small.
+//!
+//! Churn rule checked by the prober: an address has one answering node at a time. Around a
+//! handoff, answers from the previous node are allowed only to requests *sent before* the
+//! client's first answer from the new owner (they were in flight or used the old neighbour
+//! entry); after that first answer, no other node may answer again until the next handoff.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use kube::api::{Api, ListParams, PostParams};
+use lodestone_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2AdvertisementSpec};
+use lodestone_harness::e2e::lab::{self, Lab, POOL_V4, POOL_V6, PROBE_PORT};
+use lodestone_harness::e2e::{Prober, objects};
+use lodestone_speaker::election;
+
+const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn pool_and_advert(client: &kube::Client, advert: L2AdvertisementSpec) {
+    let pools: Api<IPAddressPool> = Api::all(client.clone());
+    pools
+        .create(
+            &PostParams::default(),
+            &IPAddressPool::new(
+                "lab",
+                IPAddressPoolSpec {
+                    addresses: vec![POOL_V4.into(), POOL_V6.into()],
+                    auto_assign: true,
+                    avoid_buggy_ips: false,
+                    service_allocation: None,
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    let adverts: Api<L2Advertisement> = Api::all(client.clone());
+    adverts
+        .create(&PostParams::default(), &L2Advertisement::new("lab", advert))
+        .await
+        .unwrap();
+}
+
+/// The node the client's kernel resolved `vip` to, after one ping.
+fn resolved_owner(lab: &Lab, vip: IpAddr) -> Option<String> {
+    let _ = lab.client.ping(vip);
+    let mac = lab.client.neigh(vip).ok()??.mac?;
+    lab.node_by_mac(&mac).map(str::to_owned)
+}
+
+/// Checks the churn rule (module docs) over `answers`; returns the sequence of owners.
+fn check_one_owner_at_a_time(answers: &[lodestone_harness::e2e::Answer]) -> Vec<String> {
+    let mut owners: Vec<(String, Instant)> = Vec::new();
+    for a in answers {
+        match owners.last() {
+            Some((current, _)) if *current == a.node => {}
+            Some((_, since)) if a.sent < *since => {
+                // A request sent before the current owner's first answer: in flight at the
+                // handoff, allowed.
+            }
+            _ => owners.push((a.node.clone(), a.sent)),
+        }
+    }
+    owners.into_iter().map(|(n, _)| n).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_owner_answers_and_failover_follows() {
+    let vip: IpAddr = "192.0.2.100".parse().unwrap();
+    let nodes: Vec<(&str, &[(&str, &str)])> = NODES.iter().map(|n| (*n, &[][..])).collect();
+    let mut lab = Lab::start(
+        &lodestone_crds::all_crds(),
+        &nodes,
+        &[vip],
+        env!("CARGO_BIN_EXE_lodestone-speaker").as_ref(),
+    )
+    .await
+    .unwrap();
+    let client = lab.cluster.client();
+    pool_and_advert(&client, L2AdvertisementSpec::default()).await;
+    objects::create_lb_service(&client, "default", "web", &[vip], false)
+        .await
+        .unwrap();
+    objects::set_endpoints(
+        &client,
+        "default",
+        "web",
+        &[("node-a", true), ("node-b", true), ("node-c", true)],
+    )
+    .await
+    .unwrap();
+    lab.start_all_speakers(&[]).unwrap();
+
+    // Stage 1: the election winner answers, alone.
+    let owner = election::owner(&vip.to_string(), NODES).unwrap().to_owned();
+    let got = eventually(WAIT, || resolved_owner(&lab, vip)).await;
+    assert_eq!(got.as_deref(), Some(owner.as_str()), "{}", lab.logs());
+    let macs = lab::arping_macs(&lab.client, vip, 3).unwrap();
+    let owner_mac = lab.node(&owner).unwrap().host.mac().unwrap();
+    assert_eq!(
+        macs,
+        vec![owner_mac.clone()],
+        "arping saw {macs:?}\n{}",
+        lab.logs()
+    );
+
+    let message = format!("announced from {owner} on eth0");
+    let mut cond = None;
+    for _ in 0..200 {
+        cond = objects::announced_condition(&client, "default", "web")
+            .await
+            .unwrap();
+        if cond.as_ref().is_some_and(|(_, m)| *m == message) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cond, Some(("True".into(), message)), "{}", lab.logs());
+    let events: Api<K8sEvent> = Api::namespaced(client.clone(), "default");
+    let started = events.list(&ListParams::default()).await.unwrap();
+    assert!(
+        started.items.iter().any(|e| {
+            e.reason.as_deref() == Some("AnnouncementStarted")
+                && e.note.as_deref() == Some(&format!("announcing {vip} from {owner} on eth0"))
+        }),
+        "no AnnouncementStarted event: {:?}",
+        started
+            .items
+            .iter()
+            .map(|e| (&e.reason, &e.note))
+            .collect::<Vec<_>>()
+    );
+
+    // Stage 2: kill -9 the owner's speaker. The client sends nothing: its neighbour entry must
+    // follow from the new owner's gratuitous ARP alone.
+    let survivors: Vec<&str> = NODES.iter().copied().filter(|n| *n != owner).collect();
+    let second = election::owner(&vip.to_string(), survivors.iter().copied())
+        .unwrap()
+        .to_owned();
+    let second_mac = lab.node(&second).unwrap().host.mac().unwrap();
+    lab.signal_speaker(&owner, libc::SIGKILL).unwrap();
+    let followed = eventually(WAIT, || {
+        let n = lab.client.neigh(vip).ok()??;
+        (n.mac.as_deref() == Some(second_mac.as_str())).then_some(())
+    })
+    .await;
+    assert!(
+        followed.is_some(),
+        "neighbour entry did not follow to {second}\n{}",
+        lab.logs()
+    );
+    let prober =
+        Prober::start(lab.client.ns(), vip, PROBE_PORT, Duration::from_millis(10)).unwrap();
+    let start = Instant::now();
+    assert!(
+        prober
+            .wait_for(WAIT, |p| p.first_from_since(&second, start))
+            .is_some(),
+        "no traffic reached {second}"
+    );
+    let macs = lab::arping_macs(&lab.client, vip, 3).unwrap();
+    assert_eq!(macs, vec![second_mac.clone()], "after kill: {macs:?}");
+
+    // Stage 3: the speaker comes back and, being the election winner, takes the address back.
+    let back = Instant::now();
+    lab.start_speaker(&owner, &[]).unwrap();
+    assert!(
+        prober
+            .wait_for(WAIT, |p| p.first_from_since(&owner, back))
+            .is_some(),
+        "restarted owner never answered\n{}",
+        lab.logs()
+    );
+
+    // Stage 4: pull the owner's cable. The others see it vanish and the second takes over.
+    let cut = Instant::now();
+    lab.node(&owner).unwrap().host.link_down().unwrap();
+    assert!(
+        prober
+            .wait_for(WAIT, |p| p.first_from_since(&second, cut))
+            .is_some(),
+        "no takeover after the link cut\n{}",
+        lab.logs()
+    );
+    lab.node(&owner).unwrap().host.link_up().unwrap();
+    let healed = Instant::now();
+    assert!(
+        prober
+            .wait_for(WAIT, |p| p.first_from_since(&owner, healed))
+            .is_some(),
+        "owner did not take back after the link returned\n{}",
+        lab.logs()
+    );
+
+    // Stage 5: SIGTERM hands over at once (leave); the speaker exits cleanly.
+    let term = Instant::now();
+    lab.signal_speaker(&owner, libc::SIGTERM).unwrap();
+    assert!(
+        prober
+            .wait_for(WAIT, |p| p.first_from_since(&second, term))
+            .is_some(),
+        "no handoff on SIGTERM\n{}",
+        lab.logs()
+    );
+    lab.wait_speaker_exit(&owner, WAIT).unwrap();
+    let log = lab.node(&owner).unwrap().speaker.as_ref().unwrap().log();
+    assert!(log.contains("speaker stopped"), "{log}");
+
+    // The prober saw one owner at a time, in the order the stages imply.
+    let owners = check_one_owner_at_a_time(&prober.answers());
+    let mut expected = vec![
+        second.clone(),
+        owner.clone(),
+        second.clone(),
+        owner.clone(),
+        second.clone(),
+    ];
+    expected.dedup();
+    assert_eq!(owners, expected, "owner sequence");
+}
