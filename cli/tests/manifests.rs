@@ -476,7 +476,7 @@ fn speaker_daemonset_holds_net_raw_only_and_reads_the_key_from_a_file() {
         ports,
         BTreeSet::from([(7473, "TCP".to_owned()), (7946, "UDP".to_owned())])
     );
-    assert_eq!(arg(c, "--memberlist-port"), Some("7946"));
+    assert_eq!(arg(c, "--membership-port"), Some("7946"));
 
     // The key: a read-only file from the generated Secret, at the path the flag names.
     let key_file = arg(c, "--memberlist-key-file").unwrap();
