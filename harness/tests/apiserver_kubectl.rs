@@ -291,3 +291,54 @@ async fn kubectl_get_watch_streams_changes() {
     assert!(found.contains("<pending>"), "{found}");
     child.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_server_dry_run_and_diff() {
+    let (c, k, dir) = setup().await;
+    let svc = write(dir.path(), "svc.yaml", SVC);
+    let svc_path = svc.to_str().unwrap();
+    let out = k.ok(&["apply", "--dry-run=server", "-f", svc_path]).await;
+    assert_eq!(out.trim(), "service/web created (server dry run)");
+    let api: Api<Service> = Api::namespaced(c.client(), "default");
+    assert!(
+        api.get_opt("web").await.unwrap().is_none(),
+        "dry run must not persist"
+    );
+    k.ok(&["apply", "-f", svc_path]).await;
+    let before = api.get("web").await.unwrap();
+    let changed = write(
+        dir.path(),
+        "changed.yaml",
+        &SVC.replace("port: 80", "port: 82"),
+    );
+    let (ok, diff, err) = k.run(&["diff", "-f", changed.to_str().unwrap()]).await;
+    assert!(
+        !ok,
+        "kubectl diff exits 1 when there are differences: {err}"
+    );
+    assert!(
+        diff.contains("-    port: 80") && diff.contains("+    port: 82"),
+        "{diff}"
+    );
+    let changed_lines: Vec<&str> = diff
+        .lines()
+        .filter(|l| {
+            (l.starts_with('-') || l.starts_with('+'))
+                && !l.starts_with("---")
+                && !l.starts_with("+++")
+        })
+        .collect();
+    assert!(
+        !changed_lines.iter().any(|l| l.contains("resourceVersion")),
+        "a dry run must not advance the resourceVersion:\n{diff}"
+    );
+    assert!(
+        !changed_lines.iter().any(|l| l.contains("nodePort")),
+        "the node port is carried over by port name:\n{diff}"
+    );
+    let after = api.get("web").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+}

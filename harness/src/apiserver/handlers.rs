@@ -159,6 +159,15 @@ impl State {
         st
     }
 
+    /// A scratch copy for dry-run requests: same objects and resources, no watchers.
+    pub fn scratch_copy(&self) -> State {
+        State {
+            store: self.store.scratch_copy(),
+            registry: self.registry.clone(),
+            ranges: self.ranges.clone(),
+        }
+    }
+
     /// The store key of an object.
     pub fn key(def: &ResourceDef, ns: Option<&str>, name: &str) -> ObjKey {
         let ns = if def.namespaced { ns.unwrap_or("") } else { "" };
@@ -534,6 +543,19 @@ impl State {
         {
             return Err(ApiError::bad_request(
                 "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        if let Some(uid) = meta_str(&new, "uid").filter(|s| !s.is_empty())
+            && Some(uid) != meta_str(old, "uid")
+        {
+            return Err(ApiError::conflict_msg(
+                &def.group,
+                &def.plural,
+                &key.2,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta_str(old, "uid").unwrap_or("")
+                ),
             ));
         }
         if let Some(rv) = meta_str(&new, "resourceVersion").filter(|s| !s.is_empty())

@@ -465,11 +465,15 @@ fn resource(
     {
         return Err(ApiError::no_route());
     }
-    if query.get("dryRun").is_some_and(|d| !d.is_empty()) && *method != Method::GET {
-        return Err(ApiError::bad_request(
-            "dryRun is not supported by this server",
-        ));
-    }
+    let dry_run = match query.get("dryRun").map(String::as_str) {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid dry run value: {other:?}: supported values: \"All\""
+            )));
+        }
+    };
     let ns = rp.namespace.as_deref();
     let out = negotiate(
         accept,
@@ -528,10 +532,11 @@ fn resource(
         (Method::POST, None) => {
             let obj = decode_body(headers, body)?;
             let ctx = write_ctx(headers, query);
-            let mut st = shared.lock();
-            let created = st.create(&def, ns, obj, &ctx)?;
-            let rv = st.store.current_rv();
-            drop(st);
+            let (result, rv) = with_state(shared, dry_run, |st| {
+                let r = st.create(&def, ns, obj, &ctx);
+                (r, st.store.current_rv())
+            });
+            let created = result?;
             Ok(json_response(
                 StatusCode::CREATED,
                 &render_one(&def, out, created, rv),
@@ -540,10 +545,11 @@ fn resource(
         (Method::PUT, Some(n)) => {
             let obj = decode_body(headers, body)?;
             let ctx = write_ctx(headers, query);
-            let mut st = shared.lock();
-            let updated = st.update(&def, ns, n, sub, obj, &ctx)?;
-            let rv = st.store.current_rv();
-            drop(st);
+            let (result, rv) = with_state(shared, dry_run, |st| {
+                let r = st.update(&def, ns, n, sub, obj, &ctx);
+                (r, st.store.current_rv())
+            });
+            let updated = result?;
             Ok(json_response(
                 StatusCode::OK,
                 &render_one(&def, out, updated, rv),
@@ -556,10 +562,11 @@ fn resource(
                 .unwrap_or("");
             let ctx = write_ctx(headers, query);
             let force = query.get("force").map(String::as_str) == Some("true");
-            let mut st = shared.lock();
-            let (obj, created) = st.patch(&def, ns, n, sub, ct, body, force, &ctx)?;
-            let rv = st.store.current_rv();
-            drop(st);
+            let (result, rv) = with_state(shared, dry_run, |st| {
+                let r = st.patch(&def, ns, n, sub, ct, body, force, &ctx);
+                (r, st.store.current_rv())
+            });
+            let (obj, created) = result?;
             let code = if created {
                 StatusCode::CREATED
             } else {
@@ -574,7 +581,7 @@ fn resource(
                 decode_body(headers, body)?
             };
             let ctx = write_ctx(headers, query);
-            let res = shared.lock().delete(&def, ns, n, &opts, &ctx)?;
+            let res = with_state(shared, dry_run, |st| st.delete(&def, ns, n, &opts, &ctx))?;
             match res {
                 Deleted::Pending(o) => Ok(json_response(StatusCode::OK, &present(&def, o))),
                 Deleted::Gone(o) => {
@@ -610,24 +617,27 @@ fn resource(
             )
             .map_err(ApiError::bad_request)?;
             let ctx = write_ctx(headers, query);
-            let mut st = shared.lock();
-            let (items, _) = st.list(&def, ns, &labels, &fields);
-            let mut gone = Vec::new();
-            for it in items {
-                let iname = it
-                    .pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                let ins = it
-                    .pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
-                    .map(String::from);
-                match st.delete(&def, ins.as_deref(), &iname, &json!({}), &ctx)? {
-                    Deleted::Gone(o) | Deleted::Pending(o) => gone.push(present(&def, o)),
+            let (gone, rv) = with_state(shared, dry_run, |st| {
+                let (items, _) = st.list(&def, ns, &labels, &fields);
+                let mut gone = Vec::new();
+                for it in items {
+                    let iname = it
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    let ins = it
+                        .pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        .map(String::from);
+                    match st.delete(&def, ins.as_deref(), &iname, &json!({}), &ctx) {
+                        Ok(Deleted::Gone(o) | Deleted::Pending(o)) => gone.push(present(&def, o)),
+                        Err(e) => return (Err(e), 0),
+                    }
                 }
-            }
-            let rv = st.store.current_rv();
+                (Ok(gone), st.store.current_rv())
+            });
+            let gone = gone?;
             Ok(json_response(
                 StatusCode::OK,
                 &json!({"kind": def.list_kind, "apiVersion": def.api_version(),
@@ -635,6 +645,18 @@ fn resource(
             ))
         }
         _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// Run a write against the live state, or against a scratch copy for `dryRun=All`.
+fn with_state<R>(shared: &Shared, dry_run: bool, f: impl FnOnce(&mut State) -> R) -> R {
+    let mut guard = shared.lock();
+    if dry_run {
+        let mut scratch = guard.scratch_copy();
+        drop(guard);
+        f(&mut scratch)
+    } else {
+        f(&mut guard)
     }
 }
 

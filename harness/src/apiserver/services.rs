@@ -183,23 +183,32 @@ pub fn prepare(
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
+            // kube's patchAllocatedValues: node ports are carried over by port *name*, unless
+            // the new spec already uses that node port elsewhere.
+            let node_port = |p: &Value| {
+                p.get("nodePort")
+                    .and_then(Value::as_u64)
+                    .filter(|n| *n != 0)
+            };
+            let name = |p: &Value| {
+                p.get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
             if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+                let in_new: BTreeSet<u64> = ports.iter().filter_map(node_port).collect();
                 for p in ports.iter_mut() {
-                    if p.get("nodePort")
-                        .is_some_and(|n| n.as_u64().unwrap_or(0) != 0)
-                    {
+                    if node_port(p).is_some() {
                         continue;
                     }
-                    let same = old_ports.iter().find(|op| {
-                        op.get("port") == p.get("port")
-                            && op.get("protocol").and_then(Value::as_str).unwrap_or("TCP")
-                                == p.get("protocol").and_then(Value::as_str).unwrap_or("TCP")
-                    });
-                    if let (Some(np), Some(obj)) = (
-                        same.and_then(|op| op.get("nodePort")).cloned(),
-                        p.as_object_mut(),
-                    ) {
-                        obj.insert("nodePort".into(), np);
+                    let carried = old_ports
+                        .iter()
+                        .find(|op| name(op) == name(p))
+                        .and_then(node_port)
+                        .filter(|n| !in_new.contains(n));
+                    if let (Some(np), Some(obj)) = (carried, p.as_object_mut()) {
+                        obj.insert("nodePort".into(), json!(np));
                     }
                 }
             }
@@ -626,6 +635,27 @@ mod tests {
         assert_eq!(
             upd["spec"]["ports"][0]["nodePort"],
             s["spec"]["ports"][0]["nodePort"]
+        );
+    }
+
+    #[test]
+    fn node_port_follows_the_port_name() {
+        let r = ServiceRanges::default();
+        let mut s = svc(
+            json!({"type": "NodePort", "ports": [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]}),
+        );
+        prepare(&mut s, None, &Used::default(), &r).unwrap();
+        let mut upd = svc(
+            json!({"type": "NodePort", "ports": [{"name": "http", "port": 8080}, {"name": "other", "port": 53, "protocol": "UDP"}]}),
+        );
+        prepare(&mut upd, Some(&s), &Used::default(), &r).unwrap();
+        assert_eq!(
+            upd["spec"]["ports"][0]["nodePort"],
+            s["spec"]["ports"][0]["nodePort"]
+        );
+        assert_ne!(
+            upd["spec"]["ports"][1]["nodePort"],
+            s["spec"]["ports"][1]["nodePort"]
         );
     }
 

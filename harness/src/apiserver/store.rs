@@ -72,6 +72,9 @@ pub struct Store {
     /// A watch may start from any RV >= this: every later event is in `history`.
     oldest: u64,
     watchers: Vec<mpsc::UnboundedSender<Arc<Event>>>,
+    /// A dry-run copy: writes do not advance resourceVersions (kube-apiserver's dry-run
+    /// answers carry the existing resourceVersion, or none for a create).
+    scratch: bool,
 }
 
 /// The RV of an object, 0 if absent or malformed.
@@ -98,6 +101,7 @@ impl Store {
             capacity: capacity.max(1),
             oldest: 1,
             watchers: Vec::new(),
+            scratch: false,
         }
     }
 
@@ -147,6 +151,18 @@ impl Store {
 
     /// Create or replace an object; stamps a fresh resourceVersion and returns the stored copy.
     pub fn put(&mut self, key: ObjKey, mut obj: Value) -> Value {
+        if self.scratch {
+            match self.objects.get(&key).map(rv_of) {
+                Some(rv) => set_rv(&mut obj, rv),
+                None => {
+                    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                        m.remove("resourceVersion");
+                    }
+                }
+            }
+            self.objects.insert(key, obj.clone());
+            return obj;
+        }
         self.rv += 1;
         set_rv(&mut obj, self.rv);
         let previous = self.objects.insert(key.clone(), obj.clone());
@@ -204,6 +220,20 @@ impl Store {
     pub fn compact(&mut self) {
         self.history.clear();
         self.oldest = self.rv;
+    }
+
+    /// A copy of the objects and counters with no watchers: what a dry-run request writes to,
+    /// so it goes through every check without any client seeing an event.
+    pub fn scratch_copy(&self) -> Store {
+        Store {
+            objects: self.objects.clone(),
+            rv: self.rv,
+            history: VecDeque::new(),
+            capacity: 1,
+            oldest: self.rv,
+            watchers: Vec::new(),
+            scratch: true,
+        }
     }
 
     /// Number of retained events.
