@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 /// Announce the addresses of some pools over layer 2 (ARP / NDP) from some nodes.
 ///
 /// No pools named and no pool selectors means every pool; no node selectors means every node.
+// kube's derive takes one `printcolumn(...)` attribute per column; clippy reads them as duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "lodestone.dev",

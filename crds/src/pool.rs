@@ -27,6 +27,8 @@ pub mod condition_reasons {
 }
 
 /// A set of addresses the controller may give to LoadBalancer Services.
+// kube's derive takes one `printcolumn(...)` attribute per column; clippy reads them as duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "lodestone.dev",
@@ -119,8 +121,10 @@ pub struct IPAddressPoolStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub in_use: Vec<AddressUse>,
 
-    /// `Ready`, `Invalid` and `Overlapping`.
+    /// `Ready`, `Invalid` and `Overlapping`. A map list keyed by type, so server-side apply can
+    /// give each condition its own owner.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 
     /// The pool generation these figures describe.
