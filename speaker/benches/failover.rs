@@ -1,0 +1,311 @@
+//! Failover time of real speakers in network namespaces, and the speaker's footprint.
+//!
+//! Needs root. Run: `cargo bench -p lodestone-speaker --bench failover`
+//! (`LODESTONE_BENCH_TRIALS` overrides the 20 trials per scenario).
+//!
+//! Failover: three nodes, one Service, a client prober sending a UDP request every 5 ms.
+//! Time is measured from the event (kill -9 of the owner's speaker; its link pulled;
+//! SIGTERM) until the first answer *from the new owner* reaches the client — the client's
+//! neighbour entry must have followed the gratuitous ARP and the new node must answer.
+//! Between trials the old owner is restored and the address comes back to it.
+//!
+//! Footprint: one node owning 1,000 addresses; VmRSS and CPU (utime+stime) over 10 s idle.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, PostParams};
+use lodestone_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2AdvertisementSpec};
+use lodestone_harness::e2e::lab::{Lab, POOL_V4, POOL_V6, PROBE_PORT};
+use lodestone_harness::e2e::{Prober, objects};
+use lodestone_speaker::election;
+
+const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
+const WAIT: Duration = Duration::from_secs(30);
+
+fn speaker_bin() -> &'static std::path::Path {
+    env!("CARGO_BIN_EXE_lodestone-speaker").as_ref()
+}
+
+async fn pool_and_advert(client: &kube::Client, addresses: Vec<String>) -> anyhow::Result<()> {
+    let pools: Api<IPAddressPool> = Api::all(client.clone());
+    let spec = IPAddressPoolSpec {
+        addresses,
+        auto_assign: true,
+        avoid_buggy_ips: false,
+        service_allocation: None,
+    };
+    pools
+        .create(&PostParams::default(), &IPAddressPool::new("bench", spec))
+        .await?;
+    let adverts: Api<L2Advertisement> = Api::all(client.clone());
+    adverts
+        .create(
+            &PostParams::default(),
+            &L2Advertisement::new("bench", L2AdvertisementSpec::default()),
+        )
+        .await?;
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    // Nearest-rank: the smallest value with at least p% of the samples at or below it.
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn report(name: &str, mut samples: Vec<Duration>, goal: Duration) {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let p95 = percentile(&samples, 95.0);
+    println!(
+        "{name:<10} n={:<3} p50={:>7.1} ms  p95={:>7.1} ms  max={:>7.1} ms  (goal p95 < {:.0} ms: {})",
+        samples.len(),
+        ms(percentile(&samples, 50.0)),
+        ms(p95),
+        ms(samples.last().copied().unwrap_or_default()),
+        ms(goal),
+        if p95 < goal { "met" } else { "NOT met" }
+    );
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Scenario {
+    Kill,
+    Link,
+    Term,
+}
+
+async fn failover(trials: usize) -> anyhow::Result<()> {
+    let vip: IpAddr = "192.0.2.100".parse()?;
+    let nodes: Vec<(&str, &[(&str, &str)])> = NODES.iter().map(|n| (*n, &[][..])).collect();
+    let mut lab = Lab::start(&lodestone_crds::all_crds(), &nodes, &[vip], speaker_bin()).await?;
+    let client = lab.cluster.client();
+    pool_and_advert(&client, vec![POOL_V4.into(), POOL_V6.into()]).await?;
+    objects::create_lb_service(&client, "default", "web", &[vip], false).await?;
+    objects::set_endpoints(
+        &client,
+        "default",
+        "web",
+        &[("node-a", true), ("node-b", true), ("node-c", true)],
+    )
+    .await?;
+    // Gratuitous bursts of 3 × 500 ms would outlive a trial; 3 × 100 ms keeps them short.
+    let args = ["--gratuitous-interval-ms", "100"];
+    lab.start_all_speakers(&args)?;
+    let owner = election::owner(&vip.to_string(), NODES)
+        .ok_or_else(|| anyhow::anyhow!("no owner"))?
+        .to_owned();
+    let prober = Prober::start(lab.client.ns(), vip, PROBE_PORT, Duration::from_millis(5))?;
+    let t0 = Instant::now();
+    if prober
+        .wait_for(WAIT, |p| p.first_from_since(&owner, t0))
+        .is_none()
+    {
+        anyhow::bail!("{owner} never answered\n{}", lab.logs());
+    }
+
+    for scenario in [Scenario::Kill, Scenario::Link, Scenario::Term] {
+        let mut samples = Vec::new();
+        for trial in 0..trials {
+            // Settle: the owner has answered recently and nobody else since.
+            std::thread::sleep(Duration::from_millis(300));
+            let event = Instant::now();
+            match scenario {
+                Scenario::Kill => lab.signal_speaker(&owner, libc::SIGKILL)?,
+                Scenario::Link => lab.node(&owner)?.host.link_down()?,
+                Scenario::Term => lab.signal_speaker(&owner, libc::SIGTERM)?,
+            }
+            let Some(answer) = prober.wait_for(WAIT, |p| p.first_not_from_since(&owner, event))
+            else {
+                anyhow::bail!("{scenario:?} trial {trial}: no takeover\n{}", lab.logs());
+            };
+            samples.push(answer.received.duration_since(event));
+            // Restore and wait until the owner answers again.
+            match scenario {
+                Scenario::Kill | Scenario::Term => {
+                    if matches!(scenario, Scenario::Term) {
+                        lab.wait_speaker_exit(&owner, WAIT)?;
+                    }
+                    lab.start_speaker(&owner, &args)?;
+                }
+                Scenario::Link => lab.node(&owner)?.host.link_up()?,
+            }
+            let back = Instant::now();
+            if prober
+                .wait_for(WAIT, |p| p.first_from_since(&owner, back))
+                .is_none()
+            {
+                anyhow::bail!(
+                    "{scenario:?} trial {trial}: owner never came back\n{}",
+                    lab.logs()
+                );
+            }
+        }
+        let (name, goal) = match scenario {
+            Scenario::Kill => ("kill -9", Duration::from_secs(1)),
+            Scenario::Link => ("link cut", Duration::from_secs(1)),
+            Scenario::Term => ("SIGTERM", Duration::from_millis(100)),
+        };
+        report(name, samples, goal);
+    }
+    Ok(())
+}
+
+fn metrics_gauge(lab: &Lab, node: &str, name: &str) -> anyhow::Result<Option<f64>> {
+    let body = lab
+        .node(node)?
+        .host
+        .ns()
+        .run_in(|| -> std::io::Result<String> {
+            let mut s = TcpStream::connect(("127.0.0.1", 7473))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })?;
+    let Ok(body) = body else { return Ok(None) };
+    Ok(body
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()))
+}
+
+fn proc_status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| anyhow::anyhow!("no {field} in /proc/{pid}/status"))
+}
+
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow::anyhow!("bad /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
+    let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0);
+    let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+    Ok(utime + stime)
+}
+
+async fn footprint() -> anyhow::Result<()> {
+    const N: usize = 1000;
+    let mut lab = Lab::start(
+        &lodestone_crds::all_crds(),
+        &[("node-a", &[][..])],
+        &[],
+        speaker_bin(),
+    )
+    .await?;
+    let client = lab.cluster.client();
+    pool_and_advert(
+        &client,
+        vec![
+            "198.51.100.0/24".into(),
+            "203.0.113.0/24".into(),
+            "192.0.2.100-192.0.2.250".into(),
+            "2001:db8:1::/120".into(),
+        ],
+    )
+    .await?;
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for i in 0..=255u8 {
+        ips.push(IpAddr::from([198, 51, 100, i]));
+        ips.push(IpAddr::from([203, 0, 113, i]));
+    }
+    for i in 100..=250u8 {
+        ips.push(IpAddr::from([192, 0, 2, i]));
+    }
+    let mut k = 0u16;
+    while ips.len() < N {
+        ips.push(format!("2001:db8:1::{k:x}").parse()?);
+        k += 1;
+    }
+    let start = Instant::now();
+    for (i, ip) in ips.iter().enumerate() {
+        let name = format!("svc-{i}");
+        objects::create_lb_service(&client, "default", &name, &[*ip], false).await?;
+        objects::set_endpoints(&client, "default", &name, &[("node-a", true)]).await?;
+    }
+    println!(
+        "created {N} Services in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    lab.start_speaker("node-a", &["--gratuitous-interval-ms", "100"])?;
+    let t = Instant::now();
+    loop {
+        let announced = metrics_gauge(&lab, "node-a", "lodestone_speaker_addresses_announced")?;
+        if announced == Some(N as f64) {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            anyhow::bail!("only {announced:?} of {N} announced\n{}", lab.logs());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "{N} addresses announced {:.1} s after start",
+        t.elapsed().as_secs_f64()
+    );
+    // Let the gratuitous bursts and the condition writes finish before measuring idle.
+    std::thread::sleep(Duration::from_secs(5));
+    let pid = lab
+        .node("node-a")?
+        .speaker
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("speaker gone"))?
+        .pid();
+    let ticks_per_s = {
+        // SAFETY: sysconf only reads a configuration value.
+        let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if v > 0 { v as f64 } else { 100.0 }
+    };
+    let before = cpu_ticks(pid)?;
+    std::thread::sleep(Duration::from_secs(10));
+    let after = cpu_ticks(pid)?;
+    let rss = proc_status_kb(pid, "VmRSS:")?;
+    let hwm = proc_status_kb(pid, "VmHWM:")?;
+    let cpu = (after - before) as f64 / ticks_per_s / 10.0 * 100.0;
+    println!(
+        "footprint with {N} addresses: VmRSS {:.1} MB (peak {:.1} MB; goal < 20 MB: {}), idle CPU {cpu:.2} % of one core over 10 s",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        if rss < 20 * 1024 { "met" } else { "NOT met" }
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run only for real.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("failover bench: skipped (run with cargo bench)");
+        return Ok(());
+    }
+    let trials = std::env::var("LODESTONE_BENCH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        failover(trials).await?;
+        footprint().await
+    })
+}
