@@ -1,5 +1,12 @@
 //! lodestone-controller: gives LoadBalancer Services addresses from IPAddressPools.
 //!
 //! - [`ipam`]: the pure allocation core (plain data in, decisions out).
+//! - [`service`], [`pools`], [`status`]: pure translations between Kubernetes objects and the
+//!   IPAM's plain data (requests, pool configurations, the status to show).
+//! - [`reconciler`]: the I/O shell: watches in, server-side applies and Events out.
 
 pub mod ipam;
+pub mod pools;
+pub mod reconciler;
+pub mod service;
+pub mod status;

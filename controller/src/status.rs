@@ -1,0 +1,205 @@
+//! What the controller writes on a Service: `status.loadBalancer.ingress` and its condition.
+//!
+//! Pure: the body for a server-side apply on the status subresource, and whether the Service
+//! already shows it (so nothing is written when nothing changed).
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use serde_json::{Value, json};
+
+/// The condition type on `Service.status.conditions` owned by the controller.
+pub const ADDRESS_ASSIGNED: &str = "lodestone.dev/AddressAssigned";
+/// Field manager for every controller write.
+pub const FIELD_MANAGER: &str = "lodestone-controller";
+
+/// The `lodestone.dev/AddressAssigned` condition as the controller wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignedCondition {
+    pub assigned: bool,
+    /// CamelCase, machine-readable.
+    pub reason: String,
+    /// A sentence for people.
+    pub message: String,
+}
+
+/// Everything the controller owns in a Service's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredStatus {
+    pub ips: Vec<IpAddr>,
+    pub condition: AssignedCondition,
+}
+
+/// Addresses currently in `status.loadBalancer.ingress` (hostname-only entries and unparsable
+/// values are skipped: they were not written by us).
+pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ingress| {
+            ingress
+                .iter()
+                .filter_map(|i| i.ip.as_deref().and_then(|ip| ip.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Our condition on the Service, if present.
+pub fn assigned_condition(svc: &Service) -> Option<&Condition> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == ADDRESS_ASSIGNED))
+}
+
+fn status_word(b: bool) -> &'static str {
+    if b { "True" } else { "False" }
+}
+
+/// True when the Service already shows `desired`, so no write is needed.
+pub fn is_current(svc: &Service, desired: &DesiredStatus) -> bool {
+    let ingress_ok = {
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref());
+        let entries = ingress.map(Vec::as_slice).unwrap_or(&[]);
+        entries.len() == desired.ips.len()
+            && entries.iter().zip(&desired.ips).all(|(e, ip)| {
+                e.ip.as_deref().and_then(|s| s.parse::<IpAddr>().ok()) == Some(*ip)
+                    && e.ip_mode.as_deref() == Some("VIP")
+                    && e.hostname.is_none()
+            })
+    };
+    let cond_ok = assigned_condition(svc).is_some_and(|c| {
+        c.status == status_word(desired.condition.assigned)
+            && c.reason == desired.condition.reason
+            && c.message == desired.condition.message
+            && c.observed_generation == svc.metadata.generation
+    });
+    ingress_ok && cond_ok
+}
+
+/// The server-side apply body for the status subresource. `lastTransitionTime` moves only when
+/// the condition's status flips, as the API conventions ask.
+pub fn apply_body(svc: &Service, desired: &DesiredStatus, now: &Time) -> Value {
+    let status = status_word(desired.condition.assigned);
+    let transition = match assigned_condition(svc) {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => now.clone(),
+    };
+    let mut condition = json!({
+        "type": ADDRESS_ASSIGNED,
+        "status": status,
+        "reason": desired.condition.reason,
+        "message": desired.condition.message,
+        "lastTransitionTime": transition,
+    });
+    if let Some(generation) = svc.metadata.generation {
+        condition["observedGeneration"] = json!(generation);
+    }
+    let ingress: Vec<Value> = desired
+        .ips
+        .iter()
+        .map(|ip| json!({"ip": ip.to_string(), "ipMode": "VIP"}))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": svc.metadata.name,
+            "namespace": svc.metadata.namespace,
+        },
+        "status": {
+            "loadBalancer": {"ingress": ingress},
+            "conditions": [condition],
+        }
+    })
+}
+
+/// The apply body that gives up everything the controller owns in the Service's status: with
+/// server-side apply, fields a manager stops applying are removed unless someone else owns them,
+/// so other writers' entries are untouched.
+pub fn release_body(svc: &Service) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": svc.metadata.name,
+            "namespace": svc.metadata.namespace,
+        },
+    })
+}
+
+/// True when the Service carries anything the controller would have written.
+pub fn has_our_status(svc: &Service) -> bool {
+    assigned_condition(svc).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn now() -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap())
+    }
+
+    fn desired(ips: &[&str]) -> DesiredStatus {
+        DesiredStatus {
+            ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
+            condition: AssignedCondition {
+                assigned: true,
+                reason: "Assigned".into(),
+                message: "assigned 192.0.2.1 from pool blue".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn body_round_trips_to_current() {
+        let mut svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default", "generation": 3},
+            "spec": {"type": "LoadBalancer"}
+        }))
+        .unwrap();
+        let d = desired(&["192.0.2.1", "2001:db8::1"]);
+        assert!(!is_current(&svc, &d));
+        let body = apply_body(&svc, &d, &now());
+        svc.status = serde_json::from_value(body["status"].clone()).unwrap();
+        assert!(is_current(&svc, &d));
+        assert_eq!(ingress_ips(&svc), d.ips);
+        // A different message or a flip is a change; the transition time moves only on a flip.
+        let mut other = d.clone();
+        other.condition.message = "something else".into();
+        assert!(!is_current(&svc, &other));
+        let later = Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap());
+        let same = apply_body(&svc, &other, &later);
+        assert_eq!(
+            same["status"]["conditions"][0]["lastTransitionTime"],
+            json!(now())
+        );
+        other.condition.assigned = false;
+        let flipped = apply_body(&svc, &other, &later);
+        assert_eq!(
+            flipped["status"]["conditions"][0]["lastTransitionTime"],
+            json!(later)
+        );
+    }
+
+    #[test]
+    fn foreign_ingress_is_not_current() {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "status": {"loadBalancer": {"ingress": [{"hostname": "lb.example"}]}}
+        }))
+        .unwrap();
+        assert!(ingress_ips(&svc).is_empty());
+        assert!(!has_our_status(&svc));
+        assert!(!is_current(&svc, &desired(&[])));
+    }
+}
