@@ -277,3 +277,68 @@ async fn watcher_survives_restart() {
     .await;
     assert_eq!(seen, Ok(true));
 }
+
+#[tokio::test]
+async fn status_apply_on_a_custom_resource_and_crd_removal() {
+    let c = cluster().await;
+    let pools: Api<IPAddressPool> = Api::all(c.client());
+    let created = pools
+        .create(&PostParams::default(), &pool("p3", &["192.0.2.0/28"]))
+        .await
+        .unwrap();
+    // The controller's status write: server-side apply on the status subresource.
+    let status = json!({
+        "apiVersion": "lodestone.dev/v1alpha1", "kind": "IPAddressPool", "metadata": {"name": "p3"},
+        "status": {"assigned": 1, "available": 15, "conditions": [{
+            "type": "Ready", "status": "True", "reason": "AddressesValid", "message": "ok",
+            "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]}
+    });
+    let pp = PatchParams::apply("lodestone-controller").force();
+    let s = pools
+        .patch_status("p3", &pp, &Patch::Apply(&status))
+        .await
+        .unwrap();
+    assert_eq!(s.status.as_ref().unwrap().assigned, 1);
+    assert_eq!(s.metadata.generation, created.metadata.generation);
+    let again = pools
+        .patch_status("p3", &pp, &Patch::Apply(&status))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.metadata.resource_version, s.metadata.resource_version,
+        "identical apply is a no-op"
+    );
+
+    // Deleting the CRD removes its objects, ends watches on them and stops serving the resource.
+    let mut w = pools
+        .watch(
+            &kube::api::WatchParams::default(),
+            &s.resource_version().unwrap(),
+        )
+        .await
+        .unwrap()
+        .boxed();
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(c.client());
+    crds.delete("ipaddresspools.lodestone.dev", &DeleteParams::default())
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(ev) = w.try_next().await.unwrap() {
+            events.push(ev);
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "watch ended when the CRD went");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, kube::api::WatchEvent::Deleted(p) if p.name_any() == "p3")),
+        "{events:?}"
+    );
+    match pools.list(&Default::default()).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 404),
+        other => panic!("expected 404 once the CRD is gone, got {other:?}"),
+    }
+}

@@ -623,11 +623,9 @@ impl State {
         if meta(&cand).is_some_and(|m| m.contains_key("deletionTimestamp"))
             && finalizers_empty(&cand)
         {
+            self.remove_dependents(def, key);
             return match self.store.remove_as(key, Some(cand)) {
-                Some(gone) => {
-                    self.after_delete(def, key, &gone);
-                    Ok(gone)
-                }
+                Some(gone) => Ok(gone),
                 None => Err(ApiError::internal("object vanished during update")),
             };
         }
@@ -799,11 +797,10 @@ impl State {
             let stored = self.store.put(key, cand);
             return Ok(Deleted::Pending(stored));
         }
+        // Dependents go first, so watchers see them vanish before their namespace or CRD.
+        self.remove_dependents(def, &key);
         match self.store.remove(&key) {
-            Some(gone) => {
-                self.after_delete(def, &key, &gone);
-                Ok(Deleted::Gone(gone))
-            }
+            Some(gone) => Ok(Deleted::Gone(gone)),
             None => Err(ApiError::not_found(&def.group, &def.plural, name)),
         }
     }
@@ -816,7 +813,8 @@ impl State {
         }
     }
 
-    fn after_delete(&mut self, def: &ResourceDef, key: &ObjKey, _gone: &Value) {
+    /// Remove what dies with an object: a CRD's custom resources, a namespace's contents.
+    fn remove_dependents(&mut self, def: &ResourceDef, key: &ObjKey) {
         match (def.group.as_str(), def.kind.as_str()) {
             ("apiextensions.k8s.io", "CustomResourceDefinition") => {
                 if let Some(defs) = self.registry.unregister_crd(&key.2)

@@ -34,6 +34,9 @@ use super::tables::{self, IncludeObject};
 /// Response body type.
 pub type Body = BoxBody<Bytes, Infallible>;
 
+/// Store key of CustomResourceDefinitions.
+const CRD_RESOURCE: &str = "apiextensions.k8s.io/customresourcedefinitions";
+
 /// Largest request body accepted (kube-apiserver's limit).
 const MAX_BODY: usize = 3 * 1024 * 1024;
 
@@ -818,6 +821,7 @@ fn watch(
             }
         }
     };
+    let crd_name = def.crd.as_ref().map(|c| c.crd_name.clone());
     let interval = shared.bookmark_interval;
     let cancel = cancel.clone();
     tokio::spawn(async move {
@@ -839,6 +843,14 @@ fn watch(
                 ev = events.recv() => match ev {
                     Some(ev) => {
                         last_rv = ev.rv;
+                        // kube-apiserver ends watches of a custom resource when its CRD goes.
+                        if let Some(crd) = &crd_name
+                            && ev.kind == EventType::Deleted
+                            && ev.resource == CRD_RESOURCE
+                            && ev.object.pointer("/metadata/name").and_then(Value::as_str) == Some(crd.as_str())
+                        {
+                            break;
+                        }
                         match filter_event(&ev, &resource, ns.as_deref(), &labels, &fields) {
                             Some((ty, o)) => enc.event(ty, o),
                             None => continue,
