@@ -584,3 +584,56 @@ async fn restart_moves_no_address() {
         "the new Service got an address already held"
     );
 }
+
+#[tokio::test]
+async fn two_replicas_one_leader_and_a_clean_takeover() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let env = env().await;
+    env.pool("blue", json!({"addresses": ["192.0.2.0/28"]}))
+        .await;
+    let args = [
+        "--leader-elect=true",
+        "--lease-namespace=lodestone-system",
+        "--lease-duration=2",
+    ];
+    let mut a = env.controller(&[&args[..], &["--identity=replica-a"]].concat());
+    let mut b = env.controller(&[&args[..], &["--identity=replica-b"]].concat());
+    env.service("default", "first", json!({}), json!({})).await;
+    let first = env
+        .wait_ingress("default", "first", |i| !i.is_empty())
+        .await;
+    let leases: kube::Api<Lease> = kube::Api::namespaced(env.client.clone(), "lodestone-system");
+    let holder = leases
+        .get("lodestone-controller")
+        .await
+        .expect("the Lease exists")
+        .spec
+        .and_then(|s| s.holder_identity)
+        .expect("someone holds the Lease");
+    // Only the leader writes: every Event so far comes from it.
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(env.client.clone(), "default");
+    for ev in events.list(&Default::default()).await.unwrap().items {
+        assert_eq!(ev.reporting_instance.as_deref(), Some(holder.as_str()));
+    }
+    // kill -9 the leader; the standby takes over, keeps what exists and serves what is new.
+    if holder == "replica-a" {
+        a.kill9();
+    } else {
+        b.kill9();
+    }
+    env.service("default", "second", json!({}), json!({})).await;
+    let second = env
+        .wait_ingress("default", "second", |i| !i.is_empty())
+        .await;
+    assert_ne!(second, first);
+    let svc = env.services("default").get("first").await.unwrap();
+    assert_eq!(ingress(&svc), first, "the takeover moved an address");
+    let new_holder = leases
+        .get("lodestone-controller")
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.holder_identity);
+    assert!(new_holder.is_some() && new_holder.as_deref() != Some(holder.as_str()));
+}
