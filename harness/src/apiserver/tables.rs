@@ -156,86 +156,71 @@ fn column(name: &str, ty: &str, format: &str, description: &str, priority: i64) 
     json!({"name": name, "type": ty, "format": format, "description": description, "priority": priority})
 }
 
-/// The column definitions for a resource.
-pub fn columns(def: &ResourceDef) -> Vec<Value> {
-    let name = column(
-        "Name",
-        "string",
-        "name",
-        "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names",
-        0,
-    );
-    let age_col = column(
-        "Age",
-        "string",
-        "",
-        "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.\n\nPopulated by the system. Read-only. Null for lists. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata",
-        0,
-    );
-    if let Some(crd) = &def.crd {
-        if crd.printer_columns.is_empty() {
-            return vec![
-                name,
-                column(
-                    "Age",
-                    "date",
-                    "",
-                    age_col["description"].as_str().unwrap_or(""),
-                    0,
-                ),
-            ];
-        }
-        let mut cols = vec![name];
-        for c in &crd.printer_columns {
-            cols.push(column(
-                c.get("name").and_then(Value::as_str).unwrap_or(""),
-                c.get("type").and_then(Value::as_str).unwrap_or("string"),
-                c.get("format").and_then(Value::as_str).unwrap_or(""),
-                c.get("description").and_then(Value::as_str).unwrap_or(""),
-                c.get("priority").and_then(Value::as_i64).unwrap_or(0),
-            ));
-        }
-        return cols;
-    }
-    if def.group.is_empty() && def.kind == "Service" {
-        return vec![
-            name,
-            column("Type", "string", "", "The type of the service.", 0),
-            column(
-                "Cluster-IP",
-                "string",
-                "",
-                "The cluster IP of the service.",
-                0,
-            ),
-            column(
-                "External-IP",
-                "string",
-                "",
-                "The external IP of the service.",
-                0,
-            ),
-            column("Port(s)", "string", "", "The ports of the service.", 0),
-            age_col,
-            column("Selector", "string", "", "The selector of the service.", 1),
-        ];
-    }
-    vec![name, age_col]
+const NAME_DESC: &str = "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names";
+const AGE_DESC: &str = "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.\n\nPopulated by the system. Read-only. Null for lists. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata";
+
+type CellFn = fn(&Value, DateTime<Utc>) -> Value;
+
+/// One printer column of a built-in kind, as kube-apiserver's printers define it.
+struct Col {
+    name: &'static str,
+    ty: &'static str,
+    format: &'static str,
+    priority: i64,
+    description: &'static str,
+    cell: CellFn,
 }
 
-fn service_cells(obj: &Value) -> Vec<Value> {
-    let spec = obj.get("spec").cloned().unwrap_or(Value::Null);
-    let ty = spec
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or("ClusterIP");
-    let cluster_ip = spec
-        .get("clusterIP")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .unwrap_or("<none>");
-    let mut external: Vec<String> = spec
-        .get("externalIPs")
+const fn col(name: &'static str, priority: i64, description: &'static str, cell: CellFn) -> Col {
+    Col {
+        name,
+        ty: "string",
+        format: "",
+        priority,
+        description,
+        cell,
+    }
+}
+
+fn s(v: Option<&Value>) -> String {
+    v.and_then(Value::as_str).unwrap_or("").to_string()
+}
+
+fn or_none(v: String) -> Value {
+    json!(if v.is_empty() {
+        "<none>".to_string()
+    } else {
+        v
+    })
+}
+
+fn name_cell(o: &Value, _: DateTime<Utc>) -> Value {
+    o.pointer("/metadata/name").cloned().unwrap_or(json!(""))
+}
+
+fn age_cell(o: &Value, now: DateTime<Utc>) -> Value {
+    age(
+        o.pointer("/metadata/creationTimestamp")
+            .and_then(Value::as_str),
+        now,
+    )
+}
+
+fn svc_type(o: &Value, _: DateTime<Utc>) -> Value {
+    json!(
+        o.pointer("/spec/type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+    )
+}
+
+fn svc_cluster_ip(o: &Value, _: DateTime<Utc>) -> Value {
+    or_none(s(o.pointer("/spec/clusterIP")))
+}
+
+fn svc_external_ip(o: &Value, _: DateTime<Utc>) -> Value {
+    let mut external: Vec<String> = o
+        .pointer("/spec/externalIPs")
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
@@ -243,43 +228,40 @@ fn service_cells(obj: &Value) -> Vec<Value> {
                 .collect()
         })
         .unwrap_or_default();
-    let external_ip = match ty {
+    match o
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+    {
         "LoadBalancer" => {
-            for i in obj
+            for i in o
                 .pointer("/status/loadBalancer/ingress")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
             {
-                if let Some(s) = i
+                if let Some(x) = i
                     .get("ip")
                     .or_else(|| i.get("hostname"))
                     .and_then(Value::as_str)
                 {
-                    external.push(s.to_string());
+                    external.push(x.to_string());
                 }
             }
-            if external.is_empty() {
+            json!(if external.is_empty() {
                 "<pending>".to_string()
             } else {
                 external.join(",")
-            }
+            })
         }
-        "ExternalName" => spec
-            .get("externalName")
-            .and_then(Value::as_str)
-            .unwrap_or("<none>")
-            .to_string(),
-        _ => {
-            if external.is_empty() {
-                "<none>".to_string()
-            } else {
-                external.join(",")
-            }
-        }
-    };
-    let ports: Vec<String> = spec
-        .get("ports")
+        "ExternalName" => or_none(s(o.pointer("/spec/externalName"))),
+        _ => or_none(external.join(",")),
+    }
+}
+
+fn svc_ports(o: &Value, _: DateTime<Utc>) -> Value {
+    let ports: Vec<String> = o
+        .pointer("/spec/ports")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -292,55 +274,395 @@ fn service_cells(obj: &Value) -> Vec<Value> {
             }
         })
         .collect();
-    let selector: Vec<String> = spec
-        .get("selector")
-        .and_then(Value::as_object)
+    or_none(ports.join(","))
+}
+
+fn map_pairs(v: Option<&Value>) -> String {
+    v.and_then(Value::as_object)
         .map(|m| {
             m.iter()
                 .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+fn svc_selector(o: &Value, _: DateTime<Utc>) -> Value {
+    or_none(map_pairs(o.pointer("/spec/selector")))
+}
+
+fn phase(o: &Value, _: DateTime<Utc>) -> Value {
+    json!(s(o.pointer("/status/phase")))
+}
+
+fn node_status(o: &Value, _: DateTime<Utc>) -> Value {
+    let ready = o
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+        })
+        .and_then(|c| c.get("status").and_then(Value::as_str));
+    let mut st = match ready {
+        Some("True") => "Ready".to_string(),
+        Some("False") => "NotReady".to_string(),
+        _ => "Unknown".to_string(),
+    };
+    if o.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+        st.push_str(",SchedulingDisabled");
+    }
+    json!(st)
+}
+
+fn node_roles(o: &Value, _: DateTime<Utc>) -> Value {
+    let mut roles: Vec<String> = o
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| match k.strip_prefix("node-role.kubernetes.io/") {
+                    Some(r) if !r.is_empty() => Some(r.to_string()),
+                    _ if k == "kubernetes.io/role" => v.as_str().map(String::from),
+                    _ => None,
+                })
                 .collect()
         })
         .unwrap_or_default();
-    vec![
-        json!(ty),
-        json!(cluster_ip),
-        json!(external_ip),
-        json!(if ports.is_empty() {
-            "<none>".to_string()
-        } else {
-            ports.join(",")
-        }),
-        Value::Null, // replaced by AGE below
-        json!(if selector.is_empty() {
-            "<none>".to_string()
-        } else {
-            selector.join(",")
-        }),
-    ]
+    roles.sort();
+    or_none(roles.join(","))
+}
+
+fn node_version(o: &Value, _: DateTime<Utc>) -> Value {
+    json!(s(o.pointer("/status/nodeInfo/kubeletVersion")))
+}
+
+fn node_address(o: &Value, ty: &str) -> Value {
+    let a = o
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .find(|x| x.get("type").and_then(Value::as_str) == Some(ty))
+        })
+        .map(|x| s(x.get("address")))
+        .unwrap_or_default();
+    or_none(a)
+}
+
+fn node_internal_ip(o: &Value, _: DateTime<Utc>) -> Value {
+    node_address(o, "InternalIP")
+}
+
+fn node_external_ip(o: &Value, _: DateTime<Utc>) -> Value {
+    node_address(o, "ExternalIP")
+}
+
+fn pod_ready(o: &Value, _: DateTime<Utc>) -> Value {
+    let total = o
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let ready = o
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .map_or(0, |a| {
+            a.iter()
+                .filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true))
+                .count()
+        });
+    json!(format!("{ready}/{total}"))
+}
+
+fn pod_status(o: &Value, _: DateTime<Utc>) -> Value {
+    if o.pointer("/metadata/deletionTimestamp").is_some() {
+        return json!("Terminating");
+    }
+    let reason = s(o.pointer("/status/reason"));
+    if !reason.is_empty() {
+        return json!(reason);
+    }
+    json!(s(o.pointer("/status/phase")))
+}
+
+fn pod_restarts(o: &Value, _: DateTime<Utc>) -> Value {
+    let n: i64 = o
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .map_or(0, |a| {
+            a.iter()
+                .filter_map(|c| c.get("restartCount").and_then(Value::as_i64))
+                .sum()
+        });
+    json!(n)
+}
+
+fn pod_ip(o: &Value, _: DateTime<Utc>) -> Value {
+    or_none(s(o.pointer("/status/podIP")))
+}
+
+fn pod_node(o: &Value, _: DateTime<Utc>) -> Value {
+    or_none(s(o.pointer("/spec/nodeName")))
+}
+
+fn lease_holder(o: &Value, _: DateTime<Utc>) -> Value {
+    json!(s(o.pointer("/spec/holderIdentity")))
+}
+
+fn eps_address_type(o: &Value, _: DateTime<Utc>) -> Value {
+    json!(s(o.get("addressType")))
+}
+
+fn eps_ports(o: &Value, _: DateTime<Utc>) -> Value {
+    let ports: Vec<String> = o
+        .get("ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get("port").and_then(Value::as_u64).map(|n| n.to_string()))
+        .collect();
+    json!(if ports.is_empty() {
+        "<unset>".to_string()
+    } else {
+        ports.join(",")
+    })
+}
+
+fn eps_endpoints(o: &Value, _: DateTime<Utc>) -> Value {
+    let addrs: Vec<String> = o
+        .get("endpoints")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(|e| {
+            e.get("addresses")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|a| a.as_str().map(String::from))
+        .collect();
+    let shown: Vec<String> = addrs.iter().take(3).cloned().collect();
+    let more = addrs.len().saturating_sub(3);
+    json!(if addrs.is_empty() {
+        "<unset>".to_string()
+    } else if more > 0 {
+        format!("{} + {more} more...", shown.join(","))
+    } else {
+        shown.join(",")
+    })
+}
+
+fn data_count(o: &Value, _: DateTime<Utc>) -> Value {
+    let n = o
+        .get("data")
+        .and_then(Value::as_object)
+        .map_or(0, |m| m.len())
+        + o.get("binaryData")
+            .and_then(Value::as_object)
+            .map_or(0, |m| m.len())
+        + o.get("stringData")
+            .and_then(Value::as_object)
+            .map_or(0, |m| m.len());
+    json!(n)
+}
+
+fn secret_type(o: &Value, _: DateTime<Utc>) -> Value {
+    json!(o.get("type").and_then(Value::as_str).unwrap_or("Opaque"))
+}
+
+fn created_at(o: &Value, _: DateTime<Utc>) -> Value {
+    o.pointer("/metadata/creationTimestamp")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Columns of a built-in kind (Name first).
+fn builtin_cols(group: &str, kind: &str) -> Vec<Col> {
+    let name = Col {
+        name: "Name",
+        ty: "string",
+        format: "name",
+        priority: 0,
+        description: NAME_DESC,
+        cell: name_cell,
+    };
+    let age = col("Age", 0, AGE_DESC, age_cell);
+    match (group, kind) {
+        ("", "Service") => vec![
+            name,
+            col("Type", 0, "The type of the service.", svc_type),
+            col(
+                "Cluster-IP",
+                0,
+                "The cluster IP of the service.",
+                svc_cluster_ip,
+            ),
+            col(
+                "External-IP",
+                0,
+                "The external IP of the service.",
+                svc_external_ip,
+            ),
+            col("Port(s)", 0, "The ports of the service.", svc_ports),
+            age,
+            col("Selector", 1, "The selector of the service.", svc_selector),
+        ],
+        ("", "Namespace") => vec![
+            name,
+            col("Status", 0, "The status of the namespace", phase),
+            age,
+        ],
+        ("", "Node") => vec![
+            name,
+            col("Status", 0, "The status of the node", node_status),
+            col("Roles", 0, "The roles of the node", node_roles),
+            age,
+            col(
+                "Version",
+                0,
+                "Kubelet Version reported by the node.",
+                node_version,
+            ),
+            col("Internal-IP", 1, "List of internal IPs.", node_internal_ip),
+            col("External-IP", 1, "List of external IPs.", node_external_ip),
+        ],
+        ("", "Pod") => vec![
+            name,
+            col(
+                "Ready",
+                0,
+                "The aggregate readiness state of this pod for accepting traffic.",
+                pod_ready,
+            ),
+            col(
+                "Status",
+                0,
+                "The aggregate status of the containers in this pod.",
+                pod_status,
+            ),
+            Col {
+                name: "Restarts",
+                ty: "string",
+                format: "",
+                priority: 0,
+                description: "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+                cell: pod_restarts,
+            },
+            age,
+            col("IP", 1, "The IP address assigned to the pod", pod_ip),
+            col(
+                "Node",
+                1,
+                "The name of the node where the pod is scheduled to run",
+                pod_node,
+            ),
+        ],
+        ("", "ConfigMap") => vec![
+            name,
+            Col {
+                name: "Data",
+                ty: "integer",
+                format: "",
+                priority: 0,
+                description: "The number of entries in the data.",
+                cell: data_count,
+            },
+            age,
+        ],
+        ("", "Secret") => vec![
+            name,
+            col("Type", 0, "The type of the secret", secret_type),
+            Col {
+                name: "Data",
+                ty: "integer",
+                format: "",
+                priority: 0,
+                description: "The number of entries in the data.",
+                cell: data_count,
+            },
+            age,
+        ],
+        ("coordination.k8s.io", "Lease") => vec![
+            name,
+            col("Holder", 0, "The holder of the lease.", lease_holder),
+            age,
+        ],
+        ("discovery.k8s.io", "EndpointSlice") => vec![
+            name,
+            col(
+                "AddressType",
+                0,
+                "The type of addresses in this slice.",
+                eps_address_type,
+            ),
+            col("Ports", 0, "The ports of the endpoints.", eps_ports),
+            col(
+                "Endpoints",
+                0,
+                "The addresses of the endpoints.",
+                eps_endpoints,
+            ),
+            age,
+        ],
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => vec![
+            name,
+            Col {
+                name: "Created At",
+                ty: "date",
+                format: "",
+                priority: 0,
+                description: AGE_DESC,
+                cell: created_at,
+            },
+        ],
+        _ => vec![name, age],
+    }
+}
+
+/// The column definitions for a resource.
+pub fn columns(def: &ResourceDef) -> Vec<Value> {
+    if let Some(crd) = &def.crd {
+        let mut cols = vec![column("Name", "string", "name", NAME_DESC, 0)];
+        if crd.printer_columns.is_empty() {
+            cols.push(column("Age", "date", "", AGE_DESC, 0));
+            return cols;
+        }
+        for c in &crd.printer_columns {
+            cols.push(column(
+                c.get("name").and_then(Value::as_str).unwrap_or(""),
+                c.get("type").and_then(Value::as_str).unwrap_or("string"),
+                c.get("format").and_then(Value::as_str).unwrap_or(""),
+                c.get("description").and_then(Value::as_str).unwrap_or(""),
+                c.get("priority").and_then(Value::as_i64).unwrap_or(0),
+            ));
+        }
+        return cols;
+    }
+    builtin_cols(&def.group, &def.kind)
+        .iter()
+        .map(|c| column(c.name, c.ty, c.format, c.description, c.priority))
+        .collect()
 }
 
 /// One row for an object.
 pub fn row(def: &ResourceDef, obj: &Value, include: IncludeObject, now: DateTime<Utc>) -> Value {
-    let name = obj.pointer("/metadata/name").cloned().unwrap_or(json!(""));
-    let created = obj
-        .pointer("/metadata/creationTimestamp")
-        .and_then(Value::as_str);
-    let mut cells = vec![name];
-    if let Some(crd) = &def.crd {
-        if crd.printer_columns.is_empty() {
-            cells.push(age(created, now));
-        } else {
-            for c in &crd.printer_columns {
-                cells.push(crd_cell(obj, c, now));
+    let cells: Vec<Value> = match &def.crd {
+        Some(crd) => {
+            let mut cells = vec![name_cell(obj, now)];
+            if crd.printer_columns.is_empty() {
+                cells.push(age_cell(obj, now));
+            } else {
+                cells.extend(crd.printer_columns.iter().map(|c| crd_cell(obj, c, now)));
             }
+            cells
         }
-    } else if def.group.is_empty() && def.kind == "Service" {
-        let mut rest = service_cells(obj);
-        rest[4] = age(created, now);
-        cells.extend(rest);
-    } else {
-        cells.push(age(created, now));
-    }
+        None => builtin_cols(&def.group, &def.kind)
+            .iter()
+            .map(|c| (c.cell)(obj, now))
+            .collect(),
+    };
     let mut r = json!({"cells": cells});
     match include {
         IncludeObject::None => {}
@@ -449,6 +771,49 @@ mod tests {
         assert_eq!(cells[4], "5m");
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
         assert_eq!(t["metadata"]["resourceVersion"], "7");
+    }
+
+    #[test]
+    fn node_and_namespace_rows() {
+        let reg = Registry::default();
+        let def = reg.lookup("", "v1", "nodes").unwrap();
+        let obj = json!({"metadata": {"name": "n1", "labels": {"node-role.kubernetes.io/control-plane": ""}},
+            "spec": {"unschedulable": true},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}], "nodeInfo": {"kubeletVersion": "v1.33.0"},
+                "addresses": [{"type": "InternalIP", "address": "192.0.2.11"}]}});
+        let r = row(&def, &obj, IncludeObject::None, Utc::now());
+        assert_eq!(r["cells"][1], "Ready,SchedulingDisabled");
+        assert_eq!(r["cells"][2], "control-plane");
+        assert_eq!(r["cells"][4], "v1.33.0");
+        assert_eq!(r["cells"][5], "192.0.2.11");
+        assert_eq!(columns(&def).len(), r["cells"].as_array().unwrap().len());
+        let def = reg.lookup("", "v1", "namespaces").unwrap();
+        let r = row(
+            &def,
+            &json!({"metadata": {"name": "x"}, "status": {"phase": "Active"}}),
+            IncludeObject::None,
+            Utc::now(),
+        );
+        assert_eq!(r["cells"][1], "Active");
+    }
+
+    #[test]
+    fn every_builtin_row_matches_its_columns() {
+        let reg = Registry::default();
+        for def in reg.all() {
+            let r = row(
+                def,
+                &json!({"metadata": {"name": "x"}}),
+                IncludeObject::None,
+                Utc::now(),
+            );
+            assert_eq!(
+                columns(def).len(),
+                r["cells"].as_array().unwrap().len(),
+                "{}",
+                def.kind
+            );
+        }
     }
 
     #[test]
