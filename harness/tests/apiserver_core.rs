@@ -476,3 +476,70 @@ async fn server_side_apply_owns_fields_and_conflicts() {
     assert_eq!(ingress[0].ip.as_deref(), Some("192.0.2.7"));
     assert_eq!(st.spec.unwrap().type_.as_deref(), Some("LoadBalancer"));
 }
+
+/// The Lease protocol kube-lease-manager builds on: a holder takes the lock by server-side
+/// apply, renews it by strategic merge patch, a contender's apply conflicts, and a release
+/// (strategic patch with nulls) frees the fields for the next applier.
+#[tokio::test]
+async fn lease_locking_through_server_side_apply() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let (_s, client) = server().await;
+    let api: Api<Lease> = Api::namespaced(client, "lodestone-system");
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some("lock".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    api.create(&PostParams::default(), &lease).await.unwrap();
+    let take = |who: &str| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "spec": {"holderIdentity": who, "leaseDurationSeconds": 15,
+                "acquireTime": "2026-01-01T00:00:00.000000Z", "renewTime": "2026-01-01T00:00:00.000000Z"}})
+    };
+    let pa = PatchParams {
+        field_manager: Some("mgr-a".into()),
+        ..Default::default()
+    };
+    let pb = PatchParams {
+        field_manager: Some("mgr-b".into()),
+        ..Default::default()
+    };
+    api.patch("lock", &pa, &Patch::Apply(take("a")))
+        .await
+        .unwrap();
+    let renew = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "spec": {"renewTime": "2026-01-01T00:00:05.000000Z", "leaseDurationSeconds": 15}});
+    api.patch("lock", &pa, &Patch::Strategic(renew))
+        .await
+        .unwrap();
+    match api.patch("lock", &pb, &Patch::Apply(take("b"))).await {
+        Err(kube::Error::Api(e)) => assert_eq!((e.code, e.reason.as_str()), (409, "Conflict")),
+        other => {
+            panic!("a contender must conflict while the holder owns the fields, got {other:?}")
+        }
+    }
+    assert_eq!(
+        api.get("lock")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .holder_identity
+            .as_deref(),
+        Some("a")
+    );
+    let release = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "spec": {"acquireTime": null, "renewTime": null, "holderIdentity": null, "leaseDurationSeconds": null}});
+    let released = api
+        .patch("lock", &pa, &Patch::Strategic(release))
+        .await
+        .unwrap();
+    assert!(released.spec.unwrap().holder_identity.is_none());
+    let taken = api
+        .patch("lock", &pb, &Patch::Apply(take("b")))
+        .await
+        .unwrap();
+    assert_eq!(taken.spec.unwrap().holder_identity.as_deref(), Some("b"));
+}
