@@ -107,6 +107,53 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
     )
 }
 
+/// Aggregated discovery (`apidiscovery.k8s.io/v2 APIGroupDiscoveryList`): for `/api` (core)
+/// or `/apis` (every named group), every version with its resources in one document.
+pub fn aggregated(reg: &Registry, core: bool) -> Value {
+    let groups: Vec<(String, Vec<String>)> = if core {
+        vec![(String::new(), vec!["v1".to_string()])]
+    } else {
+        reg.groups()
+    };
+    let items: Vec<Value> = groups
+        .iter()
+        .map(|(g, versions)| {
+            let vs: Vec<Value> = versions
+                .iter()
+                .map(|v| {
+                    let resources: Vec<Value> = reg
+                        .in_group_version(g, v)
+                        .iter()
+                        .map(|r| {
+                            let kind = json!({"group": r.group, "version": r.version, "kind": r.kind});
+                            let mut o = json!({
+                                "resource": r.plural,
+                                "responseKind": kind,
+                                "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                                "singularResource": r.singular,
+                                "verbs": ALL_VERBS,
+                            });
+                            if !r.short_names.is_empty() {
+                                o["shortNames"] = json!(r.short_names);
+                            }
+                            if !r.categories.is_empty() {
+                                o["categories"] = json!(r.categories);
+                            }
+                            if r.status {
+                                o["subresources"] = json!([{"subresource": "status", "responseKind": kind, "verbs": STATUS_VERBS}]);
+                            }
+                            o
+                        })
+                        .collect();
+                    json!({"version": v, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": vs})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}
+
 fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() {
         format!("api/{version}")
@@ -225,6 +272,30 @@ mod tests {
         assert!(names.contains(&"services") && names.contains(&"services/status"));
         assert!(!names.contains(&"configmaps/status"));
         assert!(resource_list(&reg, "nope", "v1").is_none());
+    }
+
+    #[test]
+    fn aggregated_discovery_lists_every_resource() {
+        let reg = Registry::default();
+        let core = aggregated(&reg, true);
+        assert_eq!(core["kind"], "APIGroupDiscoveryList");
+        let v1 = &core["items"][0]["versions"][0];
+        let svc = v1["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "services")
+            .unwrap();
+        assert_eq!(svc["scope"], "Namespaced");
+        assert_eq!(svc["subresources"][0]["subresource"], "status");
+        let named = aggregated(&reg, false);
+        assert!(
+            named["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g["metadata"]["name"] == "coordination.k8s.io")
+        );
     }
 
     #[test]

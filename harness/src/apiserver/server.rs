@@ -204,6 +204,17 @@ pub fn negotiate(accept: &str, include: IncludeObject) -> Output {
     Output::Json
 }
 
+/// Whether the client accepts aggregated discovery (`apidiscovery.k8s.io/v2`), which
+/// kube-apiserver answers first; kubectl asks for it on every discovery.
+pub fn wants_aggregated(accept: &str) -> bool {
+    accept.split(',').any(|range| {
+        let params: Vec<&str> = range.split(';').map(str::trim).collect();
+        params.contains(&"g=apidiscovery.k8s.io")
+            && params.contains(&"v=v2")
+            && params.contains(&"as=APIGroupDiscoveryList")
+    })
+}
+
 /// A parsed resource path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourcePath {
@@ -302,6 +313,19 @@ async fn route(
         .unwrap_or("application/json")
         .to_string();
     let get = parts.method == Method::GET;
+    if get && matches!(segs.as_slice(), ["api"] | ["apis"]) && wants_aggregated(&accept) {
+        let st = shared.lock();
+        let doc = discovery::aggregated(&st.registry, segs == ["api"]);
+        drop(st);
+        let mut r = json_response(StatusCode::OK, &doc);
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(
+                "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
+            ),
+        );
+        return Ok(r);
+    }
     match segs.as_slice() {
         ["api"] if get => {
             let addr = shared
@@ -899,6 +923,17 @@ mod tests {
         let p = parse_resource_path("", "v1", &["services"]).unwrap();
         assert!(p.namespace.is_none() && p.name.is_none());
         assert!(parse_resource_path("", "v1", &["a", "b", "c", "d"]).is_none());
+    }
+
+    #[test]
+    fn aggregated_discovery_is_recognised() {
+        assert!(wants_aggregated(
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"
+        ));
+        assert!(!wants_aggregated("application/json"));
+        assert!(!wants_aggregated(
+            "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList"
+        ));
     }
 
     #[test]
