@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::resources::{ALL_VERBS, Registry, ResourceDef, STATUS_VERBS};
+use super::resources::{Registry, ResourceDef, STATUS_VERBS};
 
 /// `/version`: what kube-apiserver 1.33 reports.
 pub fn version() -> Value {
@@ -69,7 +69,7 @@ fn resource_json(r: &ResourceDef) -> Vec<Value> {
         "singularName": r.singular,
         "namespaced": r.namespaced,
         "kind": r.kind,
-        "verbs": ALL_VERBS,
+        "verbs": r.verbs,
     });
     if !r.short_names.is_empty() {
         main["shortNames"] = json!(r.short_names);
@@ -131,7 +131,7 @@ pub fn aggregated(reg: &Registry, core: bool) -> Value {
                                 "responseKind": kind,
                                 "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
                                 "singularResource": r.singular,
-                                "verbs": ALL_VERBS,
+                                "verbs": r.verbs,
                             });
                             if !r.short_names.is_empty() {
                                 o["shortNames"] = json!(r.short_names);

@@ -34,6 +34,8 @@ pub struct Builtin {
     pub short_names: &'static [&'static str],
     /// Categories (`all`).
     pub categories: &'static [&'static str],
+    /// Verbs served on the main resource.
+    pub verbs: &'static [&'static str],
 }
 
 /// Every verb the generic store implements.
@@ -65,6 +67,7 @@ pub const BUILTINS: &[Builtin] = &[
         status_on_create: false,
         short_names: &["ns"],
         categories: &[],
+        verbs: ALL_VERBS,
     },
     Builtin {
         group: "",
@@ -78,6 +81,7 @@ pub const BUILTINS: &[Builtin] = &[
         status_on_create: true,
         short_names: &["no"],
         categories: &[],
+        verbs: ALL_VERBS,
     },
     Builtin {
         group: "",
@@ -91,6 +95,7 @@ pub const BUILTINS: &[Builtin] = &[
         status_on_create: false,
         short_names: &["svc"],
         categories: &["all"],
+        verbs: ALL_VERBS,
     },
     Builtin {
         group: "",
@@ -104,6 +109,7 @@ pub const BUILTINS: &[Builtin] = &[
         status_on_create: false,
         short_names: &["po"],
         categories: &["all"],
+        verbs: ALL_VERBS,
     },
     Builtin {
         group: "",
@@ -117,6 +123,7 @@ pub const BUILTINS: &[Builtin] = &[
         status_on_create: false,
         short_names: &[],
         categories: &[],
+        verbs: ALL_VERBS,
     },
     Builtin {
         group: "",
@@ -130,6 +137,7 @@ pub const BUILTINS: &[Builtin] = &[
         status_on_create: false,
         short_names: &["cm"],
         categories: &[],
+        verbs: ALL_VERBS,
     },
     Builtin {
         group: "",
@@ -143,6 +151,7 @@ pub const BUILTINS: &[Builtin] = &[
         status_on_create: false,
         short_names: &["ev"],
         categories: &[],
+        verbs: ALL_VERBS,
     },
     Builtin {
         group: "events.k8s.io",
@@ -156,6 +165,7 @@ pub const BUILTINS: &[Builtin] = &[
         status_on_create: false,
         short_names: &["ev"],
         categories: &[],
+        verbs: ALL_VERBS,
     },
     Builtin {
         group: "discovery.k8s.io",
@@ -169,6 +179,7 @@ pub const BUILTINS: &[Builtin] = &[
         status_on_create: false,
         short_names: &[],
         categories: &[],
+        verbs: ALL_VERBS,
     },
     Builtin {
         group: "coordination.k8s.io",
@@ -182,6 +193,7 @@ pub const BUILTINS: &[Builtin] = &[
         status_on_create: false,
         short_names: &[],
         categories: &[],
+        verbs: ALL_VERBS,
     },
     Builtin {
         group: "apiextensions.k8s.io",
@@ -195,6 +207,7 @@ pub const BUILTINS: &[Builtin] = &[
         status_on_create: false,
         short_names: &["crd", "crds"],
         categories: &["api-extensions"],
+        verbs: ALL_VERBS,
     },
 ];
 
@@ -240,6 +253,8 @@ pub struct ResourceDef {
     pub short_names: Vec<String>,
     /// Categories.
     pub categories: Vec<String>,
+    /// Verbs served on the main resource (the status subresource serves [`STATUS_VERBS`]).
+    pub verbs: Vec<String>,
     /// Set for custom resources.
     pub crd: Option<Arc<CrdVersion>>,
 }
@@ -273,6 +288,7 @@ impl ResourceDef {
             status_on_create: b.status_on_create,
             short_names: b.short_names.iter().map(|s| s.to_string()).collect(),
             categories: b.categories.iter().map(|s| s.to_string()).collect(),
+            verbs: b.verbs.iter().map(|s| s.to_string()).collect(),
             crd: None,
         }
     }
@@ -516,6 +532,7 @@ pub fn crd_defs(crd: &Value) -> Result<Vec<Arc<ResourceDef>>, CrdError> {
             status_on_create: false,
             short_names: short_names.clone(),
             categories: categories.clone(),
+            verbs: ALL_VERBS.iter().map(|s| s.to_string()).collect(),
             crd: Some(Arc::new(CrdVersion {
                 crd_name: name.into(),
                 schema,

@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 use super::discovery;
 use super::errors::ApiError;
 use super::handlers::{Deleted, State, WriteCtx};
-use super::resources::ResourceDef;
+use super::resources::{ResourceDef, STATUS_VERBS};
 use super::selectors::{FieldSelector, LabelSelector, supported_fields};
 use super::store::{Event, EventType};
 use super::tables::{self, IncludeObject};
@@ -501,6 +501,29 @@ fn resource(
             )));
         }
     };
+    let verb = match (method.clone(), rp.name.is_some()) {
+        (Method::GET, false)
+            if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) =>
+        {
+            "watch"
+        }
+        (Method::GET, false) => "list",
+        (Method::GET, true) => "get",
+        (Method::POST, false) => "create",
+        (Method::PUT, true) => "update",
+        (Method::PATCH, true) => "patch",
+        (Method::DELETE, true) => "delete",
+        (Method::DELETE, false) => "deletecollection",
+        _ => return Err(ApiError::method_not_allowed()),
+    };
+    let allowed = if rp.sub.is_some() {
+        STATUS_VERBS.contains(&verb)
+    } else {
+        def.verbs.iter().any(|v| v == verb)
+    };
+    if !allowed {
+        return Err(ApiError::method_not_allowed());
+    }
     let ns = rp.namespace.as_deref();
     let out = negotiate(
         accept,
