@@ -67,7 +67,8 @@ pub const BUILTINS: &[Builtin] = &[
         status_on_create: false,
         short_names: &["ns"],
         categories: &[],
-        verbs: ALL_VERBS,
+        // kube-apiserver serves no deletecollection on namespaces.
+        verbs: &["create", "delete", "get", "list", "patch", "update", "watch"],
     },
     Builtin {
         group: "",
