@@ -31,7 +31,7 @@ use crate::interfaces::{
     AbortOnDrop, DEFAULT_EXCLUDE, InterfaceFilter, InterfacesError, LinkInfo, LinkWatcher,
     choose_interfaces, watch_links,
 };
-use crate::sys::{self, ArpSocket, NdpSocket};
+use crate::sys::{self, ArpSocket, NdpSocket, UnicastNsSocket};
 
 /// All-nodes multicast, the destination of unsolicited Neighbor Advertisements.
 const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
@@ -426,6 +426,9 @@ struct Worker {
     mac: MacAddr,
     arp: Option<(Arc<AsyncFd<ArpSocket>>, AbortOnDrop<()>)>,
     ndp: Option<(Arc<AsyncFd<NdpSocket>>, AbortOnDrop<()>)>,
+    /// Receives the unicast solicitations the raw socket cannot see; answers go out
+    /// through `ndp`.
+    unicast_ns: Option<AbortOnDrop<()>>,
     groups: BTreeSet<Ipv6Addr>,
 }
 
@@ -562,6 +565,7 @@ impl Manager {
             mac,
             arp: None,
             ndp: None,
+            unicast_ns: None,
             groups: BTreeSet::new(),
         });
         if v4 && worker.arp.is_none() {
@@ -584,7 +588,17 @@ impl Manager {
                 name.to_owned(),
                 mac,
             ));
-            worker.ndp = Some((socket, AbortOnDrop(task)));
+            worker.ndp = Some((socket.clone(), AbortOnDrop(task)));
+            let unicast = sys::register(UnicastNsSocket::open(index)?)?;
+            let task = tokio::spawn(unicast_ns_loop(
+                self.shared.clone(),
+                unicast,
+                socket,
+                index,
+                name.to_owned(),
+                mac,
+            ));
+            worker.unicast_ns = Some(AbortOnDrop(task));
         }
         Ok(())
     }
@@ -751,45 +765,114 @@ async fn ndp_loop(
             }
         };
         inc(&shared.counters.ndp_messages_received);
-        if received.hop_limit != Some(255) {
-            inc(&shared.counters.ndp_dropped_hop_limit);
-            continue;
-        }
         let Some(Ok(msg)) = buf.get(..received.len).map(frames::parse_ndp) else {
             continue;
         };
-        if matches!(msg, NdpMessage::Solicitation(_)) {
-            inc(&shared.counters.ns_seen);
-        }
-        let action = ndp_action(
+        handle_ndp(
+            &shared,
+            &socket,
+            index,
+            &name,
+            mac,
             &msg,
             received.source,
             received.hop_limit,
-            |m| shared.is_local_mac(m),
-            |ip| shared.answers(IpAddr::V6(ip), index),
-        );
-        match action {
-            NdpAction::Reply {
-                target,
-                dst,
-                solicited,
-            } => {
-                let body = neighbor_advertisement(target, mac, solicited, true);
-                match sys::send_ndp(&socket, &body, dst).await {
-                    Ok(_) => inc(&shared.counters.ns_answered),
-                    Err(e) => tracing::warn!(interface = %name, error = %e, "sending NA"),
-                }
-            }
-            NdpAction::Conflict { target, mac } => {
-                inc(&shared.counters.conflicts);
-                shared.emit(AnnouncerEvent::Conflict {
-                    ip: IpAddr::V6(target),
-                    mac,
+        )
+        .await;
+    }
+}
+
+/// Receives Neighbor Solicitations unicast to our MAC (reachability probes for an owned
+/// address) and answers them through the interface's raw ICMPv6 socket.
+async fn unicast_ns_loop(
+    shared: Arc<Shared>,
+    unicast: AsyncFd<UnicastNsSocket>,
+    ndp: Arc<AsyncFd<NdpSocket>>,
+    index: u32,
+    name: String,
+    mac: MacAddr,
+) {
+    let mut buf = vec![0u8; RECV_BUF];
+    loop {
+        let n = match sys::recv_unicast_ns(&unicast, &mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                shared.emit(AnnouncerEvent::InterfaceError {
                     interface: name.clone(),
+                    error: format!("receiving unicast NDP: {e}"),
                 });
+                tokio::time::sleep(ERROR_BACKOFF).await;
+                continue;
             }
-            NdpAction::Ignore => {}
+        };
+        inc(&shared.counters.ndp_messages_received);
+        let Some(Ok(packet)) = buf.get(..n).map(frames::parse_ipv6_icmp_frame) else {
+            continue;
+        };
+        let Ok(msg) = frames::parse_ndp(packet.icmp) else {
+            continue;
+        };
+        handle_ndp(
+            &shared,
+            &ndp,
+            index,
+            &name,
+            mac,
+            &msg,
+            packet.source,
+            Some(packet.hop_limit),
+        )
+        .await;
+    }
+}
+
+/// Counts, decides and acts on one received NDP message.
+#[allow(clippy::too_many_arguments)] // the context of one interface, spelled out
+async fn handle_ndp(
+    shared: &Shared,
+    socket: &AsyncFd<NdpSocket>,
+    index: u32,
+    name: &str,
+    mac: MacAddr,
+    msg: &NdpMessage,
+    source: Ipv6Addr,
+    hop_limit: Option<u8>,
+) {
+    if hop_limit != Some(255) {
+        inc(&shared.counters.ndp_dropped_hop_limit);
+        return;
+    }
+    if matches!(msg, NdpMessage::Solicitation(_)) {
+        inc(&shared.counters.ns_seen);
+    }
+    let action = ndp_action(
+        msg,
+        source,
+        hop_limit,
+        |m| shared.is_local_mac(m),
+        |ip| shared.answers(IpAddr::V6(ip), index),
+    );
+    match action {
+        NdpAction::Reply {
+            target,
+            dst,
+            solicited,
+        } => {
+            let body = neighbor_advertisement(target, mac, solicited, true);
+            match sys::send_ndp(socket, &body, dst).await {
+                Ok(_) => inc(&shared.counters.ns_answered),
+                Err(e) => tracing::warn!(interface = %name, error = %e, "sending NA"),
+            }
         }
+        NdpAction::Conflict { target, mac } => {
+            inc(&shared.counters.conflicts);
+            shared.emit(AnnouncerEvent::Conflict {
+                ip: IpAddr::V6(target),
+                mac,
+                interface: name.to_owned(),
+            });
+        }
+        NdpAction::Ignore => {}
     }
 }
 

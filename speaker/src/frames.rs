@@ -19,7 +19,9 @@ use pnet_packet::icmpv6::ndp::{
     Icmpv6Codes, MutableNeighborAdvertPacket, MutableNeighborSolicitPacket, NdpOptionTypes,
     NeighborAdvertFlags, NeighborAdvertPacket, NeighborSolicitPacket,
 };
-use pnet_packet::icmpv6::{Icmpv6Types, MutableIcmpv6Packet};
+use pnet_packet::icmpv6::{Icmpv6Packet, Icmpv6Types, MutableIcmpv6Packet};
+use pnet_packet::ip::IpNextHeaderProtocols;
+use pnet_packet::ipv6::Ipv6Packet;
 use pnet_packet::{MutablePacket, Packet};
 
 /// Ethertype of ARP.
@@ -82,6 +84,20 @@ pub enum FrameError {
         /// Offset of the option in the ICMPv6 body.
         offset: usize,
     },
+    /// The Ethernet frame does not carry IPv6.
+    #[error("not IPv6: ethertype {0:#06x}")]
+    NotIpv6(u16),
+    /// The IPv6 packet does not carry ICMPv6 directly (next header, or IP version, wrong).
+    #[error("not ICMPv6 in IPv6: version {version}, next header {next_header}")]
+    NotIcmpv6 {
+        /// IP version field.
+        version: u8,
+        /// Next header field.
+        next_header: u8,
+    },
+    /// The ICMPv6 checksum does not match.
+    #[error("bad ICMPv6 checksum")]
+    BadChecksum,
     /// RFC 4861 forbids a multicast target address.
     #[error("target address {0} is multicast")]
     MulticastTarget(Ipv6Addr),
@@ -449,6 +465,92 @@ pub fn neighbor_solicitation(target: Ipv6Addr, source_mac: Option<MacAddr>) -> V
     buf
 }
 
+/// Length of an IPv6 header without extension headers.
+pub const IPV6_HEADER_LEN: usize = 40;
+
+/// An ICMPv6 message read from a whole Ethernet frame (packet sockets see frames, not
+/// bodies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Icmp<'a> {
+    /// IPv6 source address.
+    pub source: Ipv6Addr,
+    /// IPv6 destination address.
+    pub destination: Ipv6Addr,
+    /// IPv6 hop limit.
+    pub hop_limit: u8,
+    /// The ICMPv6 message (header and body), without link-layer padding.
+    pub icmp: &'a [u8],
+}
+
+/// Parses an Ethernet frame carrying ICMPv6 directly in IPv6 (no extension headers, as NDP
+/// is sent) and verifies the ICMPv6 checksum, which nobody has checked for a packet socket.
+pub fn parse_ipv6_icmp_frame(frame: &[u8]) -> Result<Ipv6Icmp<'_>, FrameError> {
+    let need = ETHERNET_HEADER_LEN + IPV6_HEADER_LEN;
+    let too_short = |need: usize| FrameError::TooShort {
+        len: frame.len(),
+        need,
+    };
+    if frame.len() < need {
+        return Err(too_short(need));
+    }
+    let eth = EthernetPacket::new(frame).ok_or(too_short(need))?;
+    let ethertype = eth.get_ethertype();
+    if ethertype != EtherTypes::Ipv6 {
+        return Err(FrameError::NotIpv6(ethertype.0));
+    }
+    let ip = Ipv6Packet::new(eth.payload()).ok_or(too_short(need))?;
+    let version = ip.get_version();
+    let next_header = ip.get_next_header();
+    if version != 6 || next_header != IpNextHeaderProtocols::Icmpv6 {
+        return Err(FrameError::NotIcmpv6 {
+            version,
+            next_header: next_header.0,
+        });
+    }
+    let payload_len = usize::from(ip.get_payload_length());
+    let icmp = frame
+        .get(need..need + payload_len)
+        .ok_or(too_short(need + payload_len))?;
+    let (source, destination) = (ip.get_source(), ip.get_destination());
+    let packet = Icmpv6Packet::new(icmp).ok_or(too_short(need + 4))?;
+    if pnet_packet::icmpv6::checksum(&packet, &source, &destination) != packet.get_checksum() {
+        return Err(FrameError::BadChecksum);
+    }
+    Ok(Ipv6Icmp {
+        source,
+        destination,
+        hop_limit: ip.get_hop_limit(),
+        icmp,
+    })
+}
+
+/// Wraps an ICMPv6 message into an Ethernet + IPv6 frame (tests and benchmarks use it to
+/// send what a kernel would), filling in the checksum.
+pub fn ipv6_icmp_frame(
+    eth_src: MacAddr,
+    eth_dst: MacAddr,
+    source: Ipv6Addr,
+    destination: Ipv6Addr,
+    hop_limit: u8,
+    icmp: &[u8],
+) -> Vec<u8> {
+    let mut body = icmp.to_vec();
+    fill_icmpv6_checksum(&mut body, source, destination);
+    let mut frame = Vec::with_capacity(ETHERNET_HEADER_LEN + IPV6_HEADER_LEN + body.len());
+    frame.extend_from_slice(&eth_dst.octets());
+    frame.extend_from_slice(&eth_src.octets());
+    frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+    frame.extend_from_slice(&[0x60, 0, 0, 0]);
+    // ICMPv6 messages we build are tiny; saturate rather than wrap for absurd input.
+    let len = u16::try_from(body.len()).unwrap_or(u16::MAX);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&[58, hop_limit]);
+    frame.extend_from_slice(&source.octets());
+    frame.extend_from_slice(&destination.octets());
+    frame.extend_from_slice(&body);
+    frame
+}
+
 /// Computes and stores the ICMPv6 checksum of `icmp` sent from `src` to `dst`. Only needed
 /// when writing whole IPv6 packets ourselves (tests, benchmarks); raw ICMPv6 sockets let the
 /// kernel do it.
@@ -731,6 +833,52 @@ mod tests {
         assert_eq!(ones_complement_sum(src, dst, &ns), 0xffff);
     }
 
+    #[test]
+    fn ipv6_icmp_frames_round_trip_and_checksums_are_verified() {
+        let (src, dst) = (v6("2001:db8::1"), v6("2001:db8::100"));
+        let ns = neighbor_solicitation(dst, Some(MAC_A));
+        let frame = ipv6_icmp_frame(MAC_A, MAC_B, src, dst, 255, &ns);
+        let p = parse_ipv6_icmp_frame(&frame).unwrap();
+        assert_eq!((p.source, p.destination, p.hop_limit), (src, dst, 255));
+        assert_eq!(
+            parse_neighbor_solicitation(p.icmp).unwrap().source_mac,
+            Some(MAC_A)
+        );
+        // Ethernet padding after the payload is ignored.
+        let mut padded = frame.clone();
+        padded.extend_from_slice(&[0; 10]);
+        assert_eq!(parse_ipv6_icmp_frame(&padded).unwrap().icmp, p.icmp);
+        let mut corrupt = frame.clone();
+        corrupt[70] ^= 1;
+        assert_eq!(
+            parse_ipv6_icmp_frame(&corrupt),
+            Err(FrameError::BadChecksum)
+        );
+        let mut udp = frame.clone();
+        udp[20] = 17;
+        assert!(matches!(
+            parse_ipv6_icmp_frame(&udp),
+            Err(FrameError::NotIcmpv6 {
+                next_header: 17,
+                ..
+            })
+        ));
+        let mut long = frame.clone();
+        long[19] = 200;
+        assert!(matches!(
+            parse_ipv6_icmp_frame(&long),
+            Err(FrameError::TooShort { .. })
+        ));
+        assert_eq!(
+            parse_ipv6_icmp_frame(&arp_request(MAC_A, IP_A, IP_B)),
+            Err(FrameError::TooShort { len: 42, need: 54 })
+        );
+        let mut v4 = frame.clone();
+        v4[12] = 0x08;
+        v4[13] = 0;
+        assert_eq!(parse_ipv6_icmp_frame(&v4), Err(FrameError::NotIpv6(0x0800)));
+    }
+
     fn mac() -> impl Strategy<Value = MacAddr> {
         any::<[u8; 6]>().prop_map(|m| MacAddr::new(m[0], m[1], m[2], m[3], m[4], m[5]))
     }
@@ -775,6 +923,22 @@ mod tests {
             let _ = parse_ndp(&bytes);
             let _ = parse_neighbor_solicitation(&bytes);
             let _ = parse_neighbor_advertisement(&bytes);
+            let _ = parse_ipv6_icmp_frame(&bytes);
+        }
+
+        #[test]
+        fn mutated_ipv6_frames_never_panic(
+            target in any::<u128>(), idx in 0usize..86, val in any::<u8>(), cut in 0usize..90
+        ) {
+            let ns = neighbor_solicitation(Ipv6Addr::from(target), Some(MAC_A));
+            let mut f = ipv6_icmp_frame(MAC_A, MAC_B, Ipv6Addr::LOCALHOST, Ipv6Addr::from(target), 255, &ns);
+            if let Some(b) = f.get_mut(idx) {
+                *b = val;
+            }
+            let cut = cut.min(f.len());
+            if let Ok(p) = parse_ipv6_icmp_frame(&f[..cut]) {
+                let _ = parse_ndp(p.icmp);
+            }
         }
 
         #[test]

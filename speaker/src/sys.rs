@@ -10,6 +10,11 @@
 //!   Neighbor Solicitations and Advertisements, bound to one device, sending with hop limit
 //!   255, reporting the received hop limit so RFC 4861's "hop limit must be 255" can be
 //!   checked, and joined to the solicited-node group of each owned address.
+//! - [`UnicastNsSocket`]: a second packet socket per IPv6 link for the one kind of NDP a raw
+//!   socket never sees: solicitations *unicast* to an owned address (neighbour reachability
+//!   probes, RFC 4861 §7.3.3). The address is not local to the node, so the kernel does not
+//!   deliver them to raw sockets; without answers, clients' entries fail every reachable
+//!   time. Its filter passes only ICMPv6 type 135 with hop limit 255 sent to our MAC.
 //!
 //! Both are non-blocking and registered with tokio through [`register`].
 
@@ -72,11 +77,14 @@ pub fn ndp_icmp6_filter() -> Icmp6Filter {
 // Classic BPF opcodes (linux/filter.h, linux/bpf_common.h).
 const BPF_LD_H_ABS: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
 const BPF_LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+const BPF_LD_B_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
 const BPF_JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
 const BPF_RET_K: u16 = 0x06; // BPF_RET | BPF_K
 /// Ancillary load of `skb->pkt_type`: the offset is negative by design, hence the cast.
 const SKF_PKTTYPE: u32 = (libc::SKF_AD_OFF + libc::SKF_AD_PKTTYPE) as u32;
 const PACKET_OUTGOING: u32 = 4;
+const PACKET_HOST: u32 = 0;
+const ETH_P_IPV6: u16 = 0x86dd;
 
 /// The classic BPF program of the ARP socket: accept Ethernet frames with ethertype 0x0806
 /// whose ARP operation is request (1) or reply (2), unless this host sent them (packet
@@ -96,6 +104,62 @@ pub fn arp_filter_program() -> [SockFilter; 9] {
     ]
 }
 
+/// The classic BPF program of the unicast-NS socket: accept IPv6 frames addressed to this
+/// host's MAC whose next header is ICMPv6 (58), hop limit 255 and ICMPv6 type Neighbor
+/// Solicitation (135). Solicitations with extension headers are not NDP as sent in practice
+/// and are left out.
+pub fn unicast_ns_filter_program() -> [SockFilter; 12] {
+    [
+        /* 0 */ SockFilter::new(BPF_LD_H_ABS, 0, 0, 12), // ethertype
+        /* 1 */ SockFilter::new(BPF_JEQ_K, 0, 9, ETH_P_IPV6.into()),
+        /* 2 */ SockFilter::new(BPF_LD_B_ABS, 0, 0, 20), // next header
+        /* 3 */ SockFilter::new(BPF_JEQ_K, 0, 7, 58),
+        /* 4 */ SockFilter::new(BPF_LD_B_ABS, 0, 0, 21), // hop limit
+        /* 5 */ SockFilter::new(BPF_JEQ_K, 0, 5, 255),
+        /* 6 */ SockFilter::new(BPF_LD_B_ABS, 0, 0, 54), // ICMPv6 type
+        /* 7 */ SockFilter::new(BPF_JEQ_K, 0, 3, 135),
+        /* 8 */ SockFilter::new(BPF_LD_W_ABS, 0, 0, SKF_PKTTYPE),
+        /* 9 */ SockFilter::new(BPF_JEQ_K, 0, 1, PACKET_HOST), // unicast to us only
+        /* 10 */ SockFilter::new(BPF_RET_K, 0, 0, 0x0004_0000),
+        /* 11 */ SockFilter::new(BPF_RET_K, 0, 0, 0),
+    ]
+}
+
+/// Opens an `AF_PACKET` socket on `ifindex` that receives only what `program` accepts of
+/// `ethertype`: created with protocol 0 (receiving nothing), filter attached, then bound.
+fn open_filtered_packet_socket(
+    ifindex: u32,
+    ethertype: u16,
+    program: &[SockFilter],
+) -> io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::PACKET,
+        Type::RAW.nonblocking(),
+        Some(Protocol::from(0)),
+    )?;
+    socket.attach_filter(program)?;
+    let ifindex_c = c_int::try_from(ifindex)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value of it.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = ethertype.to_be();
+    sll.sll_ifindex = ifindex_c;
+    // SAFETY: the fd is an open socket owned by `socket`; the pointer and length describe
+    // `sll`, which lives across the call; bind(2) only reads it.
+    let rc = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&raw const sll).cast::<libc::sockaddr>(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket)
+}
+
 /// A packet socket that receives only ARP on one interface and sends whole Ethernet frames.
 #[derive(Debug)]
 pub struct ArpSocket {
@@ -106,32 +170,8 @@ pub struct ArpSocket {
 impl ArpSocket {
     /// Opens the socket on interface `ifindex` (filter first, bind second).
     pub fn open(ifindex: u32) -> io::Result<ArpSocket> {
-        // Protocol 0: the socket is attached to no protocol yet and receives nothing.
-        let socket = Socket::new(
-            Domain::PACKET,
-            Type::RAW.nonblocking(),
-            Some(Protocol::from(0)),
-        )?;
-        socket.attach_filter(&arp_filter_program())?;
-        let ifindex_c = c_int::try_from(ifindex)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
-        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value of it.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
-        sll.sll_ifindex = ifindex_c;
-        // SAFETY: the fd is an open socket owned by `socket`; the pointer and length describe
-        // `sll`, which lives across the call; bind(2) only reads it.
-        let rc = unsafe {
-            libc::bind(
-                socket.as_raw_fd(),
-                (&raw const sll).cast::<libc::sockaddr>(),
-                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let socket =
+            open_filtered_packet_socket(ifindex, crate::frames::ETH_P_ARP, &arp_filter_program())?;
         Ok(ArpSocket { socket, ifindex })
     }
 
@@ -148,6 +188,32 @@ impl ArpSocket {
     /// Sends one whole Ethernet frame out of the bound interface.
     pub fn send(&self, frame: &[u8]) -> io::Result<usize> {
         self.socket.send(frame)
+    }
+}
+
+/// A packet socket that receives only Neighbor Solicitations unicast to this host's MAC.
+#[derive(Debug)]
+pub struct UnicastNsSocket {
+    socket: Socket,
+    ifindex: u32,
+}
+
+impl UnicastNsSocket {
+    /// Opens the socket on interface `ifindex` (filter first, bind second).
+    pub fn open(ifindex: u32) -> io::Result<UnicastNsSocket> {
+        let socket =
+            open_filtered_packet_socket(ifindex, ETH_P_IPV6, &unicast_ns_filter_program())?;
+        Ok(UnicastNsSocket { socket, ifindex })
+    }
+
+    /// The interface this socket is bound to.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Receives one Ethernet frame (non-blocking).
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.socket).read(buf)
     }
 }
 
@@ -282,6 +348,7 @@ mod sealed {
     pub trait Sealed {}
     impl Sealed for super::ArpSocket {}
     impl Sealed for super::NdpSocket {}
+    impl Sealed for super::UnicastNsSocket {}
 }
 
 /// Sockets of this module that may be registered with tokio. Sealed: the safety argument of
@@ -289,6 +356,13 @@ mod sealed {
 pub trait OwnedSocket: AsRawFd + sealed::Sealed {}
 impl OwnedSocket for ArpSocket {}
 impl OwnedSocket for NdpSocket {}
+impl OwnedSocket for UnicastNsSocket {}
+
+impl AsRawFd for UnicastNsSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
 
 impl AsRawFd for ArpSocket {
     fn as_raw_fd(&self) -> RawFd {
@@ -318,14 +392,14 @@ impl AsFd for NdpSocket {
 ///
 /// tokio 1.54 deprecated `AsyncFd::new` as unsound (it cannot know that the descriptor stays
 /// valid) in favour of the `unsafe` `AsyncFd::register`. The invariant it needs holds here:
-/// [`ArpSocket`] and [`NdpSocket`] own their descriptor through a `socket2::Socket` that is
+/// [`ArpSocket`], [`NdpSocket`] and [`UnicastNsSocket`] own their descriptor through a `socket2::Socket` that is
 /// created once, never replaced, never exposed mutably and closed only when the socket value
 /// is dropped — which `AsyncFd` does after deregistering. So `as_raw_fd` returns the same
 /// open descriptor for the whole registration.
 ///
 /// Must be called within a tokio runtime (it panics otherwise, like every tokio I/O type).
 pub fn register<T: OwnedSocket>(socket: T) -> io::Result<AsyncFd<T>> {
-    // SAFETY: see the invariant above; `OwnedSocket` is sealed to the two types it covers.
+    // SAFETY: see the invariant above; `OwnedSocket` is sealed to the types it covers.
     let registered =
         unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE | Interest::WRITABLE) };
     registered.map_err(|e| e.into_parts().1)
@@ -333,6 +407,17 @@ pub fn register<T: OwnedSocket>(socket: T) -> io::Result<AsyncFd<T>> {
 
 /// Waits for and receives one ARP frame.
 pub async fn recv_arp(fd: &AsyncFd<ArpSocket>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let mut guard = fd.readable().await?;
+        match guard.try_io(|s| s.get_ref().recv(buf)) {
+            Ok(result) => return result,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// Waits for and receives one frame from a [`UnicastNsSocket`].
+pub async fn recv_unicast_ns(fd: &AsyncFd<UnicastNsSocket>, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         let mut guard = fd.readable().await?;
         match guard.try_io(|s| s.get_ref().recv(buf)) {
@@ -405,6 +490,10 @@ mod tests {
                         None => return 0,
                     }
                 }
+                BPF_LD_B_ABS => match frame.get(k as usize) {
+                    Some(b) => acc = u32::from(*b),
+                    None => return 0,
+                },
                 BPF_LD_W_ABS if k == SKF_PKTTYPE => acc = pkttype,
                 BPF_JEQ_K => {
                     pc += usize::from(if acc == k { jt } else { jf });
@@ -414,6 +503,57 @@ mod tests {
             }
             pc += 1;
         }
+    }
+
+    fn tuples(program: &[SockFilter]) -> Vec<(u16, u8, u8, u32)> {
+        program
+            .iter()
+            .map(|f| {
+                // SAFETY (test only): SockFilter is #[repr(transparent)] over sock_filter.
+                let raw: libc::sock_filter = unsafe { std::mem::transmute_copy(f) };
+                (raw.code, raw.jt, raw.jf, raw.k)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unicast_ns_program_accepts_only_unicast_solicitations_from_the_link() {
+        use crate::frames::{
+            MacAddr, ipv6_icmp_frame, neighbor_advertisement, neighbor_solicitation,
+        };
+        let prog = tuples(&unicast_ns_filter_program());
+        let (a, b) = (
+            MacAddr::new(2, 0, 0, 0, 0, 1),
+            MacAddr::new(2, 0, 0, 0, 0, 2),
+        );
+        let (src, dst): (Ipv6Addr, Ipv6Addr) = (
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::100".parse().unwrap(),
+        );
+        let ns = ipv6_icmp_frame(a, b, src, dst, 255, &neighbor_solicitation(dst, Some(a)));
+        assert_ne!(run_bpf(&prog, &ns, PACKET_HOST), 0);
+        // Multicast ones come through the raw socket; our own are not news.
+        assert_eq!(run_bpf(&prog, &ns, 2), 0);
+        assert_eq!(run_bpf(&prog, &ns, PACKET_OUTGOING), 0);
+        let routed = ipv6_icmp_frame(a, b, src, dst, 64, &neighbor_solicitation(dst, Some(a)));
+        assert_eq!(run_bpf(&prog, &routed, PACKET_HOST), 0);
+        let na = ipv6_icmp_frame(
+            a,
+            b,
+            src,
+            dst,
+            255,
+            &neighbor_advertisement(dst, a, true, true),
+        );
+        assert_eq!(run_bpf(&prog, &na, PACKET_HOST), 0);
+        let mut udp = ns.clone();
+        udp[20] = 17;
+        assert_eq!(run_bpf(&prog, &udp, PACKET_HOST), 0);
+        let mut v4 = ns.clone();
+        v4[12] = 0x08;
+        v4[13] = 0;
+        assert_eq!(run_bpf(&prog, &v4, PACKET_HOST), 0);
+        assert_eq!(run_bpf(&prog, &ns[..40], PACKET_HOST), 0);
     }
 
     /// The same program as plain tuples (SockFilter's fields are private).

@@ -179,3 +179,51 @@ fn dual_stack_addresses_on_one_link() {
     assert!(resolved_mac(&client, vip4).is_some());
     assert_eq!(resolved_mac(&client, vip6), None);
 }
+
+#[test]
+fn unicast_reachability_probes_are_answered() {
+    let topo = Topology::new().unwrap();
+    let node = topo.add_host("ldn", None, net("2001:db8::10/64")).unwrap();
+    let client = topo.add_host("ldc", None, net("2001:db8::1/64")).unwrap();
+    let a = RunningAnnouncer::start(node.ns(), fast_config());
+    let vip = ip("2001:db8::100");
+    a.own(&[vip]);
+    a.wait_announced(vip);
+    let _ = client.ping(vip).unwrap();
+    let mac = node.mac().unwrap();
+    assert_eq!(resolved_mac(&client, vip), Some(mac.clone()));
+
+    // Age the entry and let the client's kernel confirm it at once: NUD then sends
+    // *unicast* solicitations to the VIP at the node's MAC (RFC 4861 §7.3.3), which never
+    // reach a raw ICMPv6 socket because the VIP is not a local address of the node.
+    let ns = client.ns();
+    ns.sysctl("net.ipv6.neigh.eth0.delay_first_probe_time", "0")
+        .unwrap();
+    ns.exec_ok(
+        "ip",
+        &[
+            "neigh",
+            "change",
+            "2001:db8::100",
+            "lladdr",
+            &mac,
+            "nud",
+            "stale",
+            "dev",
+            "eth0",
+        ],
+    )
+    .unwrap();
+    let before = a.announcer.counters();
+    let _ = ns
+        .exec(
+            "ping",
+            &["-c", "3", "-i", "0.5", "-W", "1", "-n", "2001:db8::100"],
+        )
+        .unwrap();
+    let entry = client.neigh(vip).unwrap().expect("neighbour entry");
+    assert_eq!(entry.mac, Some(mac), "{entry:?}");
+    assert!(!entry.state.iter().any(|s| s == "FAILED"), "{entry:?}");
+    let after = a.announcer.counters();
+    assert!(after.ns_answered > before.ns_answered, "{after:?}");
+}
