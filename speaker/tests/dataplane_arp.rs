@@ -255,3 +255,52 @@ fn interfaces_that_appear_later_are_used_without_restart() {
     });
     a.wait_event("Stopped", |e| *e == AnnouncerEvent::Stopped { ip: vip });
 }
+
+#[test]
+fn unicast_reachability_probes_are_answered() {
+    let topo = Topology::new().unwrap();
+    let node = topo.add_host("ldn", net("192.0.2.10/24"), None).unwrap();
+    let client = topo.add_host("ldc", net("192.0.2.1/24"), None).unwrap();
+    let a = RunningAnnouncer::start(node.ns(), fast_config());
+    let vip = ip("192.0.2.100");
+    a.own(&[vip]);
+    a.wait_announced(vip);
+    let _ = client.ping(vip).unwrap();
+    let mac = node.mac().unwrap();
+
+    // Age the entry and make the client's kernel confirm it at once: NUD sends ARP requests
+    // unicast to the cached MAC, which the announcer must answer like broadcast ones.
+    let ns = client.ns();
+    ns.sysctl("net.ipv4.neigh.eth0.delay_first_probe_time", "0")
+        .unwrap();
+    ns.exec_ok(
+        "ip",
+        &[
+            "neigh",
+            "change",
+            "192.0.2.100",
+            "lladdr",
+            &mac,
+            "nud",
+            "stale",
+            "dev",
+            "eth0",
+        ],
+    )
+    .unwrap();
+    let before = a.announcer.counters();
+    let _ = ns
+        .exec(
+            "ping",
+            &["-c", "3", "-i", "0.5", "-W", "1", "-n", "192.0.2.100"],
+        )
+        .unwrap();
+    let entry = client.neigh(vip).unwrap().expect("neighbour entry");
+    assert_eq!(entry.mac, Some(mac), "{entry:?}");
+    assert!(!entry.state.iter().any(|s| s == "FAILED"), "{entry:?}");
+    let after = a.announcer.counters();
+    assert!(
+        after.arp_requests_answered > before.arp_requests_answered,
+        "{after:?}"
+    );
+}
