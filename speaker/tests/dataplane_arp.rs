@@ -304,3 +304,27 @@ fn unicast_reachability_probes_are_answered() {
         "{after:?}"
     );
 }
+
+#[test]
+fn shutdown_stops_answering_everything() {
+    let topo = Topology::new().unwrap();
+    let node = topo.add_host("ldn", net("192.0.2.10/24"), None).unwrap();
+    let client = topo.add_host("ldc", net("192.0.2.1/24"), None).unwrap();
+    let a = RunningAnnouncer::start(node.ns(), fast_config());
+    let vip = ip("192.0.2.100");
+    a.own(&[vip]);
+    a.wait_announced(vip);
+    let _ = client.ping(vip).unwrap();
+    assert_eq!(
+        client.neigh(vip).unwrap().and_then(|n| n.mac),
+        Some(node.mac().unwrap())
+    );
+
+    // Dropping the running announcer calls `Announcer::shutdown` and joins its thread.
+    let handle = a.announcer.clone();
+    drop(a);
+    assert!(handle.announced_on().is_empty());
+    client.flush_neigh().unwrap();
+    assert!(!client.ping(vip).unwrap());
+    assert_eq!(client.neigh(vip).unwrap().and_then(|n| n.mac), None);
+}
