@@ -23,6 +23,13 @@ fn v6(ip: IpAddr) -> Ipv6Addr {
     }
 }
 
+/// The IPv6 multicast groups the host's eth0 is a member of, as `ip -6 maddr` lists them.
+fn groups(host: &Host) -> String {
+    host.ns()
+        .exec_ok("ip", &["-6", "maddr", "show", "dev", "eth0"])
+        .unwrap()
+}
+
 fn resolved_mac(host: &Host, target: IpAddr) -> Option<String> {
     host.neigh(target).unwrap().and_then(|n| n.mac)
 }
@@ -38,6 +45,9 @@ fn owned_address_resolves_by_ndp_and_falls_silent_when_released() {
 
     a.own(&[owned]);
     a.wait_announced(owned);
+    // The node listens on the VIP's solicited-node group.
+    let group = "ff02::1:ff00:100";
+    assert!(groups(&node).contains(group), "{}", groups(&node));
     // The echo goes unanswered; the client kernel's Neighbor Solicitation is what we test.
     let _ = client.ping(owned).unwrap();
     assert_eq!(resolved_mac(&client, owned), Some(node.mac().unwrap()));
@@ -50,6 +60,9 @@ fn owned_address_resolves_by_ndp_and_falls_silent_when_released() {
 
     a.own(&[]);
     a.wait_event("Stopped", |e| *e == AnnouncerEvent::Stopped { ip: owned });
+    wait_until("solicited-node group left", || {
+        !groups(&node).contains(group)
+    });
     let before = a.announcer.counters();
     client.flush_neigh().unwrap();
     assert!(!client.ping(owned).unwrap());
