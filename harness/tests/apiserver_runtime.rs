@@ -342,3 +342,95 @@ async fn status_apply_on_a_custom_resource_and_crd_removal() {
         other => panic!("expected 404 once the CRD is gone, got {other:?}"),
     }
 }
+
+/// Wait until `want` arrives on the channel.
+async fn wait_msg(
+    rx: &mut mpsc::UnboundedReceiver<String>,
+    want: &str,
+) -> Result<(), tokio::time::error::Elapsed> {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(m) = rx.recv().await {
+            if m == want {
+                return;
+            }
+        }
+        panic!("controller stopped");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn kube_finalizer_helper_adds_and_removes_its_finalizer() {
+    use kube::runtime::finalizer::{Event as Fin, finalizer};
+    let c = cluster().await;
+    let pools: Api<IPAddressPool> = Api::all(c.client());
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    struct Ctx {
+        api: Api<IPAddressPool>,
+        tx: mpsc::UnboundedSender<String>,
+    }
+    async fn reconcile(
+        p: Arc<IPAddressPool>,
+        ctx: Arc<Ctx>,
+    ) -> Result<Action, kube::runtime::finalizer::Error<kube::Error>> {
+        let tx = ctx.tx.clone();
+        finalizer(
+            &ctx.api,
+            lodestone_crds::POOL_FINALIZER,
+            p,
+            |ev| async move {
+                match ev {
+                    Fin::Apply(p) => {
+                        let _ = tx.send(format!("apply:{}", p.name_any()));
+                    }
+                    Fin::Cleanup(p) => {
+                        let _ = tx.send(format!("cleanup:{}", p.name_any()));
+                    }
+                }
+                Ok::<_, kube::Error>(Action::await_change())
+            },
+        )
+        .await
+    }
+    fn error_policy(
+        _: Arc<IPAddressPool>,
+        _: &kube::runtime::finalizer::Error<kube::Error>,
+        _: Arc<Ctx>,
+    ) -> Action {
+        Action::requeue(Duration::from_millis(100))
+    }
+    let ctx = Arc::new(Ctx {
+        api: pools.clone(),
+        tx,
+    });
+    let handle = tokio::spawn(
+        Controller::new(pools.clone(), watcher::Config::default())
+            .run(reconcile, error_policy, ctx)
+            .for_each(|_| async {}),
+    );
+    pools
+        .create(&PostParams::default(), &pool("fin", &["192.0.2.0/28"]))
+        .await
+        .unwrap();
+    wait_msg(&mut rx, "apply:fin")
+        .await
+        .expect("reconciled with the finalizer in place");
+    let live = pools.get("fin").await.unwrap();
+    assert_eq!(
+        live.finalizers(),
+        &[lodestone_crds::POOL_FINALIZER.to_string()]
+    );
+    pools.delete("fin", &DeleteParams::default()).await.unwrap();
+    wait_msg(&mut rx, "cleanup:fin").await.expect("cleanup ran");
+    let gone = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if pools.get_opt("fin").await.unwrap().is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "pool removed once the finalizer was dropped");
+    handle.abort();
+}

@@ -713,16 +713,14 @@ impl State {
             "application/json-patch+json" => {
                 let p: json_patch::Patch = serde_json::from_slice(body)
                     .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-                let mut doc = old.clone();
-                json_patch::patch(&mut doc, &p).map_err(|e| ApiError {
+                patch::json_patch(&old, &p).map_err(|e| ApiError {
                     code: 422,
                     reason: "Invalid",
                     message: format!(
                         "the server rejected our request due to an error in our request: {e}"
                     ),
                     details: None,
-                })?;
-                doc
+                })?
             }
             "application/strategic-merge-patch+json" => {
                 if def.crd.is_some() {

@@ -23,6 +23,26 @@ pub fn merge_patch(original: &Value, patch: &Value) -> Value {
     merge::json_merge_patch(original, patch)
 }
 
+/// RFC 6902 JSON patch with kube-apiserver's (evanphx/json-patch) reading of `test`: a test for
+/// `null` passes when the path is absent. kube-rs' finalizer helper relies on it
+/// (`test /metadata/finalizers == null` before adding the first finalizer).
+pub fn json_patch(
+    original: &Value,
+    ops: &json_patch::Patch,
+) -> Result<Value, json_patch::PatchError> {
+    let mut doc = original.clone();
+    for op in &ops.0 {
+        if let json_patch::PatchOperation::Test(t) = op
+            && t.value.is_null()
+            && doc.pointer(t.path.as_str()).is_none_or(Value::is_null)
+        {
+            continue;
+        }
+        json_patch::patch(&mut doc, std::slice::from_ref(op))?;
+    }
+    Ok(doc)
+}
+
 /// Strategic merge patch.
 pub fn strategic_patch(
     def: &ResourceDef,
@@ -149,5 +169,30 @@ fn removed_fields(before: &Value, after: &Value, path: &str, out: &mut Vec<Strin
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_patch_test_null_passes_on_absent_paths() {
+        let doc = json!({"metadata": {"name": "x"}});
+        let p: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["a/b"]}
+        ]))
+        .unwrap();
+        let out = json_patch(&doc, &p).unwrap();
+        assert_eq!(out["metadata"]["finalizers"], json!(["a/b"]));
+        // A failing test still fails, and nothing is applied.
+        let p: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "test", "path": "/metadata/name", "value": "y"},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["a/b"]}
+        ]))
+        .unwrap();
+        assert!(json_patch(&doc, &p).is_err());
     }
 }
