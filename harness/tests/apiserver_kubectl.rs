@@ -341,4 +341,8 @@ async fn kubectl_server_dry_run_and_diff() {
         after.metadata.resource_version,
         before.metadata.resource_version
     );
+    // kubectl puts a delete's dry run into the DeleteOptions body.
+    let out = k.ok(&["delete", "--dry-run=server", "svc", "web"]).await;
+    assert_eq!(out.trim(), "service \"web\" deleted (server dry run)");
+    assert!(api.get_opt("web").await.unwrap().is_some(), "dry-run delete must not delete");
 }

@@ -631,6 +631,8 @@ fn resource(
                 decode_body(headers, body)?
             };
             let ctx = write_ctx(headers, query);
+            // kubectl sends a delete's dryRun in the DeleteOptions body, not the query.
+            let dry_run = dry_run || options_dry_run(&opts)?;
             let res = with_state(shared, dry_run, |st| st.delete(&def, ns, n, &opts, &ctx))?;
             match res {
                 Deleted::Pending(o) => Ok(json_response(StatusCode::OK, &present(&def, o))),
@@ -656,6 +658,12 @@ fn resource(
             }
         }
         (Method::DELETE, None) => {
+            let opts = if body.is_empty() {
+                json!({})
+            } else {
+                decode_body(headers, body)?
+            };
+            let dry_run = dry_run || options_dry_run(&opts)?;
             let labels =
                 LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
                     .map_err(|e| {
@@ -695,6 +703,18 @@ fn resource(
             ))
         }
         _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// `DeleteOptions.dryRun`: `["All"]` or nothing.
+fn options_dry_run(opts: &Value) -> Result<bool, ApiError> {
+    match opts.get("dryRun").and_then(Value::as_array) {
+        None => Ok(false),
+        Some(v) if v.is_empty() => Ok(false),
+        Some(v) if v.iter().all(|x| x == "All") => Ok(true),
+        Some(v) => Err(ApiError::bad_request(format!(
+            "Invalid dry run value: {v:?}: supported values: \"All\""
+        ))),
     }
 }
 
