@@ -604,9 +604,23 @@ fn kustomize_refuses_to_render_without_a_key() {
     );
 }
 
-/// Run with `cargo nextest run -p lodestone-cli --run-ignored all`.
+/// `kubectl apply -f -` of what `kubectl apply -k` would send, as an operator runs it.
+fn kubectl_apply(kubectl: &str, kubeconfig: &Path, yaml: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(yaml).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[tokio::test]
-#[ignore = "the embedded API server serves no ServiceAccount, RBAC, apps/v1 or policy/v1 kinds yet"]
 async fn rendered_manifests_apply_to_the_test_cluster() {
     let Some(kubectl) = kubectl() else { return };
     let dir = deploy_copy(true);
@@ -616,48 +630,47 @@ async fn rendered_manifests_apply_to_the_test_cluster() {
         "{}",
         String::from_utf8_lossy(&rendered.stderr)
     );
+    let docs = docs_of(std::str::from_utf8(&rendered.stdout).unwrap());
 
     let cluster = lodestone_harness::cluster::TestCluster::start()
         .await
         .unwrap();
-    let mut child = Command::new(kubectl)
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig_path())
-        // Server-side apply, and no client-side schema download: the embedded server answers
-        // kubectl's OpenAPI download with a media type Go's mime parser rejects, and takes no
-        // strategic merge patch (client-side apply of the Namespace it pre-creates). Both are
-        // the harness's to fix; the server still checks every object it stores.
-        .args(["apply", "--server-side", "--validate=false", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(&rendered.stdout)
+    let kubeconfig = cluster.kubeconfig_path().to_owned();
+    // Twice: installing, then re-applying unchanged (as after rotating the key) must both work.
+    for round in ["first", "second"] {
+        let (kc, yaml, path) = (kubectl, rendered.stdout.clone(), kubeconfig.clone());
+        let out = tokio::task::spawn_blocking(move || kubectl_apply(kc, &path, &yaml))
+            .await
             .unwrap();
+        assert!(
+            out.status.success(),
+            "{round} kubectl apply failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "kubectl apply failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 
+    // Every rendered object is there, under its own name and namespace.
     let client = cluster.client();
-    let ds: kube::Api<DaemonSet> = kube::Api::namespaced(client.clone(), NAMESPACE);
-    assert!(ds.get("lodestone-speaker").await.is_ok());
-    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
-    assert!(crds.get("ipaddresspools.lodestone.dev").await.is_ok());
-    let secrets: kube::Api<Secret> = kube::Api::namespaced(client, NAMESPACE);
-    assert!(secrets.get("lodestone-memberlist").await.is_ok());
+    for doc in &docs {
+        let gvk: kube::api::GroupVersionKind =
+            serde_json::from_value::<kube::api::TypeMeta>(doc.clone())
+                .unwrap()
+                .try_into()
+                .unwrap();
+        let (resource, _) = kube::discovery::pinned_kind(&client, &gvk).await.unwrap();
+        let name = doc["metadata"]["name"].as_str().unwrap();
+        let api: kube::Api<kube::api::DynamicObject> = match doc["metadata"]["namespace"].as_str() {
+            Some(ns) => kube::Api::namespaced_with(client.clone(), ns, &resource),
+            None => kube::Api::all_with(client.clone(), &resource),
+        };
+        let got = api
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("{} {name}: {e}", gvk.kind));
+        assert_eq!(
+            got.metadata.labels.unwrap_or_default()["app.kubernetes.io/part-of"],
+            "lodestone"
+        );
+    }
 }
