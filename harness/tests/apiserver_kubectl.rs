@@ -344,5 +344,65 @@ async fn kubectl_server_dry_run_and_diff() {
     // kubectl puts a delete's dry run into the DeleteOptions body.
     let out = k.ok(&["delete", "--dry-run=server", "svc", "web"]).await;
     assert_eq!(out.trim(), "service \"web\" deleted (server dry run)");
-    assert!(api.get_opt("web").await.unwrap().is_some(), "dry-run delete must not delete");
+    assert!(
+        api.get_opt("web").await.unwrap().is_some(),
+        "dry-run delete must not delete"
+    );
+}
+
+/// kubectl's `create <kind>` generators write protobuf bodies (client-go typed clients).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_generators_send_protobuf() {
+    let c = TestCluster::start().await.unwrap();
+    let k = Kubectl::new(c.kubeconfig_path());
+    assert_eq!(
+        k.ok(&["create", "namespace", "t1"]).await.trim(),
+        "namespace/t1 created"
+    );
+    k.ok(&[
+        "create",
+        "configmap",
+        "cfg",
+        "-n",
+        "t1",
+        "--from-literal=a=b",
+    ])
+    .await;
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "sec",
+        "-n",
+        "t1",
+        "--from-literal=k=v",
+    ])
+    .await;
+    k.ok(&["create", "serviceaccount", "bot", "-n", "t1"]).await;
+    k.ok(&[
+        "create",
+        "service",
+        "loadbalancer",
+        "web",
+        "-n",
+        "t1",
+        "--tcp=80:8080",
+    ])
+    .await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(c.client(), "t1");
+    assert_eq!(cms.get("cfg").await.unwrap().data.unwrap()["a"], "b");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.client(), "t1");
+    let sec = secrets.get("sec").await.unwrap();
+    assert_eq!(sec.data.unwrap()["k"].0, b"v".to_vec());
+    assert_eq!(sec.type_.as_deref(), Some("Opaque"));
+    let svcs: Api<Service> = Api::namespaced(c.client(), "t1");
+    let web = svcs.get("web").await.unwrap();
+    let spec = web.spec.unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+    let port = &spec.ports.unwrap()[0];
+    assert_eq!((port.port, port.name.as_deref()), (80, Some("80-8080")));
+    assert_eq!(
+        port.target_port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080))
+    );
 }

@@ -276,6 +276,17 @@ impl State {
                 }
                 services::prepare(obj, old, &used, &self.ranges).map_err(invalid)
             }
+            ("", "Secret") => {
+                // kube-apiserver's defaulting.
+                if obj
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    obj["type"] = json!("Opaque");
+                }
+                Ok(())
+            }
             ("", "Namespace") => {
                 let m = meta_mut(obj);
                 let labels = m.entry("labels").or_insert_with(|| json!({}));

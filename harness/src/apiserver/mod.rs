@@ -11,6 +11,7 @@ pub mod errors;
 pub mod handlers;
 pub mod merge;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
 pub mod selectors;
 pub mod server;

@@ -26,6 +26,7 @@ use tracing::{debug, warn};
 use super::discovery;
 use super::errors::ApiError;
 use super::handlers::{Deleted, State, WriteCtx};
+use super::protobuf;
 use super::resources::{ResourceDef, STATUS_VERBS};
 use super::selectors::{FieldSelector, LabelSelector, supported_fields};
 use super::store::{Event, EventType};
@@ -442,6 +443,12 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
             .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}"))),
         "application/yaml" => serde_saphyr::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}"))),
+        "application/vnd.kubernetes.protobuf" => protobuf::decode(body).map_err(|e| match e {
+            protobuf::ProtobufError::Unsupported(_) => ApiError::unsupported_media_type(base),
+            protobuf::ProtobufError::Malformed(m) => {
+                ApiError::bad_request(format!("error decoding protobuf body: {m}"))
+            }
+        }),
         other => Err(ApiError::unsupported_media_type(other)),
     }
 }
