@@ -1,10 +1,24 @@
 //! Embedded Kubernetes API server.
 //!
 //! An in-memory kube-apiserver stand-in: HTTPS with a self-signed CA, bearer-token auth,
-//! discovery, CRUD + watch with one global resourceVersion, status subresources, finalizers,
-//! server-side apply, CRDs served on creation, Tables for kubectl. Start it in-process with
+//! discovery (legacy and aggregated v2), CRUD + watch with one global resourceVersion, status
+//! subresources, finalizers, generation, JSON/merge/strategic patches and server-side apply with
+//! managedFields ([`merge`]), CRDs served on creation with structural-schema pruning, defaulting
+//! and CEL validation, Service allocation (cluster IPs, node ports), Tables for kubectl,
+//! `dryRun=All`, and kubectl's protobuf bodies for a few kinds. Start it in-process with
 //! [`Server::start`] or as the `lodestone-apiserver` binary; clients reach it through an ordinary
 //! kubeconfig ([`Server::kubeconfig_yaml`]).
+//!
+//! Layout: [`store`] (objects, RV counter, history, watchers) and [`handlers`] (the verbs, pure
+//! over the store) hold every decision; [`server`] is the HTTP shell. [`resources`] is the one
+//! table of served resources, read by routing and [`discovery`].
+//!
+//! Known differences from kube-apiserver, by design: no admission/RBAC (one token is
+//! cluster-admin); namespaces and CRDs are removed at once with their contents (no
+//! `Terminating` phase, no garbage collector for ownerReferences, propagationPolicy ignored);
+//! `limit`/`continue` return everything in one page; no `default/kubernetes` Service; protobuf
+//! only for request bodies of Namespace, ConfigMap, Secret, ServiceAccount and Service;
+//! unknown fields of built-in kinds are kept, not rejected.
 
 pub mod discovery;
 pub mod errors;
