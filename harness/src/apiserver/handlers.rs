@@ -15,6 +15,7 @@ use super::resources::{Registry, ResourceDef, crd_defs};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::services::{self, ServiceRanges, Used};
 use super::store::{ObjKey, Store, rv_of};
+use super::validation;
 
 /// Namespaces every cluster starts with.
 pub const INITIAL_NAMESPACES: &[&str] = &[
@@ -129,16 +130,6 @@ fn random_suffix() -> String {
         .collect()
 }
 
-fn valid_dns_subdomain(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
 impl State {
     /// A fresh cluster: the initial namespaces exist.
     pub fn new(watch_history: usize) -> Self {
@@ -245,6 +236,7 @@ impl State {
         ctx: &WriteCtx,
     ) -> Result<(), ApiError> {
         let invalid = |causes: Vec<Cause>| ApiError::invalid(&def.group, &def.kind, &key.2, causes);
+        let mut meta_causes = validation::validate_meta(obj);
         if def.crd.is_some() {
             let mut unknown = Vec::new();
             let admitted = patch::schema_admit(def, obj, old, &mut unknown);
@@ -261,7 +253,17 @@ impl State {
                     version = def.version,
                 )));
             }
-            return admitted.map_err(invalid);
+            if let Err(schema_causes) = admitted {
+                meta_causes.extend(schema_causes);
+            }
+            return if meta_causes.is_empty() {
+                Ok(())
+            } else {
+                Err(invalid(meta_causes))
+            };
+        }
+        if !meta_causes.is_empty() {
+            return Err(invalid(meta_causes));
         }
         match (def.group.as_str(), def.kind.as_str()) {
             ("", "Service") => {
@@ -453,19 +455,13 @@ impl State {
                 }],
             ));
         }
-        if !valid_dns_subdomain(&name) && def.kind != "Event" {
-            return Err(ApiError::invalid(
-                &def.group,
-                &def.kind,
-                &name,
-                vec![Cause {
-                    reason: "FieldValueInvalid".into(),
-                    message: format!(
-                        "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
-                    ),
-                    field: "metadata.name".into(),
-                }],
-            ));
+        let kind_rule = if def.crd.is_some() {
+            ""
+        } else {
+            def.kind.as_str()
+        };
+        if let Some(c) = validation::validate_name(kind_rule, &name) {
+            return Err(ApiError::invalid(&def.group, &def.kind, &name, vec![c]));
         }
         let key = Self::key(def, ns.as_deref(), &name);
         if self.store.get(&key).is_some() {

@@ -32,6 +32,7 @@ pub mod server;
 pub mod services;
 pub mod store;
 pub mod tables;
+pub mod validation;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
