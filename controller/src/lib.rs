@@ -4,8 +4,10 @@
 //! - [`service`], [`pools`], [`status`]: pure translations between Kubernetes objects and the
 //!   IPAM's plain data (requests, pool configurations, the status to show).
 //! - [`reconciler`]: the I/O shell: watches in, server-side applies and Events out.
+//! - [`metrics`]: Prometheus metrics and the probe endpoints.
 
 pub mod ipam;
+pub mod metrics;
 pub mod pools;
 pub mod reconciler;
 pub mod service;

@@ -2,14 +2,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use anyhow::Context;
-use axum::http::StatusCode;
-use axum::routing::get;
 use clap::Parser;
 use kube::Client;
-use lodestone_controller::reconciler::{self, Shared};
+use lodestone_controller::metrics::{self, Metrics};
+use lodestone_controller::reconciler;
 use lodestone_controller::service::{ClassFilter, DEFAULT_CLASS};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -41,7 +39,7 @@ struct Args {
     /// This replica's identity in the Lease and in Events (defaults to the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
-    /// Address for /healthz and /readyz.
+    /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "LODESTONE_HEALTH_ADDR", default_value = "0.0.0.0:9090")]
     health_addr: SocketAddr,
     /// Writes to the API server in flight at once.
@@ -63,31 +61,6 @@ fn init_logging(json: bool) {
     }
 }
 
-async fn serve_health(addr: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
-    let ready = shared.clone();
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = ready.clone();
-                async move {
-                    if ready.ready.load(Ordering::SeqCst) {
-                        (StatusCode::OK, "ready")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                    }
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the health endpoint on {addr}"))?;
-    info!(addr = %listener.local_addr()?, "serving /healthz and /readyz");
-    axum::serve(listener, app).await?;
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -99,13 +72,13 @@ async fn main() -> anyhow::Result<()> {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "lodestone-controller".into());
         format!("{host}-{}", std::process::id())
     });
-    let shared = Arc::new(Shared::default());
+    let metrics = Arc::new(Metrics::new());
     tokio::spawn({
-        let shared = shared.clone();
+        let metrics = metrics.clone();
         let addr = args.health_addr;
         async move {
-            if let Err(e) = serve_health(addr, shared).await {
-                warn!(error = %e, "health endpoint stopped");
+            if let Err(e) = metrics::serve(addr, metrics).await {
+                warn!(error = %e, addr = %addr, "metrics and health endpoint stopped");
             }
         }
     });
@@ -140,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
         instance: identity.clone(),
     };
     info!(identity = %identity, class = %args.lb_class, default_class = args.default_class, "starting");
-    let run = reconciler::run(client, config, leader, shared);
+    let run = reconciler::run(client, config, leader, metrics);
     tokio::select! {
         r = run => r,
         _ = shutdown_signal() => {

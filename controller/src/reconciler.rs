@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -22,12 +21,14 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
+use lodestone_crds::addresses::IpFamily;
 use lodestone_crds::{IPAddressPool, POOL_FINALIZER};
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::ipam::{Assignment, Ipam, ServiceKey};
+use crate::metrics::Metrics;
 use crate::pools::{self, PoolEval};
 use crate::service::{self, ClassFilter};
 use crate::status::{self, AssignedCondition, DesiredStatus, FIELD_MANAGER};
@@ -57,15 +58,6 @@ impl Default for Config {
             instance: "lodestone-controller".into(),
         }
     }
-}
-
-/// Flags the shell shares with the health endpoint and the write path.
-#[derive(Debug, Default)]
-pub struct Shared {
-    /// Caches synced and, when leading, the first full pass decided.
-    pub ready: AtomicBool,
-    /// This replica holds the Lease. Checked before every write.
-    pub leader: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -176,7 +168,7 @@ pub async fn run(
     client: Client,
     config: Config,
     mut leader: watch::Receiver<bool>,
-    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let stores = start_watches(&client, tx.clone());
@@ -190,26 +182,30 @@ pub async fn run(
         client: client.clone(),
         instance: config.instance.clone(),
         permits: Arc::new(Semaphore::new(config.write_concurrency.max(1))),
-        shared: shared.clone(),
+        metrics: metrics.clone(),
         retry: tx.clone(),
     };
 
     loop {
-        shared.leader.store(false, Ordering::SeqCst);
+        metrics.set_leader(false);
         // A standby replica is ready: it serves probes and waits.
-        shared.ready.store(true, Ordering::SeqCst);
+        metrics.set_ready(true);
         while !*leader.borrow_and_update() {
             info!("standing by: another replica holds the lease");
             leader.changed().await?;
         }
-        shared.ready.store(false, Ordering::SeqCst);
-        shared.leader.store(true, Ordering::SeqCst);
+        metrics.set_ready(false);
+        metrics.set_leader(true);
         info!("leading: rebuilding state from the cluster");
 
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         let mut state = State::rebuild(&stores, &config, writer.clone(), done_tx);
+        let started = std::time::Instant::now();
         state.full_pass();
-        shared.ready.store(true, Ordering::SeqCst);
+        metrics
+            .reconcile_duration
+            .observe(started.elapsed().as_secs_f64());
+        metrics.set_ready(true);
         info!(
             assigned = state.ipam.assignments().count(),
             "ready: existing addresses reserved, new ones assigned"
@@ -221,7 +217,7 @@ pub async fn run(
                     changed?;
                     if !*leader.borrow_and_update() {
                         // Stop writing before anything else: writes check this flag when sent.
-                        shared.leader.store(false, Ordering::SeqCst);
+                        metrics.set_leader(false);
                         warn!("lost the lease: no more writes from this replica");
                         break;
                     }
@@ -231,7 +227,9 @@ pub async fn run(
                     while let Ok(more) = rx.try_recv() {
                         batch.push(more);
                     }
+                    let started = std::time::Instant::now();
                     state.process(batch);
+                    metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
                 }
                 Some(done) = done_rx.recv() => state.write_done(done),
             }
@@ -259,6 +257,8 @@ struct State {
     /// Why a Service's held address was taken away (pool edited, invalid on restart), for its next Event.
     moved_because: HashMap<ServiceKey, String>,
     pools_dirty: bool,
+    /// Pools reported in the metrics, so deleted ones can be removed from them.
+    reported_pools: BTreeSet<String>,
     writer: Writer,
     done: mpsc::UnboundedSender<WriteDone>,
 }
@@ -330,6 +330,7 @@ impl State {
             last_failure: HashMap::new(),
             moved_because: HashMap::new(),
             pools_dirty: true,
+            reported_pools: BTreeSet::new(),
             writer,
             done,
         };
@@ -514,6 +515,7 @@ impl State {
                 };
                 if self.last_failure.get(key) != Some(&message) {
                     warn!(service = %key, reason = f.reason(), "{message}");
+                    self.writer.metrics.allocation_failed(f.reason());
                     self.writer.event(
                         &svc,
                         EventType::Warning,
@@ -560,6 +562,11 @@ impl State {
             return;
         }
         self.pools_dirty = false;
+        let metrics = self.writer.metrics.clone();
+        metrics
+            .services_assigned
+            .set(i64::try_from(self.ipam.assignments().count()).unwrap_or(i64::MAX));
+        let mut reported = BTreeSet::new();
         let mut overlaps: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (a, b) in self.ipam.overlaps() {
             overlaps.entry(a.clone()).or_default().push(b.clone());
@@ -571,6 +578,12 @@ impl State {
                 continue;
             };
             let stats = self.ipam.pool_stats(&name);
+            if let Some(st) = &stats {
+                for family in [IpFamily::V4, IpFamily::V6] {
+                    metrics.set_pool(&name, family, st.assigned(family), st.available(family));
+                }
+                reported.insert(name.clone());
+            }
             let desired = pools::desired_status(
                 eval,
                 stats.as_ref(),
@@ -590,6 +603,10 @@ impl State {
                 self.writer.pool_finalizer(&name, false);
             }
         }
+        for gone in self.reported_pools.difference(&reported) {
+            metrics.remove_pool(gone);
+        }
+        self.reported_pools = reported;
     }
 }
 
@@ -641,7 +658,7 @@ struct Writer {
     /// `reportingInstance` of our Events.
     instance: String,
     permits: Arc<Semaphore>,
-    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
     retry: mpsc::UnboundedSender<Signal>,
 }
 
@@ -649,7 +666,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 impl Writer {
     fn leading(&self) -> bool {
-        self.shared.leader.load(Ordering::SeqCst)
+        self.metrics.is_leader()
     }
 
     fn service_status(
@@ -674,6 +691,7 @@ impl Writer {
                 .patch_status(&key.name, &params, &Patch::Apply(&body))
                 .await;
             let _ = done.send(WriteDone::Service { key: key.clone() });
+            this.metrics.write(result.is_ok());
             if let Err(e) = result {
                 warn!(service = %key, error = %e, "writing Service status failed; will retry");
                 this.retry_later(Signal::Service(key));
@@ -722,7 +740,9 @@ impl Writer {
             }
             let api: Api<IPAddressPool> = Api::all(this.client.clone());
             let params = PatchParams::apply(FIELD_MANAGER).force();
-            if let Err(e) = api.patch_status(&name, &params, &Patch::Apply(&body)).await {
+            let result = api.patch_status(&name, &params, &Patch::Apply(&body)).await;
+            this.metrics.write(result.is_ok());
+            if let Err(e) = result {
                 warn!(pool = %name, error = %e, "writing pool status failed; will retry");
                 this.retry_later(Signal::Pools);
             }

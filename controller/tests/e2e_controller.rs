@@ -637,3 +637,34 @@ async fn two_replicas_one_leader_and_a_clean_takeover() {
         .and_then(|s| s.holder_identity);
     assert!(new_holder.is_some() && new_holder.as_deref() != Some(holder.as_str()));
 }
+
+#[tokio::test]
+async fn probes_and_metrics_follow_services() {
+    let env = env().await;
+    env.pool("blue", json!({"addresses": ["192.0.2.0/30"]}))
+        .await;
+    let c = env.controller(&["--leader-elect=false"]);
+    let in_use = r#"lodestone_controller_pool_addresses_in_use{pool="blue",family="IPv4"}"#;
+    let available = r#"lodestone_controller_pool_addresses_available{pool="blue",family="IPv4"}"#;
+    c.wait_metric(in_use, "0").await;
+    c.wait_metric(available, "4").await;
+    assert_eq!(c.http_get("/healthz").await.map(|r| r.0), Some(200));
+    assert_eq!(c.http_get("/readyz").await.map(|r| r.0), Some(200));
+    c.wait_metric("lodestone_controller_leader", "1").await;
+    for name in ["a", "b", "c", "d", "e"] {
+        env.service("default", name, json!({}), json!({})).await;
+    }
+    c.wait_metric(in_use, "4").await;
+    c.wait_metric(available, "0").await;
+    c.wait_metric(
+        r#"lodestone_controller_allocation_failures_total{reason="PoolExhausted"}"#,
+        "1",
+    )
+    .await;
+    env.delete_service("default", "a").await;
+    env.delete_service("default", "b").await;
+    // "e" takes one freed address.
+    c.wait_metric(in_use, "3").await;
+    c.wait_metric("lodestone_controller_services_assigned", "3")
+        .await;
+}

@@ -250,6 +250,8 @@ pub async fn all_ingress(client: &Client) -> BTreeMap<String, Vec<String>> {
 pub struct Controller {
     child: Option<std::process::Child>,
     log: PathBuf,
+    /// Port of `/metrics`, `/healthz` and `/readyz` on 127.0.0.1.
+    pub health_port: u16,
 }
 
 impl Controller {
@@ -258,8 +260,13 @@ impl Controller {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log = dir.join(format!("controller-{n}.log"));
         let file = std::fs::File::create(&log).expect("log file");
+        let health_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_lodestone-controller"))
-            .args(["--health-addr", "127.0.0.1:0"])
+            .arg("--health-addr")
+            .arg(format!("127.0.0.1:{health_port}"))
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,lodestone_controller=debug")
@@ -270,7 +277,42 @@ impl Controller {
         Controller {
             child: Some(child),
             log,
+            health_port,
         }
+    }
+
+    /// GET a path of the health endpoint; (status code, body). None while it is not listening.
+    pub async fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.health_port))
+            .await
+            .ok()?;
+        let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.ok()?;
+        let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((code, body))
+    }
+
+    /// Wait until a metric line starting with `prefix` has `value`.
+    pub async fn wait_metric(&self, prefix: &str, value: &str) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            if let Some((200, body)) = self.http_get("/metrics").await {
+                if body
+                    .lines()
+                    .any(|l| l.starts_with(prefix) && l.rsplit(' ').next() == Some(value))
+                {
+                    return;
+                }
+                last = body;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("metric {prefix} never reached {value}; last scrape:\n{last}");
     }
 
     /// `kill -9`: no chance to clean up, as when a node dies.
