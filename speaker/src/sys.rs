@@ -16,7 +16,7 @@
 //!   deliver them to raw sockets; without answers, clients' entries fail every reachable
 //!   time. Its filter passes only ICMPv6 type 135 with hop limit 255 sent to our MAC.
 //!
-//! Both are non-blocking and registered with tokio through [`register`].
+//! All three are non-blocking and registered with tokio through [`register`].
 
 use std::ffi::c_int;
 use std::io::{self, Read};

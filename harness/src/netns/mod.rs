@@ -13,7 +13,7 @@ mod topology;
 #[cfg(test)]
 mod tests;
 
-pub use topology::{Host, Neighbour, Topology};
+pub use topology::{HOST_IF, Host, Neighbour, Topology};
 
 use std::fs::File;
 use std::io;
