@@ -1111,4 +1111,126 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.reason, "Conflict");
     }
+
+    #[test]
+    fn scratch_copy_takes_writes_without_touching_the_live_state() {
+        let mut st = State::new(100);
+        let d = st.lookup("", "v1", "configmaps").unwrap();
+        let live = st
+            .create(
+                &d,
+                Some("default"),
+                json!({"metadata": {"name": "c"}}),
+                &ctx(),
+            )
+            .unwrap();
+        let mut rx = st.store.subscribe();
+        let mut scratch = st.scratch_copy();
+        let created = scratch
+            .create(
+                &d,
+                Some("default"),
+                json!({"metadata": {"name": "n"}}),
+                &ctx(),
+            )
+            .unwrap();
+        assert!(created["metadata"].get("resourceVersion").is_none());
+        let mut upd = live.clone();
+        upd["data"] = json!({"a": "b"});
+        let u = scratch
+            .update(&d, Some("default"), "c", None, upd, &ctx())
+            .unwrap();
+        assert_eq!(
+            rv_of(&u),
+            rv_of(&live),
+            "dry-run keeps the stored resourceVersion"
+        );
+        assert_eq!(st.get(&d, Some("default"), "n").unwrap_err().code, 404);
+        assert!(
+            st.get(&d, Some("default"), "c")
+                .unwrap()
+                .get("data")
+                .is_none()
+        );
+        assert!(rx.try_recv().is_err(), "no watch event for dry-run writes");
+    }
+
+    #[test]
+    fn multi_version_crd_serves_one_object_at_every_version() {
+        let mut st = State::new(100);
+        let crd_def = st
+            .lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+            .unwrap();
+        let crd = json!({"metadata": {"name": "ws.example.com"}, "spec": {"group": "example.com", "scope": "Cluster",
+        "names": {"plural": "ws", "kind": "W"},
+        "versions": [
+            {"name": "v1", "served": true, "storage": true},
+            {"name": "v1beta1", "served": true, "storage": false}
+        ]}});
+        st.create(&crd_def, None, crd, &ctx()).unwrap();
+        let v1 = st.lookup("example.com", "v1", "ws").unwrap();
+        let beta = st.lookup("example.com", "v1beta1", "ws").unwrap();
+        st.create(
+            &beta,
+            None,
+            json!({"apiVersion": "example.com/v1beta1", "metadata": {"name": "x"}}),
+            &ctx(),
+        )
+        .unwrap();
+        assert!(st.get(&v1, None, "x").is_ok());
+        assert_eq!(
+            st.registry
+                .groups()
+                .iter()
+                .find(|(g, _)| g == "example.com")
+                .unwrap()
+                .1,
+            vec!["v1", "v1beta1"]
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn writes_bump_rv_and_watch_replays_to_the_list(
+            ops in proptest::collection::vec((0u8..3, 0u8..4, proptest::bool::ANY), 1..30)
+        ) {
+            let mut st = State::new(1000);
+            let d = st.lookup("", "v1", "configmaps").unwrap();
+            let mut rx = st.store.subscribe();
+            let mut last_rv = st.store.current_rv();
+            for (op, n, stale) in ops {
+                let name = format!("c{n}");
+                let existing = st.get(&d, Some("default"), &name).ok();
+                let res = match (op, existing) {
+                    (0, _) => st.create(&d, Some("default"), json!({"metadata": {"name": name}}), &ctx()).map(Some),
+                    (1, Some(mut o)) => {
+                        o["data"] = json!({"v": last_rv.to_string()});
+                        if stale {
+                            o["metadata"]["resourceVersion"] = json!("1");
+                        }
+                        st.update(&d, Some("default"), &name, None, o, &ctx()).map(Some)
+                    }
+                    (_, _) => st.delete(&d, Some("default"), &name, &json!({}), &ctx()).map(|_| None),
+                };
+                if res.is_ok() {
+                    proptest::prop_assert!(st.store.current_rv() >= last_rv);
+                }
+                last_rv = st.store.current_rv();
+            }
+            let mut replay = std::collections::BTreeMap::new();
+            while let Ok(ev) = rx.try_recv() {
+                let name = ev.object["metadata"]["name"].as_str().unwrap().to_string();
+                match ev.kind {
+                    super::super::store::EventType::Deleted => { replay.remove(&name); }
+                    _ => { replay.insert(name, ev.object.clone()); }
+                }
+            }
+            let (items, _) = st.list(&d, Some("default"), &LabelSelector::default(), &FieldSelector::default());
+            let live: std::collections::BTreeMap<String, Value> = items
+                .into_iter()
+                .map(|o| (o["metadata"]["name"].as_str().unwrap().to_string(), o))
+                .collect();
+            proptest::prop_assert_eq!(replay, live);
+        }
+    }
 }
