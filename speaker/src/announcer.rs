@@ -480,11 +480,17 @@ impl Manager {
             );
         }
 
-        // A worker whose link vanished, or was renamed or re-addressed, starts afresh.
+        // A worker whose link vanished, or was renamed or got a new MAC, starts afresh; a new
+        // MAC must also be announced anew (below), or neighbours keep the old one.
+        let mut replaced = BTreeSet::new();
         self.workers.retain(|index, w| {
-            links
+            let same = links
                 .iter()
-                .any(|l| l.index == *index && l.name == w.name && l.mac == Some(w.mac))
+                .any(|l| l.index == *index && l.name == w.name && l.mac == Some(w.mac));
+            if !same {
+                replaced.insert(*index);
+            }
+            same
         });
         for (ip, interfaces) in plan.iter_mut() {
             let v4 = ip.is_ipv4();
@@ -516,9 +522,15 @@ impl Manager {
                 .collect()
         };
         let (now, before) = (pairs(&plan), pairs(&previous));
-        self.bursts
-            .retain(|k, task| now.contains(k) && !task.0.is_finished());
-        for &(ip, index) in now.difference(&before) {
+        self.bursts.retain(|(ip, index), task| {
+            now.contains(&(*ip, *index)) && !replaced.contains(index) && !task.0.is_finished()
+        });
+        let starting = now
+            .iter()
+            .filter(|(ip, index)| !before.contains(&(*ip, *index)) || replaced.contains(index))
+            .copied()
+            .collect::<Vec<_>>();
+        for (ip, index) in starting {
             if let Some(task) = self.spawn_burst(ip, index) {
                 self.bursts.insert((ip, index), task);
             }

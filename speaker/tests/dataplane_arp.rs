@@ -328,3 +328,32 @@ fn shutdown_stops_answering_everything() {
     assert!(!client.ping(vip).unwrap());
     assert_eq!(client.neigh(vip).unwrap().and_then(|n| n.mac), None);
 }
+
+#[test]
+fn a_new_mac_is_announced_at_once() {
+    let topo = Topology::new().unwrap();
+    let node = topo.add_host("ldn", net("192.0.2.10/24"), None).unwrap();
+    let client = topo.add_host("ldc", net("192.0.2.1/24"), None).unwrap();
+    let a = RunningAnnouncer::start(node.ns(), fast_config());
+    let vip = ip("192.0.2.100");
+    a.own(&[vip]);
+    a.wait_announced(vip);
+    wait_until("first burst", || {
+        a.announcer.counters().gratuitous_arp_sent == 3
+    });
+    let _ = client.ping(vip).unwrap();
+    assert_eq!(
+        client.neigh(vip).unwrap().and_then(|n| n.mac),
+        Some(node.mac().unwrap())
+    );
+
+    // E.g. a bond failing over to a port with another address.
+    let new_mac = "02:00:5e:00:53:01";
+    node.ns()
+        .exec_ok("ip", &["link", "set", "eth0", "address", new_mac])
+        .unwrap();
+    wait_until("client learns the new MAC unasked", || {
+        client.neigh(vip).unwrap().and_then(|n| n.mac).as_deref() == Some(new_mac)
+    });
+    assert!(a.announcer.counters().gratuitous_arp_sent > 3);
+}
