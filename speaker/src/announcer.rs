@@ -1009,6 +1009,86 @@ mod tests {
         );
     }
 
+    fn arb_mac() -> impl proptest::strategy::Strategy<Value = MacAddr> {
+        use proptest::prelude::*;
+        // Small alphabet so that collisions with "ours" happen often.
+        (0u8..4).prop_map(|b| MacAddr::new(2, 0, 0, 0, 0, b))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arp_decisions_are_sound(
+            sender_mac in arb_mac(), ours in arb_mac(), reply in proptest::bool::ANY,
+            s in 0u32..4, t in 0u32..4, owned in proptest::collection::btree_set(0u32..4, 0..4)
+        ) {
+            let base = u32::from(Ipv4Addr::new(192, 0, 2, 0));
+            let (sip, tip) = (Ipv4Addr::from(base + s), Ipv4Addr::from(base + t));
+            let mut frame = parse_arp(&arp_request(sender_mac, sip, tip)).unwrap();
+            if reply {
+                frame.op = ArpOp::Reply;
+            }
+            let owned_here = |ip: Ipv4Addr| owned.contains(&(u32::from(ip) - base));
+            let action = arp_action(&frame, |m| m == ours, owned_here);
+            match action {
+                ArpAction::Reply => {
+                    proptest::prop_assert!(frame.op == ArpOp::Request);
+                    proptest::prop_assert!(owned_here(tip));
+                    proptest::prop_assert!(sender_mac != ours);
+                }
+                ArpAction::Conflict => {
+                    proptest::prop_assert!(owned_here(sip) && sender_mac != ours);
+                }
+                ArpAction::Ignore => {
+                    // Never silent about a request for an owned address from someone else
+                    // who is not themselves claiming an owned address.
+                    proptest::prop_assert!(
+                        frame.op != ArpOp::Request || !owned_here(tip) || sender_mac == ours
+                            || owned_here(sip)
+                    );
+                }
+            }
+            // Nothing owned: nothing but silence.
+            proptest::prop_assert_eq!(arp_action(&frame, |m| m == ours, |_| false), ArpAction::Ignore);
+        }
+
+        #[test]
+        fn ndp_decisions_are_sound(
+            mac in arb_mac(), ours in arb_mac(), hop in proptest::num::u8::ANY,
+            t in 0u16..4, owned in proptest::collection::btree_set(0u16..4, 0..4),
+            na in proptest::bool::ANY, dad in proptest::bool::ANY
+        ) {
+            let target = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100 + t);
+            let source = if dad { Ipv6Addr::UNSPECIFIED } else { v6("2001:db8::1") };
+            let msg = if na {
+                NdpMessage::Advertisement(NeighborAdvertisement {
+                    target, target_mac: Some(mac), router: false, solicited: false, override_flag: true,
+                })
+            } else {
+                NdpMessage::Solicitation(NeighborSolicitation {
+                    target, source_mac: if dad { None } else { Some(mac) },
+                })
+            };
+            let owned_here = |ip: Ipv6Addr| owned.iter().any(|o| ip.segments()[7] == 0x100 + o);
+            let action = ndp_action(&msg, source, Some(hop), |m| m == ours, owned_here);
+            if hop != 255 || !owned_here(target) {
+                proptest::prop_assert_eq!(action, NdpAction::Ignore);
+            }
+            match action {
+                NdpAction::Reply { target: r, dst, solicited } => {
+                    proptest::prop_assert!(!na);
+                    proptest::prop_assert_eq!(r, target);
+                    // A solicited answer goes back to the asker; a DAD defence to all nodes.
+                    proptest::prop_assert_eq!(solicited, !dad);
+                    proptest::prop_assert_eq!(dst, if dad { ALL_NODES } else { source });
+                }
+                NdpAction::Conflict { mac: m, .. } => {
+                    proptest::prop_assert!(na && m != ours);
+                }
+                NdpAction::Ignore => {}
+            }
+        }
+    }
+
     #[test]
     fn counters_snapshot_reads_each_counter() {
         let c = Counters::default();
