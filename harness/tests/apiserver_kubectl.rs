@@ -264,6 +264,18 @@ async fn kubectl_get_yaml_and_validation_errors() {
     let (ok, _, err) = k.run(&["apply", "-f", unknown.to_str().unwrap()]).await;
     assert!(!ok);
     assert!(err.contains("unknown field \"spec.bogus\""), "{err}");
+    // Built-in kinds are decoded strictly too, as kube-apiserver decodes into Go structs.
+    let typo = write(
+        dir.path(),
+        "typo.yaml",
+        &SVC.replace(
+            "  type: LoadBalancer\n",
+            "  type: LoadBalancer\n  tpye: x\n",
+        ),
+    );
+    let (ok, _, err) = k.run(&["apply", "-f", typo.to_str().unwrap()]).await;
+    assert!(!ok);
+    assert!(err.contains("unknown field \"spec.tpye\""), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ use chrono::{SecondsFormat, Utc};
 use rand::Rng;
 use serde_json::{Map, Value, json};
 
+use super::builtin_schema;
 use super::errors::{ApiError, Cause};
 use super::patch;
 use super::resources::{Registry, ResourceDef, crd_defs};
@@ -261,6 +262,29 @@ impl State {
             } else {
                 Err(invalid(meta_causes))
             };
+        }
+        if let Some(decoded) = builtin_schema::normalize(&def.group, &def.kind, obj) {
+            let cannot = |why: String| {
+                ApiError::bad_request(format!(
+                    "{kind} in version {version:?} cannot be handled as a {kind}: {why}",
+                    kind = def.kind,
+                    version = def.version,
+                ))
+            };
+            let decoded = decoded.map_err(|e| cannot(e.0))?;
+            let mut dropped = Vec::new();
+            builtin_schema::dropped_fields(obj, &decoded, "", &mut dropped);
+            if ctx.strict && !dropped.is_empty() {
+                let list: Vec<String> = dropped
+                    .iter()
+                    .map(|f| format!("unknown field {f:?}"))
+                    .collect();
+                return Err(cannot(format!(
+                    "strict decoding error: {}",
+                    list.join(", ")
+                )));
+            }
+            *obj = decoded;
         }
         if !meta_causes.is_empty() {
             return Err(invalid(meta_causes));

@@ -18,8 +18,10 @@
 //! `Terminating` phase, no garbage collector for ownerReferences, propagationPolicy ignored);
 //! `limit`/`continue` return everything in one page; no `default/kubernetes` Service; protobuf
 //! only for request bodies of Namespace, ConfigMap, Secret, ServiceAccount and Service;
-//! unknown fields of built-in kinds are kept, not rejected.
+//! only some built-in kinds (see [`builtin_schema`]) are decoded strictly; others keep unknown
+//! fields.
 
+pub mod builtin_schema;
 pub mod discovery;
 pub mod errors;
 pub mod handlers;
