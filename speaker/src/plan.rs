@@ -157,22 +157,46 @@ pub enum AliveSource {
     NodeReady,
 }
 
+/// What the membership says, as [`alive_set`] needs it.
+#[derive(Clone, Copy, Debug)]
+pub struct MembershipInput<'a> {
+    /// Alive members (self included).
+    pub alive: &'a BTreeSet<String>,
+    /// Whether the membership is formed (a peer has answered).
+    pub formed: bool,
+    /// Every node the membership has shown alive since this speaker started.
+    pub seen: &'a BTreeSet<String>,
+    /// Whether this speaker is still in its joining grace period (see [`alive_set`]).
+    pub joining: bool,
+}
+
 /// The alive set: the membership's when it is formed, otherwise the Nodes whose `Ready`
 /// condition is `True`.
+///
+/// "Formed" only means one peer answered; the others may not have been heard yet. During the
+/// joining grace period a Ready node that the membership has never shown is therefore counted
+/// alive, so that a starting speaker does not take over addresses of peers it has simply not
+/// met yet. After the grace period the membership alone decides (a Ready node without a
+/// speaker must not win elections it cannot serve).
 pub fn alive_set(
-    membership: Option<(&BTreeSet<String>, bool)>,
+    membership: Option<MembershipInput<'_>>,
     nodes: &[Arc<Node>],
 ) -> (BTreeSet<String>, AliveSource) {
+    let ready = || {
+        nodes
+            .iter()
+            .filter(|n| node_ready(n))
+            .filter_map(|n| n.metadata.name.clone())
+    };
     match membership {
-        Some((alive, true)) => (alive.clone(), AliveSource::Membership),
-        _ => (
-            nodes
-                .iter()
-                .filter(|n| node_ready(n))
-                .filter_map(|n| n.metadata.name.clone())
-                .collect(),
-            AliveSource::NodeReady,
-        ),
+        Some(m) if m.formed => {
+            let mut alive = m.alive.clone();
+            if m.joining {
+                alive.extend(ready().filter(|n| !m.seen.contains(n)));
+            }
+            (alive, AliveSource::Membership)
+        }
+        _ => (ready().collect(), AliveSource::NodeReady),
     }
 }
 
@@ -846,9 +870,20 @@ mod tests {
             .status = "False".into();
         nodes.push(Arc::new(not_ready));
         let members: BTreeSet<String> = ["node-c".to_owned()].into();
-        let (alive, src) = alive_set(Some((&members, true)), &nodes);
+        let seen: BTreeSet<String> = ["node-b".to_owned(), "node-c".to_owned()].into();
+        let m = |formed, joining| MembershipInput {
+            alive: &members,
+            formed,
+            seen: &seen,
+            joining,
+        };
+        let (alive, src) = alive_set(Some(m(true, false)), &nodes);
         assert_eq!((alive, src), (members.clone(), AliveSource::Membership));
-        let (alive, src) = alive_set(Some((&members, false)), &nodes);
+        // Joining: node-a is Ready and never seen, so it counts; node-b was seen and left.
+        let (alive, src) = alive_set(Some(m(true, true)), &nodes);
+        assert_eq!(src, AliveSource::Membership);
+        assert_eq!(alive, ["node-a".to_owned(), "node-c".to_owned()].into());
+        let (alive, src) = alive_set(Some(m(false, false)), &nodes);
         assert_eq!(src, AliveSource::NodeReady);
         assert_eq!(alive, ["node-a".to_owned(), "node-b".to_owned()].into());
         assert_eq!(alive_set(None, &nodes).1, AliveSource::NodeReady);

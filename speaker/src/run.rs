@@ -45,6 +45,11 @@ pub const FIELD_MANAGER: &str = "lodestone-speaker";
 const LEAVE_TIMEOUT: Duration = Duration::from_millis(500);
 /// The same conflict (address, MAC) is reported at most this often.
 const CONFLICT_REPORT_EVERY: Duration = Duration::from_secs(60);
+/// After start, Ready nodes the membership has not shown yet still count as alive for this
+/// long (see [`plan::alive_set`]): peers are normally heard within one seed announce (1 s).
+const JOINING_GRACE: Duration = Duration::from_secs(5);
+/// A failed condition write is tried again after this long.
+const CONDITION_RETRY: Duration = Duration::from_secs(1);
 
 /// Settings of one speaker.
 #[derive(Clone, Debug)]
@@ -384,13 +389,34 @@ struct Shell {
     /// Conditions written (key → (status, message)), to write only changes.
     written: BTreeMap<String, (bool, String)>,
     conflicts_reported: BTreeMap<(IpAddr, String), Instant>,
+    /// The latest membership view.
+    view: MembershipView,
+    /// Every node the membership has shown alive since start.
+    seen: BTreeSet<String>,
+    /// Still in the joining grace period.
+    joining: bool,
 }
 
 impl Shell {
+    fn set_view(&mut self, view: MembershipView) {
+        self.seen.extend(view.alive.iter().cloned());
+        self.view = view;
+    }
+
+    fn alive(&self, nodes: &[Arc<Node>]) -> (BTreeSet<String>, AliveSource) {
+        let m = plan::MembershipInput {
+            alive: &self.view.alive,
+            formed: self.view.formed,
+            seen: &self.seen,
+            joining: self.joining,
+        };
+        plan::alive_set(Some(m), nodes)
+    }
+
     /// The hot path: recompute and hand the result to the announcer first.
-    fn recompute(&mut self, view: &MembershipView) {
+    fn recompute(&mut self) {
         let nodes = self.stores.nodes.state();
-        let (alive, source) = plan::alive_set(Some((&view.alive, view.formed)), &nodes);
+        let (alive, source) = self.alive(&nodes);
         let input = PlanInput {
             node_name: self.cfg.node_name.clone(),
             services: self.stores.services.state(),
@@ -424,24 +450,36 @@ impl Shell {
             .set(i64::from(source == AliveSource::Membership));
         self.metrics
             .membership_members
-            .set(i64::try_from(view.alive.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(self.view.alive.len()).unwrap_or(i64::MAX));
 
         let owners = address_owners(&next);
-        for (ip, from) in failovers(&self.cfg.node_name, &self.owners, &owners, &alive) {
-            self.metrics.failover_detections.inc();
-            tracing::info!(%ip, from = %from, "taking over: the previous owner's speaker is down");
-        }
         let old: BTreeSet<&IpAddr> = self.plan.owned.keys().collect();
         let new: BTreeSet<&IpAddr> = next.owned.keys().collect();
         let changes = old.symmetric_difference(&new).count();
         self.metrics
             .ownership_changes
             .inc_by(u64::try_from(changes).unwrap_or(u64::MAX));
+        let services_with = |ip: &IpAddr| -> String {
+            let keys: Vec<&str> = next
+                .services
+                .iter()
+                .chain(self.plan.services.iter())
+                .filter(|(_, s)| s.addresses.contains(ip))
+                .map(|(k, _)| k.as_str())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            keys.join(",")
+        };
+        for (ip, from) in failovers(&self.cfg.node_name, &self.owners, &owners, &alive) {
+            self.metrics.failover_detections.inc();
+            tracing::info!(service = %services_with(&ip), %ip, from = %from, "taking over: the previous owner's speaker is down");
+        }
         for ip in new.difference(&old) {
-            tracing::info!(%ip, "this node now owns the address");
+            tracing::info!(service = %services_with(ip), %ip, "this node now owns the address");
         }
         for ip in old.difference(&new) {
-            tracing::info!(%ip, "this node no longer owns the address");
+            tracing::info!(service = %services_with(ip), %ip, "this node no longer owns the address");
         }
         for (key, sp) in &next.services {
             if let Err(reason) = &sp.owner
@@ -523,37 +561,46 @@ impl Shell {
         }
     }
 
-    fn on_announcer_event(&mut self, event: AnnouncerEvent, alive: &BTreeSet<String>) {
+    /// Brings `announced` in line with the announcer's own state and reports the differences.
+    ///
+    /// The announcer's events are only triggers: its channel is bounded and drops under a
+    /// burst (a thousand addresses at once), so the truth is read from
+    /// [`Announcer::announced_on`].
+    fn sync_announced(&mut self, alive: &BTreeSet<String>) {
+        let me = self.cfg.node_name.clone();
+        let now = self.announcer.announced_on();
+        for (ip, interfaces) in &now {
+            if self.announced.get(ip) == Some(interfaces) {
+                continue;
+            }
+            let ifaces = interfaces.join(", ");
+            for key in self.services_of.get(ip).into_iter().flatten() {
+                tracing::info!(service = %key, %ip, interfaces = %ifaces, "announcing");
+            }
+            if !self.announced.contains_key(ip) {
+                let note = format!("announcing {ip} from {me} on {ifaces}");
+                self.event_on_services(*ip, EventType::Normal, "AnnouncementStarted", note);
+            }
+        }
+        for ip in self.announced.keys().filter(|ip| !now.contains_key(*ip)) {
+            for key in self.services_of.get(ip).into_iter().flatten() {
+                tracing::info!(service = %key, %ip, "stopped announcing");
+            }
+            let note = format!("stopped announcing {ip} from {me}");
+            self.event_on_services(*ip, EventType::Normal, "AnnouncementStopped", note);
+        }
+        self.announced = now;
+        self.metrics
+            .addresses_announced
+            .set(i64::try_from(self.announced.len()).unwrap_or(i64::MAX));
+        self.write_conditions(alive);
+    }
+
+    /// Handles one announcer event; returns whether the announced state may have changed.
+    fn on_announcer_event(&mut self, event: AnnouncerEvent) -> bool {
         let me = self.cfg.node_name.clone();
         match event {
-            AnnouncerEvent::Announcing { ip, interfaces } => {
-                let ifaces = interfaces.join(", ");
-                let first = self.announced.insert(ip, interfaces).is_none();
-                self.metrics
-                    .addresses_announced
-                    .set(i64::try_from(self.announced.len()).unwrap_or(i64::MAX));
-                let note = format!("announcing {ip} from {me} on {ifaces}");
-                for key in self.services_of.get(&ip).into_iter().flatten() {
-                    tracing::info!(service = %key, %ip, interfaces = %ifaces, "announcing");
-                }
-                if first {
-                    self.event_on_services(ip, EventType::Normal, "AnnouncementStarted", note);
-                }
-                self.write_conditions(alive);
-            }
-            AnnouncerEvent::Stopped { ip } => {
-                if self.announced.remove(&ip).is_some() {
-                    for key in self.services_of.get(&ip).into_iter().flatten() {
-                        tracing::info!(service = %key, %ip, "stopped announcing");
-                    }
-                    let note = format!("stopped announcing {ip} from {me}");
-                    self.event_on_services(ip, EventType::Normal, "AnnouncementStopped", note);
-                }
-                self.metrics
-                    .addresses_announced
-                    .set(i64::try_from(self.announced.len()).unwrap_or(i64::MAX));
-                self.write_conditions(alive);
-            }
+            AnnouncerEvent::Announcing { .. } | AnnouncerEvent::Stopped { .. } => true,
             AnnouncerEvent::Conflict { ip, mac, interface } => {
                 self.metrics.address_conflicts.inc();
                 let mac = mac.to_string();
@@ -572,9 +619,11 @@ impl Shell {
                     }
                     self.event_on_services(ip, EventType::Warning, "AddressConflict", note);
                 }
+                false
             }
             AnnouncerEvent::InterfaceError { interface, error } => {
                 tracing::warn!(%interface, %error, "interface error");
+                false
             }
         }
     }
@@ -667,9 +716,15 @@ pub async fn run(
         services_of: BTreeMap::new(),
         written: BTreeMap::new(),
         conflicts_reported: BTreeMap::new(),
+        view: view_rx.borrow_and_update().clone(),
+        seen: BTreeSet::new(),
+        joining: true,
     };
-    let view = view_rx.borrow_and_update().clone();
-    shell.recompute(&view);
+    let initial = shell.view.clone();
+    shell.set_view(initial);
+    shell.recompute();
+    let joining_until = tokio::time::Instant::now() + JOINING_GRACE;
+    let mut retry_at: Option<tokio::time::Instant> = None;
     health
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -686,20 +741,36 @@ pub async fn run(
                     continue;
                 }
                 let view = view_rx.borrow_and_update().clone();
-                shell.recompute(&view);
+                shell.set_view(view);
+                shell.recompute();
             }
-            () = notify.notified() => {
-                let view = view_rx.borrow().clone();
-                shell.recompute(&view);
-            }
+            () = notify.notified() => shell.recompute(),
             Some(event) = events.recv() => {
-                let view = view_rx.borrow().clone();
-                let (alive, _) = plan::alive_set(Some((&view.alive, view.formed)), &shell.stores.nodes.state());
-                shell.on_announcer_event(event, &alive);
+                // Drain what is already queued, then look at the announcer's state once.
+                let mut changed = shell.on_announcer_event(event);
+                while let Ok(event) = events.try_recv() {
+                    changed |= shell.on_announcer_event(event);
+                }
+                if changed {
+                    let (alive, _) = shell.alive(&shell.stores.nodes.state());
+                    shell.sync_announced(&alive);
+                }
             }
             Some(key) = failed_rx.recv() => {
-                // Written again at the next recomputation (or announcer event).
+                // Forgotten as written, and written again shortly (the API server may be
+                // back before any watched object changes).
                 shell.written.remove(&key);
+                retry_at.get_or_insert_with(|| tokio::time::Instant::now() + CONDITION_RETRY);
+            }
+            () = tokio::time::sleep_until(retry_at.unwrap_or(joining_until)), if retry_at.is_some() => {
+                retry_at = None;
+                let (alive, _) = shell.alive(&shell.stores.nodes.state());
+                shell.write_conditions(&alive);
+            }
+            () = tokio::time::sleep_until(joining_until), if shell.joining => {
+                shell.joining = false;
+                tracing::debug!("joining grace over: liveness from the membership alone");
+                shell.recompute();
             }
             () = &mut shutdown => break,
         }

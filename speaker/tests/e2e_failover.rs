@@ -234,3 +234,89 @@ async fn one_owner_answers_and_failover_follows() {
     expected.dedup();
     assert_eq!(owners, expected, "owner sequence");
 }
+
+/// The API server becomes unreachable: nothing is withdrawn, and failover still works because
+/// liveness comes from the membership, not the API server. When it returns, the condition
+/// catches up with the new owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_loss_withdraws_nothing() {
+    let vip: IpAddr = "192.0.2.103".parse().unwrap();
+    let nodes: Vec<(&str, &[(&str, &str)])> = NODES.iter().map(|n| (*n, &[][..])).collect();
+    let mut lab = Lab::start(
+        &lodestone_crds::all_crds(),
+        &nodes,
+        &[vip],
+        env!("CARGO_BIN_EXE_lodestone-speaker").as_ref(),
+    )
+    .await
+    .unwrap();
+    let client = lab.cluster.client();
+    pool_and_advert(&client, L2AdvertisementSpec::default()).await;
+    objects::create_lb_service(&client, "default", "web", &[vip], false)
+        .await
+        .unwrap();
+    objects::set_endpoints(&client, "default", "web", &[("node-b", true)])
+        .await
+        .unwrap();
+    lab.start_all_speakers(&[]).unwrap();
+    let owner = election::owner(&vip.to_string(), NODES).unwrap().to_owned();
+    let got = eventually(WAIT, || resolved_owner(&lab, vip)).await;
+    assert_eq!(got.as_deref(), Some(owner.as_str()), "{}", lab.logs());
+
+    lab.api_down();
+    // Every speaker has noticed (its watches failed) before we look again.
+    let noticed = eventually(WAIT, || {
+        lab.nodes
+            .iter()
+            .all(|n| {
+                n.speaker
+                    .as_ref()
+                    .is_some_and(|s| s.log().contains("watch failed"))
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(
+        noticed.is_some(),
+        "speakers did not notice the outage\n{}",
+        lab.logs()
+    );
+    let owner_mac = lab.node(&owner).unwrap().host.mac().unwrap();
+    let macs = lab::arping_macs(&lab.client, vip, 3).unwrap();
+    assert_eq!(
+        macs,
+        vec![owner_mac],
+        "announcement changed during the outage"
+    );
+
+    // Failover without the API server.
+    let survivors: Vec<&str> = NODES.iter().copied().filter(|n| *n != owner).collect();
+    let second = election::owner(&vip.to_string(), survivors.iter().copied())
+        .unwrap()
+        .to_owned();
+    let prober =
+        Prober::start(lab.client.ns(), vip, PROBE_PORT, Duration::from_millis(10)).unwrap();
+    let kill = Instant::now();
+    lab.signal_speaker(&owner, libc::SIGKILL).unwrap();
+    assert!(
+        prober
+            .wait_for(WAIT, |p| p.first_from_since(&second, kill))
+            .is_some(),
+        "no failover while the API server is away\n{}",
+        lab.logs()
+    );
+
+    lab.api_up().unwrap();
+    let message = format!("announced from {second} on eth0");
+    let mut cond = None;
+    for _ in 0..400 {
+        cond = objects::announced_condition(&client, "default", "web")
+            .await
+            .unwrap();
+        if cond.as_ref().is_some_and(|(_, m)| *m == message) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cond, Some(("True".into(), message)), "{}", lab.logs());
+}

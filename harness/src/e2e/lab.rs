@@ -41,7 +41,8 @@ pub struct LabNode {
     /// Its speaker, when running. Declared first so it stops before the namespace goes.
     pub speaker: Option<SpeakerProcess>,
     responder: Option<Responder>,
-    forwarder: Forwarder,
+    forwarder: Option<Forwarder>,
+    api_port: u16,
     kubeconfig: PathBuf,
     /// The node's namespace and link.
     pub host: Host,
@@ -58,6 +59,7 @@ pub struct Lab {
     /// The API server.
     pub cluster: TestCluster,
     speaker_bin: PathBuf,
+    api_target: SocketAddr,
     dir: tempfile::TempDir,
 }
 
@@ -114,11 +116,9 @@ impl Lab {
                 Some(IpNet::new(ip6, 64)?),
             )?;
             let forwarder = forward_into(host.ns(), 0, target)?;
+            let api_port = forwarder.port();
             let kubeconfig = dir.path().join(format!("{name}.kubeconfig"));
-            std::fs::write(
-                &kubeconfig,
-                kubeconfig_via(&kubeconfig_yaml, forwarder.port()),
-            )?;
+            std::fs::write(&kubeconfig, kubeconfig_via(&kubeconfig_yaml, api_port))?;
             let responder = Responder::start(host.ns(), name, vips, PROBE_PORT)?;
             objects::register_node(&cluster.client(), name, ip4, labels).await?;
             lab_nodes.push(LabNode {
@@ -127,12 +127,14 @@ impl Lab {
                 ip6,
                 speaker: None,
                 responder: Some(responder),
-                forwarder,
+                forwarder: Some(forwarder),
+                api_port,
                 kubeconfig,
                 host,
             });
         }
         Ok(Lab {
+            api_target: target,
             nodes: lab_nodes,
             client,
             topology,
@@ -255,12 +257,33 @@ impl Lab {
         Ok(())
     }
 
-    /// Cuts the relayed API connections of every node (an API server outage as the speakers
-    /// see it; the listener stays so they can reconnect).
+    /// Cuts the relayed API connections of every node (the listener stays, so the speakers
+    /// reconnect at once).
     pub fn cut_api_connections(&self) {
         for n in &self.nodes {
-            n.forwarder.cut_connections();
+            if let Some(f) = &n.forwarder {
+                f.cut_connections();
+            }
         }
+    }
+
+    /// An API server outage as the nodes see it: every forwarder closed, connections cut,
+    /// new ones refused. The server itself keeps running for the test.
+    pub fn api_down(&mut self) {
+        for n in &mut self.nodes {
+            n.forwarder = None;
+        }
+    }
+
+    /// Ends [`Lab::api_down`]: the forwarders listen again on the same ports.
+    pub fn api_up(&mut self) -> anyhow::Result<()> {
+        let target = self.api_target;
+        for n in &mut self.nodes {
+            if n.forwarder.is_none() {
+                n.forwarder = Some(forward_into(n.host.ns(), n.api_port, target)?);
+            }
+        }
+        Ok(())
     }
 }
 
