@@ -418,3 +418,17 @@ async fn kubectl_create_generators_send_protobuf() {
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_auth_reports_full_access() {
+    let c = TestCluster::start().await.unwrap();
+    let k = Kubectl::new(c.kubeconfig_path());
+    assert_eq!(
+        k.ok(&["auth", "can-i", "patch", "services/status"])
+            .await
+            .trim(),
+        "yes"
+    );
+    let who = k.ok(&["auth", "whoami"]).await;
+    assert!(who.contains("lodestone-admin"), "{who}");
+}
