@@ -302,6 +302,13 @@ impl State {
                 }
                 services::prepare(obj, old, &used, &self.ranges).map_err(invalid)
             }
+            ("", "Pod") => {
+                // A new Pod is Pending until a kubelet says otherwise.
+                if old.is_none() && obj.pointer("/status/phase").is_none() {
+                    obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+                }
+                Ok(())
+            }
             ("", "Secret") => {
                 // kube-apiserver's defaulting.
                 if obj

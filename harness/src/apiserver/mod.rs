@@ -145,6 +145,14 @@ impl Server {
     pub async fn start(config: ServerConfig) -> Result<Server, ApiServerError> {
         // Ignore the error: another part of the process may have installed it already.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // In-process servers log requests when asked, without the host test having to set up
+        // tracing; a subscriber the process already installed wins.
+        if let Ok(filter) = std::env::var("LODESTONE_APISERVER_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let certs = make_certs()?;
         let mut tls = rustls::ServerConfig::builder()
             .with_no_client_auth()
