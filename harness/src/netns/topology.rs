@@ -231,6 +231,24 @@ impl Host {
             }),
         }
     }
+
+    /// Pings `ip` (one-second timeout each) until a reply comes back or `deadline` has passed.
+    ///
+    /// For right after a link change: the kernel applies carrier changes through its
+    /// link-watch work, which may lag by up to a second, so a single ping can be lost.
+    pub fn ping_until(&self, ip: IpAddr, deadline: std::time::Duration) -> Result<bool> {
+        let start = std::time::Instant::now();
+        loop {
+            if self.ping(ip)? {
+                return Ok(true);
+            }
+            if start.elapsed() >= deadline {
+                return Ok(false);
+            }
+            // A ping can fail fast (e.g. an unreachable error): do not spin.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
 }
 
 /// Parses `ip -j neigh show` output (iproute2 prints `[]` or nothing when empty).
