@@ -78,7 +78,9 @@ fn svc(name: &str) -> Service {
     serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": "default"},
         "spec": {"type": "LoadBalancer", "ports": [{"port": 80}], "selector": {"app": name},
-                 "ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack"},
+                 "ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack",
+                 // 10,000 Services would exhaust the 2,768 NodePorts, as on a real cluster.
+                 "allocateLoadBalancerNodePorts": false},
     }))
     .expect("service object")
 }
