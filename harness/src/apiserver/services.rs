@@ -166,6 +166,36 @@ pub fn prepare(
     spec.insert("type".into(), json!(ty));
     spec.entry("sessionAffinity").or_insert(json!("None"));
 
+    // Fields kube-apiserver refuses to change once set.
+    if let Some(os) = old_spec {
+        let old_ip = str_field(os, "clusterIP").filter(|s| !s.is_empty());
+        let new_ip = str_field(spec, "clusterIP").filter(|s| !s.is_empty());
+        if ty != "ExternalName"
+            && os.get("type").and_then(Value::as_str) != Some("ExternalName")
+            && let (Some(o), Some(n)) = (old_ip, new_ip)
+            && o != n
+        {
+            return Err(vec![cause(
+                "spec.clusterIPs[0]".into(),
+                format!("Invalid value: []string{{{n:?}}}: may not change once set"),
+                "FieldValueInvalid",
+            )]);
+        }
+        let old_class = str_field(os, "loadBalancerClass");
+        if old_class.is_some()
+            && os.get("type").and_then(Value::as_str) == Some("LoadBalancer")
+            && ty == "LoadBalancer"
+            && str_field(spec, "loadBalancerClass") != old_class
+        {
+            let n = str_field(spec, "loadBalancerClass").unwrap_or("");
+            return Err(vec![cause(
+                "spec.loadBalancerClass".into(),
+                format!("Invalid value: {n:?}: may not change once set"),
+                "FieldValueInvalid",
+            )]);
+        }
+    }
+
     // Allocations an update leaves out are kept (kube's PatchAllocatedValues).
     if let Some(os) = old_spec {
         if ty != "ExternalName" {
@@ -636,6 +666,27 @@ mod tests {
             upd["spec"]["ports"][0]["nodePort"],
             s["spec"]["ports"][0]["nodePort"]
         );
+    }
+
+    #[test]
+    fn cluster_ip_and_class_are_immutable() {
+        let r = ServiceRanges::default();
+        let mut s = svc(
+            json!({"type": "LoadBalancer", "loadBalancerClass": "a/b", "ports": [{"port": 80}]}),
+        );
+        prepare(&mut s, None, &Used::default(), &r).unwrap();
+        let mut other_ip = s.clone();
+        other_ip["spec"]["clusterIP"] = json!("10.96.0.77");
+        other_ip["spec"]["clusterIPs"] = json!(["10.96.0.77"]);
+        let e = prepare(&mut other_ip, Some(&s), &Used::default(), &r).unwrap_err();
+        assert_eq!(e[0].field, "spec.clusterIPs[0]");
+        let mut other_class = s.clone();
+        other_class["spec"]["loadBalancerClass"] = json!("c/d");
+        let e = prepare(&mut other_class, Some(&s), &Used::default(), &r).unwrap_err();
+        assert_eq!(e[0].field, "spec.loadBalancerClass");
+        // Leaving LoadBalancer drops the class constraint; the same class is fine.
+        let mut same = s.clone();
+        prepare(&mut same, Some(&s), &Used::default(), &r).unwrap();
     }
 
     #[test]
