@@ -114,6 +114,7 @@ impl Topology {
             )?;
         }
         host.ns.exec_ok("ip", &["link", "set", HOST_IF, "up"])?;
+        host.wait_operational()?;
         Ok(host)
     }
 }
@@ -139,9 +140,39 @@ impl Host {
         .map(drop)
     }
 
-    /// Plugs the cable back in (switch side up).
+    /// Plugs the cable back in (switch side up); returns once both ends are operational.
     pub fn link_up(&self) -> Result<()> {
-        super::run("ip", &["-n", &self.switch, "link", "set", &self.port, "up"]).map(drop)
+        super::run("ip", &["-n", &self.switch, "link", "set", &self.port, "up"])?;
+        self.wait_operational()
+    }
+
+    /// Waits until both ends of the host's veth report operational state UP. The kernel
+    /// applies carrier changes through its link-watch work, up to a second after the fact;
+    /// until then frames are dropped, which would make a test's first packet a coin toss.
+    pub fn wait_operational(&self) -> Result<()> {
+        const DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+        let start = std::time::Instant::now();
+        loop {
+            let host_up = operstate(&self.link_json()?) == Some("UP");
+            let port = super::run(
+                "ip",
+                &["-j", "-n", &self.switch, "link", "show", &self.port],
+            )?;
+            let port_up = serde_json::from_str::<serde_json::Value>(&port)
+                .ok()
+                .and_then(|v| v.get(0).cloned())
+                .is_some_and(|v| operstate(&v) == Some("UP"));
+            if host_up && port_up {
+                return Ok(());
+            }
+            if start.elapsed() > DEADLINE {
+                return Err(NetnsError::Parse {
+                    command: "ip -j link show".into(),
+                    reason: format!("{} did not become operational", self.ns.name()),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// `ip link set eth0 down` on the host itself.
@@ -151,11 +182,10 @@ impl Host {
             .map(drop)
     }
 
-    /// `ip link set eth0 up` on the host itself.
+    /// `ip link set eth0 up` on the host itself; returns once both ends are operational.
     pub fn host_link_up(&self) -> Result<()> {
-        self.ns
-            .exec_ok("ip", &["link", "set", HOST_IF, "up"])
-            .map(drop)
+        self.ns.exec_ok("ip", &["link", "set", HOST_IF, "up"])?;
+        self.wait_operational()
     }
 
     fn link_json(&self) -> Result<serde_json::Value> {
@@ -249,6 +279,10 @@ impl Host {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
+}
+
+fn operstate(link: &serde_json::Value) -> Option<&str> {
+    link.get("operstate").and_then(|s| s.as_str())
 }
 
 /// Parses `ip -j neigh show` output (iproute2 prints `[]` or nothing when empty).
