@@ -644,6 +644,43 @@ impl State {
             new
         };
         meta_mut(&mut cand).insert("resourceVersion".into(), json!(rv_of(old).to_string()));
+        if meta(old).is_some_and(|m| m.contains_key("deletionTimestamp")) {
+            let names = |o: &Value| -> Vec<String> {
+                meta(o)
+                    .and_then(|m| m.get("finalizers"))
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let before = names(old);
+            let added: Vec<String> = names(&cand)
+                .into_iter()
+                .filter(|f| !before.contains(f))
+                .collect();
+            if !added.is_empty() {
+                return Err(ApiError::invalid(
+                    &def.group,
+                    &def.kind,
+                    &key.2,
+                    vec![Cause {
+                        reason: "FieldValueForbidden".into(),
+                        message: format!(
+                            "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+                            added
+                                .iter()
+                                .map(|f| format!("{f:?}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        field: "metadata.finalizers".into(),
+                    }],
+                ));
+            }
+        }
         self.admit(def, key, &mut cand, Some(old), ctx)?;
         if def.generation && spec_part(&cand) != spec_part(old) {
             let g = meta(old)
@@ -1024,6 +1061,32 @@ mod tests {
             .unwrap();
         assert_eq!(st.get(&d, Some("default"), "f").unwrap_err().code, 404);
         let _ = c;
+    }
+
+    #[test]
+    fn no_new_finalizers_while_deleting() {
+        let mut st = State::new(100);
+        let d = st.lookup("", "v1", "configmaps").unwrap();
+        st.create(
+            &d,
+            Some("default"),
+            json!({"metadata": {"name": "f", "finalizers": ["a/b"]}}),
+            &ctx(),
+        )
+        .unwrap();
+        let Deleted::Pending(p) = st
+            .delete(&d, Some("default"), "f", &json!({}), &ctx())
+            .unwrap()
+        else {
+            panic!("finalizer must hold the object")
+        };
+        let mut more = p.clone();
+        more["metadata"]["finalizers"] = json!(["a/b", "c/d"]);
+        let e = st
+            .update(&d, Some("default"), "f", None, more, &ctx())
+            .unwrap_err();
+        assert_eq!((e.code, e.reason), (422, "Invalid"));
+        assert!(e.message.contains("no new finalizers"), "{}", e.message);
     }
 
     #[test]
