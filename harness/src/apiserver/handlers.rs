@@ -99,6 +99,44 @@ fn finalizers_empty(obj: &Value) -> bool {
         .is_none_or(Vec::is_empty)
 }
 
+/// An events.k8s.io/v1 Event in its core/v1 form (kube-apiserver's conversion).
+fn event_to_core(ev: &Value) -> Option<Value> {
+    let o = ev.as_object()?;
+    let mut core = serde_json::Map::new();
+    core.insert("apiVersion".into(), json!("v1"));
+    core.insert("kind".into(), json!("Event"));
+    let mut metadata = o.get("metadata").cloned().unwrap_or(json!({}));
+    if let Some(m) = metadata.as_object_mut() {
+        m.remove("managedFields");
+        m.remove("resourceVersion");
+    }
+    core.insert("metadata".into(), metadata);
+    for (from, to) in [
+        ("regarding", "involvedObject"),
+        ("note", "message"),
+        ("reportingController", "reportingComponent"),
+        ("reportingInstance", "reportingInstance"),
+        ("deprecatedSource", "source"),
+        ("deprecatedFirstTimestamp", "firstTimestamp"),
+        ("deprecatedLastTimestamp", "lastTimestamp"),
+        ("deprecatedCount", "count"),
+        ("eventTime", "eventTime"),
+        ("series", "series"),
+        ("action", "action"),
+        ("reason", "reason"),
+        ("type", "type"),
+        ("related", "related"),
+    ] {
+        if let Some(v) = o.get(from).filter(|v| !v.is_null()) {
+            core.insert(to.into(), v.clone());
+        }
+    }
+    if !core.contains_key("involvedObject") {
+        core.insert("involvedObject".into(), json!({}));
+    }
+    Some(Value::Object(core))
+}
+
 /// The object without metadata and status: what `generation` tracks.
 fn spec_part(obj: &Value) -> Value {
     let mut o = obj.clone();
@@ -884,11 +922,33 @@ impl State {
             // which the lock rules out.
             let _ = self.registry.register_crd(stored);
         }
+        if def.group == "events.k8s.io" && def.kind == "Event" {
+            // kube-apiserver stores both Event APIs in one place: what a controller records
+            // through events.k8s.io is what `kubectl get events` and `describe` show (core/v1).
+            if let Some(core) = event_to_core(stored) {
+                let ns = stored
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let name = stored
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                self.store.put(
+                    ("/events".to_string(), ns.to_string(), name.to_string()),
+                    core,
+                );
+            }
+        }
     }
 
     /// Remove what dies with an object: a CRD's custom resources, a namespace's contents.
     fn remove_dependents(&mut self, def: &ResourceDef, key: &ObjKey) {
         match (def.group.as_str(), def.kind.as_str()) {
+            ("events.k8s.io", "Event") => {
+                self.store
+                    .remove(&("/events".to_string(), key.1.clone(), key.2.clone()));
+            }
             ("apiextensions.k8s.io", "CustomResourceDefinition") => {
                 if let Some(defs) = self.registry.unregister_crd(&key.2)
                     && let Some(d) = defs.first()
@@ -1087,6 +1147,39 @@ mod tests {
             .unwrap_err();
         assert_eq!((e.code, e.reason), (422, "Invalid"));
         assert!(e.message.contains("no new finalizers"), "{}", e.message);
+    }
+
+    #[test]
+    fn events_k8s_io_events_show_up_as_core_events() {
+        let mut st = State::new(100);
+        let ev = st.lookup("events.k8s.io", "v1", "events").unwrap();
+        let core = st.lookup("", "v1", "events").unwrap();
+        let body = json!({"metadata": {"name": "web.1", "namespace": "default"},
+            "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "lodestone.dev/controller",
+            "reportingInstance": "c-1", "action": "Allocate", "reason": "NoPool", "type": "Warning",
+            "note": "no pool", "regarding": {"kind": "Service", "name": "web", "namespace": "default"}});
+        st.create(&ev, Some("default"), body, &ctx()).unwrap();
+        let c = st.get(&core, Some("default"), "web.1").unwrap();
+        assert_eq!(c["message"], "no pool");
+        assert_eq!(c["involvedObject"]["name"], "web");
+        assert_eq!(c["reportingComponent"], "lodestone.dev/controller");
+        let sel = FieldSelector::parse(
+            "involvedObject.name=web",
+            crate::apiserver::selectors::supported_fields("", "Event"),
+        )
+        .unwrap();
+        assert_eq!(
+            st.list(&core, Some("default"), &LabelSelector::default(), &sel)
+                .0
+                .len(),
+            1
+        );
+        st.delete(&ev, Some("default"), "web.1", &json!({}), &ctx())
+            .unwrap();
+        assert_eq!(
+            st.get(&core, Some("default"), "web.1").unwrap_err().code,
+            404
+        );
     }
 
     #[test]

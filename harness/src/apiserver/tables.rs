@@ -478,7 +478,34 @@ fn created_at(o: &Value, _: DateTime<Utc>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Columns of a built-in kind (Name first).
+fn event_last_seen(o: &Value, now: DateTime<Utc>) -> Value {
+    let ts = o
+        .pointer("/series/lastObservedTime")
+        .or_else(|| o.get("lastTimestamp"))
+        .or_else(|| o.get("eventTime"))
+        .or_else(|| o.pointer("/metadata/creationTimestamp"))
+        .and_then(Value::as_str);
+    age(ts, now)
+}
+
+fn event_type(o: &Value, _: DateTime<Utc>) -> Value {
+    json!(s(o.get("type")))
+}
+
+fn event_reason(o: &Value, _: DateTime<Utc>) -> Value {
+    json!(s(o.get("reason")))
+}
+
+fn event_object(o: &Value, _: DateTime<Utc>) -> Value {
+    let kind = s(o.pointer("/involvedObject/kind")).to_lowercase();
+    json!(format!("{kind}/{}", s(o.pointer("/involvedObject/name"))))
+}
+
+fn event_message(o: &Value, _: DateTime<Utc>) -> Value {
+    json!(s(o.get("message")).trim().to_string())
+}
+
+/// Columns of a built-in kind (Name first, except core Events, as kubectl shows them).
 fn builtin_cols(group: &str, kind: &str) -> Vec<Col> {
     let name = Col {
         name: "Name",
@@ -508,6 +535,46 @@ fn builtin_cols(group: &str, kind: &str) -> Vec<Col> {
             col("Port(s)", 0, "The ports of the service.", svc_ports),
             age,
             col("Selector", 1, "The selector of the service.", svc_selector),
+        ],
+        ("", "Event") => vec![
+            col(
+                "Last Seen",
+                0,
+                "Time when this Event was last seen",
+                event_last_seen,
+            ),
+            col(
+                "Type",
+                0,
+                "Type of this event (Normal, Warning), new types could be added in the future.",
+                event_type,
+            ),
+            col(
+                "Reason",
+                0,
+                "This should be a short, machine understandable string that gives the reason for the transition into the object's current status.",
+                event_reason,
+            ),
+            col(
+                "Object",
+                0,
+                "The object that this event is about.",
+                event_object,
+            ),
+            col(
+                "Message",
+                0,
+                "A human-readable description of the status of this operation.",
+                event_message,
+            ),
+            Col {
+                name: "Name",
+                ty: "string",
+                format: "name",
+                priority: 1,
+                description: NAME_DESC,
+                cell: name_cell,
+            },
         ],
         ("", "Namespace") => vec![
             name,
