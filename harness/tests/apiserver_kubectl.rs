@@ -432,3 +432,44 @@ async fn kubectl_auth_reports_full_access() {
     let who = k.ok(&["auth", "whoami"]).await;
     assert!(who.contains("lodestone-admin"), "{who}");
 }
+
+/// What a controller records through events.k8s.io is where the user looks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_events_show_in_kubectl_get_events_and_describe() {
+    use kube::Resource;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let (c, k, dir) = setup().await;
+    let svc = write(dir.path(), "svc.yaml", SVC);
+    k.ok(&["apply", "-f", svc.to_str().unwrap()]).await;
+    let api: Api<Service> = Api::namespaced(c.client(), "default");
+    let live = api.get("web").await.unwrap();
+    let recorder = Recorder::new(
+        c.client(),
+        Reporter {
+            controller: "lodestone-controller".into(),
+            instance: None,
+        },
+    );
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: "NoPool".into(),
+        note: Some("no IPAddressPool serves this Service".into()),
+        action: "Allocate".into(),
+        secondary: None,
+    };
+    recorder.publish(&ev, &live.object_ref(&())).await.unwrap();
+    let events = k.ok(&["get", "events"]).await;
+    assert!(
+        events.lines().next().unwrap().contains("REASON"),
+        "{events}"
+    );
+    assert!(
+        events.contains("NoPool") && events.contains("service/web"),
+        "{events}"
+    );
+    let described = k.ok(&["describe", "svc", "web"]).await;
+    assert!(
+        described.contains("no IPAddressPool serves this Service"),
+        "{described}"
+    );
+}
