@@ -738,7 +738,10 @@ impl State {
         {
             self.remove_dependents(def, key);
             return match self.store.remove_as(key, Some(cand)) {
-                Some(gone) => Ok(gone),
+                Some(gone) => {
+                    self.collect_garbage(ctx);
+                    Ok(gone)
+                }
                 None => Err(ApiError::internal("object vanished during update")),
             };
         }
@@ -911,8 +914,57 @@ impl State {
         // Dependents go first, so watchers see them vanish before their namespace or CRD.
         self.remove_dependents(def, &key);
         match self.store.remove(&key) {
-            Some(gone) => Ok(Deleted::Gone(gone)),
+            Some(gone) => {
+                if opts.get("propagationPolicy").and_then(Value::as_str) != Some("Orphan") {
+                    self.collect_garbage(ctx);
+                }
+                Ok(Deleted::Gone(gone))
+            }
             None => Err(ApiError::not_found(&def.group, &def.plural, name)),
+        }
+    }
+
+    /// The garbage collector's background propagation: objects whose every owner is gone are
+    /// deleted (through the ordinary delete, so their finalizers are honoured).
+    fn collect_garbage(&mut self, ctx: &WriteCtx) {
+        loop {
+            let live: std::collections::HashSet<String> = self
+                .store
+                .all()
+                .filter_map(|(_, v)| meta_str(v, "uid").map(String::from))
+                .collect();
+            let orphans: Vec<ObjKey> = self
+                .store
+                .all()
+                .filter(|(_, v)| {
+                    let owners = v
+                        .pointer("/metadata/ownerReferences")
+                        .and_then(Value::as_array)
+                        .filter(|a| !a.is_empty());
+                    let deleting = meta(v).is_some_and(|m| m.contains_key("deletionTimestamp"));
+                    !deleting
+                        && owners.is_some_and(|a| {
+                            a.iter().all(|o| {
+                                o.get("uid")
+                                    .and_then(Value::as_str)
+                                    .is_none_or(|u| !live.contains(u))
+                            })
+                        })
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            if orphans.is_empty() {
+                return;
+            }
+            for k in orphans {
+                let Some(def) = self.registry.by_store_key(&k.0) else {
+                    // The resource is no longer served (its CRD went); drop the object.
+                    self.store.remove(&k);
+                    continue;
+                };
+                let ns = (!k.1.is_empty()).then_some(k.1.as_str());
+                let _ = self.delete(&def, ns, &k.2, &json!({}), ctx);
+            }
         }
     }
 
@@ -1179,6 +1231,61 @@ mod tests {
         assert_eq!(
             st.get(&core, Some("default"), "web.1").unwrap_err().code,
             404
+        );
+    }
+
+    #[test]
+    fn dependents_are_collected_unless_orphaned() {
+        let mut st = State::new(100);
+        let svc = svc_def(&st);
+        let eps = st
+            .lookup("discovery.k8s.io", "v1", "endpointslices")
+            .unwrap();
+        let owner = |st: &mut State, name: &str| {
+            let s = st
+                .create(
+                    &svc,
+                    Some("default"),
+                    json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}}),
+                    &ctx(),
+                )
+                .unwrap();
+            s["metadata"]["uid"].as_str().unwrap().to_string()
+        };
+        let a = owner(&mut st, "a");
+        let b = owner(&mut st, "b");
+        let slice = |name: &str, uids: &[&str]| {
+            let refs: Vec<Value> = uids
+                .iter()
+                .map(|u| json!({"apiVersion": "v1", "kind": "Service", "name": "x", "uid": u}))
+                .collect();
+            json!({"metadata": {"name": name, "ownerReferences": refs}, "addressType": "IPv4", "endpoints": []})
+        };
+        st.create(&eps, Some("default"), slice("only-a", &[&a]), &ctx())
+            .unwrap();
+        st.create(&eps, Some("default"), slice("a-and-b", &[&a, &b]), &ctx())
+            .unwrap();
+        st.delete(&svc, Some("default"), "a", &json!({}), &ctx())
+            .unwrap();
+        assert_eq!(
+            st.get(&eps, Some("default"), "only-a").unwrap_err().code,
+            404
+        );
+        assert!(
+            st.get(&eps, Some("default"), "a-and-b").is_ok(),
+            "one owner is still alive"
+        );
+        st.delete(
+            &svc,
+            Some("default"),
+            "b",
+            &json!({"propagationPolicy": "Orphan"}),
+            &ctx(),
+        )
+        .unwrap();
+        assert!(
+            st.get(&eps, Some("default"), "a-and-b").is_ok(),
+            "orphaned, not collected"
         );
     }
 

@@ -15,7 +15,8 @@
 //!
 //! Known differences from kube-apiserver, by design: no admission/RBAC (one token is
 //! cluster-admin); namespaces and CRDs are removed at once with their contents (no
-//! `Terminating` phase, no garbage collector for ownerReferences, propagationPolicy ignored);
+//! `Terminating` phase); ownerReferences are collected in the background right after the owner
+//! goes (`Foreground` acts like `Background`, `Orphan` leaves the references in place);
 //! `limit`/`continue` return everything in one page; no `default/kubernetes` Service; protobuf
 //! only for request bodies of Namespace, ConfigMap, Secret, ServiceAccount and Service;
 //! only some built-in kinds (see [`builtin_schema`]) are decoded strictly; others keep unknown

@@ -523,6 +523,18 @@ impl Registry {
             .cloned()
     }
 
+    /// A served definition for a store key (`group/plural`), preferring the storage version.
+    pub fn by_store_key(&self, key: &str) -> Option<Arc<ResourceDef>> {
+        let mut candidates: Vec<&Arc<ResourceDef>> =
+            self.all().filter(|r| r.store_key() == key).collect();
+        candidates.sort_by_key(|r| {
+            r.crd
+                .as_ref()
+                .is_some_and(|c| c.storage_version != r.version)
+        });
+        candidates.first().map(|r| Arc::clone(r))
+    }
+
     /// Groups with their versions, preferred version first. The core group is excluded.
     pub fn groups(&self) -> Vec<(String, Vec<String>)> {
         let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();

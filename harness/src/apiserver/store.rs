@@ -236,6 +236,11 @@ impl Store {
         }
     }
 
+    /// Every object.
+    pub fn all(&self) -> impl Iterator<Item = (&ObjKey, &Value)> {
+        self.objects.iter()
+    }
+
     /// Number of retained events.
     pub fn history_len(&self) -> usize {
         self.history.len()
