@@ -928,6 +928,15 @@ impl State {
     /// deleted (through the ordinary delete, so their finalizers are honoured).
     fn collect_garbage(&mut self, ctx: &WriteCtx) {
         loop {
+            // Most stores hold no owned objects: skip the uid index then.
+            let any_owned = self.store.all().any(|(_, v)| {
+                v.pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| !a.is_empty())
+            });
+            if !any_owned {
+                return;
+            }
             let live: std::collections::HashSet<String> = self
                 .store
                 .all()
