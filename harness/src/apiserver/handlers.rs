@@ -338,6 +338,17 @@ impl State {
                 if obj.get("status").is_none_or(Value::is_null) {
                     obj["status"] = json!({"loadBalancer": {}});
                 }
+                // kube-apiserver 1.32+ defaults ipMode to VIP for ingress points with an IP.
+                if let Some(ingress) = obj
+                    .pointer_mut("/status/loadBalancer/ingress")
+                    .and_then(Value::as_array_mut)
+                {
+                    for i in ingress.iter_mut().filter_map(Value::as_object_mut) {
+                        if i.contains_key("ip") && !i.contains_key("ipMode") {
+                            i.insert("ipMode".into(), json!("VIP"));
+                        }
+                    }
+                }
                 services::prepare(obj, old, &used, &self.ranges).map_err(invalid)
             }
             ("", "Pod") => {
@@ -1296,6 +1307,45 @@ mod tests {
             st.get(&eps, Some("default"), "a-and-b").is_ok(),
             "orphaned, not collected"
         );
+    }
+
+    #[test]
+    fn ingress_ip_mode_defaults_to_vip_and_reapplying_is_a_no_op() {
+        let mut st = State::new(100);
+        let d = svc_def(&st);
+        st.create(&d, Some("default"), svc("lb"), &ctx()).unwrap();
+        let body = json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}, {"hostname": "h"}]}}});
+        let (s, _) = st
+            .patch(
+                &d,
+                Some("default"),
+                "lb",
+                Some("status"),
+                "application/merge-patch+json",
+                body.to_string().as_bytes(),
+                false,
+                &ctx(),
+            )
+            .unwrap();
+        assert_eq!(s["status"]["loadBalancer"]["ingress"][0]["ipMode"], "VIP");
+        assert!(
+            s["status"]["loadBalancer"]["ingress"][1]
+                .get("ipMode")
+                .is_none()
+        );
+        let (again, _) = st
+            .patch(
+                &d,
+                Some("default"),
+                "lb",
+                Some("status"),
+                "application/merge-patch+json",
+                body.to_string().as_bytes(),
+                false,
+                &ctx(),
+            )
+            .unwrap();
+        assert_eq!(rv_of(&again), rv_of(&s));
     }
 
     #[test]
