@@ -165,6 +165,19 @@ pub fn prepare(
     }
     spec.insert("type".into(), json!(ty));
     spec.entry("sessionAffinity").or_insert(json!("None"));
+    if spec.get("sessionAffinity").and_then(Value::as_str) == Some("ClientIP") {
+        let cfg = spec
+            .entry("sessionAffinityConfig")
+            .or_insert_with(|| json!({}));
+        if let Some(c) = cfg.as_object_mut() {
+            let ip = c.entry("clientIP").or_insert_with(|| json!({}));
+            if let Some(ip) = ip.as_object_mut() {
+                ip.entry("timeoutSeconds").or_insert(json!(10800));
+            }
+        }
+    } else {
+        spec.remove("sessionAffinityConfig");
+    }
 
     // Fields kube-apiserver refuses to change once set.
     if let Some(os) = old_spec {
@@ -606,6 +619,16 @@ mod tests {
         assert_eq!(sp["clusterIPs"], json!([ip.to_string()]));
         let np = sp["ports"][0]["nodePort"].as_u64().unwrap();
         assert!((30000..=32767).contains(&np));
+    }
+
+    #[test]
+    fn client_ip_affinity_gets_its_default_timeout() {
+        let mut s = svc(json!({"sessionAffinity": "ClientIP", "ports": [{"port": 80}]}));
+        prepare(&mut s, None, &Used::default(), &ServiceRanges::default()).unwrap();
+        assert_eq!(
+            s["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"],
+            10800
+        );
     }
 
     #[test]
