@@ -13,10 +13,11 @@
 //! over the store) hold every decision; [`server`] is the HTTP shell. [`resources`] is the one
 //! table of served resources, read by routing and [`discovery`].
 //!
-//! Known differences from kube-apiserver, by design: no admission/RBAC (one token is
-//! cluster-admin); namespaces and CRDs are removed at once with their contents (no
-//! `Terminating` phase); ownerReferences are collected in the background right after the owner
-//! goes (`Foreground` acts like `Background`, `Orphan` leaves the references in place);
+//! Known differences from kube-apiserver, by design: no admission; the admin token is
+//! `system:masters`, tokens added with [`Server::add_token`] are authorized by RBAC ([`rbac`]);
+//! namespaces and CRDs are removed at once with their contents (no `Terminating` phase);
+//! ownerReferences are collected in the background right after the owner goes (`Foreground`
+//! acts like `Background`, `Orphan` leaves the references in place);
 //! `limit`/`continue` return everything in one page; no `default/kubernetes` Service; protobuf
 //! only for request bodies of Namespace, ConfigMap, Secret, ServiceAccount and Service;
 //! only some built-in kinds (see [`builtin_schema`]) are decoded strictly; others keep unknown
@@ -29,6 +30,7 @@ pub mod handlers;
 pub mod merge;
 pub mod patch;
 pub mod protobuf;
+pub mod rbac;
 pub mod resources;
 pub mod selectors;
 pub mod server;
@@ -168,6 +170,8 @@ impl Server {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(config.watch_history)),
             token,
+            users: Mutex::new(std::collections::HashMap::new()),
+            audit: Mutex::new(Vec::new()),
             bookmark_interval: config.bookmark_interval.max(Duration::from_millis(10)),
             address: Mutex::new(String::new()),
         });
@@ -230,6 +234,41 @@ impl Server {
                 .await
                 .map_err(|e| ApiServerError::Client(e.to_string()))?;
         kube::Client::try_from(cfg).map_err(|e| ApiServerError::Client(e.to_string()))
+    }
+
+    /// Accept `token` as `user` with `groups`: its requests are authorized by RBAC against
+    /// the Roles, ClusterRoles and bindings in the store (unless `groups` holds
+    /// `system:masters`), and each resource request is recorded in [`Server::audit`].
+    pub fn add_token(&self, token: &str, user: &str, groups: &[&str]) {
+        self.shared
+            .users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                token.to_string(),
+                rbac::UserInfo {
+                    name: user.to_string(),
+                    groups: groups.iter().map(|g| g.to_string()).collect(),
+                },
+            );
+    }
+
+    /// Every resource request of the users added by [`Server::add_token`], in order, allowed
+    /// or denied.
+    pub fn audit(&self) -> Vec<rbac::AuditEntry> {
+        self.shared
+            .audit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// [`Server::kubeconfig_yaml`] with another bearer token (one given to [`Server::add_token`]).
+    pub fn kubeconfig_yaml_with_token(&self, token: &str) -> String {
+        self.kubeconfig_yaml().replace(
+            &format!("token: {}\n", self.token()),
+            &format!("token: {token}\n"),
+        )
     }
 
     async fn stop_listening(&mut self) {

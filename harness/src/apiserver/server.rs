@@ -27,6 +27,7 @@ use super::discovery;
 use super::errors::ApiError;
 use super::handlers::{Deleted, State, WriteCtx};
 use super::protobuf;
+use super::rbac::{self, Attributes, AuditEntry, Decision, Policy, UserInfo};
 use super::resources::{ResourceDef, STATUS_VERBS};
 use super::selectors::{FieldSelector, LabelSelector, supported_fields};
 use super::store::{Event, EventType};
@@ -45,8 +46,13 @@ const MAX_BODY: usize = 3 * 1024 * 1024;
 pub struct Shared {
     /// Store and registry.
     pub state: Mutex<State>,
-    /// The accepted bearer token.
+    /// The admin bearer token (group `system:masters`).
     pub token: String,
+    /// Further bearer tokens and the users they authenticate as; their requests are
+    /// authorized by RBAC.
+    pub users: Mutex<HashMap<String, UserInfo>>,
+    /// Every resource request of a non-`system:masters` user, allowed or denied.
+    pub audit: Mutex<Vec<AuditEntry>>,
     /// Interval of BOOKMARK events.
     pub bookmark_interval: Duration,
     /// `host:port` advertised in `/api`.
@@ -263,12 +269,138 @@ pub fn parse_resource_path(group: &str, version: &str, rest: &[&str]) -> Option<
     })
 }
 
-fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
-    headers
+/// The admin's identity: kube-apiserver's cluster-admin group bypasses RBAC.
+fn admin() -> UserInfo {
+    UserInfo {
+        name: "lodestone-admin".into(),
+        groups: vec![rbac::MASTERS.into(), "system:authenticated".into()],
+    }
+}
+
+/// The user a request's bearer token authenticates as.
+fn authenticate(shared: &Shared, headers: &HeaderMap) -> Option<UserInfo> {
+    let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| t.trim() == shared.token)
+        .and_then(|v| v.strip_prefix("Bearer "))?
+        .trim();
+    if token == shared.token {
+        return Some(admin());
+    }
+    shared
+        .users
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(token)
+        .cloned()
+}
+
+/// The RBAC verb of a resource request, as kube-apiserver's RequestInfo names it; `None` for a
+/// method no verb maps to (routing answers those with 405).
+fn request_verb(
+    method: &Method,
+    named: bool,
+    query: &HashMap<String, String>,
+) -> Option<&'static str> {
+    Some(match (method.clone(), named) {
+        (Method::GET, false)
+            if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) =>
+        {
+            "watch"
+        }
+        (Method::GET, false) => "list",
+        (Method::GET, true) => "get",
+        (Method::POST, false) => "create",
+        (Method::PUT, true) => "update",
+        (Method::PATCH, true) => "patch",
+        (Method::DELETE, true) => "delete",
+        (Method::DELETE, false) => "deletecollection",
+        _ => return None,
+    })
+}
+
+/// The resource attributes of a request path, or `None` for a non-resource path.
+fn resource_attributes(
+    segs: &[&str],
+    method: &Method,
+    query: &HashMap<String, String>,
+) -> Option<Attributes> {
+    let rp = match segs {
+        ["api", v, rest @ ..] if !rest.is_empty() => parse_resource_path("", v, rest)?,
+        ["apis", g, v, rest @ ..] if !rest.is_empty() => parse_resource_path(g, v, rest)?,
+        _ => return None,
+    };
+    let verb = request_verb(method, rp.name.is_some(), query)?;
+    let mut name = rp.name.clone();
+    // A list or watch pinned to one object by field selector is authorized for that name,
+    // so resourceNames rules can grant it (as kube-apiserver does).
+    if matches!(verb, "list" | "watch") {
+        name = query.get("fieldSelector").and_then(|fs| {
+            fs.split(',').find_map(|term| {
+                let (k, v) = term.split_once("==").or_else(|| term.split_once('='))?;
+                (k.trim() == "metadata.name").then(|| v.trim().to_string())
+            })
+        });
+    }
+    // A Namespace is authorized inside itself, so a RoleBinding there can grant reading it.
+    let namespace = match (&rp.namespace, rp.plural.as_str(), &rp.name) {
+        (None, "namespaces", Some(n)) => Some(n.clone()),
+        (ns, _, _) => ns.clone(),
+    };
+    Some(Attributes {
+        verb: verb.into(),
+        api_group: rp.group,
+        resource: rp.plural,
+        subresource: rp.sub,
+        namespace,
+        name,
+    })
+}
+
+/// Authorize a request of a non-master user by RBAC, recording resource requests in the
+/// audit log.
+fn authorize_request(
+    shared: &Shared,
+    user: &UserInfo,
+    segs: &[&str],
+    path: &str,
+    method: &Method,
+    query: &HashMap<String, String>,
+) -> Result<(), ApiError> {
+    if user.is_master() {
+        return Ok(());
+    }
+    let policy = Policy::from_store(&shared.lock().store);
+    match resource_attributes(segs, method, query) {
+        Some(a) => {
+            let decision = rbac::authorize(&policy, user, &a);
+            let allowed = matches!(decision, Decision::Allow(_));
+            shared
+                .audit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(AuditEntry::new(user, &a, allowed));
+            if allowed {
+                Ok(())
+            } else {
+                debug!(user = %user.name, verb = %a.verb, resource = %a.full_resource(), "RBAC: forbidden");
+                Err(rbac::forbidden(user, &a))
+            }
+        }
+        None => {
+            let verb = method.as_str().to_ascii_lowercase();
+            let allowed = rbac::discovery_path_allowed(&verb, path)
+                || policy
+                    .rules_for(user, None)
+                    .iter()
+                    .any(|(_, r)| rbac::rule_allows_path(r, &verb, path));
+            if allowed {
+                Ok(())
+            } else {
+                Err(rbac::forbidden_path(user, &verb, path))
+            }
+        }
+    }
 }
 
 async fn route(
@@ -294,9 +426,8 @@ async fn route(
         ["version"] => return Ok(json_response(StatusCode::OK, &discovery::version())),
         _ => {}
     }
-    if !authorized(shared, &parts.headers) {
-        return Err(ApiError::unauthorized());
-    }
+    let user = authenticate(shared, &parts.headers).ok_or_else(ApiError::unauthorized)?;
+    authorize_request(shared, &user, &segs, &path, &parts.method, &query)?;
     let body = Limited::new(body, MAX_BODY)
         .collect()
         .await
