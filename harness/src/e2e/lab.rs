@@ -287,6 +287,13 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// The lab's temporary directory (kubeconfigs and speaker logs); removed on drop.
+    pub fn work_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
 /// MACs that answered `arping -c count` for `ip` from `host` (Habets arping output).
 pub fn arping_macs(host: &Host, ip: IpAddr, count: u32) -> anyhow::Result<Vec<String>> {
     let count = count.to_string();

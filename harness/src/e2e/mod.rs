@@ -6,13 +6,18 @@
 //! - [`process`]: a binary running in a namespace, with its log, signals and cleanup.
 //! - [`lab`]: all of the above assembled: API server, bridge, nodes, client, speakers.
 //! - [`objects`]: Nodes, Services with status, EndpointSlices created by hand.
+//! - [`controller`]: the real controller binary in the root namespace.
+//! - [`metrics`]: a speaker's Prometheus gauges, read inside its namespace.
 
+pub mod controller;
 pub mod forward;
 pub mod lab;
+pub mod metrics;
 pub mod objects;
 pub mod process;
 pub mod traffic;
 
+pub use controller::ControllerProcess;
 pub use forward::{Forwarder, forward_into, kubeconfig_via};
 pub use process::SpeakerProcess;
 pub use traffic::{Answer, Prober, Responder, runs};
