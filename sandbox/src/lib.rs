@@ -677,7 +677,7 @@ impl Sandbox {
     }
 
     /// What `--keep` prints: how to look around.
-    pub fn exploring_hints(&self) -> Vec<String> {
+    pub fn exploring_hints(&self, address: &str) -> Vec<String> {
         let kubeconfig = self.lab.cluster.kubeconfig_path().display().to_string();
         let mut out = vec![
             "still running; Ctrl-C stops and removes everything.".to_owned(),
@@ -686,7 +686,7 @@ impl Sandbox {
             format!("  kubectl describe svc -n {NAMESPACE} {SERVICE}"),
             "  kubectl get ipaddresspools,l2advertisements,nodes".to_owned(),
             format!(
-                "  ip netns exec {} arping -c 3 -I eth0 <address>   # the client",
+                "  ip netns exec {} arping -c 3 -I eth0 {address}   # from the client: who answers",
                 self.lab.client.ns().name()
             ),
         ];
@@ -783,15 +783,30 @@ pub async fn tell(sb: &mut Sandbox, opts: &Options, report: &mut Report) -> anyh
     Ok(())
 }
 
-/// Resolves on the first SIGINT or SIGTERM with the signal's name.
-pub async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    Ok(tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    })
+/// SIGINT and SIGTERM, caught from the moment this is created (until then they would end the
+/// process without running any guard).
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers; needs a running tokio runtime.
+    pub fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    /// Resolves on the next SIGINT or SIGTERM with the signal's name.
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
 }
 
 /// A run from start to clean-up. A signal ends whatever step is running: its future is dropped,
@@ -801,12 +816,8 @@ pub async fn run(opts: &Options, story: Story, report: &mut Report) -> anyhow::R
     validate_local_node(opts.local_node.as_deref())?;
     // Installed first: from here SIGINT/SIGTERM no longer kill the process outright, they
     // unwind through the guards.
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
-    let interrupted = |s: anyhow::Result<&str>| match s {
-        Ok(name) => anyhow::anyhow!("interrupted by {name}"),
-        Err(e) => e,
-    };
+    let mut signals = Signals::install()?;
+    let interrupted = |name: &str| anyhow::anyhow!("interrupted by {name}");
     let self_exe = std::env::current_exe().context("locating the sandbox executable")?;
     let bins = locate_binaries(opts.bin_dir.as_deref(), &self_exe, &story)
         .context("step 1 (find or build the binaries)")?;
@@ -815,19 +826,24 @@ pub async fn run(opts: &Options, story: Story, report: &mut Report) -> anyhow::R
         bins.controller.display(),
         bins.speaker.display()
     ));
+    // `biased`: a pending signal wins over a step that failed because of it (a terminal's
+    // Ctrl-C also reaches the speakers and the controller).
     let mut sb = tokio::select! {
+        biased;
+        s = signals.recv() => return Err(interrupted(s)),
         r = Sandbox::start(bins, story, report) => r.context("steps 1-2 (API server, network namespaces)")?,
-        s = &mut signal => return Err(interrupted(s)),
     };
     tokio::select! {
+        biased;
+        s = signals.recv() => return Err(interrupted(s)),
         r = tell(&mut sb, opts, report) => r?,
-        s = &mut signal => return Err(interrupted(s)),
     }
     if opts.keep {
-        for line in sb.exploring_hints() {
+        let address = report.address.clone().unwrap_or_default();
+        for line in sb.exploring_hints(&address) {
             story.raw(&line);
         }
-        let s = (&mut signal).await?;
+        let s = signals.recv().await;
         story.say(format!("{s}: cleaning up"));
     }
     drop(sb);
