@@ -1,0 +1,1111 @@
+//! The pure part of `lodestonectl status` and `lodestonectl why`: objects in, rows and
+//! findings out. The commands fetch the objects; nothing here talks to a cluster.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use lodestone_crds::{IPAddressPool, L2Advertisement, selector};
+use serde::Serialize;
+
+/// The controller's condition on a Service.
+pub const ADDRESS_ASSIGNED: &str = "lodestone.dev/AddressAssigned";
+/// The speaker's condition on a Service.
+pub const ANNOUNCED: &str = "lodestone.dev/Announced";
+/// The `spec.loadBalancerClass` Lodestone serves by default (and Services with no class).
+pub const DEFAULT_CLASS: &str = "lodestone.dev/lb";
+/// The annotation asking for specific addresses.
+pub const IPS_ANNOTATION: &str = "lodestone.dev/loadBalancerIPs";
+/// The annotation naming the pool to take from.
+pub const POOL_ANNOTATION: &str = "lodestone.dev/address-pool";
+
+/// One pool's line in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolRow {
+    /// Pool name.
+    pub name: String,
+    /// `spec.addresses`.
+    pub addresses: Vec<String>,
+    /// IPv4 addresses assigned.
+    pub assigned_ipv4: i64,
+    /// IPv4 addresses free.
+    pub available_ipv4: i64,
+    /// IPv6 addresses assigned.
+    pub assigned_ipv6: i64,
+    /// IPv6 addresses free.
+    pub available_ipv6: i64,
+    /// Condition types that are `True` (`Ready`, `Invalid`, `Overlapping`).
+    pub conditions: Vec<String>,
+}
+
+/// One LoadBalancer Service's line in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRow {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// `status.loadBalancer.ingress[].ip`.
+    pub addresses: Vec<String>,
+    /// Pool, from the controller's condition message `ADDR from pool NAME`.
+    pub pool: Option<String>,
+    /// Announcing node, from the speaker's condition message `announced from NODE on IFACES`.
+    pub node: Option<String>,
+    /// The reason of the Announced condition when it is not `True` (or of AddressAssigned when
+    /// there is no address), so the table says why a line is empty.
+    pub problem: Option<String>,
+}
+
+/// What `status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Status {
+    /// Every pool, by name.
+    pub pools: Vec<PoolRow>,
+    /// Every Service of `type: LoadBalancer`, by namespace and name.
+    pub services: Vec<ServiceRow>,
+}
+
+fn condition<'a>(svc: &'a Service, type_: &str) -> Option<&'a Condition> {
+    svc.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+fn ingress_ips(svc: &Service) -> Vec<String> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .map(|i| i.iter().filter_map(|x| x.ip.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// The pool named by an AddressAssigned message (`192.0.2.1, 2001:db8::1 from pool blue`).
+pub fn pool_of_message(message: &str) -> Option<String> {
+    message
+        .rsplit_once(" from pool ")
+        .map(|(_, p)| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+}
+
+/// The node named by an Announced message (`announced from node-b on eth0`).
+pub fn node_of_message(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("announced from ")?;
+    let node = rest.split_once(" on ").map_or(rest, |(n, _)| n).trim();
+    (!node.is_empty()).then(|| node.to_string())
+}
+
+fn is_load_balancer(svc: &Service) -> bool {
+    svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
+}
+
+/// The `status` view of pools and Services.
+pub fn status(pools: &[IPAddressPool], services: &[Service]) -> Status {
+    let mut pools: Vec<PoolRow> = pools
+        .iter()
+        .map(|p| {
+            let st = p.status.clone().unwrap_or_default();
+            PoolRow {
+                name: p.metadata.name.clone().unwrap_or_default(),
+                addresses: p.spec.addresses.clone(),
+                assigned_ipv4: st.assigned_ipv4,
+                available_ipv4: st.available_ipv4,
+                assigned_ipv6: st.assigned_ipv6,
+                available_ipv6: st.available_ipv6,
+                conditions: st
+                    .conditions
+                    .iter()
+                    .filter(|c| c.status == "True")
+                    .map(|c| c.type_.clone())
+                    .collect(),
+            }
+        })
+        .collect();
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut services: Vec<ServiceRow> = services
+        .iter()
+        .filter(|s| is_load_balancer(s))
+        .map(|s| {
+            let assigned = condition(s, ADDRESS_ASSIGNED);
+            let announced = condition(s, ANNOUNCED);
+            let addresses = ingress_ips(s);
+            let problem = match (assigned, announced) {
+                (Some(c), _) if c.status != "True" && addresses.is_empty() => {
+                    Some(c.reason.clone())
+                }
+                (None, _) if addresses.is_empty() => Some("NotAssigned".into()),
+                (_, Some(a)) if a.status != "True" => Some(a.reason.clone()),
+                (_, None) => Some("NotAnnounced".into()),
+                _ => None,
+            };
+            ServiceRow {
+                namespace: s.metadata.namespace.clone().unwrap_or_default(),
+                name: s.metadata.name.clone().unwrap_or_default(),
+                addresses,
+                pool: assigned
+                    .filter(|c| c.status == "True")
+                    .and_then(|c| pool_of_message(&c.message)),
+                node: announced
+                    .filter(|c| c.status == "True")
+                    .and_then(|c| node_of_message(&c.message)),
+                problem,
+            }
+        })
+        .collect();
+    services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    Status { pools, services }
+}
+
+/// Left-aligned columns separated by three spaces, as kubectl prints them.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let n = cells.len();
+        for (i, (c, w)) in cells.into_iter().zip(&widths).enumerate() {
+            out.push_str(c);
+            if i + 1 < n {
+                out.push_str(&" ".repeat(w - c.chars().count() + 3));
+            }
+        }
+        out.push('\n');
+    };
+    line(header.to_vec(), &mut out);
+    for r in rows {
+        line(r.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+fn or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "<none>".into()
+    } else {
+        v.join(",")
+    }
+}
+
+/// The `status` tables.
+pub fn render_status(s: &Status) -> String {
+    let pools: Vec<Vec<String>> = s
+        .pools
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.addresses.join(","),
+                format!("{}/{}", p.assigned_ipv4, p.assigned_ipv4 + p.available_ipv4),
+                format!("{}/{}", p.assigned_ipv6, p.assigned_ipv6 + p.available_ipv6),
+                or_none(&p.conditions),
+            ]
+        })
+        .collect();
+    let services: Vec<Vec<String>> = s
+        .services
+        .iter()
+        .map(|r| {
+            vec![
+                r.namespace.clone(),
+                r.name.clone(),
+                or_none(&r.addresses),
+                r.pool.clone().unwrap_or_else(|| "<none>".into()),
+                r.node.clone().unwrap_or_else(|| "<none>".into()),
+                r.problem.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    format!(
+        "{}\n{}",
+        table(
+            &[
+                "POOL",
+                "ADDRESSES",
+                "IPV4 USED/TOTAL",
+                "IPV6 USED/TOTAL",
+                "CONDITIONS"
+            ],
+            &pools
+        ),
+        table(
+            &[
+                "NAMESPACE",
+                "SERVICE",
+                "ADDRESSES",
+                "POOL",
+                "NODE",
+                "PROBLEM"
+            ],
+            &services
+        )
+    )
+}
+
+/// How much a finding matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Severity {
+    /// Works as intended.
+    Ok,
+    /// Context.
+    Info,
+    /// A reason the Service has no address or is not announced.
+    Problem,
+}
+
+/// One line of `why`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// How much it matters.
+    pub severity: Severity,
+    /// What it was read from: `Service`, `Event`, `IPAddressPool blue`, `L2Advertisement l2`,
+    /// `EndpointSlices`.
+    pub source: String,
+    /// What it says.
+    pub message: String,
+}
+
+fn finding(severity: Severity, source: impl Into<String>, message: impl Into<String>) -> Finding {
+    Finding {
+        severity,
+        source: source.into(),
+        message: message.into(),
+    }
+}
+
+/// Everything `why` reads about one Service besides the Service itself.
+#[derive(Debug, Clone, Default)]
+pub struct WhyInput {
+    /// Every IPAddressPool.
+    pub pools: Vec<IPAddressPool>,
+    /// Every L2Advertisement.
+    pub l2advertisements: Vec<L2Advertisement>,
+    /// Labels of the Service's namespace.
+    pub namespace_labels: BTreeMap<String, String>,
+    /// Events regarding the Service.
+    pub events: Vec<Event>,
+    /// The Service's EndpointSlices.
+    pub endpoint_slices: Vec<EndpointSlice>,
+    /// Every Node (for L2Advertisement node selectors).
+    pub nodes: Vec<Node>,
+}
+
+fn labels(m: &Option<BTreeMap<String, String>>) -> BTreeMap<String, String> {
+    m.clone().unwrap_or_default()
+}
+
+/// Whether a pool takes this Service's automatic assignments, and why not.
+fn pool_serves(
+    pool: &IPAddressPool,
+    ns: &str,
+    ns_labels: &BTreeMap<String, String>,
+    svc_labels: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let Some(a) = &pool.spec.service_allocation else {
+        return Ok(());
+    };
+    if !a.namespaces.is_empty() && !a.namespaces.iter().any(|n| n == ns) {
+        return Err(format!(
+            "serves only namespaces {} (not {ns})",
+            a.namespaces.join(", ")
+        ));
+    }
+    if !a.namespace_selectors.is_empty()
+        && !a
+            .namespace_selectors
+            .iter()
+            .any(|s| selector::matches(s, ns_labels).unwrap_or(false))
+    {
+        return Err(format!(
+            "no namespaceSelector matches the labels of namespace {ns}"
+        ));
+    }
+    if !a.service_selectors.is_empty()
+        && !a
+            .service_selectors
+            .iter()
+            .any(|s| selector::matches(s, svc_labels).unwrap_or(false))
+    {
+        return Err("no serviceSelector matches the Service's labels".into());
+    }
+    Ok(())
+}
+
+fn pool_condition<'a>(pool: &'a IPAddressPool, type_: &str) -> Option<&'a Condition> {
+    pool.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// Whether an L2Advertisement selects a pool (no pools and no selectors: every pool).
+fn l2_selects(l2: &L2Advertisement, pool: &IPAddressPool) -> bool {
+    let name = pool.metadata.name.as_deref().unwrap_or_default();
+    let s = &l2.spec;
+    if s.ip_address_pools.is_empty() && s.ip_address_pool_selectors.is_empty() {
+        return true;
+    }
+    let pool_labels = labels(&pool.metadata.labels);
+    s.ip_address_pools.iter().any(|p| p == name)
+        || s.ip_address_pool_selectors
+            .iter()
+            .any(|sel| selector::matches(sel, &pool_labels).unwrap_or(false))
+}
+
+/// Nodes an L2Advertisement lets announce (no node selectors: all).
+fn l2_nodes(l2: &L2Advertisement, nodes: &[Node]) -> Vec<String> {
+    nodes
+        .iter()
+        .filter(|n| {
+            l2.spec.node_selectors.is_empty()
+                || l2
+                    .spec
+                    .node_selectors
+                    .iter()
+                    .any(|s| selector::matches(s, &labels(&n.metadata.labels)).unwrap_or(false))
+        })
+        .filter_map(|n| n.metadata.name.clone())
+        .collect()
+}
+
+/// Why a Service has no address or is not announced: findings from its conditions, Events,
+/// the pools, the L2Advertisements and its EndpointSlices, most important first.
+pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
+    use Severity::{Info, Ok, Problem};
+    let mut out = Vec::new();
+    let ns = svc.metadata.namespace.clone().unwrap_or_default();
+    let spec = svc.spec.clone().unwrap_or_default();
+
+    // Is it Lodestone's at all?
+    if spec.type_.as_deref() != Some("LoadBalancer") {
+        out.push(finding(
+            Problem,
+            "Service",
+            format!(
+                "type is {}, not LoadBalancer: Lodestone gives it no address",
+                spec.type_.as_deref().unwrap_or("ClusterIP")
+            ),
+        ));
+        return out;
+    }
+    if let Some(class) = spec.load_balancer_class.as_deref()
+        && class != DEFAULT_CLASS
+    {
+        out.push(finding(
+            Problem,
+            "Service",
+            format!("loadBalancerClass is {class}: another implementation serves it, not Lodestone ({DEFAULT_CLASS})"),
+        ));
+    }
+
+    // The controller's and the speaker's verdicts.
+    let addresses = ingress_ips(svc);
+    let mut pool_name = None;
+    match condition(svc, ADDRESS_ASSIGNED) {
+        Some(c) if c.status == "True" => {
+            pool_name = pool_of_message(&c.message);
+            out.push(finding(Ok, "Service", format!("address assigned: {}", c.message)));
+        }
+        Some(c) => out.push(finding(
+            Problem,
+            "Service",
+            format!("no address assigned ({}): {}", c.reason, c.message),
+        )),
+        None if addresses.is_empty() => out.push(finding(
+            Problem,
+            "Service",
+            format!("the controller has not written {ADDRESS_ASSIGNED}: is lodestone-controller running and leading?"),
+        )),
+        None => {}
+    }
+    match condition(svc, ANNOUNCED) {
+        Some(c) if c.status == "True" => {
+            out.push(finding(Ok, "Service", c.message.clone()));
+        }
+        Some(c) => out.push(finding(
+            Problem,
+            "Service",
+            format!("not announced ({}): {}", c.reason, c.message),
+        )),
+        None if !addresses.is_empty() => out.push(finding(
+            Problem,
+            "Service",
+            format!(
+                "{} has an address but no speaker has written {ANNOUNCED}: are the speakers running?",
+                addresses.join(", ")
+            ),
+        )),
+        None => {}
+    }
+
+    // Events, newest first; warnings are problems.
+    let mut events: Vec<&Event> = input.events.iter().collect();
+    events.sort_by_key(|e| {
+        std::cmp::Reverse(
+            e.event_time
+                .as_ref()
+                .map(|t| t.0.to_string())
+                .or_else(|| {
+                    e.metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .map(|t| t.0.to_string())
+                })
+                .unwrap_or_default(),
+        )
+    });
+    for e in events.iter().take(5) {
+        let sev = if e.type_.as_deref() == Some("Warning") {
+            Problem
+        } else {
+            Info
+        };
+        out.push(finding(
+            sev,
+            "Event",
+            format!(
+                "{}: {}",
+                e.reason.as_deref().unwrap_or("?"),
+                e.note.as_deref().unwrap_or("")
+            ),
+        ));
+    }
+
+    // Pools: which could serve it, and whether they have room.
+    let annotations = labels(&svc.metadata.annotations);
+    let svc_labels = labels(&svc.metadata.labels);
+    let wanted_pool = annotations.get(POOL_ANNOTATION);
+    if let Some(ips) = annotations.get(IPS_ANNOTATION) {
+        out.push(finding(
+            Info,
+            "Service",
+            format!("asks for {ips} ({IPS_ANNOTATION})"),
+        ));
+    }
+    if input.pools.is_empty() {
+        out.push(finding(
+            Problem,
+            "IPAddressPools",
+            "there is no IPAddressPool",
+        ));
+    }
+    let mut serving = Vec::new();
+    for p in &input.pools {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let src = format!("IPAddressPool {name}");
+        if let Some(w) = wanted_pool
+            && *w != name
+        {
+            continue;
+        }
+        if let Some(c) = pool_condition(p, "Invalid") {
+            out.push(finding(Problem, &src, format!("invalid: {}", c.message)));
+            continue;
+        }
+        if let Some(c) = pool_condition(p, "Overlapping") {
+            out.push(finding(
+                Problem,
+                &src,
+                format!("overlapping: {}", c.message),
+            ));
+        }
+        if p.metadata.deletion_timestamp.is_some() {
+            out.push(finding(Info, &src, "being deleted: takes no new Services"));
+            continue;
+        }
+        if !p.spec.auto_assign && wanted_pool.is_none() && Some(&name) != pool_name.as_ref() {
+            out.push(finding(
+                Info,
+                &src,
+                format!("autoAssign is false: only Services naming it ({POOL_ANNOTATION}) get its addresses"),
+            ));
+            continue;
+        }
+        match pool_serves(p, &ns, &input.namespace_labels, &svc_labels) {
+            Err(why) => out.push(finding(Info, &src, why)),
+            Result::Ok(()) => {
+                serving.push(p);
+                let st = p.status.clone().unwrap_or_default();
+                let holds_it = Some(&name) == pool_name.as_ref();
+                if st.available <= 0 && !holds_it {
+                    out.push(finding(
+                        Problem,
+                        &src,
+                        format!("exhausted: {} assigned, none available", st.assigned),
+                    ));
+                } else {
+                    out.push(finding(
+                        if holds_it { Ok } else { Info },
+                        &src,
+                        format!(
+                            "serves this Service: IPv4 {}/{} used, IPv6 {}/{} used",
+                            st.assigned_ipv4,
+                            st.assigned_ipv4 + st.available_ipv4,
+                            st.assigned_ipv6,
+                            st.assigned_ipv6 + st.available_ipv6
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(w) = wanted_pool
+        && !input
+            .pools
+            .iter()
+            .any(|p| p.metadata.name.as_ref() == Some(w))
+    {
+        out.push(finding(
+            Problem,
+            "Service",
+            format!("names pool {w} ({POOL_ANNOTATION}), which does not exist"),
+        ));
+    }
+    if !input.pools.is_empty() && serving.is_empty() && pool_name.is_none() {
+        out.push(finding(
+            Problem,
+            "IPAddressPools",
+            format!("no pool serves namespace {ns} with this Service's labels"),
+        ));
+    }
+
+    // Announcement: the pool holding it (or those that could) must be advertised somewhere.
+    let advertised_pools: Vec<&IPAddressPool> = match &pool_name {
+        Some(n) => input
+            .pools
+            .iter()
+            .filter(|p| p.metadata.name.as_ref() == Some(n))
+            .collect(),
+        None => serving,
+    };
+    let mut announcing_nodes: Option<Vec<String>> = None;
+    for p in &advertised_pools {
+        let pname = p.metadata.name.clone().unwrap_or_default();
+        let selecting: Vec<&L2Advertisement> = input
+            .l2advertisements
+            .iter()
+            .filter(|l| l2_selects(l, p))
+            .collect();
+        if selecting.is_empty() {
+            out.push(finding(
+                Problem,
+                format!("IPAddressPool {pname}"),
+                "no L2Advertisement selects this pool: its addresses are not announced",
+            ));
+        }
+        for l in selecting {
+            let lname = l.metadata.name.clone().unwrap_or_default();
+            let src = format!("L2Advertisement {lname}");
+            let nodes = l2_nodes(l, &input.nodes);
+            if !input.nodes.is_empty() && nodes.is_empty() {
+                out.push(finding(
+                    Problem,
+                    &src,
+                    format!("selects pool {pname}, but its nodeSelectors match no node"),
+                ));
+            } else {
+                let on = if l.spec.node_selectors.is_empty() {
+                    "every node".to_string()
+                } else {
+                    format!("nodes {}", nodes.join(", "))
+                };
+                out.push(finding(
+                    Ok,
+                    &src,
+                    format!("announces pool {pname} from {on}"),
+                ));
+            }
+            announcing_nodes
+                .get_or_insert_with(Vec::new)
+                .extend(if input.nodes.is_empty() {
+                    Vec::new()
+                } else {
+                    nodes
+                });
+        }
+    }
+
+    // Endpoints: somebody must serve the traffic; with Local, on an announcing node.
+    let ready: Vec<(Option<String>, String)> = input
+        .endpoint_slices
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .flat_map(|e| {
+            e.addresses
+                .iter()
+                .map(|a| (e.node_name.clone(), a.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if ready.is_empty() {
+        out.push(finding(
+            Problem,
+            "EndpointSlices",
+            "no ready endpoint: no node announces a Service nobody could serve",
+        ));
+    } else {
+        out.push(finding(
+            Ok,
+            "EndpointSlices",
+            format!("{} ready endpoint(s)", ready.len()),
+        ));
+        if spec.external_traffic_policy.as_deref() == Some("Local") {
+            let mut local: Vec<String> = ready.iter().filter_map(|(n, _)| n.clone()).collect();
+            local.sort();
+            local.dedup();
+            if local.is_empty() {
+                out.push(finding(
+                    Problem,
+                    "EndpointSlices",
+                    "externalTrafficPolicy is Local but no ready endpoint names its node",
+                ));
+            } else if let Some(nodes) = announcing_nodes.filter(|n| !n.is_empty())
+                && !local.iter().any(|n| nodes.contains(n))
+            {
+                out.push(finding(
+                    Problem,
+                    "EndpointSlices",
+                    format!(
+                        "externalTrafficPolicy is Local: ready endpoints are on {} but the L2Advertisements only allow {}",
+                        local.join(", "),
+                        nodes.join(", ")
+                    ),
+                ));
+            } else {
+                out.push(finding(
+                    Info,
+                    "EndpointSlices",
+                    format!(
+                        "externalTrafficPolicy is Local: nodes with a ready endpoint: {}",
+                        local.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    out
+}
+
+/// The `why` table.
+pub fn render_why(service: &str, findings: &[Finding]) -> String {
+    let rows: Vec<Vec<String>> = findings
+        .iter()
+        .map(|f| {
+            vec![
+                match f.severity {
+                    Severity::Ok => "ok",
+                    Severity::Info => "info",
+                    Severity::Problem => "PROBLEM",
+                }
+                .to_string(),
+                f.source.clone(),
+                f.message.clone(),
+            ]
+        })
+        .collect();
+    let problems = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Problem)
+        .count();
+    format!(
+        "Service {service}: {}\n\n{}",
+        if problems == 0 {
+            "no problem found".to_string()
+        } else {
+            format!("{problems} problem(s)")
+        },
+        table(&["", "SOURCE", "FINDING"], &rows)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    fn svc(annotations: Value, spec: Value, status: Value) -> Service {
+        let mut s = json!({"type": "LoadBalancer", "ports": [{"port": 80}]});
+        for (k, v) in spec.as_object().unwrap() {
+            s[k] = v.clone();
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "team", "uid": "u1", "annotations": annotations},
+            "spec": s, "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn cond(type_: &str, status: &str, reason: &str, message: &str) -> Value {
+        json!({"type": type_, "status": status, "reason": reason, "message": message,
+               "lastTransitionTime": "2026-11-22T00:00:00Z"})
+    }
+
+    fn served(ip: &str, pool: &str, node: Option<&str>) -> Value {
+        let mut conds = vec![cond(
+            ADDRESS_ASSIGNED,
+            "True",
+            "Assigned",
+            &format!("{ip} from pool {pool}"),
+        )];
+        if let Some(n) = node {
+            conds.push(cond(
+                ANNOUNCED,
+                "True",
+                "Announced",
+                &format!("announced from {n} on eth0"),
+            ));
+        }
+        json!({"loadBalancer": {"ingress": [{"ip": ip}]}, "conditions": conds})
+    }
+
+    fn pool(name: &str, spec: Value, status: Value) -> IPAddressPool {
+        serde_json::from_value(json!({
+            "apiVersion": "lodestone.dev/v1alpha1", "kind": "IPAddressPool",
+            "metadata": {"name": name, "labels": {"tier": name}}, "spec": spec, "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn l2(name: &str, spec: Value) -> L2Advertisement {
+        serde_json::from_value(json!({
+            "apiVersion": "lodestone.dev/v1alpha1", "kind": "L2Advertisement",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn node(name: &str, labels: Value) -> Node {
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap()
+    }
+
+    fn slice(endpoints: Value) -> EndpointSlice {
+        serde_json::from_value(json!({"metadata": {"name": "web-1", "namespace": "team"},
+            "addressType": "IPv4", "endpoints": endpoints}))
+        .unwrap()
+    }
+
+    fn roomy() -> Value {
+        json!({"assigned": 1, "available": 3, "assignedIPv4": 1, "availableIPv4": 3})
+    }
+
+    fn problems(f: &[Finding]) -> Vec<String> {
+        f.iter()
+            .filter(|f| f.severity == Severity::Problem)
+            .map(|f| format!("{}: {}", f.source, f.message))
+            .collect()
+    }
+
+    #[test]
+    fn messages_parse() {
+        assert_eq!(
+            pool_of_message("192.0.2.1, 2001:db8::1 from pool blue").as_deref(),
+            Some("blue")
+        );
+        assert_eq!(pool_of_message("no pool"), None);
+        assert_eq!(
+            node_of_message("announced from node-b on eth0, eth1").as_deref(),
+            Some("node-b")
+        );
+        assert_eq!(node_of_message("not announced: no ready endpoint"), None);
+    }
+
+    #[test]
+    fn status_rows() {
+        let pools = [pool(
+            "blue",
+            json!({"addresses": ["192.0.2.0/30"]}),
+            json!({
+            "assigned": 1, "available": 3, "assignedIPv4": 1, "availableIPv4": 3,
+            "conditions": [cond("Ready", "True", "Ready", ""), cond("Overlapping", "False", "None", "")]}),
+        )];
+        let mut other = svc(json!({}), json!({}), json!({}));
+        other.metadata.name = Some("api".into());
+        let mut cluster_ip = svc(json!({}), json!({"type": "ClusterIP"}), json!({}));
+        cluster_ip.metadata.name = Some("internal".into());
+        let s = status(
+            &pools,
+            &[
+                svc(
+                    json!({}),
+                    json!({}),
+                    served("192.0.2.1", "blue", Some("node-b")),
+                ),
+                other,
+                cluster_ip,
+            ],
+        );
+        assert_eq!(s.pools[0].conditions, vec!["Ready".to_string()]);
+        assert_eq!(s.services.len(), 2, "only LoadBalancer Services");
+        assert_eq!(s.services[0].name, "api");
+        assert_eq!(s.services[0].problem.as_deref(), Some("NotAssigned"));
+        let web = &s.services[1];
+        assert_eq!(web.addresses, vec!["192.0.2.1".to_string()]);
+        assert_eq!(web.pool.as_deref(), Some("blue"));
+        assert_eq!(web.node.as_deref(), Some("node-b"));
+        assert_eq!(web.problem, None);
+        let text = render_status(&s);
+        assert!(text.contains("blue   192.0.2.0/30   1/4"), "{text}");
+        assert!(text.contains("node-b"), "{text}");
+    }
+
+    #[test]
+    fn healthy_service_has_no_problem() {
+        let input = WhyInput {
+            pools: vec![pool(
+                "blue",
+                json!({"addresses": ["192.0.2.0/30"]}),
+                roomy(),
+            )],
+            l2advertisements: vec![l2("all", json!({}))],
+            endpoint_slices: vec![slice(
+                json!([{"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "nodeName": "node-a"}]),
+            )],
+            ..Default::default()
+        };
+        let f = why(
+            &svc(
+                json!({}),
+                json!({}),
+                served("192.0.2.1", "blue", Some("node-a")),
+            ),
+            &input,
+        );
+        assert!(problems(&f).is_empty(), "{f:#?}");
+        assert!(
+            f.iter()
+                .any(|x| x.message.contains("announced from node-a"))
+        );
+    }
+
+    #[test]
+    fn no_pool_serves_the_namespace() {
+        let input = WhyInput {
+            pools: vec![
+                pool(
+                    "blue",
+                    json!({"addresses": ["192.0.2.0/30"], "serviceAllocation": {"namespaces": ["prod"]}}),
+                    roomy(),
+                ),
+                pool(
+                    "red",
+                    json!({"addresses": ["198.51.100.0/30"], "serviceAllocation": {
+                    "namespaceSelectors": [{"matchLabels": {"env": "prod"}}]}}),
+                    roomy(),
+                ),
+            ],
+            namespace_labels: BTreeMap::from([("env".into(), "dev".into())]),
+            ..Default::default()
+        };
+        let s = svc(
+            json!({}),
+            json!({}),
+            json!({"conditions": [cond(ADDRESS_ASSIGNED, "False", "NoPool", "no pool serves team/web")]}),
+        );
+        let p = problems(&why(&s, &input));
+        assert!(
+            p.iter()
+                .any(|m| m.contains("no pool serves namespace team")),
+            "{p:#?}"
+        );
+        assert!(p.iter().any(|m| m.contains("NoPool")), "{p:#?}");
+        // The same pools with the namespace labelled serve it: the finding goes.
+        let input = WhyInput {
+            namespace_labels: BTreeMap::from([("env".into(), "prod".into())]),
+            ..input
+        };
+        let p = problems(&why(&s, &input));
+        assert!(
+            !p.iter().any(|m| m.contains("no pool serves namespace")),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn exhausted_pool_and_warning_event() {
+        let ev: Event = serde_json::from_value(json!({
+            "metadata": {"name": "web.1", "namespace": "team"}, "eventTime": "2026-11-22T00:00:00.000000Z",
+            "type": "Warning", "reason": "AllocationFailed", "note": "pool blue is exhausted",
+            "reportingController": "lodestone-controller", "reportingInstance": "x", "action": "Allocate",
+        }))
+        .unwrap();
+        let input = WhyInput {
+            pools: vec![pool(
+                "blue",
+                json!({"addresses": ["192.0.2.0/31"]}),
+                json!({"assigned": 2, "available": 0, "assignedIPv4": 2, "availableIPv4": 0}),
+            )],
+            events: vec![ev],
+            ..Default::default()
+        };
+        let p = problems(&why(&svc(json!({}), json!({}), json!({})), &input));
+        assert!(
+            p.iter()
+                .any(|m| m.contains("IPAddressPool blue: exhausted")),
+            "{p:#?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("AllocationFailed: pool blue is exhausted")),
+            "{p:#?}"
+        );
+        assert!(p.iter().any(|m| m.contains("has not written")), "{p:#?}");
+    }
+
+    #[test]
+    fn not_advertised_and_node_selectors() {
+        let base = WhyInput {
+            pools: vec![pool(
+                "blue",
+                json!({"addresses": ["192.0.2.0/30"]}),
+                roomy(),
+            )],
+            l2advertisements: vec![l2("red-only", json!({"ipAddressPools": ["red"]}))],
+            endpoint_slices: vec![slice(
+                json!([{"addresses": ["10.0.0.1"], "nodeName": "node-a"}]),
+            )],
+            nodes: vec![
+                node("node-a", json!({"zone": "a"})),
+                node("node-b", json!({"zone": "b"})),
+            ],
+            ..Default::default()
+        };
+        let s = svc(json!({}), json!({}), served("192.0.2.1", "blue", None));
+        let p = problems(&why(&s, &base));
+        assert!(
+            p.iter()
+                .any(|m| m.contains("no L2Advertisement selects this pool")),
+            "{p:#?}"
+        );
+        assert!(
+            p.iter().any(|m| m.contains("no speaker has written")),
+            "{p:#?}"
+        );
+
+        // Selected by pool label, but only on zone c: no node.
+        let input = WhyInput {
+            l2advertisements: vec![l2(
+                "c",
+                json!({"ipAddressPoolSelectors": [{"matchLabels": {"tier": "blue"}}],
+                "nodeSelectors": [{"matchLabels": {"zone": "c"}}]}),
+            )],
+            ..base.clone()
+        };
+        let p = problems(&why(&s, &input));
+        assert!(
+            p.iter().any(|m| m.contains("nodeSelectors match no node")),
+            "{p:#?}"
+        );
+        assert!(
+            !p.iter().any(|m| m.contains("no L2Advertisement selects")),
+            "{p:#?}"
+        );
+
+        // Zone b only, Local policy, endpoint on node-a: nobody can announce it.
+        let input = WhyInput {
+            l2advertisements: vec![l2(
+                "b",
+                json!({"nodeSelectors": [{"matchLabels": {"zone": "b"}}]}),
+            )],
+            ..base
+        };
+        let local = svc(
+            json!({}),
+            json!({"externalTrafficPolicy": "Local"}),
+            served("192.0.2.1", "blue", None),
+        );
+        let p = problems(&why(&local, &input));
+        assert!(
+            p.iter().any(|m| m.contains(
+                "ready endpoints are on node-a but the L2Advertisements only allow node-b"
+            )),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn endpoints_and_class() {
+        let input = WhyInput {
+            pools: vec![pool(
+                "blue",
+                json!({"addresses": ["192.0.2.0/30"]}),
+                roomy(),
+            )],
+            l2advertisements: vec![l2("all", json!({}))],
+            endpoint_slices: vec![slice(
+                json!([{"addresses": ["10.0.0.1"], "conditions": {"ready": false}}]),
+            )],
+            ..Default::default()
+        };
+        let s = svc(
+            json!({}),
+            json!({"loadBalancerClass": "other.io/lb"}),
+            json!({}),
+        );
+        let p = problems(&why(&s, &input));
+        assert!(p.iter().any(|m| m.contains("no ready endpoint")), "{p:#?}");
+        assert!(
+            p.iter().any(|m| m.contains("another implementation")),
+            "{p:#?}"
+        );
+        let p = problems(&why(
+            &svc(json!({}), json!({"type": "NodePort"}), json!({})),
+            &input,
+        ));
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("type is NodePort"));
+    }
+
+    #[test]
+    fn named_pool_that_does_not_exist() {
+        let input = WhyInput {
+            pools: vec![pool(
+                "blue",
+                json!({"addresses": ["192.0.2.0/30"]}),
+                roomy(),
+            )],
+            ..Default::default()
+        };
+        let s = svc(json!({POOL_ANNOTATION: "gold"}), json!({}), json!({}));
+        let p = problems(&why(&s, &input));
+        assert!(p.iter().any(|m| m.contains("names pool gold")), "{p:#?}");
+    }
+
+    proptest! {
+        /// Every table line has the header's column starts, whatever the cell contents.
+        #[test]
+        fn table_columns_align(cells in proptest::collection::vec(("[a-z0-9./-]{0,12}", "[a-z ]{0,12}"), 0..6)) {
+            let rows: Vec<Vec<String>> = cells.iter().map(|(a, b)| vec![a.clone(), b.clone(), "x".into()]).collect();
+            let t = table(&["AAA", "B", "C"], &rows);
+            let lines: Vec<&str> = t.lines().collect();
+            prop_assert_eq!(lines.len(), rows.len() + 1);
+            let col = lines[0].find('B').unwrap();
+            for (line, row) in lines[1..].iter().zip(&rows) {
+                prop_assert_eq!(&line[..row[0].len()], row[0].as_str());
+                prop_assert!(line[row[0].len()..col].chars().all(|c| c == ' '));
+                prop_assert_eq!(&line[col..col + row[1].len()], row[1].as_str());
+            }
+        }
+
+        /// The Service line names the pool and node the conditions name, for any names.
+        #[test]
+        fn status_reads_pool_and_node(p in "[a-z][a-z0-9-]{0,10}", n in "[a-z][a-z0-9.-]{0,10}") {
+            let s = status(&[], &[svc(json!({}), json!({}), served("192.0.2.1", &p, Some(&n)))]);
+            prop_assert_eq!(s.services[0].pool.as_deref(), Some(p.as_str()));
+            prop_assert_eq!(s.services[0].node.as_deref(), Some(n.as_str()));
+        }
+    }
+}
