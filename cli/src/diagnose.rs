@@ -30,12 +30,16 @@ pub struct PoolRow {
     /// `spec.addresses`.
     pub addresses: Vec<String>,
     /// IPv4 addresses assigned.
+    #[serde(rename = "assignedIPv4")]
     pub assigned_ipv4: i64,
     /// IPv4 addresses free.
+    #[serde(rename = "availableIPv4")]
     pub available_ipv4: i64,
     /// IPv6 addresses assigned.
+    #[serde(rename = "assignedIPv6")]
     pub assigned_ipv6: i64,
     /// IPv6 addresses free.
+    #[serde(rename = "availableIPv6")]
     pub available_ipv6: i64,
     /// Condition types that are `True` (`Ready`, `Invalid`, `Overlapping`).
     pub conditions: Vec<String>,
@@ -180,6 +184,9 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
                 out.push_str(&" ".repeat(w - c.chars().count() + 3));
             }
         }
+        // An empty last cell must not leave padding behind.
+        let trimmed = out.trim_end_matches(' ').len();
+        out.truncate(trimmed);
         out.push('\n');
     };
     line(header.to_vec(), &mut out);
@@ -436,7 +443,12 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
         Some(c) => out.push(finding(
             Problem,
             "Service",
-            format!("not announced ({}): {}", c.reason, c.message),
+            format!(
+                "not announced ({}): {}",
+                c.reason,
+                // The speaker's message starts with the same words.
+                c.message.strip_prefix("not announced: ").unwrap_or(&c.message)
+            ),
         )),
         None if !addresses.is_empty() => out.push(finding(
             Problem,
@@ -727,7 +739,7 @@ pub fn render_why(service: &str, findings: &[Finding]) -> String {
         } else {
             format!("{problems} problem(s)")
         },
-        table(&["", "SOURCE", "FINDING"], &rows)
+        table(&["RESULT", "SOURCE", "FINDING"], &rows)
     )
 }
 
@@ -860,6 +872,7 @@ mod tests {
         let text = render_status(&s);
         assert!(text.contains("blue   192.0.2.0/30   1/4"), "{text}");
         assert!(text.contains("node-b"), "{text}");
+        assert!(text.lines().all(|l| !l.ends_with(' ')), "{text:?}");
     }
 
     #[test]

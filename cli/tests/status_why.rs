@@ -1,0 +1,297 @@
+//! The real `lodestonectl status` and `why` against the embedded API server, with pools,
+//! L2Advertisements, Services (status written by the test, as the controller and speaker
+//! would), Events, EndpointSlices and Nodes made by hand. Also run as `kubectl-lodestone`.
+
+use std::path::Path;
+use std::process::Command;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use lodestone_crds::{IPAddressPool, L2Advertisement};
+use lodestone_harness::cluster::TestCluster;
+use serde_json::{Value, json};
+
+fn run(bin: &Path, kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin)
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .output()
+        .expect("lodestonectl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(bin: &Path, kubeconfig: &Path, args: &[&str]) -> String {
+    let (success, stdout, stderr) = run(bin, kubeconfig, args);
+    assert!(success, "lodestonectl {args:?} failed: {stderr}");
+    eprintln!("$ lodestonectl {}\n{stdout}", args.join(" "));
+    stdout
+}
+
+async fn create<K>(api: &Api<K>, v: Value) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    api.create(&PostParams::default(), &serde_json::from_value(v).unwrap())
+        .await
+        .unwrap()
+}
+
+fn cond(type_: &str, status: &str, reason: &str, message: &str) -> Value {
+    json!({"type": type_, "status": status, "reason": reason, "message": message,
+           "lastTransitionTime": "2026-11-22T00:00:00Z"})
+}
+
+async fn set_status<K>(api: &Api<K>, name: &str, status: Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_why_against_a_cluster() {
+    let cluster = TestCluster::start().await.unwrap();
+    cluster
+        .apply_crds(&lodestone_crds::all_crds())
+        .await
+        .unwrap();
+    let c = cluster.client();
+    let kubeconfig = cluster.kubeconfig_path().to_owned();
+    let bin = Path::new(env!("CARGO_BIN_EXE_lodestonectl"));
+
+    create(
+        &Api::<Namespace>::all(c.clone()),
+        json!({"metadata": {"name": "shop", "labels": {"env": "dev"}}}),
+    )
+    .await;
+    for (name, zone) in [("node-a", "a"), ("node-b", "b")] {
+        create(
+            &Api::<Node>::all(c.clone()),
+            json!({"metadata": {"name": name, "labels": {"zone": zone}}}),
+        )
+        .await;
+    }
+    let pools: Api<IPAddressPool> = Api::all(c.clone());
+    create(
+        &pools,
+        json!({"apiVersion": "lodestone.dev/v1alpha1", "kind": "IPAddressPool",
+               "metadata": {"name": "blue"}, "spec": {"addresses": ["192.0.2.0/30", "2001:db8::/126"]}}),
+    )
+    .await;
+    set_status(
+        &pools,
+        "blue",
+        json!({"assigned": 1, "available": 7, "assignedIPv4": 1, "availableIPv4": 3,
+               "assignedIPv6": 0, "availableIPv6": 4,
+               "conditions": [cond("Ready", "True", "Ready", "8 addresses"),
+                              cond("Invalid", "False", "Valid", ""),
+                              cond("Overlapping", "False", "NoOverlap", "")]}),
+    )
+    .await;
+    // Serves only namespaces labelled env=prod: "shop" (env=dev) gets nothing from it.
+    create(
+        &pools,
+        json!({"apiVersion": "lodestone.dev/v1alpha1", "kind": "IPAddressPool",
+               "metadata": {"name": "prod"}, "spec": {"addresses": ["198.51.100.0/31"],
+               "serviceAllocation": {"namespaceSelectors": [{"matchLabels": {"env": "prod"}}]}}}),
+    )
+    .await;
+    set_status(
+        &pools,
+        "prod",
+        json!({"assigned": 0, "available": 2, "assignedIPv4": 0, "availableIPv4": 2,
+               "conditions": [cond("Ready", "True", "Ready", "2 addresses")]}),
+    )
+    .await;
+    create(
+        &Api::<L2Advertisement>::all(c.clone()),
+        json!({"apiVersion": "lodestone.dev/v1alpha1", "kind": "L2Advertisement",
+               "metadata": {"name": "zone-a"}, "spec": {"ipAddressPools": ["blue"],
+               "nodeSelectors": [{"matchLabels": {"zone": "a"}}]}}),
+    )
+    .await;
+
+    let svcs: Api<Service> = Api::namespaced(c.clone(), "shop");
+    let lb = |name: &str, extra: Value| {
+        let mut spec = json!({"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}],
+                              "selector": {"app": name}});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        json!({"metadata": {"name": name, "namespace": "shop"}, "spec": spec})
+    };
+    // web: assigned and announced, with a ready endpoint.
+    create(&svcs, lb("web", json!({}))).await;
+    set_status(
+        &svcs,
+        "web",
+        json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}, "conditions": [
+            cond("lodestone.dev/AddressAssigned", "True", "Assigned", "192.0.2.1 from pool blue"),
+            cond("lodestone.dev/Announced", "True", "Announced", "announced from node-a on eth0")]}),
+    )
+    .await;
+    // stray: asks for the prod pool from a dev namespace; refused, with a Warning Event.
+    let mut stray = lb("stray", json!({}));
+    stray["metadata"]["annotations"] = json!({"lodestone.dev/address-pool": "prod"});
+    let stray = create(&svcs, stray).await;
+    set_status(
+        &svcs,
+        "stray",
+        json!({"conditions": [cond("lodestone.dev/AddressAssigned", "False", "AllocationFailed",
+            "pool prod does not serve shop/stray")]}),
+    )
+    .await;
+    let events: Api<Event> = Api::namespaced(c.clone(), "shop");
+    // The second Event is about an earlier Service of the same name (another uid): not shown.
+    for (n, uid, note) in [
+        (
+            1,
+            stray.metadata.uid.clone().unwrap(),
+            "pool prod does not serve shop/stray",
+        ),
+        (
+            2,
+            "an-earlier-uid".to_string(),
+            "stale event of a deleted namesake",
+        ),
+    ] {
+        create(
+            &events,
+            json!({"metadata": {"name": format!("stray.{n}"), "namespace": "shop"},
+                   "eventTime": "2026-11-22T00:00:00.000000Z", "type": "Warning",
+                   "reason": "AllocationFailed", "note": note,
+                   "action": "Allocate", "reportingController": "lodestone-controller",
+                   "reportingInstance": "lodestone-controller-0",
+                   "regarding": {"apiVersion": "v1", "kind": "Service", "namespace": "shop",
+                                 "name": "stray", "uid": uid}}),
+        )
+        .await;
+    }
+    // local: externalTrafficPolicy Local with its only ready endpoint on node-b, while the
+    // L2Advertisement lets only node-a announce.
+    create(
+        &svcs,
+        lb("local", json!({"externalTrafficPolicy": "Local"})),
+    )
+    .await;
+    set_status(
+        &svcs,
+        "local",
+        json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.2"}]}, "conditions": [
+            cond("lodestone.dev/AddressAssigned", "True", "Assigned", "192.0.2.2 from pool blue"),
+            cond("lodestone.dev/Announced", "False", "NoEligibleNode",
+                 "not announced: no eligible node with a live speaker")]}),
+    )
+    .await;
+    let slices: Api<EndpointSlice> = Api::namespaced(c.clone(), "shop");
+    for (svc, node, ip) in [
+        ("web", "node-a", "10.1.0.1"),
+        ("local", "node-b", "10.1.0.2"),
+    ] {
+        create(
+            &slices,
+            json!({"metadata": {"name": format!("{svc}-x"), "namespace": "shop",
+                                "labels": {"kubernetes.io/service-name": svc}},
+                   "addressType": "IPv4",
+                   "endpoints": [{"addresses": [ip], "conditions": {"ready": true}, "nodeName": node}],
+                   "ports": [{"port": 80, "protocol": "TCP"}]}),
+        )
+        .await;
+    }
+    // status: table and JSON.
+    let table = ok(bin, &kubeconfig, &["status"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("POOL"), "{table}");
+    let blue = lines.iter().find(|l| l.starts_with("blue")).unwrap();
+    assert!(
+        blue.contains("1/4") && blue.contains("0/4") && blue.contains("Ready"),
+        "{blue}"
+    );
+    let web = lines
+        .iter()
+        .find(|l| l.starts_with("shop") && l.contains(" web "))
+        .unwrap();
+    assert!(
+        web.contains("192.0.2.1") && web.contains("blue") && web.contains("node-a"),
+        "{web}"
+    );
+    let local = lines.iter().find(|l| l.contains(" local ")).unwrap();
+    assert!(local.contains("NoEligibleNode"), "{local}");
+
+    let json: Value =
+        serde_json::from_str(&ok(bin, &kubeconfig, &["status", "-o", "json"])).unwrap();
+    let services = json["services"].as_array().unwrap();
+    assert_eq!(services.len(), 3);
+    let web = services.iter().find(|s| s["name"] == "web").unwrap();
+    assert_eq!(web["pool"], "blue");
+    assert_eq!(web["node"], "node-a");
+    assert_eq!(web["addresses"], json!(["192.0.2.1"]));
+    let yaml = ok(bin, &kubeconfig, &["status", "-o", "yaml"]);
+    assert!(yaml.contains("availableIPv6: 4"), "{yaml}");
+
+    // why: a healthy Service, a refused one, a Local one nobody can announce.
+    let healthy = ok(bin, &kubeconfig, &["why", "shop/web"]);
+    assert!(
+        healthy.starts_with("Service shop/web: no problem found"),
+        "{healthy}"
+    );
+    let refused = ok(bin, &kubeconfig, &["why", "-n", "shop", "stray"]);
+    assert!(
+        refused.contains("AllocationFailed: pool prod does not serve shop/stray"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("no namespaceSelector matches the labels of namespace shop"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("no pool serves namespace shop"),
+        "{refused}"
+    );
+    assert!(!refused.contains("stale event"), "{refused}");
+    let local = ok(bin, &kubeconfig, &["why", "shop/local", "-o", "json"]);
+    let local: Value = serde_json::from_str(&local).unwrap();
+    let messages: Vec<&str> = local["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "Problem")
+        .map(|f| f["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        messages.iter().any(|m| m
+            .contains("ready endpoints are on node-b but the L2Advertisements only allow node-a")),
+        "{messages:#?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("NoEligibleNode")),
+        "{messages:#?}"
+    );
+
+    // A Service that does not exist is an error, not an empty report.
+    let (success, _, stderr) = run(bin, &kubeconfig, &["why", "shop/nope"]);
+    assert!(!success);
+    assert!(stderr.contains("shop/nope"), "{stderr}");
+
+    // As a kubectl plugin: same output, usage under kubectl's name.
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("kubectl-lodestone");
+    std::os::unix::fs::symlink(bin, &plugin).unwrap();
+    assert_eq!(ok(&plugin, &kubeconfig, &["status"]), table);
+    let help = Command::new(&plugin).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("Usage: kubectl lodestone"), "{help}");
+}
