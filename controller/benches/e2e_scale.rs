@@ -68,7 +68,13 @@ impl Controller {
         }
     }
 
-    fn kill9(mut self) {
+    fn kill9(self) {
+        // Drop does it.
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

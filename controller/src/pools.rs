@@ -16,7 +16,7 @@ use lodestone_crds::{
 use crate::ipam::{PoolConfig, PoolStats};
 
 /// What the controller makes of one pool object.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolEval {
     pub name: String,
     /// None when no entry of the pool parses at all.

@@ -112,6 +112,7 @@ fn start_watches(client: &Client, tx: mpsc::UnboundedSender<Signal>) -> Stores {
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(|p| p.managed_fields_mut().clear())
     .reflect(pool_writer);
     tokio::spawn(async move {
         futures::pin_mut!(pool_stream);
@@ -257,6 +258,8 @@ struct State {
     /// Why a Service's held address was taken away (pool edited, invalid on restart), for its next Event.
     moved_because: HashMap<ServiceKey, String>,
     pools_dirty: bool,
+    /// Addresses were freed in this batch: Services still waiting for one get another try.
+    released: bool,
     /// Pools reported in the metrics, so deleted ones can be removed from them.
     reported_pools: BTreeSet<String>,
     writer: Writer,
@@ -330,6 +333,7 @@ impl State {
             last_failure: HashMap::new(),
             moved_because: HashMap::new(),
             pools_dirty: true,
+            released: false,
             reported_pools: BTreeSet::new(),
             writer,
             done,
@@ -372,16 +376,22 @@ impl State {
             .unwrap_or_default()
     }
 
-    /// Re-read every pool into the IPAM. Returns Services whose addresses left every usable pool.
-    fn load_pools(&mut self) -> Vec<(ServiceKey, Vec<IpAddr>)> {
+    /// Re-read every pool into the IPAM. `None` when no pool changed in a way that matters to
+    /// allocation (our own status writes come back as pool events and must not trigger a pass
+    /// over every Service); otherwise the Services whose addresses left every usable pool.
+    fn load_pools(&mut self) -> Option<Vec<(ServiceKey, Vec<IpAddr>)>> {
         let objects = self.stores_pools.state();
-        self.evals = objects
+        let evals: BTreeMap<String, PoolEval> = objects
             .iter()
             .map(|p| {
                 let e = pools::evaluate(p);
                 (e.name.clone(), e)
             })
             .collect();
+        if evals == self.evals {
+            return None;
+        }
+        self.evals = evals;
         for e in self.evals.values().filter(|e| !e.problems.is_empty()) {
             warn!(pool = %e.name, problems = %e.problems.join("; "), "IPAddressPool is invalid");
         }
@@ -390,7 +400,7 @@ impl State {
             .values()
             .filter_map(|e| e.config.clone())
             .collect();
-        self.ipam.set_pools(configs)
+        Some(self.ipam.set_pools(configs))
     }
 
     fn full_pass(&mut self) {
@@ -404,6 +414,7 @@ impl State {
         for key in keys {
             self.reconcile_service(&key);
         }
+        self.retry_waiting();
         self.sync_pools();
     }
 
@@ -421,20 +432,23 @@ impl State {
             }
         }
         if pools {
-            for (key, ips) in self.load_pools() {
-                info!(service = %key, addresses = %ips_text(&ips), "address no longer in a pool the Service may use");
-                self.moved_because.insert(
-                    key.clone(),
-                    format!(
-                        "its address {} is no longer in a pool it may use",
-                        ips_text(&ips)
-                    ),
-                );
-                services.insert(key);
-            }
+            // Finalizers and status may need attention even when allocation does not.
             self.pools_dirty = true;
-            // A pool that appeared or grew may satisfy Services that are waiting.
-            all = true;
+            if let Some(displaced) = self.load_pools() {
+                // A pool that appeared or grew may satisfy Services that are waiting.
+                all = true;
+                for (key, ips) in displaced {
+                    info!(service = %key, addresses = %ips_text(&ips), "address no longer in a pool the Service may use");
+                    self.moved_because.insert(
+                        key.clone(),
+                        format!(
+                            "its address {} is no longer in a pool it may use",
+                            ips_text(&ips)
+                        ),
+                    );
+                    services.insert(key);
+                }
+            }
         }
         if all {
             self.full_pass();
@@ -443,7 +457,20 @@ impl State {
         for key in services {
             self.reconcile_service(&key);
         }
+        self.retry_waiting();
         self.sync_pools();
+    }
+
+    /// Give Services that are waiting for an address another try after addresses were freed,
+    /// in key order so the outcome does not depend on event timing.
+    fn retry_waiting(&mut self) {
+        while std::mem::take(&mut self.released) {
+            let mut waiting: Vec<ServiceKey> = self.last_failure.keys().cloned().collect();
+            waiting.sort();
+            for key in waiting {
+                self.reconcile_service(&key);
+            }
+        }
     }
 
     fn reconcile_service(&mut self, key: &ServiceKey) {
@@ -451,6 +478,7 @@ impl State {
             if let Some(a) = self.ipam.release(key) {
                 debug!(service = %key, addresses = %ips_text(&a.addresses), "Service deleted; address released");
                 self.pools_dirty = true;
+                self.released = true;
             }
             self.forget(key);
             return;
@@ -459,6 +487,7 @@ impl State {
             if let Some(a) = self.ipam.release(key) {
                 info!(service = %key, addresses = %ips_text(&a.addresses), "Service is no longer ours; address released");
                 self.pools_dirty = true;
+                self.released = true;
                 self.writer.event(
                     &svc,
                     EventType::Normal,
@@ -487,6 +516,13 @@ impl State {
                 self.last_failure.remove(key);
                 if prev.as_ref() != Some(&a) {
                     self.pools_dirty = true;
+                    // A Service that moved (new request) freed its old addresses.
+                    if prev
+                        .as_ref()
+                        .is_some_and(|p| p.addresses.iter().any(|ip| !a.addresses.contains(ip)))
+                    {
+                        self.released = true;
+                    }
                     let mut note =
                         format!("assigned {} from pool {}", ips_text(&a.addresses), a.pool);
                     if let Some(why) = self.moved_because.remove(key) {
@@ -508,6 +544,7 @@ impl State {
                 });
                 if kept.is_none() && prev.is_some() {
                     self.pools_dirty = true;
+                    self.released = true;
                 }
                 let message = match &kept {
                     Some(p) => format!("{}; keeping {}", f.message(), ips_text(&p.addresses)),
