@@ -16,10 +16,6 @@ pub struct Args {
     #[command(flatten)]
     kube: KubeArgs,
 
-    /// Only Services of the namespace given by `-n` (default: every namespace).
-    #[arg(long)]
-    only_namespace: bool,
-
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -29,12 +25,13 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<ExitCode> {
     runtime()?.block_on(async {
         let (client, namespace) = args.kube.connect().await?;
+        // Pools are cluster-wide; Services of every namespace unless `-n` names one.
         let pools = Api::<IPAddressPool>::all(client.clone())
             .list(&ListParams::default())
             .await
             .context("listing IPAddressPools (are Lodestone's CRDs installed?)")?
             .items;
-        let services: Api<Service> = if args.only_namespace {
+        let services: Api<Service> = if args.kube.namespace.is_some() {
             Api::namespaced(client, &namespace)
         } else {
             Api::all(client)
