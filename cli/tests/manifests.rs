@@ -279,20 +279,12 @@ fn rbac_grants_exactly_what_the_programs_call() {
     assert_eq!(
         speaker,
         expect(&[
-            ("", "services", &["get", "list", "watch"]),
+            ("", "services", &["list", "watch"]),
             ("", "services/status", &["patch"]),
-            (
-                "discovery.k8s.io",
-                "endpointslices",
-                &["get", "list", "watch"]
-            ),
-            ("", "nodes", &["get", "list", "watch"]),
-            ("lodestone.dev", "ipaddresspools", &["get", "list", "watch"]),
-            (
-                "lodestone.dev",
-                "l2advertisements",
-                &["get", "list", "watch"]
-            ),
+            ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
+            ("", "nodes", &["list", "watch"]),
+            ("lodestone.dev", "ipaddresspools", &["list", "watch"]),
+            ("lodestone.dev", "l2advertisements", &["list", "watch"]),
             ("events.k8s.io", "events", &["create", "patch"]),
         ])
     );

@@ -12,157 +12,23 @@
 //!
 //! Only the embedded server keeps an audit log; under the envtest switch this test is skipped.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, PostParams};
 use lodestone_crds::IPAddressPool;
 use lodestone_harness::apiserver::rbac::AuditEntry;
 use lodestone_harness::cluster::TestCluster;
 use serde_json::{Value, json};
 
-const NS: &str = "lodestone-system";
+mod rbac_common;
+
+use rbac_common::{NS, add_sa_token, apply_rbac, binary, check, rbac_docs};
+
 const SA: &str = "lodestone-controller";
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-/// `target/<profile>`, with the controller built into it if the workspace build has not.
-fn controller_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    if let Some(d) = exe
-        .ancestors()
-        .skip(1)
-        .find(|d| d.join("lodestone-controller").is_file())
-    {
-        return d.join("lodestone-controller");
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-p", "lodestone-controller"])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the controller failed");
-    // `target/<profile>/deps/rbac_controller-…` → `target/<profile>`.
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("lodestone-controller");
-    assert!(bin.is_file(), "no controller at {}", bin.display());
-    bin
-}
-
-/// The documents of `deploy/rbac.yaml`, namespaced ones placed in `lodestone-system` as the
-/// kustomization does.
-fn rbac_docs() -> Vec<Value> {
-    let text = std::fs::read_to_string(deploy_dir().join("rbac.yaml")).unwrap();
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
-    docs.into_iter()
-        .filter(|d| !d.is_null())
-        .map(|mut d| {
-            if matches!(
-                d["kind"].as_str(),
-                Some("ServiceAccount" | "Role" | "RoleBinding")
-            ) {
-                d["metadata"]["namespace"] = json!(NS);
-            }
-            d
-        })
-        .collect()
-}
-
-async fn apply_rbac(client: &kube::Client, docs: &[Value]) {
-    let pp = PostParams::default();
-    for d in docs {
-        let c = client.clone();
-        match d["kind"].as_str().unwrap() {
-            "ServiceAccount" => Api::<ServiceAccount>::namespaced(c, NS)
-                .create(&pp, &serde_json::from_value(d.clone()).unwrap())
-                .await
-                .map(drop),
-            "Role" => Api::<Role>::namespaced(c, NS)
-                .create(&pp, &serde_json::from_value(d.clone()).unwrap())
-                .await
-                .map(drop),
-            "RoleBinding" => Api::<RoleBinding>::namespaced(c, NS)
-                .create(&pp, &serde_json::from_value(d.clone()).unwrap())
-                .await
-                .map(drop),
-            "ClusterRole" => Api::<ClusterRole>::all(c)
-                .create(&pp, &serde_json::from_value(d.clone()).unwrap())
-                .await
-                .map(drop),
-            "ClusterRoleBinding" => Api::<ClusterRoleBinding>::all(c)
-                .create(&pp, &serde_json::from_value(d.clone()).unwrap())
-                .await
-                .map(drop),
-            other => panic!("unexpected kind {other} in rbac.yaml"),
-        }
-        .unwrap_or_else(|e| panic!("applying {}: {e}", d["metadata"]["name"]));
-    }
-}
-
-/// Every (verb, apiGroup, resource, namespaced?) the controller's roles grant, from the bindings
-/// in rbac.yaml whose subject is the controller's ServiceAccount.
-fn granted(docs: &[Value]) -> BTreeSet<(String, String, String, bool)> {
-    let binds_sa = |d: &Value| {
-        d["subjects"].as_array().is_some_and(|s| {
-            s.iter()
-                .any(|s| s["kind"] == "ServiceAccount" && s["name"] == SA)
-        })
-    };
-    let mut out = BTreeSet::new();
-    for b in docs.iter().filter(|d| binds_sa(d)) {
-        let namespaced = b["kind"] == "RoleBinding";
-        let role = docs
-            .iter()
-            .find(|d| {
-                d["kind"] == b["roleRef"]["kind"] && d["metadata"]["name"] == b["roleRef"]["name"]
-            })
-            .unwrap_or_else(|| {
-                panic!("{} refers to a role rbac.yaml lacks", b["metadata"]["name"])
-            });
-        let rules: Vec<PolicyRule> = serde_json::from_value(role["rules"].clone()).unwrap();
-        for r in rules {
-            for v in &r.verbs {
-                for g in r.api_groups.as_deref().unwrap_or(&[]) {
-                    for res in r.resources.as_deref().unwrap_or(&[]) {
-                        out.insert((v.clone(), g.clone(), res.clone(), namespaced));
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// What the audit log shows the controller called, in the same shape as [`granted`]. A call in
-/// `lodestone-system` counts as namespaced (a RoleBinding there can grant it).
-fn called(
-    audit: &[AuditEntry],
-    rolebound: &BTreeSet<(String, String)>,
-) -> BTreeSet<(String, String, String, bool)> {
-    audit
-        .iter()
-        .map(|e| {
-            let namespaced = e.namespace.as_deref() == Some(NS)
-                && rolebound.contains(&(e.api_group.clone(), e.resource.clone()));
-            (
-                e.verb.clone(),
-                e.api_group.clone(),
-                e.resource.clone(),
-                namespaced,
-            )
-        })
-        .collect()
-}
 
 struct Controller {
     child: Child,
@@ -226,16 +92,7 @@ async fn controller_rbac_is_exactly_what_the_controller_calls() {
     apply_rbac(&admin, &docs).await;
 
     let token = format!("controller-token-{}", std::process::id());
-    let user = format!("system:serviceaccount:{NS}:{SA}");
-    server.add_token(
-        &token,
-        &user,
-        &[
-            "system:serviceaccounts",
-            "system:serviceaccounts:lodestone-system",
-            "system:authenticated",
-        ],
-    );
+    add_sa_token(server, &token, SA);
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, server.kubeconfig_yaml_with_token(&token)).unwrap();
@@ -245,7 +102,7 @@ async fn controller_rbac_is_exactly_what_the_controller_calls() {
         .and_then(|l| l.local_addr())
         .unwrap();
     let ctl = Controller {
-        child: Command::new(controller_binary())
+        child: Command::new(binary("lodestone-controller"))
             .args([
                 "--leader-elect=true",
                 "--lease-namespace",
@@ -330,41 +187,8 @@ async fn controller_rbac_is_exactly_what_the_controller_calls() {
     })
     .await;
 
-    let audit: Vec<AuditEntry> = server
-        .audit()
-        .into_iter()
-        .filter(|e| e.user == user)
-        .collect();
+    let audit = server.audit();
     let log_text = ctl.log();
     drop(ctl);
-
-    let denied: Vec<&AuditEntry> = audit.iter().filter(|e| !e.allowed).collect();
-    assert!(
-        denied.is_empty(),
-        "the controller called what deploy/rbac.yaml does not allow: {denied:#?}\nlog:\n{log_text}"
-    );
-    assert!(
-        !log_text.contains("forbidden"),
-        "the controller logged a forbidden call:\n{log_text}"
-    );
-
-    let granted = granted(&docs);
-    let rolebound: BTreeSet<(String, String)> = granted
-        .iter()
-        .filter(|g| g.3)
-        .map(|g| (g.1.clone(), g.2.clone()))
-        .collect();
-    let called = called(&audit, &rolebound);
-    let unused: Vec<_> = granted.difference(&called).collect();
-    assert!(
-        unused.is_empty(),
-        "deploy/rbac.yaml grants the controller what it never called (verb, group, resource, \
-         via RoleBinding): {unused:#?}\ncalled: {called:#?}"
-    );
-    // Whatever it called was granted (the server agreed; this checks the test's own reading).
-    assert!(
-        called.is_subset(&granted),
-        "calls outside the grants: {:#?}",
-        called.difference(&granted).collect::<Vec<_>>()
-    );
+    check(&docs, SA, &audit, &log_text);
 }

@@ -1,0 +1,149 @@
+//! `deploy/rbac.yaml` against the calls the real speaker makes.
+//!
+//! One lab node (its own network namespace, a Node object, a forwarder to the embedded API
+//! server; see `lodestone_harness::e2e::lab`) runs the real `lodestone-speaker` with a
+//! kubeconfig whose token authenticates as the speaker's ServiceAccount, after
+//! `deploy/rbac.yaml` is applied. The scenario makes it call everything it can: its reflectors
+//! (Services, EndpointSlices, Nodes, pools, L2Advertisements), the Announced condition, an
+//! Event, and the same Event again (kube's Recorder then patches the series): announce, lose
+//! the L2Advertisement, get it back. The audit log is then checked as for the controller.
+//!
+//! Needs root (network namespaces), as the speaker's e2e tests do.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams, PostParams};
+use lodestone_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2AdvertisementSpec};
+use lodestone_harness::e2e::lab::{Lab, POOL_V4};
+use lodestone_harness::e2e::objects;
+
+mod rbac_common;
+
+use rbac_common::{add_sa_token, apply_rbac, binary, check, rbac_docs};
+
+const SA: &str = "lodestone-speaker";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+async fn wait_for(what: &str, lab: &Lab, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} never happened; speaker log:\n{}", lab.logs());
+}
+
+fn audit(lab: &Lab) -> Vec<lodestone_harness::apiserver::rbac::AuditEntry> {
+    lab.cluster.server().map(|s| s.audit()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speaker_rbac_is_exactly_what_the_speaker_calls() {
+    let vip: IpAddr = "192.0.2.120".parse().unwrap();
+    let mut lab = Lab::start(
+        &lodestone_crds::all_crds(),
+        &[("node-a", &[][..])],
+        &[vip],
+        &binary("lodestone-speaker"),
+    )
+    .await
+    .unwrap();
+    let admin = lab.cluster.client();
+    let docs = rbac_docs();
+    apply_rbac(&admin, &docs).await;
+
+    // The node's kubeconfig (written by the lab, pointing at its forwarder) gets the
+    // speaker's token instead of the admin's.
+    {
+        let server = lab
+            .cluster
+            .server()
+            .expect("the lab runs the embedded server");
+        let token = format!("speaker-token-{}", std::process::id());
+        add_sa_token(server, &token, SA);
+        let kubeconfig = lab.work_dir().join("node-a.kubeconfig");
+        let text = std::fs::read_to_string(&kubeconfig).unwrap();
+        let admin_token = format!("token: {}\n", server.token());
+        assert!(
+            text.contains(&admin_token),
+            "the lab's kubeconfig changed shape"
+        );
+        std::fs::write(
+            &kubeconfig,
+            text.replace(&admin_token, &format!("token: {token}\n")),
+        )
+        .unwrap();
+    }
+
+    Api::<IPAddressPool>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &IPAddressPool::new(
+                "lab",
+                IPAddressPoolSpec {
+                    addresses: vec![POOL_V4.into()],
+                    auto_assign: true,
+                    avoid_buggy_ips: false,
+                    service_allocation: None,
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    let adverts: Api<L2Advertisement> = Api::all(admin.clone());
+    let advert = L2Advertisement::new("lab", L2AdvertisementSpec::default());
+    adverts
+        .create(&PostParams::default(), &advert)
+        .await
+        .unwrap();
+    // Local policy, so the EndpointSlices decide who may announce.
+    objects::create_lb_service(&admin, "default", "web", &[vip], true)
+        .await
+        .unwrap();
+    objects::set_endpoints(&admin, "default", "web", &[("node-a", true)])
+        .await
+        .unwrap();
+
+    lab.start_speaker("node-a", &[]).unwrap();
+    let announced = async |want: &str| {
+        objects::announced_condition(&admin, "default", "web")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|(status, _)| status == want)
+    };
+    wait_for("the Announced condition", &lab, async || {
+        announced("True").await
+    })
+    .await;
+
+    // Lose the advertisement (announcement stops), get it back (the same Event again: kube's
+    // Recorder patches its series).
+    adverts
+        .delete("lab", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the condition turning False", &lab, async || {
+        announced("False").await
+    })
+    .await;
+    adverts
+        .create(&PostParams::default(), &advert)
+        .await
+        .unwrap();
+    wait_for("the condition turning True again", &lab, async || {
+        announced("True").await
+    })
+    .await;
+    wait_for("a repeated Event patched", &lab, async || {
+        audit(&lab)
+            .iter()
+            .any(|e| e.resource == "events" && e.verb == "patch")
+    })
+    .await;
+
+    check(&docs, SA, &audit(&lab), &lab.logs());
+}
