@@ -1,0 +1,819 @@
+//! Conformance, written from the Kubernetes API conventions and API concepts (optimistic
+//! concurrency, spec and status, finalizers, selectors, names and UIDs, error Status objects,
+//! CustomResourceDefinition validation, defaulting and pruning), not from the embedded server's
+//! code. Only `TestCluster` and kube's client are used, so with `TEST_ASSET_KUBE_APISERVER` and
+//! `TEST_ASSET_ETCD` set the same tests run against a real kube-apiserver.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LoadBalancerIngress, LoadBalancerStatus, Namespace, Service, ServicePort,
+    ServiceSpec, ServiceStatus,
+};
+use kube::ResourceExt;
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::core::ObjectMeta;
+use lodestone_crds::{IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus};
+use lodestone_harness::cluster::TestCluster;
+use serde_json::{Value, json};
+
+/// A raw request; returns the status code and the JSON body (Null when not JSON).
+async fn raw(c: &TestCluster, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = http::Request::builder().method(method).uri(path);
+    if body.is_some() {
+        req = req.header("Content-Type", "application/json");
+    }
+    let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    let resp = c
+        .client()
+        .send(req.body(kube::client::Body::from(bytes)).unwrap())
+        .await
+        .unwrap();
+    let code = resp.status().as_u16();
+    let bytes = resp.into_body().collect_bytes().await.unwrap();
+    (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn api_err<T: std::fmt::Debug>(r: kube::Result<T>) -> kube::core::Status {
+    match r {
+        Err(kube::Error::Api(e)) => *e,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn lb_service(name: &str) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("LoadBalancer".into()),
+            ports: Some(vec![ServicePort {
+                port: 80,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn ingress_ips(s: &Service) -> Vec<String> {
+    s.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .map(|i| i.iter().filter_map(|x| x.ip.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn with_ingress(mut s: Service, ip: &str) -> Service {
+    s.status = Some(ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus {
+            ingress: Some(vec![LoadBalancerIngress {
+                ip: Some(ip.into()),
+                ..Default::default()
+            }]),
+        }),
+        ..Default::default()
+    });
+    s
+}
+
+async fn cluster_with_crds() -> TestCluster {
+    let c = TestCluster::start().await.unwrap();
+    c.apply_crds(&lodestone_crds::all_crds()).await.unwrap();
+    c
+}
+
+fn pool(name: &str, addresses: &[&str]) -> IPAddressPool {
+    let mut p = IPAddressPool::new(
+        name,
+        IPAddressPoolSpec {
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            auto_assign: true,
+            avoid_buggy_ips: false,
+            service_allocation: None,
+        },
+    );
+    p.metadata.labels = Some(BTreeMap::from([("conf".to_string(), "yes".to_string())]));
+    p
+}
+
+/// "Concurrency Control and Consistency": a write carrying a resourceVersion that is no longer
+/// current fails with 409 Conflict, for update, for patch with a resourceVersion precondition
+/// and for delete with a resourceVersion precondition; the Status names the object.
+#[tokio::test]
+async fn stale_resource_version_is_409_conflict_for_update_patch_and_delete() {
+    let c = TestCluster::start().await.unwrap();
+    let api: Api<Service> = Api::namespaced(c.client(), "default");
+    let created = api
+        .create(&PostParams::default(), &lb_service("occ"))
+        .await
+        .unwrap();
+    let stale_rv = created.resource_version().unwrap();
+    let mut first = created.clone();
+    first.metadata.labels = Some(BTreeMap::from([("a".to_string(), "1".to_string())]));
+    let current = api
+        .replace("occ", &PostParams::default(), &first)
+        .await
+        .unwrap();
+    assert_ne!(current.resource_version().unwrap(), stale_rv);
+
+    let mut second = created.clone();
+    second.metadata.labels = Some(BTreeMap::from([("b".to_string(), "2".to_string())]));
+    let e = api_err(api.replace("occ", &PostParams::default(), &second).await);
+    assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
+    assert!(e.message.contains("services \"occ\""), "{}", e.message);
+
+    // The raw Status: kind Status, Failure, details naming the resource and the object.
+    let mut body = serde_json::to_value(&second).unwrap();
+    body["metadata"]["resourceVersion"] = json!(stale_rv);
+    let (code, status) = raw(
+        &c,
+        "PUT",
+        "/api/v1/namespaces/default/services/occ",
+        Some(body),
+    )
+    .await;
+    assert_eq!(code, 409);
+    assert_eq!(status["kind"], "Status");
+    assert_eq!(status["status"], "Failure");
+    assert_eq!(status["reason"], "Conflict");
+    assert_eq!(status["code"], 409);
+    assert_eq!(status["details"]["name"], "occ");
+    assert_eq!(status["details"]["kind"], "services");
+
+    // A merge patch with a stale resourceVersion is a precondition that fails the same way.
+    let patch = json!({"metadata": {"resourceVersion": stale_rv, "labels": {"c": "3"}}});
+    let e = api_err(
+        api.patch("occ", &PatchParams::default(), &Patch::Merge(&patch))
+            .await,
+    );
+    assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
+
+    // Delete with a stale resourceVersion precondition: refused, object still there.
+    let dp = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            resource_version: Some(stale_rv),
+            uid: None,
+        }),
+        ..Default::default()
+    };
+    let e = api_err(api.delete("occ", &dp).await);
+    assert_eq!((e.code, e.reason.as_str()), (409, "Conflict"));
+    let live = api.get("occ").await.unwrap();
+    assert_eq!(
+        live.labels().get("a").map(String::as_str),
+        Some("1"),
+        "only the first write landed"
+    );
+    assert_eq!(live.resource_version(), current.resource_version());
+}
+
+/// "Spec and Status": with the status subresource, writes to the main resource ignore status and
+/// writes to `/status` ignore everything but status. Service, a built-in kind.
+#[tokio::test]
+async fn service_status_subresource_is_isolated_both_ways() {
+    let c = TestCluster::start().await.unwrap();
+    let api: Api<Service> = Api::namespaced(c.client(), "default");
+    let created = api
+        .create(
+            &PostParams::default(),
+            &with_ingress(lb_service("iso"), "203.0.113.1"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        ingress_ips(&created).is_empty(),
+        "status is not set on create"
+    );
+
+    // Main resource: spec change lands, status change is dropped.
+    let mut o = with_ingress(created.clone(), "203.0.113.2");
+    o.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 81;
+    let after = api
+        .replace("iso", &PostParams::default(), &o)
+        .await
+        .unwrap();
+    assert_eq!(
+        after.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port,
+        81
+    );
+    assert!(ingress_ips(&after).is_empty());
+    let patch = json!({"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.3"}]}}});
+    let after = api
+        .patch("iso", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert!(
+        ingress_ips(&after).is_empty(),
+        "merge patch on the main resource"
+    );
+
+    // Status subresource: status lands, spec change is dropped.
+    let mut o = with_ingress(after.clone(), "203.0.113.4");
+    o.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 82;
+    let after = api
+        .replace_status("iso", &PostParams::default(), &o)
+        .await
+        .unwrap();
+    assert_eq!(ingress_ips(&after), ["203.0.113.4"]);
+    assert_eq!(
+        after.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port,
+        81
+    );
+    let patch = json!({"spec": {"ports": [{"port": 83}]}, "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}}});
+    let after = api
+        .patch_status("iso", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert_eq!(ingress_ips(&after), ["203.0.113.5"]);
+    assert_eq!(
+        after.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port,
+        81
+    );
+    assert_eq!(ingress_ips(&api.get("iso").await.unwrap()), ["203.0.113.5"]);
+}
+
+/// "Spec and Status" and "metadata.generation" for a custom resource with the status
+/// subresource: generation starts at 1 and moves only when the spec changes, never for
+/// metadata or status; each endpoint ignores the other half.
+#[tokio::test]
+async fn custom_resource_status_isolation_and_generation() {
+    let c = cluster_with_crds().await;
+    let api: Api<IPAddressPool> = Api::all(c.client());
+    let mut p = pool("gen", &["198.51.100.0/28"]);
+    p.status = Some(IPAddressPoolStatus {
+        assigned: 7,
+        ..Default::default()
+    });
+    let created = api.create(&PostParams::default(), &p).await.unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    assert_eq!(
+        created.status.as_ref().map(|s| s.assigned).unwrap_or(0),
+        0,
+        "status dropped on create"
+    );
+
+    // Metadata only: no bump.
+    let mut o = created.clone();
+    o.labels_mut().insert("extra".into(), "1".into());
+    let o = api
+        .replace("gen", &PostParams::default(), &o)
+        .await
+        .unwrap();
+    assert_eq!(o.metadata.generation, Some(1));
+
+    // Status through /status, with a spec change riding along: status lands, spec and
+    // generation do not move.
+    let mut s = o.clone();
+    s.spec.addresses = vec!["198.51.100.64/28".into()];
+    s.status = Some(IPAddressPoolStatus {
+        assigned: 3,
+        ..Default::default()
+    });
+    let s = api
+        .replace_status("gen", &PostParams::default(), &s)
+        .await
+        .unwrap();
+    assert_eq!(s.status.as_ref().unwrap().assigned, 3);
+    assert_eq!(s.spec.addresses, ["198.51.100.0/28"]);
+    assert_eq!(s.metadata.generation, Some(1));
+
+    // Spec through the main resource, with a status change riding along: spec lands and
+    // generation bumps, status does not move.
+    let mut m = s.clone();
+    m.spec.addresses = vec!["198.51.100.128/28".into()];
+    m.status.as_mut().unwrap().assigned = 99;
+    let m = api
+        .replace("gen", &PostParams::default(), &m)
+        .await
+        .unwrap();
+    assert_eq!(m.spec.addresses, ["198.51.100.128/28"]);
+    assert_eq!(m.status.as_ref().unwrap().assigned, 3);
+    assert_eq!(m.metadata.generation, Some(2));
+
+    // A no-op spec write does not bump.
+    let same = api
+        .replace("gen", &PostParams::default(), &m)
+        .await
+        .unwrap();
+    assert_eq!(same.metadata.generation, Some(2));
+}
+
+/// "Finalizers": delete sets deletionTimestamp and leaves the object while finalizers remain;
+/// no new finalizer may be added then; removing the last one removes the object, which a watch
+/// reports as DELETED.
+#[tokio::test]
+async fn finalizers_hold_the_object_until_removed() {
+    let c = TestCluster::start().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(c.client(), "default");
+    let mut o = cm("held", &[]);
+    o.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    let created = api.create(&PostParams::default(), &o).await.unwrap();
+    let mut w = api
+        .watch(
+            &WatchParams::default(),
+            &created.resource_version().unwrap(),
+        )
+        .await
+        .unwrap()
+        .boxed();
+
+    let deleted = api.delete("held", &DeleteParams::default()).await.unwrap();
+    let returned = deleted
+        .left()
+        .expect("the object, still present, is returned");
+    assert!(returned.metadata.deletion_timestamp.is_some());
+    let live = api.get("held").await.unwrap();
+    assert!(live.metadata.deletion_timestamp.is_some());
+    assert_eq!(live.finalizers(), ["example.com/hold"]);
+    assert_eq!(live.uid(), created.uid());
+
+    // Adding a finalizer to an object being deleted is refused.
+    let patch = json!({"metadata": {"finalizers": ["example.com/hold", "example.com/late"]}});
+    let e = api_err(
+        api.patch("held", &PatchParams::default(), &Patch::Merge(&patch))
+            .await,
+    );
+    assert_eq!(
+        (e.code, e.reason.as_str()),
+        (422, "Invalid"),
+        "{}",
+        e.message
+    );
+
+    // Deleting again changes nothing.
+    api.delete("held", &DeleteParams::default()).await.unwrap();
+    assert!(api.get("held").await.is_ok());
+
+    let patch = json!({"metadata": {"finalizers": null}});
+    api.patch("held", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert_eq!(api_err(api.get("held").await).code, 404);
+
+    let mut types = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(30), w.next())
+            .await
+            .expect("event within 30s")
+            .unwrap()
+            .unwrap();
+        match ev {
+            WatchEvent::Modified(o) => {
+                assert!(o.metadata.deletion_timestamp.is_some());
+                types.push("MODIFIED");
+            }
+            WatchEvent::Deleted(o) => {
+                assert_eq!(o.name_any(), "held");
+                types.push("DELETED");
+                break;
+            }
+            WatchEvent::Bookmark(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // At least the deletionTimestamp and the finalizer removal; then DELETED, once.
+    assert!(types.len() >= 2 && types[0] == "MODIFIED", "{types:?}");
+    assert_eq!(types.iter().filter(|t| **t == "DELETED").count(), 1);
+}
+
+async fn names(api: &Api<ConfigMap>, labels: &str, fields: &str) -> BTreeSet<String> {
+    let mut lp = ListParams::default().labels(labels);
+    if !fields.is_empty() {
+        lp = lp.fields(fields);
+    }
+    api.list(&lp)
+        .await
+        .unwrap_or_else(|e| panic!("list {labels:?} {fields:?}: {e}"))
+        .items
+        .iter()
+        .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// "Labels and Selectors" (equality- and set-based) and the field selectors every kind supports
+/// (`metadata.name`, `metadata.namespace`). Every object carries `conf=yes`, and every query
+/// includes it, so objects a real server makes on its own never match.
+#[tokio::test]
+async fn label_selector_operators_and_metadata_field_selectors() {
+    let c = TestCluster::start().await.unwrap();
+    let ns: Api<Namespace> = Api::all(c.client());
+    ns.create(
+        &PostParams::default(),
+        &Namespace {
+            metadata: ObjectMeta {
+                name: Some("conf-other".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let d: Api<ConfigMap> = Api::namespaced(c.client(), "default");
+    let o: Api<ConfigMap> = Api::namespaced(c.client(), "conf-other");
+    let all: Api<ConfigMap> = Api::all(c.client());
+    let pp = PostParams::default();
+    d.create(
+        &pp,
+        &cm(
+            "prod-web",
+            &[("conf", "yes"), ("env", "prod"), ("tier", "web")],
+        ),
+    )
+    .await
+    .unwrap();
+    d.create(
+        &pp,
+        &cm(
+            "dev-web",
+            &[("conf", "yes"), ("env", "dev"), ("tier", "web")],
+        ),
+    )
+    .await
+    .unwrap();
+    d.create(&pp, &cm("qa", &[("conf", "yes"), ("env", "qa")]))
+        .await
+        .unwrap();
+    d.create(&pp, &cm("plain", &[("conf", "yes")]))
+        .await
+        .unwrap();
+    o.create(
+        &pp,
+        &cm(
+            "prod-web",
+            &[("conf", "yes"), ("env", "prod"), ("tier", "web")],
+        ),
+    )
+    .await
+    .unwrap();
+
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "conf=yes,env=prod",
+            &["default/prod-web", "conf-other/prod-web"],
+        ),
+        (
+            "conf=yes,env==prod",
+            &["default/prod-web", "conf-other/prod-web"],
+        ),
+        // `!=` and `notin` also match objects without the key.
+        (
+            "conf=yes,env!=prod",
+            &["default/dev-web", "default/qa", "default/plain"],
+        ),
+        (
+            "conf=yes,env in (prod,dev)",
+            &["default/prod-web", "default/dev-web", "conf-other/prod-web"],
+        ),
+        (
+            "conf=yes,env notin (prod,dev)",
+            &["default/qa", "default/plain"],
+        ),
+        (
+            "conf=yes,tier",
+            &["default/prod-web", "default/dev-web", "conf-other/prod-web"],
+        ),
+        ("conf=yes,!tier", &["default/qa", "default/plain"]),
+        ("conf=yes,env,!tier", &["default/qa"]),
+        ("conf=yes,env in (qa),tier", &[]),
+    ];
+    for (sel, want) in cases {
+        assert_eq!(names(&all, sel, "").await, set(want), "selector {sel}");
+    }
+    assert_eq!(
+        names(&all, "conf=yes", "metadata.name=prod-web").await,
+        set(&["default/prod-web", "conf-other/prod-web"])
+    );
+    assert_eq!(
+        names(&all, "conf=yes", "metadata.namespace=conf-other").await,
+        set(&["conf-other/prod-web"])
+    );
+    assert_eq!(
+        names(
+            &all,
+            "conf=yes",
+            "metadata.namespace!=conf-other,metadata.name!=plain"
+        )
+        .await,
+        set(&["default/prod-web", "default/dev-web", "default/qa"])
+    );
+    assert_eq!(
+        names(&d, "conf=yes", "metadata.name==qa").await,
+        set(&["default/qa"])
+    );
+    // An unknown field is refused rather than ignored.
+    let e = api_err(all.list(&ListParams::default().fields("data.x=1")).await);
+    assert_eq!(e.code, 400, "{}", e.message);
+}
+
+/// "Names and UIDs" / "generateName": the server appends 5 random characters from
+/// apimachinery's alphabet; every object gets a fresh UID, also when a name is reused, and a
+/// creationTimestamp in RFC 3339 at second precision.
+#[tokio::test]
+async fn generate_name_uid_and_creation_timestamp() {
+    let c = TestCluster::start().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(c.client(), "default");
+    let alphabet = "bcdfghjklmnpqrstvwxz2456789";
+    let mut names = BTreeSet::new();
+    let mut uids = BTreeSet::new();
+    for _ in 0..5 {
+        let mut o = cm("", &[]);
+        o.metadata.name = None;
+        o.metadata.generate_name = Some("gen-".into());
+        let made = api.create(&PostParams::default(), &o).await.unwrap();
+        let name = made.name_any();
+        let suffix = name.strip_prefix("gen-").expect("prefix kept");
+        assert_eq!(suffix.len(), 5, "{name}");
+        assert!(suffix.chars().all(|ch| alphabet.contains(ch)), "{name}");
+        assert_eq!(made.metadata.generate_name.as_deref(), Some("gen-"));
+        names.insert(name);
+        uids.insert(made.uid().unwrap());
+    }
+    assert_eq!((names.len(), uids.len()), (5, 5));
+
+    // A name given alongside generateName wins.
+    let mut o = cm("explicit", &[]);
+    o.metadata.generate_name = Some("gen-".into());
+    assert_eq!(
+        api.create(&PostParams::default(), &o)
+            .await
+            .unwrap()
+            .name_any(),
+        "explicit"
+    );
+
+    // Re-creating a name gives a new UID.
+    let uid1 = api.get("explicit").await.unwrap().uid().unwrap();
+    api.delete("explicit", &DeleteParams::default())
+        .await
+        .unwrap();
+    let uid2 = api
+        .create(&PostParams::default(), &cm("explicit", &[]))
+        .await
+        .unwrap()
+        .uid()
+        .unwrap();
+    assert_ne!(uid1, uid2);
+    assert!(!uids.contains(&uid2));
+    // UIDs are RFC 4122 strings.
+    let uuid = regex::Regex::new("^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+        .unwrap();
+    assert!(uuid.is_match(&uid2), "{uid2}");
+
+    let (code, body) = raw(
+        &c,
+        "GET",
+        "/api/v1/namespaces/default/configmaps/explicit",
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+    let ts = body["metadata"]["creationTimestamp"].as_str().unwrap();
+    let rfc3339 = regex::Regex::new(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$").unwrap();
+    assert!(rfc3339.is_match(ts), "{ts}");
+    // Clients cannot set it: a value sent on create is replaced.
+    let (code, body) = raw(
+        &c,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "old", "creationTimestamp": "2001-01-01T00:00:00Z",
+                         "uid": "00000000-0000-0000-0000-000000000000"}})),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    assert_ne!(
+        body["metadata"]["creationTimestamp"],
+        "2001-01-01T00:00:00Z"
+    );
+    assert_ne!(
+        body["metadata"]["uid"],
+        "00000000-0000-0000-0000-000000000000"
+    );
+}
+
+/// "Error responses": failures are a `Status` with `status: Failure`, the HTTP code, a
+/// CamelCase reason and `details` naming the object and the resource (plural), and, for custom
+/// resources, the group.
+#[tokio::test]
+async fn not_found_and_already_exists_status_shapes() {
+    let c = cluster_with_crds().await;
+    let (code, s) = raw(
+        &c,
+        "GET",
+        "/api/v1/namespaces/default/configmaps/nope",
+        None,
+    )
+    .await;
+    assert_eq!(code, 404);
+    assert_eq!(s["apiVersion"], "v1");
+    assert_eq!(s["kind"], "Status");
+    assert_eq!(s["status"], "Failure");
+    assert_eq!(s["reason"], "NotFound");
+    assert_eq!(s["code"], 404);
+    assert_eq!(s["message"], "configmaps \"nope\" not found");
+    assert_eq!(s["details"]["name"], "nope");
+    assert_eq!(s["details"]["kind"], "configmaps");
+
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "dup"}});
+    let (code, _) = raw(
+        &c,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let (code, s) = raw(
+        &c,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some(body),
+    )
+    .await;
+    assert_eq!(code, 409);
+    assert_eq!(s["kind"], "Status");
+    assert_eq!(s["status"], "Failure");
+    assert_eq!(s["reason"], "AlreadyExists");
+    assert_eq!(s["code"], 409);
+    assert_eq!(s["message"], "configmaps \"dup\" already exists");
+    assert_eq!(s["details"]["name"], "dup");
+    assert_eq!(s["details"]["kind"], "configmaps");
+
+    let (code, s) = raw(
+        &c,
+        "GET",
+        "/apis/lodestone.dev/v1alpha1/ipaddresspools/nope",
+        None,
+    )
+    .await;
+    assert_eq!(code, 404);
+    assert_eq!(s["reason"], "NotFound");
+    assert_eq!(
+        s["message"],
+        "ipaddresspools.lodestone.dev \"nope\" not found"
+    );
+    assert_eq!(s["details"]["group"], "lodestone.dev");
+    assert_eq!(s["details"]["kind"], "ipaddresspools");
+
+    let pools: Api<IPAddressPool> = Api::all(c.client());
+    pools
+        .create(&PostParams::default(), &pool("twice", &["192.0.2.0/28"]))
+        .await
+        .unwrap();
+    let e = api_err(
+        pools
+            .create(&PostParams::default(), &pool("twice", &["192.0.2.0/28"]))
+            .await,
+    );
+    assert_eq!((e.code, e.reason.as_str()), (409, "AlreadyExists"));
+    assert_eq!(
+        e.message,
+        "ipaddresspools.lodestone.dev \"twice\" already exists"
+    );
+}
+
+/// CustomResourceDefinition structural schemas: invalid objects get 422 Invalid with one cause
+/// per failing field (CEL rules and OpenAPI constraints alike); defaults are applied; fields
+/// the schema does not know are pruned, at every level.
+#[tokio::test]
+async fn custom_resource_validation_defaulting_and_pruning() {
+    let c = cluster_with_crds().await;
+    let path = "/apis/lodestone.dev/v1alpha1/ipaddresspools";
+    let (code, s) = raw(
+        &c,
+        "POST",
+        path,
+        Some(
+            json!({"apiVersion": "lodestone.dev/v1alpha1", "kind": "IPAddressPool",
+            "metadata": {"name": "bad"},
+            "spec": {"addresses": ["not-an-address"], "autoAssign": "yes",
+                     "serviceAllocation": {"priority": -1}}}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 422, "{s}");
+    assert_eq!(s["kind"], "Status");
+    assert_eq!(s["reason"], "Invalid");
+    assert_eq!(s["details"]["name"], "bad");
+    assert_eq!(s["details"]["group"], "lodestone.dev");
+    assert_eq!(s["details"]["kind"], "IPAddressPool");
+    let msg = s["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("IPAddressPool.lodestone.dev \"bad\" is invalid: "),
+        "{msg}"
+    );
+    let causes = s["details"]["causes"].as_array().expect("causes");
+    let fields: BTreeSet<&str> = causes.iter().filter_map(|c| c["field"].as_str()).collect();
+    for f in ["spec.autoAssign", "spec.serviceAllocation.priority"] {
+        assert!(fields.contains(f), "a cause for {f}: {causes:?}");
+    }
+    for cause in causes {
+        assert!(
+            cause["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("Field")),
+            "{cause}"
+        );
+        assert!(
+            cause["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{cause}"
+        );
+    }
+
+    // The CEL rule on its own (types valid): one cause on spec.addresses with the rule's message.
+    let (code, s) = raw(
+        &c,
+        "POST",
+        path,
+        Some(
+            json!({"apiVersion": "lodestone.dev/v1alpha1", "kind": "IPAddressPool",
+            "metadata": {"name": "bad2"}, "spec": {"addresses": ["not-an-address"]}}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 422, "{s}");
+    let causes = s["details"]["causes"].as_array().expect("causes");
+    assert!(
+        causes.iter().any(|c| c["field"] == "spec.addresses"
+            && c["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("each entry must be a CIDR"))),
+        "{causes:?}"
+    );
+    // minItems.
+    let (code, s) = raw(
+        &c,
+        "POST",
+        path,
+        Some(
+            json!({"apiVersion": "lodestone.dev/v1alpha1", "kind": "IPAddressPool",
+            "metadata": {"name": "empty"}, "spec": {"addresses": []}}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 422, "{s}");
+    assert!(
+        s["details"]["causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["field"] == "spec.addresses")
+    );
+
+    // Defaults and pruning.
+    let (code, o) = raw(
+        &c,
+        "POST",
+        path,
+        Some(
+            json!({"apiVersion": "lodestone.dev/v1alpha1", "kind": "IPAddressPool",
+            "metadata": {"name": "good"}, "topLevel": 1,
+            "spec": {"addresses": ["203.0.113.0/28"], "bogus": true,
+                     "serviceAllocation": {"priority": 1, "nested": "x"}}}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 201, "{o}");
+    assert_eq!(o["spec"]["autoAssign"], true, "defaulted");
+    assert_eq!(o["spec"]["avoidBuggyIPs"], false, "defaulted");
+    assert!(o.get("topLevel").is_none(), "pruned: {o}");
+    assert!(o["spec"].get("bogus").is_none(), "pruned: {o}");
+    assert!(
+        o["spec"]["serviceAllocation"].get("nested").is_none(),
+        "pruned: {o}"
+    );
+    assert_eq!(o["spec"]["serviceAllocation"]["priority"], 1);
+    // What was stored is what was returned.
+    let (_, stored) = raw(&c, "GET", &format!("{path}/good"), None).await;
+    assert_eq!(stored["spec"], o["spec"]);
+}
