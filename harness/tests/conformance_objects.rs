@@ -321,6 +321,26 @@ async fn custom_resource_status_isolation_and_generation() {
         .await
         .unwrap();
     assert_eq!(same.metadata.generation, Some(2));
+
+    // A status write carries status only: a label change riding along is dropped too.
+    let mut l = same.clone();
+    l.labels_mut().insert("via-status".into(), "1".into());
+    l.status.as_mut().unwrap().assigned = 4;
+    let l = api
+        .replace_status("gen", &PostParams::default(), &l)
+        .await
+        .unwrap();
+    assert_eq!(l.status.as_ref().unwrap().assigned, 4);
+    assert!(!l.labels().contains_key("via-status"), "{:?}", l.labels());
+
+    // Deleting a custom resource answers with the deleted object (kube-apiserver's custom
+    // resource store returns it), unlike most built-in kinds, which answer with a Status.
+    let gone = api.delete("gen", &DeleteParams::default()).await.unwrap();
+    let obj = gone
+        .left()
+        .expect("the deleted custom resource is returned");
+    assert_eq!(obj.name_any(), "gen");
+    assert_eq!(api_err(api.get("gen").await).code, 404);
 }
 
 /// "Finalizers": delete sets deletionTimestamp and leaves the object while finalizers remain;
@@ -816,4 +836,143 @@ async fn custom_resource_validation_defaulting_and_pruning() {
     // What was stored is what was returned.
     let (_, stored) = raw(&c, "GET", &format!("{path}/good"), None).await;
     assert_eq!(stored["spec"], o["spec"]);
+}
+
+/// "Concurrency Control": without a resourceVersion an update is unconditional (ConfigMaps
+/// allow it); PUT does not create (404); the name and namespace in the body must match the URL
+/// (400); an invalid name is 422 with a cause on `metadata.name`; kinds whose strategy does not
+/// track it have no `metadata.generation`.
+#[tokio::test]
+async fn update_preconditions_identity_and_name_validation() {
+    let c = TestCluster::start().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(c.client(), "default");
+    let created = api
+        .create(&PostParams::default(), &cm("plain", &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        created.metadata.generation, None,
+        "ConfigMaps have no generation"
+    );
+    let mut o = cm("plain", &[("k", "v")]);
+    o.metadata.resource_version = None;
+    let updated = api
+        .replace("plain", &PostParams::default(), &o)
+        .await
+        .unwrap();
+    assert_eq!(updated.labels().get("k").map(String::as_str), Some("v"));
+    assert_eq!(updated.uid(), created.uid());
+    assert_eq!(updated.metadata.generation, None);
+
+    // PUT of a missing object is 404 (no create-on-update for ConfigMaps).
+    let e = api_err(
+        api.replace("missing", &PostParams::default(), &cm("missing", &[]))
+            .await,
+    );
+    assert_eq!((e.code, e.reason.as_str()), (404, "NotFound"));
+    // Merge patch and delete of a missing object: 404 too.
+    let e = api_err(
+        api.patch(
+            "missing",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"a": "b"}})),
+        )
+        .await,
+    );
+    assert_eq!(e.code, 404);
+    assert_eq!(
+        api_err(api.delete("missing", &DeleteParams::default()).await).code,
+        404
+    );
+
+    // Body name differs from the URL: 400 BadRequest.
+    let (code, s) = raw(
+        &c,
+        "PUT",
+        "/api/v1/namespaces/default/configmaps/plain",
+        Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "other"}})),
+    )
+    .await;
+    assert_eq!(
+        (code, s["reason"].as_str()),
+        (400, Some("BadRequest")),
+        "{s}"
+    );
+    // Body namespace differs from the URL: 400 BadRequest.
+    let (code, s) = raw(
+        &c,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "x", "namespace": "kube-system"}})),
+    )
+    .await;
+    assert_eq!(
+        (code, s["reason"].as_str()),
+        (400, Some("BadRequest")),
+        "{s}"
+    );
+
+    // Names are DNS subdomains: upper case is refused with a cause on metadata.name.
+    let (code, s) = raw(
+        &c,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "Bad_Name"}})),
+    )
+    .await;
+    assert_eq!((code, s["reason"].as_str()), (422, Some("Invalid")), "{s}");
+    assert_eq!(s["details"]["kind"], "ConfigMap");
+    assert!(
+        s["details"]["causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["field"] == "metadata.name"),
+        "{s}"
+    );
+}
+
+/// A watch with a field selector on `metadata.name` sees only that object.
+#[tokio::test]
+async fn watch_with_a_name_field_selector_sees_only_that_object() {
+    let c = TestCluster::start().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(c.client(), "default");
+    let rv = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut w = api
+        .watch(&WatchParams::default().fields("metadata.name=wanted"), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    api.create(&PostParams::default(), &cm("other", &[]))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &cm("wanted", &[]))
+        .await
+        .unwrap();
+    api.delete("other", &DeleteParams::default()).await.unwrap();
+    api.delete("wanted", &DeleteParams::default())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let ev = tokio::time::timeout(Duration::from_secs(30), w.next())
+            .await
+            .expect("event within 30s")
+            .unwrap()
+            .unwrap();
+        match ev {
+            WatchEvent::Added(o) => seen.push(format!("ADDED {}", o.name_any())),
+            WatchEvent::Deleted(o) => seen.push(format!("DELETED {}", o.name_any())),
+            WatchEvent::Bookmark(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, ["ADDED wanted", "DELETED wanted"]);
 }
