@@ -1084,3 +1084,139 @@ async fn delete_collection_dry_run_bad_selector_and_strict_field_validation() {
         "{s}"
     );
 }
+
+/// Service defaulting and allocation as the API reference describes it for a `LoadBalancer`
+/// Service with one port: a cluster IP from the service CIDR (10.96.0.0/12 on both servers), a
+/// node port in 30000-32767, single-stack IPv4, protocol TCP, targetPort = port, Cluster traffic
+/// policies, no session affinity, node ports allocated; changing the type to ClusterIP drops the
+/// node ports.
+#[tokio::test]
+async fn load_balancer_service_defaults_and_allocations() {
+    let c = TestCluster::start().await.unwrap();
+    let api: Api<Service> = Api::namespaced(c.client(), "default");
+    let s = api
+        .create(&PostParams::default(), &lb_service("defaults"))
+        .await
+        .unwrap();
+    let spec = s.spec.clone().unwrap();
+    let cidr: ipnet::Ipv4Net = "10.96.0.0/12".parse().unwrap();
+    let ip: std::net::Ipv4Addr = spec.cluster_ip.as_deref().unwrap().parse().unwrap();
+    assert!(cidr.contains(&ip), "{ip}");
+    assert_eq!(spec.cluster_ips, Some(vec![ip.to_string()]));
+    assert_eq!(spec.ip_families, Some(vec!["IPv4".to_string()]));
+    assert_eq!(spec.ip_family_policy.as_deref(), Some("SingleStack"));
+    assert_eq!(spec.session_affinity.as_deref(), Some("None"));
+    assert_eq!(spec.external_traffic_policy.as_deref(), Some("Cluster"));
+    assert_eq!(spec.internal_traffic_policy.as_deref(), Some("Cluster"));
+    assert_eq!(spec.allocate_load_balancer_node_ports, Some(true));
+    let port = &spec.ports.as_ref().unwrap()[0];
+    assert_eq!(port.protocol.as_deref(), Some("TCP"));
+    assert_eq!(
+        port.target_port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(80))
+    );
+    let node_port = port.node_port.expect("a node port");
+    assert!((30000..=32767).contains(&node_port), "{node_port}");
+
+    let patch = json!({"spec": {"type": "ClusterIP"}});
+    let s = api
+        .patch("defaults", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let spec = s.spec.unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    assert_eq!(spec.ports.unwrap()[0].node_port, None, "node port released");
+    assert_eq!(
+        spec.cluster_ip.as_deref(),
+        Some(ip.to_string().as_str()),
+        "cluster IP kept"
+    );
+}
+
+/// "Semantics for watch": a watch from resourceVersion "0" starts with a synthetic ADDED event
+/// for every existing object, then continues with changes.
+#[tokio::test]
+async fn watch_from_zero_starts_with_the_current_objects() {
+    let c = TestCluster::start().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(c.client(), "default");
+    for n in ["one", "two"] {
+        api.create(&PostParams::default(), &cm(n, &[]))
+            .await
+            .unwrap();
+    }
+    let mut w = api
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let mut seen = BTreeSet::new();
+    while seen.len() < 2 {
+        let ev = tokio::time::timeout(Duration::from_secs(30), w.next())
+            .await
+            .expect("event within 30s")
+            .unwrap()
+            .unwrap();
+        match ev {
+            WatchEvent::Added(o) => {
+                seen.insert(o.name_any());
+            }
+            WatchEvent::Bookmark(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, set(&["one", "two"]));
+    api.create(&PostParams::default(), &cm("three", &[]))
+        .await
+        .unwrap();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(30), w.next())
+            .await
+            .expect("event within 30s")
+            .unwrap()
+            .unwrap();
+        match ev {
+            WatchEvent::Added(o) => {
+                assert_eq!(o.name_any(), "three");
+                break;
+            }
+            WatchEvent::Bookmark(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Label keys and values follow the documented syntax (value at most 63 characters, alphanumeric
+/// at both ends): a bad one is 422 with a cause under `metadata.labels`.
+#[tokio::test]
+async fn malformed_labels_are_422() {
+    let c = TestCluster::start().await.unwrap();
+    for (k, v) in [
+        ("ok", "x".repeat(64)),
+        ("ok", "-leading".to_string()),
+        ("bad key!", "v".to_string()),
+    ] {
+        let (code, s) = raw(
+            &c,
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            Some(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "labelled", "labels": {k: v}}})),
+        )
+        .await;
+        assert_eq!(
+            (code, s["reason"].as_str()),
+            (422, Some("Invalid")),
+            "{k}={v}: {s}"
+        );
+        assert!(
+            s["details"]["causes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["field"]
+                    .as_str()
+                    .is_some_and(|f| f.starts_with("metadata.labels"))),
+            "{s}"
+        );
+    }
+}
