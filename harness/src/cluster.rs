@@ -1026,6 +1026,48 @@ HTTPServer((host, int(port)), H).serve_forever()
         assert!(!kubeconfig.exists(), "kubeconfig removed");
     }
 
+    /// The harness's etcd half for real: a real etcd under the stand-in API server.
+    #[tokio::test]
+    async fn real_etcd_under_a_standin_apiserver() {
+        let etcd = PathBuf::from("/usr/bin/etcd");
+        if !etcd.is_file() {
+            eprintln!("SKIP: no /usr/bin/etcd (apt-get install etcd-server)");
+            return;
+        }
+        let Some((_rec, mut assets)) = standin_assets("ok", Duration::from_secs(60)) else {
+            return;
+        };
+        assets.etcd = etcd;
+        let cluster = TestCluster::start_real(&assets).await.unwrap();
+        let dir = cluster.real_dir().unwrap().to_path_buf();
+        assert!(dir.join("etcd-data/member").is_dir());
+        let (_, etcd_pid) = cluster.real_pids().unwrap();
+        let exe = std::fs::read_link(format!("/proc/{etcd_pid}/exe")).unwrap();
+        assert!(exe.ends_with("etcd"), "{}", exe.display());
+        drop(cluster);
+        assert!(!alive(etcd_pid) && !dir.exists());
+    }
+
+    #[tokio::test]
+    async fn a_test_that_panics_still_stops_both_processes_and_removes_the_dir() {
+        let Some((_rec, assets)) = standin_assets("ok", Duration::from_secs(60)) else {
+            return;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let cluster = TestCluster::start_real(&assets).await.unwrap();
+            let (api, etcd) = cluster.real_pids().unwrap();
+            let dir = cluster.real_dir().unwrap().to_path_buf();
+            tx.send((api.unwrap(), etcd, dir)).unwrap();
+            panic!("a failing test");
+        });
+        let err = task.await.unwrap_err();
+        assert!(err.is_panic());
+        let (api, etcd, dir) = rx.await.unwrap();
+        assert!(!alive(api) && !alive(etcd));
+        assert!(!dir.exists());
+    }
+
     #[tokio::test]
     async fn a_crashing_apiserver_fails_start_with_its_log_and_etcd_is_stopped() {
         let Some((rec, assets)) = standin_assets("crash", Duration::from_secs(60)) else {
