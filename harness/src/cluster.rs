@@ -316,18 +316,45 @@ pub struct RealAssets {
 }
 
 impl RealAssets {
-    /// From `TEST_ASSET_KUBE_APISERVER` and `TEST_ASSET_ETCD`, when both are set and non-empty.
+    /// From `TEST_ASSET_KUBE_APISERVER` and `TEST_ASSET_ETCD`: see [`RealAssets::from_vars`].
+    /// When only one is set, says so on stderr (the test output) and picks the embedded server.
     pub fn from_env() -> Option<RealAssets> {
-        let get = |k| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        Some(RealAssets {
-            kube_apiserver: get("TEST_ASSET_KUBE_APISERVER")?,
-            etcd: get("TEST_ASSET_ETCD")?,
-            ready_timeout: REAL_READY_TIMEOUT,
-        })
+        let assets = RealAssets::from_vars(
+            std::env::var_os("TEST_ASSET_KUBE_APISERVER"),
+            std::env::var_os("TEST_ASSET_ETCD"),
+        );
+        match assets {
+            Ok(a) => a,
+            Err(only_one) => {
+                eprintln!("lodestone-harness: {only_one}; using the embedded API server");
+                None
+            }
+        }
+    }
+
+    /// Both set (non-empty): the real server; neither: the embedded one; only one: an error
+    /// naming the missing one. (etcd alone is a legitimate setup for the etcd tests, so the
+    /// caller decides what to do with it.)
+    pub fn from_vars(
+        kube_apiserver: Option<std::ffi::OsString>,
+        etcd: Option<std::ffi::OsString>,
+    ) -> Result<Option<RealAssets>, String> {
+        let kube_apiserver = kube_apiserver.filter(|v| !v.is_empty());
+        let etcd = etcd.filter(|v| !v.is_empty());
+        match (kube_apiserver, etcd) {
+            (Some(k), Some(e)) => Ok(Some(RealAssets {
+                kube_apiserver: PathBuf::from(k),
+                etcd: PathBuf::from(e),
+                ready_timeout: REAL_READY_TIMEOUT,
+            })),
+            (None, None) => Ok(None),
+            (Some(_), None) => {
+                Err("TEST_ASSET_KUBE_APISERVER is set but TEST_ASSET_ETCD is not".into())
+            }
+            (None, Some(_)) => {
+                Err("TEST_ASSET_ETCD is set but TEST_ASSET_KUBE_APISERVER is not".into())
+            }
+        }
     }
 }
 
@@ -802,6 +829,27 @@ mod tests {
         assert_eq!(ca, b"-----BEGIN CERTIFICATE-----\nX\n");
         assert!(kc.auth_infos[0].auth_info.as_ref().unwrap().token.is_some());
         assert!(yaml.contains("\n    token: tok\n"), "{yaml}");
+    }
+
+    #[test]
+    fn assets_need_both_variables_or_neither() {
+        let some = |s: &str| Some(std::ffi::OsString::from(s));
+        let both = RealAssets::from_vars(some("/k"), some("/e"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(both.kube_apiserver, Path::new("/k"));
+        assert_eq!(both.etcd, Path::new("/e"));
+        assert_eq!(both.ready_timeout, REAL_READY_TIMEOUT);
+        assert!(RealAssets::from_vars(None, None).unwrap().is_none());
+        assert!(RealAssets::from_vars(some(""), some("")).unwrap().is_none());
+        let e = RealAssets::from_vars(some("/k"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TEST_ASSET_ETCD is not"), "{e}");
+        let e = RealAssets::from_vars(some(""), some("/e"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TEST_ASSET_KUBE_APISERVER is not"), "{e}");
     }
 
     #[test]
