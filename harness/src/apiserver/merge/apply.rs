@@ -952,10 +952,12 @@ mod tests {
         .unwrap();
         assert_eq!(o2["status"]["assigned"], 2);
         assert_eq!(o2["spec"], live["spec"]);
-        // The schema has no list-type marker on conditions: the list is owned atomically.
+        // The schema marks conditions as a map list keyed by type: each entry is owned on its
+        // own, so the speaker and the controller can each own their condition.
         assert_eq!(
             entry(&o2, "lodestone-controller").unwrap()["fieldsV1"]["f:status"]["f:conditions"],
-            json!({})
+            json!({"k:{\"type\":\"Ready\"}": {".": {}, "f:lastTransitionTime": {}, "f:message": {},
+                   "f:reason": {}, "f:status": {}, "f:type": {}}})
         );
         let mut bogus = status(3);
         bogus["status"]["notInTheSchema"] = json!(1);
