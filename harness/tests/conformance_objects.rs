@@ -1220,3 +1220,109 @@ async fn malformed_labels_are_422() {
         );
     }
 }
+
+/// System fields cannot be rewritten by an update: a different `uid` is a failed precondition
+/// (409), a different `creationTimestamp` is ignored.
+#[tokio::test]
+async fn updates_cannot_rewrite_system_metadata() {
+    let c = TestCluster::start().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(c.client(), "default");
+    let created = api
+        .create(&PostParams::default(), &cm("sys", &[]))
+        .await
+        .unwrap();
+    let mut o = created.clone();
+    o.metadata.uid = Some("00000000-0000-0000-0000-000000000001".into());
+    let e = api_err(api.replace("sys", &PostParams::default(), &o).await);
+    assert_eq!(
+        (e.code, e.reason.as_str()),
+        (409, "Conflict"),
+        "{}",
+        e.message
+    );
+
+    let mut body = serde_json::to_value(&created).unwrap();
+    body["metadata"]["creationTimestamp"] = json!("2001-01-01T00:00:00Z");
+    body["metadata"]["labels"] = json!({"touched": "yes"});
+    let (code, after) = raw(
+        &c,
+        "PUT",
+        "/api/v1/namespaces/default/configmaps/sys",
+        Some(body),
+    )
+    .await;
+    assert_eq!(code, 200, "{after}");
+    assert_eq!(after["metadata"]["labels"]["touched"], "yes");
+    assert_eq!(
+        after["metadata"]["creationTimestamp"],
+        serde_json::to_value(&created.metadata.creation_timestamp).unwrap()
+    );
+}
+
+/// "Resource versions" for list: `resourceVersionMatch=Exact` returns the state at that version,
+/// or 410 Gone when the server no longer has it; never the current state.
+///
+/// The embedded server still answers with the current state: the rule is implemented and
+/// unit-tested as `handlers::check_list_version`, but the list route in `server.rs` (being
+/// changed by a colleague) does not call it yet. Run with `--run-ignored all` once it does.
+#[tokio::test]
+#[ignore = "embedded list ignores resourceVersionMatch until server.rs calls handlers::check_list_version"]
+async fn exact_list_is_the_old_state_or_410() {
+    let c = TestCluster::start().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(c.client(), "default");
+    api.create(&PostParams::default(), &cm("early", &[("conf", "yes")]))
+        .await
+        .unwrap();
+    let rv = api
+        .list(&ListParams::default().labels("conf=yes"))
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    api.create(&PostParams::default(), &cm("late", &[("conf", "yes")]))
+        .await
+        .unwrap();
+    let (code, body) = raw(
+        &c,
+        "GET",
+        &format!(
+            "/api/v1/namespaces/default/configmaps?labelSelector=conf%3Dyes&resourceVersion={rv}&resourceVersionMatch=Exact"
+        ),
+        None,
+    )
+    .await;
+    match code {
+        200 => {
+            let names: Vec<&str> = body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|o| o["metadata"]["name"].as_str())
+                .collect();
+            assert_eq!(names, ["early"], "the state at {rv}");
+            assert_eq!(body["metadata"]["resourceVersion"], rv.as_str());
+        }
+        410 => assert_eq!(body["reason"], "Expired", "{body}"),
+        other => panic!("{other}: {body}"),
+    }
+}
+
+/// Strategic merge patch is defined only for built-in kinds: a custom resource answers 415.
+#[tokio::test]
+async fn strategic_merge_patch_on_a_custom_resource_is_415() {
+    let c = cluster_with_crds().await;
+    let api: Api<IPAddressPool> = Api::all(c.client());
+    api.create(&PostParams::default(), &pool("smp", &["192.0.2.0/28"]))
+        .await
+        .unwrap();
+    let e = api_err(
+        api.patch(
+            "smp",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"autoAssign": false}})),
+        )
+        .await,
+    );
+    assert_eq!(e.code, 415, "{}", e.message);
+}

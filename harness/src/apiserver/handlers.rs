@@ -1587,3 +1587,164 @@ mod tests {
         }
     }
 }
+
+/// What a list request's `resourceVersion` and `resourceVersionMatch` allow, given the store's
+/// current resourceVersion ("Semantics for get and list" in the API concepts). This server keeps
+/// no old states, so it can only serve the current one: `Ok` means serve it; an `Exact` version
+/// older than the current one is 410 Expired (what kube-apiserver answers once etcd has
+/// compacted it), a version newer than the current one is 504 Timeout with cause
+/// `ResourceVersionTooLarge` (what kube-apiserver answers after waiting for it), and malformed
+/// combinations are 422 on `ListOptions` as kube-apiserver's validation has them.
+pub fn check_list_version(
+    rv: Option<&str>,
+    rv_match: Option<&str>,
+    current: u64,
+) -> Result<(), ApiError> {
+    let rv = rv.filter(|s| !s.is_empty());
+    let rv_match = rv_match.filter(|s| !s.is_empty());
+    let invalid = |field: &str, reason: &str, message: String| {
+        ApiError::invalid(
+            "meta.k8s.io",
+            "ListOptions",
+            "",
+            vec![Cause {
+                reason: reason.to_string(),
+                message,
+                field: field.to_string(),
+            }],
+        )
+    };
+    let exact = match rv_match {
+        None => false,
+        Some("Exact") => true,
+        Some("NotOlderThan") => false,
+        Some(other) => {
+            return Err(invalid(
+                "resourceVersionMatch",
+                "FieldValueNotSupported",
+                format!(
+                    "Unsupported value: \"{other}\": supported values: \"Exact\", \"NotOlderThan\", \"\""
+                ),
+            ));
+        }
+    };
+    let Some(rv) = rv else {
+        if rv_match.is_some() {
+            return Err(invalid(
+                "resourceVersionMatch",
+                "FieldValueForbidden",
+                "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"
+                    .to_string(),
+            ));
+        }
+        return Ok(());
+    };
+    let Ok(wanted) = rv.parse::<u64>() else {
+        return Err(ApiError::bad_request(format!(
+            "invalid resource version: {rv:?}"
+        )));
+    };
+    if wanted == 0 {
+        if exact {
+            return Err(invalid(
+                "resourceVersionMatch",
+                "FieldValueForbidden",
+                "Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""
+                    .to_string(),
+            ));
+        }
+        return Ok(());
+    }
+    if wanted > current {
+        return Err(ApiError {
+            code: 504,
+            reason: "Timeout",
+            message: format!("Timeout: Too large resource version: {wanted}, current: {current}"),
+            details: Some(json!({
+                "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                "retryAfterSeconds": 1
+            })),
+        });
+    }
+    if exact && wanted < current {
+        return Err(ApiError::expired(wanted, current));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod list_version_tests {
+    use super::check_list_version;
+
+    fn code(rv: Option<&str>, m: Option<&str>, current: u64) -> u16 {
+        match check_list_version(rv, m, current) {
+            Ok(()) => 200,
+            Err(e) => e.code,
+        }
+    }
+
+    #[test]
+    fn unset_and_zero_serve_the_current_state() {
+        assert_eq!(code(None, None, 10), 200);
+        assert_eq!(code(Some(""), Some(""), 10), 200);
+        assert_eq!(code(Some("0"), None, 10), 200);
+        assert_eq!(code(Some("0"), Some("NotOlderThan"), 10), 200);
+    }
+
+    #[test]
+    fn not_older_than_accepts_any_version_up_to_the_current() {
+        for rv in ["1", "9", "10"] {
+            assert_eq!(code(Some(rv), None, 10), 200, "{rv}");
+            assert_eq!(code(Some(rv), Some("NotOlderThan"), 10), 200, "{rv}");
+        }
+    }
+
+    #[test]
+    fn exact_is_the_current_version_or_410() {
+        assert_eq!(code(Some("10"), Some("Exact"), 10), 200);
+        let e = check_list_version(Some("7"), Some("Exact"), 10).unwrap_err();
+        assert_eq!((e.code, e.reason), (410, "Expired"));
+        assert_eq!(e.message, "too old resource version: 7 (10)");
+    }
+
+    #[test]
+    fn future_versions_time_out_with_the_documented_cause() {
+        for m in [None, Some("NotOlderThan"), Some("Exact")] {
+            let e = check_list_version(Some("11"), m, 10).unwrap_err();
+            assert_eq!((e.code, e.reason), (504, "Timeout"));
+            assert_eq!(
+                e.details.unwrap()["causes"][0]["reason"],
+                "ResourceVersionTooLarge"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_options_are_refused() {
+        assert_eq!(code(None, Some("Exact"), 10), 422);
+        assert_eq!(code(Some("0"), Some("Exact"), 10), 422);
+        assert_eq!(code(Some("5"), Some("Sometimes"), 10), 422);
+        assert_eq!(code(Some("abc"), None, 10), 400);
+        let e = check_list_version(None, Some("NotOlderThan"), 10).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch"),
+            "{}",
+            e.message
+        );
+    }
+
+    proptest::proptest! {
+        /// Only the current state is ever served: Ok means the request is satisfiable by it.
+        #[test]
+        fn ok_only_when_the_current_state_satisfies_the_request(
+            wanted in 0u64..50, current in 1u64..50, exact in proptest::bool::ANY
+        ) {
+            let rv = wanted.to_string();
+            let m = if exact { Some("Exact") } else { Some("NotOlderThan") };
+            let ok = check_list_version(Some(&rv), m, current).is_ok();
+            let satisfiable = if exact { wanted == current } else { wanted <= current };
+            proptest::prop_assert_eq!(ok, satisfiable);
+        }
+    }
+}
