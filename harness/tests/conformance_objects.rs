@@ -1326,3 +1326,120 @@ async fn strategic_merge_patch_on_a_custom_resource_is_415() {
     );
     assert_eq!(e.code, 415, "{}", e.message);
 }
+
+async fn create_service(c: &TestCluster, name: &str) {
+    let api: Api<Service> = Api::namespaced(c.client(), "default");
+    api.create(&PostParams::default(), &lb_service(name))
+        .await
+        .unwrap();
+}
+
+/// Service status is validated like the rest of the object: ingress entries must carry valid IP
+/// addresses and a known ipMode (the fields Lodestone writes).
+#[tokio::test]
+async fn service_status_ingress_is_validated() {
+    let c = TestCluster::start().await.unwrap();
+    create_service(&c, "st").await;
+    let path = "/api/v1/namespaces/default/services/st/status";
+    for (ingress, field) in [
+        (
+            json!({"ip": "not-an-ip"}),
+            "status.loadBalancer.ingress[0].ip",
+        ),
+        (
+            json!({"ip": "203.0.113.7", "ipMode": "Bogus"}),
+            "status.loadBalancer.ingress[0].ipMode",
+        ),
+    ] {
+        let resp = c
+            .client()
+            .send(
+                http::Request::patch(path)
+                    .header("Content-Type", "application/merge-patch+json")
+                    .body(kube::client::Body::from(
+                        json!({"status": {"loadBalancer": {"ingress": [ingress]}}})
+                            .to_string()
+                            .into_bytes(),
+                    ))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let code = resp.status().as_u16();
+        let s: Value =
+            serde_json::from_slice(&resp.into_body().collect_bytes().await.unwrap()).unwrap();
+        assert_eq!(
+            (code, s["reason"].as_str()),
+            (422, Some("Invalid")),
+            "{field}: {s}"
+        );
+        assert!(
+            s["details"]["causes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["field"] == field),
+            "{field}: {s}"
+        );
+    }
+}
+
+/// events.k8s.io/v1 Events require `eventTime`, `reportingController`, `reportingInstance`,
+/// `action`, `reason` and a `type` of Normal or Warning; EndpointSlices require `addressType`.
+#[tokio::test]
+async fn events_and_endpoint_slices_are_validated() {
+    let c = TestCluster::start().await.unwrap();
+    let good_event = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": "ev", "namespace": "default"},
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "reportingController": "lodestone.dev/controller", "reportingInstance": "controller-0",
+        "action": "Assign", "reason": "Assigned", "type": "Normal", "note": "ok",
+        "regarding": {"apiVersion": "v1", "kind": "Service", "namespace": "default", "name": "x"}});
+    let path = "/apis/events.k8s.io/v1/namespaces/default/events";
+    let (code, body) = raw(&c, "POST", path, Some(good_event.clone())).await;
+    assert_eq!(code, 201, "{body}");
+    for (drop, field) in [
+        ("eventTime", "eventTime"),
+        ("reportingController", "reportingController"),
+        ("reportingInstance", "reportingInstance"),
+    ] {
+        let mut bad = good_event.clone();
+        bad["metadata"]["name"] = json!(format!("ev-{}", drop.to_lowercase()));
+        bad.as_object_mut().unwrap().remove(drop);
+        let (code, s) = raw(&c, "POST", path, Some(bad)).await;
+        assert_eq!(code, 422, "without {drop}: {s}");
+        assert!(
+            s["details"]["causes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["field"] == field),
+            "without {drop}: {s}"
+        );
+    }
+    let mut bad = good_event.clone();
+    bad["metadata"]["name"] = json!("ev-type");
+    bad["type"] = json!("Info");
+    let (code, s) = raw(&c, "POST", path, Some(bad)).await;
+    assert_eq!(code, 422, "{s}");
+
+    let (code, s) = raw(
+        &c,
+        "POST",
+        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+        Some(
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "es"}, "endpoints": []}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 422, "{s}");
+    assert!(
+        s["details"]["causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["field"] == "addressType"),
+        "{s}"
+    );
+}

@@ -349,7 +349,29 @@ impl State {
                         }
                     }
                 }
+                let status_causes = validation::validate_service_status(obj);
+                if !status_causes.is_empty() {
+                    return Err(invalid(status_causes));
+                }
                 services::prepare(obj, old, &used, &self.ranges).map_err(invalid)
+            }
+            ("events.k8s.io", "Event") if old.is_none() => {
+                // The strict rules apply to creation through events.k8s.io only; updates and
+                // core/v1 Events keep the legacy rules.
+                let causes = validation::validate_events_v1_event(obj);
+                if causes.is_empty() {
+                    Ok(())
+                } else {
+                    Err(invalid(causes))
+                }
+            }
+            ("discovery.k8s.io", "EndpointSlice") => {
+                let causes = validation::validate_endpoint_slice(obj);
+                if causes.is_empty() {
+                    Ok(())
+                } else {
+                    Err(invalid(causes))
+                }
             }
             ("", "Pod") => {
                 // A new Pod is Pending until a kubelet says otherwise.

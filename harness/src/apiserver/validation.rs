@@ -117,6 +117,190 @@ pub fn validate_meta(obj: &Value) -> Vec<Cause> {
     out
 }
 
+fn required(field: &str) -> Cause {
+    Cause {
+        reason: "FieldValueRequired".into(),
+        message: "Required value".into(),
+        field: field.into(),
+    }
+}
+
+fn not_supported(field: &str, value: &str, supported: &[&str]) -> Cause {
+    let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+    Cause {
+        reason: "FieldValueNotSupported".into(),
+        message: format!(
+            "Unsupported value: {value:?}: supported values: {}",
+            list.join(", ")
+        ),
+        field: field.into(),
+    }
+}
+
+/// A Service's `status.loadBalancer.ingress` as kube-apiserver validates it: `ip` must be an IP
+/// address, `ipMode` one of VIP and Proxy and only alongside `ip`, `hostname` not an IP.
+pub fn validate_service_status(obj: &Value) -> Vec<Cause> {
+    let mut out = Vec::new();
+    let ingress = obj
+        .pointer("/status/loadBalancer/ingress")
+        .and_then(Value::as_array);
+    for (i, ing) in ingress.into_iter().flatten().enumerate() {
+        let path = format!("status.loadBalancer.ingress[{i}]");
+        let ip = ing.get("ip").and_then(Value::as_str).unwrap_or("");
+        if !ip.is_empty() && ip.parse::<std::net::IpAddr>().is_err() {
+            out.push(invalid(
+                &format!("{path}.ip"),
+                ip,
+                "must be a valid IP address".into(),
+            ));
+        }
+        if let Some(mode) = ing.get("ipMode").and_then(Value::as_str) {
+            if ip.is_empty() {
+                out.push(Cause {
+                    reason: "FieldValueForbidden".into(),
+                    message: "Forbidden: may not be specified when `ip` is not set".into(),
+                    field: format!("{path}.ipMode"),
+                });
+            } else if mode != "VIP" && mode != "Proxy" {
+                out.push(not_supported(
+                    &format!("{path}.ipMode"),
+                    mode,
+                    &["Proxy", "VIP"],
+                ));
+            }
+        }
+        let host = ing.get("hostname").and_then(Value::as_str).unwrap_or("");
+        if !host.is_empty() {
+            if host.parse::<std::net::IpAddr>().is_ok() {
+                out.push(invalid(
+                    &format!("{path}.hostname"),
+                    host,
+                    "must be a DNS name, not an IP address".into(),
+                ));
+            } else if !is_dns1123_subdomain(host) {
+                out.push(invalid(
+                    &format!("{path}.hostname"),
+                    host,
+                    format!("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (regex used for validation is '{DNS1123_SUBDOMAIN_FMT}')"),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// An Event created through events.k8s.io/v1, with kube-apiserver's strict rules for that API:
+/// `eventTime`, `reportingController`, `reportingInstance`, `action` and `reason` required,
+/// `type` Normal or Warning, length limits, and the deprecated core fields unset.
+pub fn validate_events_v1_event(obj: &Value) -> Vec<Cause> {
+    let mut out = Vec::new();
+    let s = |k: &str| obj.get(k).and_then(Value::as_str).unwrap_or("");
+    if s("eventTime").is_empty() {
+        out.push(required("eventTime"));
+    } else {
+        for (field, limit) in [
+            ("reportingController", usize::MAX),
+            ("reportingInstance", 128),
+            ("action", 128),
+            ("reason", 128),
+        ] {
+            let v = s(field);
+            if v.is_empty() {
+                out.push(required(field));
+            } else if v.len() > limit {
+                out.push(invalid(
+                    field,
+                    "",
+                    format!("can have at most {limit} characters"),
+                ));
+            }
+        }
+        if let Some(p) = Some(s("reportingController"))
+            .filter(|v| !v.is_empty())
+            .and_then(qualified_name_problem)
+        {
+            out.push(invalid("reportingController", s("reportingController"), p));
+        }
+        if s("note").len() > 1024 {
+            out.push(invalid(
+                "note",
+                "",
+                "can have at most 1024 characters".into(),
+            ));
+        }
+    }
+    let t = s("type");
+    if t != "Normal" && t != "Warning" {
+        out.push(invalid("type", "", format!("has invalid value: {t}")));
+    }
+    for field in [
+        "deprecatedFirstTimestamp",
+        "deprecatedLastTimestamp",
+        "deprecatedCount",
+        "deprecatedSource",
+    ] {
+        let set = match obj.get(field) {
+            None | Some(Value::Null) => false,
+            Some(Value::Number(n)) => n.as_i64() != Some(0),
+            Some(Value::Object(m)) => m
+                .values()
+                .any(|v| v.as_str().is_some_and(|x| !x.is_empty())),
+            Some(Value::String(x)) => !x.is_empty(),
+            Some(_) => true,
+        };
+        if set {
+            out.push(invalid(field, "", "needs to be unset".into()));
+        }
+    }
+    out
+}
+
+/// An EndpointSlice: `addressType` IPv4, IPv6 or FQDN; each endpoint has 1 to 100 addresses,
+/// IP addresses of that family for IPv4 and IPv6.
+pub fn validate_endpoint_slice(obj: &Value) -> Vec<Cause> {
+    let mut out = Vec::new();
+    let family = obj.get("addressType").and_then(Value::as_str).unwrap_or("");
+    match family {
+        "" => out.push(required("addressType")),
+        "IPv4" | "IPv6" | "FQDN" => {}
+        other => out.push(not_supported(
+            "addressType",
+            other,
+            &["FQDN", "IPv4", "IPv6"],
+        )),
+    }
+    let endpoints = obj.get("endpoints").and_then(Value::as_array);
+    for (i, ep) in endpoints.into_iter().flatten().enumerate() {
+        let path = format!("endpoints[{i}].addresses");
+        let addrs = ep.get("addresses").and_then(Value::as_array);
+        match addrs.map(Vec::len) {
+            None | Some(0) => out.push(required(&path)),
+            Some(n) if n > 100 => out.push(Cause {
+                reason: "FieldValueTooMany".into(),
+                message: format!("Too many: {n}: must have at most 100 items"),
+                field: path.clone(),
+            }),
+            Some(_) => {}
+        }
+        for (j, a) in addrs.into_iter().flatten().enumerate() {
+            let a = a.as_str().unwrap_or("");
+            let ok = match family {
+                "IPv4" => a.parse::<std::net::Ipv4Addr>().is_ok(),
+                "IPv6" => a.parse::<std::net::Ipv6Addr>().is_ok(),
+                _ => true,
+            };
+            if !ok {
+                out.push(invalid(
+                    &format!("{path}[{j}]"),
+                    a,
+                    format!("must be a valid {family} address"),
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +341,94 @@ mod tests {
             let o = json!({"metadata": {"labels": {k: v}}});
             prop_assert!(validate_meta(&o).is_empty());
         }
+    }
+
+    #[test]
+    fn service_ingress_ip_and_ip_mode() {
+        let st = |ing: Value| json!({"status": {"loadBalancer": {"ingress": [ing]}}});
+        assert!(
+            validate_service_status(&st(json!({"ip": "203.0.113.1", "ipMode": "VIP"}))).is_empty()
+        );
+        assert!(
+            validate_service_status(&st(json!({"ip": "2001:db8::1", "ipMode": "Proxy"})))
+                .is_empty()
+        );
+        assert!(validate_service_status(&st(json!({"hostname": "lb.example.com"}))).is_empty());
+        assert!(validate_service_status(&json!({"status": {"loadBalancer": {}}})).is_empty());
+        let fields = |v: Value| -> Vec<String> {
+            validate_service_status(&v)
+                .into_iter()
+                .map(|c| c.field)
+                .collect()
+        };
+        assert_eq!(
+            fields(st(json!({"ip": "not-an-ip"}))),
+            ["status.loadBalancer.ingress[0].ip"]
+        );
+        assert_eq!(
+            fields(st(json!({"ip": "203.0.113.1", "ipMode": "Bogus"}))),
+            ["status.loadBalancer.ingress[0].ipMode"]
+        );
+        assert_eq!(
+            fields(st(json!({"hostname": "lb.example.com", "ipMode": "VIP"}))),
+            ["status.loadBalancer.ingress[0].ipMode"]
+        );
+        assert_eq!(
+            fields(st(json!({"hostname": "203.0.113.1"}))),
+            ["status.loadBalancer.ingress[0].hostname"]
+        );
+    }
+
+    #[test]
+    fn events_v1_required_fields() {
+        let good = json!({"eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "lodestone.dev/controller",
+            "reportingInstance": "c-0", "action": "Assign", "reason": "Assigned", "type": "Normal"});
+        assert!(validate_events_v1_event(&good).is_empty());
+        for f in [
+            "eventTime",
+            "reportingController",
+            "reportingInstance",
+            "action",
+            "reason",
+        ] {
+            let mut bad = good.clone();
+            bad.as_object_mut().unwrap().remove(f);
+            let fields: Vec<String> = validate_events_v1_event(&bad)
+                .into_iter()
+                .map(|c| c.field)
+                .collect();
+            assert_eq!(fields, [f], "without {f}");
+        }
+        let mut bad = good.clone();
+        bad["type"] = json!("Info");
+        assert_eq!(validate_events_v1_event(&bad)[0].field, "type");
+        let mut bad = good.clone();
+        bad["deprecatedCount"] = json!(3);
+        assert_eq!(validate_events_v1_event(&bad)[0].field, "deprecatedCount");
+        let mut ok = good.clone();
+        ok["deprecatedCount"] = json!(0);
+        assert!(validate_events_v1_event(&ok).is_empty());
+    }
+
+    #[test]
+    fn endpoint_slice_address_type_and_addresses() {
+        let es =
+            |t: &str, addrs: Value| json!({"addressType": t, "endpoints": [{"addresses": addrs}]});
+        assert!(validate_endpoint_slice(&es("IPv4", json!(["192.0.2.1"]))).is_empty());
+        assert!(validate_endpoint_slice(&es("IPv6", json!(["2001:db8::1"]))).is_empty());
+        assert!(validate_endpoint_slice(&json!({"addressType": "IPv4"})).is_empty());
+        let fields = |v: Value| -> Vec<String> {
+            validate_endpoint_slice(&v)
+                .into_iter()
+                .map(|c| c.field)
+                .collect()
+        };
+        assert_eq!(fields(json!({"endpoints": []})), ["addressType"]);
+        assert_eq!(fields(es("IPv5", json!(["192.0.2.1"]))), ["addressType"]);
+        assert_eq!(fields(es("IPv4", json!([]))), ["endpoints[0].addresses"]);
+        assert_eq!(
+            fields(es("IPv4", json!(["2001:db8::1"]))),
+            ["endpoints[0].addresses[0]"]
+        );
     }
 }
