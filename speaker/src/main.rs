@@ -94,7 +94,9 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
+// One thread: the work is small and I/O-bound, and a single thread keeps the resident memory
+// low (no per-worker allocator arenas); the failover path never waits behind other threads.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -108,7 +108,15 @@ where
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            // Nothing here reads managedFields or annotations (last-applied configuration can
+            // be as large as the object): dropping them keeps the stores small.
+            .modify(|obj: &mut K| {
+                let meta = obj.meta_mut();
+                meta.managed_fields = None;
+                meta.annotations = None;
+            }),
     );
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
