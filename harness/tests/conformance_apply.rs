@@ -359,3 +359,44 @@ async fn service_status_conditions_are_owned_per_entry() {
     );
     assert_eq!(s.name_any(), "lb");
 }
+
+/// Service status conditions are `metav1.Condition`s and validated as such: a status outside
+/// True/False/Unknown, a missing reason or lastTransitionTime is 422 naming the entry's field.
+#[tokio::test]
+async fn invalid_service_conditions_are_422() {
+    let c = TestCluster::start().await.unwrap();
+    let api: Api<Service> = Api::namespaced(c.client(), "default");
+    let svc: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb"},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &svc).await.unwrap();
+    let good = condition("Announced", "True", "Announcing");
+    let mut maybe = good.clone();
+    maybe["status"] = json!("Maybe");
+    let mut no_reason = good.clone();
+    no_reason.as_object_mut().unwrap().remove("reason");
+    let mut no_time = good.clone();
+    no_time
+        .as_object_mut()
+        .unwrap()
+        .remove("lastTransitionTime");
+    for (cond, field) in [
+        (maybe, "status.conditions[0].status"),
+        (no_reason, "status.conditions[0].reason"),
+        (no_time, "status.conditions[0].lastTransitionTime"),
+    ] {
+        let e = api_err(apply_conditions(&api, "conformance-speaker", vec![cond], true).await);
+        assert_eq!(
+            (e.code, e.reason.as_str()),
+            (422, "Invalid"),
+            "{field}: {}",
+            e.message
+        );
+        assert!(e.message.contains(field), "{field}: {}", e.message);
+    }
+    apply_conditions(&api, "conformance-speaker", vec![good], true)
+        .await
+        .unwrap();
+}

@@ -231,6 +231,14 @@ async fn service_status_subresource_is_isolated_both_ways() {
         ingress_ips(&after).is_empty(),
         "merge patch on the main resource"
     );
+    // Status sent to the main resource is dropped before validation: even an invalid one.
+    let patch = json!({"status": {"loadBalancer": {"ingress": [{"ip": "not-an-ip"}]},
+                                  "conditions": [{"type": "X", "status": "Maybe"}]}});
+    let after = api
+        .patch("iso", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert!(ingress_ips(&after).is_empty());
 
     // Status subresource: status lands, spec change is dropped.
     let mut o = with_ingress(after.clone(), "203.0.113.4");

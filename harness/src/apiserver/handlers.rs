@@ -301,6 +301,15 @@ impl State {
                 Err(invalid(meta_causes))
             };
         }
+        // Go decodes a missing field as its zero value and validation then names it (422);
+        // k8s-openapi makes some of those fields required (a missing `lastTransitionTime` would
+        // be a 400 decoding error), so Service status is validated before decoding.
+        if (def.group.as_str(), def.kind.as_str()) == ("", "Service") {
+            meta_causes.extend(validation::validate_service_status(obj));
+            if !meta_causes.is_empty() {
+                return Err(invalid(meta_causes));
+            }
+        }
         if let Some(decoded) = builtin_schema::normalize(&def.group, &def.kind, obj) {
             let cannot = |why: String| {
                 ApiError::bad_request(format!(
@@ -348,10 +357,6 @@ impl State {
                             i.insert("ipMode".into(), json!("VIP"));
                         }
                     }
-                }
-                let status_causes = validation::validate_service_status(obj);
-                if !status_causes.is_empty() {
-                    return Err(invalid(status_causes));
                 }
                 services::prepare(obj, old, &used, &self.ranges).map_err(invalid)
             }

@@ -137,10 +137,113 @@ fn not_supported(field: &str, value: &str, supported: &[&str]) -> Cause {
     }
 }
 
-/// A Service's `status.loadBalancer.ingress` as kube-apiserver validates it: `ip` must be an IP
-/// address, `ipMode` one of VIP and Proxy and only alongside `ip`, `hostname` not an IP.
-pub fn validate_service_status(obj: &Value) -> Vec<Cause> {
+/// `metav1.Condition` lists as apimachinery's `ValidateConditions` checks them: `type` a
+/// qualified name and unique, `status` True, False or Unknown, `lastTransitionTime` and
+/// `reason` set, `reason` CamelCase-ish and at most 1024 characters, `message` at most 32768,
+/// `observedGeneration` not negative.
+pub fn validate_conditions(conditions: Option<&Value>, base: &str) -> Vec<Cause> {
     let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let list = conditions.and_then(Value::as_array);
+    for (i, c) in list.into_iter().flatten().enumerate() {
+        let path = format!("{base}[{i}]");
+        let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("");
+        let t = s("type");
+        if t.is_empty() {
+            out.push(invalid(
+                &format!("{path}.type"),
+                t,
+                "name part must be non-empty".into(),
+            ));
+        } else if let Some(p) = qualified_name_problem(t) {
+            out.push(invalid(&format!("{path}.type"), t, p));
+        }
+        if !seen.insert(t.to_string()) {
+            out.push(Cause {
+                reason: "FieldValueDuplicate".into(),
+                message: format!("Duplicate value: {t:?}"),
+                field: format!("{path}.type"),
+            });
+        }
+        let status = s("status");
+        if !matches!(status, "True" | "False" | "Unknown") {
+            out.push(not_supported(
+                &format!("{path}.status"),
+                status,
+                &["False", "True", "Unknown"],
+            ));
+        }
+        if c.get("observedGeneration")
+            .and_then(Value::as_i64)
+            .is_some_and(|g| g < 0)
+        {
+            out.push(invalid(
+                &format!("{path}.observedGeneration"),
+                "",
+                "must be greater than or equal to zero".into(),
+            ));
+        }
+        if s("lastTransitionTime").is_empty() {
+            out.push(Cause {
+                reason: "FieldValueRequired".into(),
+                message: "Required value: must be set".into(),
+                field: format!("{path}.lastTransitionTime"),
+            });
+        }
+        let reason = s("reason");
+        if reason.is_empty() {
+            out.push(Cause {
+                reason: "FieldValueRequired".into(),
+                message: "Required value: must be set".into(),
+                field: format!("{path}.reason"),
+            });
+        } else {
+            if !is_condition_reason(reason) {
+                out.push(invalid(
+                    &format!("{path}.reason"),
+                    reason,
+                    "a condition reason must start with alphabetic character, optionally followed by a string of alphanumeric characters or '_,:', and must end with an alphanumeric character or '_' (e.g. 'my_name',  or 'MY_NAME',  or 'MyName',  or 'ReasonA,ReasonB',  or 'ReasonA:ReasonB', regex used for validation is '[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?')".into(),
+                ));
+            }
+            if reason.len() > 1024 {
+                out.push(Cause {
+                    reason: "FieldValueTooLong".into(),
+                    message: "Too long: may not be more than 1024 bytes".into(),
+                    field: format!("{path}.reason"),
+                });
+            }
+        }
+        if s("message").len() > 32768 {
+            out.push(Cause {
+                reason: "FieldValueTooLong".into(),
+                message: "Too long: may not be more than 32768 bytes".into(),
+                field: format!("{path}.message"),
+            });
+        }
+    }
+    out
+}
+
+/// `[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?`
+fn is_condition_reason(r: &str) -> bool {
+    let b = r.as_bytes();
+    let inner = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b',' | b':');
+    match b {
+        [] => false,
+        [first] => first.is_ascii_alphabetic(),
+        [first, mid @ .., last] => {
+            first.is_ascii_alphabetic()
+                && mid.iter().all(inner)
+                && (last.is_ascii_alphanumeric() || *last == b'_')
+        }
+    }
+}
+
+/// A Service's status as kube-apiserver validates it: `loadBalancer.ingress` entries (`ip` an IP
+/// address, `ipMode` one of VIP and Proxy and only alongside `ip`, `hostname` not an IP) and
+/// `conditions` ([`validate_conditions`]).
+pub fn validate_service_status(obj: &Value) -> Vec<Cause> {
+    let mut out = validate_conditions(obj.pointer("/status/conditions"), "status.conditions");
     let ingress = obj
         .pointer("/status/loadBalancer/ingress")
         .and_then(Value::as_array);
@@ -430,5 +533,59 @@ mod tests {
             fields(es("IPv4", json!(["2001:db8::1"]))),
             ["endpoints[0].addresses[0]"]
         );
+    }
+
+    #[test]
+    fn conditions_follow_metav1_rules() {
+        let c = |v: Value| -> Vec<String> {
+            validate_conditions(Some(&json!([v])), "status.conditions")
+                .into_iter()
+                .map(|c| c.field)
+                .collect()
+        };
+        let good = json!({"type": "lodestone.dev/Announced", "status": "True", "reason": "Announcing",
+                          "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+        assert!(c(good.clone()).is_empty());
+        let with = |k: &str, v: Value| {
+            let mut g = good.clone();
+            g[k] = v;
+            g
+        };
+        assert_eq!(
+            c(with("status", json!("Maybe"))),
+            ["status.conditions[0].status"]
+        );
+        assert_eq!(
+            c(with("reason", json!(""))),
+            ["status.conditions[0].reason"]
+        );
+        assert_eq!(
+            c(with("reason", json!("has space"))),
+            ["status.conditions[0].reason"]
+        );
+        assert_eq!(c(with("reason", json!("A:b,C_"))), Vec::<String>::new());
+        assert_eq!(
+            c(with("lastTransitionTime", json!(null))),
+            ["status.conditions[0].lastTransitionTime"]
+        );
+        assert_eq!(
+            c(with("type", json!("bad type"))),
+            ["status.conditions[0].type"]
+        );
+        assert_eq!(
+            c(with("observedGeneration", json!(-1))),
+            ["status.conditions[0].observedGeneration"]
+        );
+        let dup = validate_conditions(Some(&json!([good.clone(), good])), "status.conditions");
+        assert_eq!(dup.len(), 1);
+        assert_eq!(dup[0].field, "status.conditions[1].type");
+    }
+
+    proptest! {
+        #[test]
+        fn condition_reason_matches_the_documented_regex(r in "[A-Za-z0-9_,: -]{0,12}") {
+            let re = regex::Regex::new("^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$").unwrap();
+            prop_assert_eq!(is_condition_reason(&r), re.is_match(&r));
+        }
     }
 }
