@@ -272,6 +272,25 @@ pub fn announcer_from_message(message: &str) -> Option<&str> {
     (!node.is_empty() && !node.contains(char::is_whitespace)).then_some(node)
 }
 
+/// Why no node could be chosen for the `Local` policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocalNodeError {
+    /// `--local-node` names no sandbox node.
+    #[error("--local-node {name} is not one of {known}")]
+    Unknown {
+        /// The requested name.
+        name: String,
+        /// The nodes there are.
+        known: String,
+    },
+    /// `--local-node` names the node the sandbox killed.
+    #[error("--local-node {0}: that node was killed")]
+    Killed(String),
+    /// Every node is dead.
+    #[error("no live node left")]
+    NoneAlive,
+}
+
 /// The node that gets the only ready endpoint under the `Local` policy: `requested` if it is
 /// a live node, otherwise the first live node that is not the current owner (so the
 /// announcement visibly moves).
@@ -280,14 +299,14 @@ pub fn choose_local_node<'a>(
     dead: &str,
     current_owner: &str,
     requested: Option<&str>,
-) -> Result<&'a str, String> {
+) -> Result<&'a str, LocalNodeError> {
     match requested {
         Some(r) => match nodes.iter().find(|n| **n == r) {
-            None => Err(format!(
-                "--local-node {r} is not one of {}",
-                nodes.join(", ")
-            )),
-            Some(_) if r == dead => Err(format!("--local-node {r}: that node was killed")),
+            None => Err(LocalNodeError::Unknown {
+                name: r.to_owned(),
+                known: nodes.join(", "),
+            }),
+            Some(_) if r == dead => Err(LocalNodeError::Killed(r.to_owned())),
             Some(n) => Ok(n),
         },
         None => nodes
@@ -295,7 +314,7 @@ pub fn choose_local_node<'a>(
             .find(|n| **n != dead && **n != current_owner)
             .or_else(|| nodes.iter().find(|n| **n != dead))
             .copied()
-            .ok_or_else(|| "no live node left".to_owned()),
+            .ok_or(LocalNodeError::NoneAlive),
     }
 }
 
@@ -304,7 +323,11 @@ pub fn validate_local_node(requested: Option<&str>) -> anyhow::Result<()> {
     if let Some(r) = requested
         && !NODES.contains(&r)
     {
-        bail!("--local-node {r} is not one of {}", NODES.join(", "));
+        return Err(LocalNodeError::Unknown {
+            name: r.to_owned(),
+            known: NODES.join(", "),
+        }
+        .into());
     }
     Ok(())
 }
@@ -775,7 +798,6 @@ pub async fn tell(sb: &mut Sandbox, opts: &Options, report: &mut Report) -> anyh
         .await
         .context("step 6 (the new owner's Announced condition)")?;
     let node = choose_local_node(&NODES, &owner, &new_owner, opts.local_node.as_deref())
-        .map_err(anyhow::Error::msg)
         .context("step 6 (choose the Local node)")?;
     sb.local_policy(ip, node, report)
         .await
@@ -902,8 +924,23 @@ mod tests {
             choose_local_node(&NODES, "node-b", "node-c", Some("node-c")),
             Ok("node-c")
         );
-        assert!(choose_local_node(&NODES, "node-b", "node-c", Some("node-b")).is_err());
-        assert!(choose_local_node(&NODES, "node-b", "node-c", Some("node-z")).is_err());
+        assert_eq!(
+            choose_local_node(&NODES, "node-b", "node-c", Some("node-b")),
+            Err(LocalNodeError::Killed("node-b".into()))
+        );
+        assert!(matches!(
+            choose_local_node(&NODES, "node-b", "node-c", Some("node-z")),
+            Err(LocalNodeError::Unknown { .. })
+        ));
+        // Only the owner left alive: it keeps the address.
+        assert_eq!(
+            choose_local_node(&["node-a", "node-b"], "node-b", "node-a", None),
+            Ok("node-a")
+        );
+        assert_eq!(
+            choose_local_node(&["node-b"], "node-b", "node-a", None),
+            Err(LocalNodeError::NoneAlive)
+        );
         assert!(validate_local_node(Some("node-z")).is_err());
         assert!(validate_local_node(Some("node-a")).is_ok());
         assert!(validate_local_node(None).is_ok());
