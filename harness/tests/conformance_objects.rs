@@ -1269,12 +1269,7 @@ async fn updates_cannot_rewrite_system_metadata() {
 
 /// "Resource versions" for list: `resourceVersionMatch=Exact` returns the state at that version,
 /// or 410 Gone when the server no longer has it; never the current state.
-///
-/// The embedded server still answers with the current state: the rule is implemented and
-/// unit-tested as `handlers::check_list_version`, but the list route in `server.rs` (being
-/// changed by a colleague) does not call it yet. Run with `--run-ignored all` once it does.
 #[tokio::test]
-#[ignore = "embedded list ignores resourceVersionMatch until server.rs calls handlers::check_list_version"]
 async fn exact_list_is_the_old_state_or_410() {
     let c = TestCluster::start().await.unwrap();
     let api: Api<ConfigMap> = Api::namespaced(c.client(), "default");

@@ -732,6 +732,11 @@ fn resource(
                 );
             }
             let (items, rv) = shared.lock().list(&def, ns, &labels, &fields);
+            crate::apiserver::handlers::check_list_version(
+                query.get("resourceVersion").map(String::as_str),
+                query.get("resourceVersionMatch").map(String::as_str),
+                rv,
+            )?;
             let items: Vec<Value> = items.into_iter().map(|o| present(&def, o)).collect();
             let v = match out {
                 Output::Json => json!({"kind": def.list_kind, "apiVersion": def.api_version(),
