@@ -22,7 +22,11 @@ use serde::{Deserialize, Serialize};
     cel,
     printcolumn(name = "Pools", type_ = "string", json_path = ".spec.ipAddressPools"),
     printcolumn(name = "Interfaces", type_ = "string", json_path = ".spec.interfaces"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct L2AdvertisementSpec {
@@ -50,11 +54,20 @@ mod tests {
 
     #[test]
     fn interface_names_are_checked() {
-        let ok = L2Advertisement::new("a", L2AdvertisementSpec { interfaces: vec!["eth0".into()], ..Default::default() });
+        let ok = L2Advertisement::new(
+            "a",
+            L2AdvertisementSpec {
+                interfaces: vec!["eth0".into()],
+                ..Default::default()
+            },
+        );
         assert!(ok.validate_cel().is_ok(), "{:?}", ok.validate_cel());
         let bad = L2Advertisement::new(
             "a",
-            L2AdvertisementSpec { interfaces: vec!["a-very-long-interface-name".into()], ..Default::default() },
+            L2AdvertisementSpec {
+                interfaces: vec!["a-very-long-interface-name".into()],
+                ..Default::default()
+            },
         );
         assert!(bad.validate_cel().is_err());
     }

@@ -7,14 +7,14 @@
 //! `cargo run -p lodestone-crds --example crdgen`; a test fails when it drifts.
 
 pub mod addresses;
-pub mod selector;
 mod l2advertisement;
 mod pool;
+pub mod selector;
 
 pub use l2advertisement::{L2Advertisement, L2AdvertisementSpec};
 pub use pool::{
-    AddressUse, IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, ServiceAllocation,
-    condition_reasons, condition_types, POOL_FINALIZER,
+    AddressUse, IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, POOL_FINALIZER,
+    ServiceAllocation, condition_reasons, condition_types,
 };
 
 /// The API group of every Lodestone resource.
@@ -23,7 +23,8 @@ pub const GROUP: &str = "lodestone.dev";
 pub const VERSION: &str = "v1alpha1";
 
 /// Every CRD Lodestone defines, in the order they are written to `deploy/crds/`.
-pub fn all_crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+pub fn all_crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
     vec![IPAddressPool::crd(), L2Advertisement::crd()]

@@ -43,10 +43,18 @@ pub mod condition_reasons {
     derive = "PartialEq",
     cel,
     printcolumn(name = "Addresses", type_ = "string", json_path = ".spec.addresses"),
-    printcolumn(name = "Auto Assign", type_ = "boolean", json_path = ".spec.autoAssign"),
+    printcolumn(
+        name = "Auto Assign",
+        type_ = "boolean",
+        json_path = ".spec.autoAssign"
+    ),
     printcolumn(name = "Assigned", type_ = "integer", json_path = ".status.assigned"),
     printcolumn(name = "Available", type_ = "integer", json_path = ".status.available"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IPAddressPoolSpec {
@@ -152,7 +160,8 @@ mod tests {
 
     #[test]
     fn defaults_apply() {
-        let s: IPAddressPoolSpec = serde_json::from_value(json!({"addresses": ["192.0.2.0/28"]})).unwrap();
+        let s: IPAddressPoolSpec =
+            serde_json::from_value(json!({"addresses": ["192.0.2.0/28"]})).unwrap();
         assert!(s.auto_assign);
         assert!(!s.avoid_buggy_ips);
         assert_eq!(s.service_allocation, None);
@@ -166,16 +175,30 @@ mod tests {
             vec!["192.0.2.10-192.0.2.20", "2001:db8::10-2001:db8::1f"],
         ] {
             let pool = IPAddressPool::new("p", serde_json::from_value(spec(&good)).unwrap());
-            assert!(pool.validate_cel().is_ok(), "{good:?} should pass: {:?}", pool.validate_cel());
+            assert!(
+                pool.validate_cel().is_ok(),
+                "{good:?} should pass: {:?}",
+                pool.validate_cel()
+            );
         }
     }
 
     #[test]
     fn cel_rejects_garbage() {
-        for bad in [vec!["nonsense"], vec!["192.0.2.1-"], vec!["192.0.2.0/33"], vec!["1-2-3"]] {
+        for bad in [
+            vec!["nonsense"],
+            vec!["192.0.2.1-"],
+            vec!["192.0.2.0/33"],
+            vec!["1-2-3"],
+        ] {
             let pool = IPAddressPool::new("p", serde_json::from_value(spec(&bad)).unwrap());
-            let err = pool.validate_cel().expect_err(&format!("{bad:?} should fail"));
-            assert!(format!("{err:?}").contains("each entry must be a CIDR"), "{err:?}");
+            let err = pool
+                .validate_cel()
+                .expect_err(&format!("{bad:?} should fail"));
+            assert!(
+                format!("{err:?}").contains("each entry must be a CIDR"),
+                "{err:?}"
+            );
         }
     }
 }
