@@ -8,7 +8,9 @@
 //!   announcing on a link (takeover, restart, or the link coming back up),
 //! - stops answering at once when the address is no longer owned: every answer checks the
 //!   *current* desired state and plan, never a copy taken earlier,
-//! - reports other machines claiming the address as [`AnnouncerEvent::Conflict`].
+//! - reports other machines claiming the address as [`AnnouncerEvent::Conflict`], except during
+//!   the first [`HANDOFF_GRACE`] after it took the address over, when the previous owner's last
+//!   gratuitous messages may still be on the wire.
 //!
 //! What to answer is decided by pure functions ([`arp_action`], [`ndp_action`]); the tasks
 //! around them only move bytes.
@@ -17,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
@@ -292,10 +294,19 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How long after taking an address over a foreign claim to it is not reported as a conflict.
+///
+/// In a handoff the previous owner stops its gratuitous burst when its own election runs, a few
+/// milliseconds after ours; the frames it sent meanwhile are not another machine using the
+/// address. A real squatter keeps answering and is reported once this has passed.
+pub const HANDOFF_GRACE: Duration = Duration::from_secs(2);
+
 /// State shared by the handle, the manager and the per-interface tasks.
 #[derive(Debug)]
 struct Shared {
     desired: RwLock<BTreeMap<IpAddr, Option<Vec<String>>>>,
+    /// When each owned address was taken over, for [`HANDOFF_GRACE`].
+    taken_at: RwLock<BTreeMap<IpAddr, Instant>>,
     plan: RwLock<Plan>,
     local_macs: RwLock<BTreeSet<MacAddr>>,
     counters: Counters,
@@ -313,6 +324,19 @@ impl Shared {
 
     fn is_local_mac(&self, mac: MacAddr) -> bool {
         read(&self.local_macs).contains(&mac)
+    }
+
+    /// Report another MAC claiming an owned address, unless we only just took it over.
+    fn conflict(&self, ip: IpAddr, mac: MacAddr, interface: String) {
+        let fresh = read(&self.taken_at)
+            .get(&ip)
+            .is_some_and(|t| t.elapsed() < HANDOFF_GRACE);
+        if fresh {
+            tracing::debug!(%ip, %mac, %interface, "claim from the previous owner during handoff; not a conflict");
+            return;
+        }
+        inc(&self.counters.conflicts);
+        self.emit(AnnouncerEvent::Conflict { ip, mac, interface });
     }
 
     fn emit(&self, event: AnnouncerEvent) {
@@ -348,6 +372,7 @@ impl Announcer {
         let (events, rx) = mpsc::channel(config.event_capacity.max(1));
         let shared = Arc::new(Shared {
             desired: RwLock::new(BTreeMap::new()),
+            taken_at: RwLock::new(BTreeMap::new()),
             plan: RwLock::new(BTreeMap::new()),
             local_macs: RwLock::new(BTreeSet::new()),
             counters: Counters::default(),
@@ -383,6 +408,14 @@ impl Announcer {
     /// answered from the moment this returns (their groups are left and bursts cancelled
     /// shortly after).
     pub fn set_owned(&self, owned: BTreeMap<IpAddr, Option<Vec<String>>>) {
+        {
+            let now = Instant::now();
+            let mut taken = write(&self.shared.taken_at);
+            taken.retain(|ip, _| owned.contains_key(ip));
+            for ip in owned.keys() {
+                taken.entry(*ip).or_insert(now);
+            }
+        }
         *write(&self.shared.desired) = owned;
         self.wake
             .send_modify(|generation| *generation = generation.wrapping_add(1));
@@ -744,12 +777,7 @@ async fn arp_loop(
                 Err(e) => tracing::warn!(interface = %name, error = %e, "sending ARP reply"),
             },
             ArpAction::Conflict => {
-                inc(&shared.counters.conflicts);
-                shared.emit(AnnouncerEvent::Conflict {
-                    ip: IpAddr::V4(frame.sender_ip),
-                    mac: frame.sender_mac,
-                    interface: name.clone(),
-                });
+                shared.conflict(IpAddr::V4(frame.sender_ip), frame.sender_mac, name.clone());
             }
             ArpAction::Ignore => {}
         }
@@ -877,12 +905,7 @@ async fn handle_ndp(
             }
         }
         NdpAction::Conflict { target, mac } => {
-            inc(&shared.counters.conflicts);
-            shared.emit(AnnouncerEvent::Conflict {
-                ip: IpAddr::V6(target),
-                mac,
-                interface: name.to_owned(),
-            });
+            shared.conflict(IpAddr::V6(target), mac, name.to_owned());
         }
         NdpAction::Ignore => {}
     }

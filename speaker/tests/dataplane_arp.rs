@@ -139,26 +139,41 @@ fn a_conflicting_claim_is_reported() {
     let vip = ip("192.0.2.100");
     a.own(&[vip]);
     a.wait_announced(vip);
-
     // arping -U: gratuitous ARP claiming the VIP for the intruder's MAC.
-    let _ = intruder
-        .ns()
-        .exec(
-            "arping",
-            &[
-                "-U",
-                "-S",
-                "192.0.2.100",
-                "-c",
-                "2",
-                "-W",
-                "0.2",
-                "-i",
-                "eth0",
-                "192.0.2.100",
-            ],
-        )
-        .unwrap();
+    let claim = || {
+        let _ = intruder
+            .ns()
+            .exec(
+                "arping",
+                &[
+                    "-U",
+                    "-S",
+                    "192.0.2.100",
+                    "-c",
+                    "2",
+                    "-W",
+                    "0.2",
+                    "-i",
+                    "eth0",
+                    "192.0.2.100",
+                ],
+            )
+            .unwrap();
+    };
+
+    // Right after a takeover, a claim is taken for the previous owner's last gratuitous ARPs.
+    claim();
+    assert!(
+        a.drain_events()
+            .iter()
+            .all(|e| !matches!(e, AnnouncerEvent::Conflict { .. })),
+        "a claim during the handoff grace was reported as a conflict"
+    );
+    assert_eq!(a.announcer.counters().conflicts, 0);
+
+    // Once the grace has passed, the same claim is another machine using the address.
+    std::thread::sleep(lodestone_speaker::announcer::HANDOFF_GRACE);
+    claim();
     let intruder_mac = intruder.mac().unwrap();
     let ev = a.wait_event("Conflict", |e| matches!(e, AnnouncerEvent::Conflict { .. }));
     let AnnouncerEvent::Conflict {

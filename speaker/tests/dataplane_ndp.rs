@@ -141,6 +141,8 @@ fn a_conflicting_advertisement_is_reported() {
     let vip = ip("2001:db8::100");
     a.own(&[vip]);
     a.wait_announced(vip);
+    // Claims right after a takeover are the previous owner's; wait until this one cannot be.
+    std::thread::sleep(lodestone_speaker::announcer::HANDOFF_GRACE);
 
     let intruder_mac: MacAddr = intruder.mac().unwrap().parse().unwrap();
     let ifindex = intruder.ifindex().unwrap();
