@@ -9,6 +9,7 @@
 pub mod addresses;
 mod l2advertisement;
 mod pool;
+pub mod reference;
 pub mod selector;
 
 pub use l2advertisement::{L2Advertisement, L2AdvertisementSpec};
