@@ -198,6 +198,26 @@ pub fn endpoint_can_serve(conditions: Option<&EndpointConditions>) -> bool {
     c.ready != Some(false) || (c.serving == Some(true) && c.terminating != Some(true))
 }
 
+/// Whether `adv` selects `pool` (no pool names and no pool selectors: every pool). A malformed
+/// selector selects nothing; [`evaluate`] reports it.
+pub fn advertisement_selects_pool(adv: &L2Advertisement, pool: &IPAddressPool) -> bool {
+    selects_pool(adv, PoolRef::of(pool), &mut Vec::new())
+}
+
+/// Whether `adv` lets `node` announce (no node selectors: every node). A malformed selector
+/// selects nothing.
+pub fn advertisement_selects_node(adv: &L2Advertisement, node: &Node) -> bool {
+    NodeRef::of(node).is_some_and(|n| selects_node(adv, n, &mut Vec::new()))
+}
+
+/// Whether the node opted out of announcing with [`EXCLUDE_LABEL`] (any value).
+pub fn is_excluded(node: &Node) -> bool {
+    node.metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(EXCLUDE_LABEL))
+}
+
 /// Whether `slice` belongs to `service` (same namespace, [`SERVICE_NAME_LABEL`] = its name).
 pub fn slice_belongs_to(slice: &EndpointSlice, service: &Service) -> bool {
     let Some(name) = service.metadata.name.as_deref() else {

@@ -15,6 +15,9 @@
 //! 4. An address shared by several Services goes to the owner chosen by the first of them (by
 //!    `namespace/name`) that has one, so no address ever has two owners, even when the sharing
 //!    Services disagree about eligibility.
+//!
+//! The rules themselves (which advertisement selects which pool and node, the exclusion label,
+//! which endpoints can serve) live in [`eligibility`]; this module applies them to every Service.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -23,15 +26,13 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lodestone_crds::addresses::{PoolAddresses, parse_pool};
-use lodestone_crds::selector;
 use lodestone_crds::{IPAddressPool, L2Advertisement};
 
-use crate::election;
+use crate::{election, eligibility};
 
-/// Nodes with this label never announce (the well-known Kubernetes label MetalLB honours too).
-pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
-/// The label EndpointSlices carry to name their Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The labels the rules read, defined with the rules in [`eligibility`].
+pub use crate::eligibility::{EXCLUDE_LABEL, SERVICE_NAME_LABEL};
+
 /// Default `--lb-class`.
 pub const DEFAULT_LB_CLASS: &str = "lodestone.dev/lb";
 
@@ -257,42 +258,6 @@ struct PoolView<'a> {
     adverts: Vec<&'a L2Advertisement>,
 }
 
-fn advert_selects_pool(adv: &L2Advertisement, pool: &IPAddressPool) -> bool {
-    let spec = &adv.spec;
-    if spec.ip_address_pools.is_empty() && spec.ip_address_pool_selectors.is_empty() {
-        return true;
-    }
-    let name = pool.metadata.name.as_deref().unwrap_or_default();
-    if spec.ip_address_pools.iter().any(|p| p == name) {
-        return true;
-    }
-    let empty = BTreeMap::new();
-    let labels = pool.metadata.labels.as_ref().unwrap_or(&empty);
-    // A malformed selector selects nothing: announcing from the wrong place is worse than not.
-    spec.ip_address_pool_selectors
-        .iter()
-        .any(|s| selector::matches(s, labels).unwrap_or(false))
-}
-
-fn advert_selects_node(adv: &L2Advertisement, node: &Node) -> bool {
-    if adv.spec.node_selectors.is_empty() {
-        return true;
-    }
-    let empty = BTreeMap::new();
-    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
-    adv.spec
-        .node_selectors
-        .iter()
-        .any(|s| selector::matches(s, labels).unwrap_or(false))
-}
-
-fn excluded(node: &Node) -> bool {
-    node.metadata
-        .labels
-        .as_ref()
-        .is_some_and(|l| l.contains_key(EXCLUDE_LABEL))
-}
-
 /// Ready endpoints of each Service: `namespace/name` → nodes hosting one (`None` for an
 /// endpoint without `nodeName`, which counts for "anywhere" but for no node).
 fn ready_endpoints(slices: &[Arc<EndpointSlice>]) -> BTreeMap<String, BTreeSet<Option<String>>> {
@@ -313,9 +278,7 @@ fn ready_endpoints(slices: &[Arc<EndpointSlice>]) -> BTreeMap<String, BTreeSet<O
         );
         let entry = out.entry(key).or_default();
         for ep in &slice.endpoints {
-            // An unset `ready` means ready (the API's documented default).
-            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            if ready && !ep.addresses.is_empty() {
+            if eligibility::endpoint_can_serve(ep.conditions.as_ref()) && !ep.addresses.is_empty() {
                 entry.insert(ep.node_name.clone());
             }
         }
@@ -347,7 +310,7 @@ pub fn plan(input: &PlanInput) -> Plan {
                 .advertisements
                 .iter()
                 .map(|a| a.as_ref())
-                .filter(|a| advert_selects_pool(a, p))
+                .filter(|a| eligibility::advertisement_selects_pool(a, p))
                 .collect();
             Some(PoolView { addresses, adverts })
         })
@@ -416,7 +379,7 @@ pub fn plan(input: &PlanInput) -> Plan {
 
         let node_ok = |name: &str, node: &Node| {
             input.alive.contains(name)
-                && !excluded(node)
+                && !eligibility::is_excluded(node)
                 && (!local || ready.is_some_and(|r| r.contains(&Some(name.to_owned()))))
         };
         // Nodes eligible for every announced address.
@@ -424,9 +387,11 @@ pub fn plan(input: &PlanInput) -> Plan {
             .iter()
             .filter(|(name, node)| node_ok(name, node))
             .filter(|(_, node)| {
-                per_address
-                    .iter()
-                    .all(|(_, adverts)| adverts.iter().any(|a| advert_selects_node(a, node)))
+                per_address.iter().all(|(_, adverts)| {
+                    adverts
+                        .iter()
+                        .any(|a| eligibility::advertisement_selects_node(a, node))
+                })
             })
             .map(|(name, _)| *name)
             .collect();
@@ -490,7 +455,7 @@ fn interfaces_of<'a>(
 ) -> Option<Vec<String>> {
     let mut names = BTreeSet::new();
     let mut any = false;
-    for adv in adverts.filter(|a| advert_selects_node(a, node)) {
+    for adv in adverts.filter(|a| eligibility::advertisement_selects_node(a, node)) {
         any = true;
         if adv.spec.interfaces.is_empty() {
             return None;
@@ -717,6 +682,29 @@ mod tests {
             assert!(p.owned.is_empty());
         }
         input.endpoint_slices.clear();
+        assert_eq!(
+            owner_of(&plan(&input), "web"),
+            Err(NoOwner::NoReadyEndpoints)
+        );
+    }
+
+    #[test]
+    fn serving_endpoints_count_unless_terminating() {
+        // EndpointSlice semantics: an endpoint that is not ready but still serving and not
+        // terminating can take traffic; a serving one that is terminating cannot.
+        let with = |serving: bool, terminating: bool| {
+            let mut s = (*slice("web", &[("node-a", false)])).clone();
+            s.endpoints[0].conditions = Some(EndpointConditions {
+                ready: Some(false),
+                serving: Some(serving),
+                terminating: Some(terminating),
+            });
+            Arc::new(s)
+        };
+        let mut input = base("node-a");
+        input.endpoint_slices = vec![with(true, false)];
+        assert!(owner_of(&plan(&input), "web").is_ok());
+        input.endpoint_slices = vec![with(true, true)];
         assert_eq!(
             owner_of(&plan(&input), "web"),
             Err(NoOwner::NoReadyEndpoints)
