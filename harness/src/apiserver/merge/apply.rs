@@ -340,7 +340,7 @@ fn prune(
     }
 }
 
-/// Server-side apply (https://kubernetes.io/docs/reference/using-api/server-side-apply/).
+/// Server-side apply (<https://kubernetes.io/docs/reference/using-api/server-side-apply/>).
 /// `live` is the current object (None on create-by-apply). `config` is the applied configuration
 /// (already parsed from YAML/JSON; contains apiVersion/kind/metadata.name and the fields the
 /// manager owns). Returns the merged object with `metadata.managedFields` updated (entry for
