@@ -209,22 +209,39 @@ pub fn locate_binaries(
             )
         });
     }
-    if let Some(found) = self_exe.parent().and_then(binaries_in) {
+    // Under `cargo run`, binaries lying next to ours may predate the sources: always ask cargo,
+    // which does nothing when they are current. Run on its own, use what sits beside us.
+    let cargo = std::env::var_os("CARGO");
+    if cargo.is_none()
+        && let Some(found) = self_exe.parent().and_then(binaries_in)
+    {
         return Ok(found);
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    story.say("building lodestone-controller and lodestone-speaker (cargo build --release)");
+    let cargo = cargo.unwrap_or_else(|| "cargo".into());
+    // Build in the profile we were built in, so `cargo run` without --release stays quick.
+    let release = self_exe
+        .parent()
+        .and_then(Path::file_name)
+        .is_none_or(|d| d != "debug");
+    let mut args = vec!["build"];
+    if release {
+        args.push("--release");
+    }
+    args.extend([
+        "-p",
+        "lodestone-controller",
+        "-p",
+        "lodestone-speaker",
+        "--message-format=json-render-diagnostics",
+    ]);
+    story.say(&format!(
+        "building lodestone-controller and lodestone-speaker (cargo {})",
+        args[..args.len() - 5].join(" ")
+    ));
     // Diagnostics go to our stderr; stdout carries the artifact messages we read the paths from.
     let out = Command::new(&cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "lodestone-controller",
-            "-p",
-            "lodestone-speaker",
-            "--message-format=json-render-diagnostics",
-        ])
+        .args(&args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
