@@ -234,7 +234,7 @@ pub fn locate_binaries(
         "lodestone-speaker",
         "--message-format=json-render-diagnostics",
     ]);
-    story.say(&format!(
+    story.say(format!(
         "building lodestone-controller and lodestone-speaker (cargo {})",
         args[..args.len() - 5].join(" ")
     ));
