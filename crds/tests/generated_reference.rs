@@ -14,3 +14,34 @@ fn committed_reference_matches_the_types() {
         lodestone_crds::reference::REGENERATE
     );
 }
+
+/// mdBook silently leaves out a page that `docs/SUMMARY.md` does not list, so a new page would be
+/// missing from the built manual without anyone noticing.
+#[test]
+fn book_summary_lists_every_page() {
+    let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let summary = std::fs::read_to_string(docs.join("SUMMARY.md")).expect("docs/SUMMARY.md");
+    let mut pages: Vec<String> = std::fs::read_dir(&docs)
+        .expect("docs/ is readable")
+        .map(|e| {
+            e.expect("directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|n| n.ends_with(".md") && n != "SUMMARY.md")
+        .collect();
+    pages.sort();
+    assert!(
+        pages.iter().any(|p| p == "reference.md"),
+        "docs/ looks wrong: {pages:?}"
+    );
+    let missing: Vec<&String> = pages
+        .iter()
+        .filter(|p| !summary.contains(&format!("]({p})")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/SUMMARY.md does not list {missing:?}; add them so mdBook builds them"
+    );
+}
