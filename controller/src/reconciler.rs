@@ -78,89 +78,70 @@ fn start_watches(client: &Client, tx: mpsc::UnboundedSender<Signal>) -> Stores {
     let (services, svc_writer) = reflector::store::<Service>();
     let (pools, pool_writer) = reflector::store::<IPAddressPool>();
     let (namespaces, ns_writer) = reflector::store::<Namespace>();
-
-    let stx = tx.clone();
-    let svc_stream = watcher(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(svc_writer);
-    tokio::spawn(async move {
-        futures::pin_mut!(svc_stream);
-        while let Some(ev) = svc_stream.next().await {
-            let sig = match ev {
-                Ok(watcher::Event::Apply(s) | watcher::Event::Delete(s)) => {
-                    Signal::Service(service::key_of(&s))
-                }
-                Ok(watcher::Event::InitDone) => Signal::AllServices,
-                Ok(_) => continue,
-                Err(e) => {
-                    warn!(error = %e, "Service watch failed; retrying");
-                    continue;
-                }
-            };
-            if stx.send(sig).is_err() {
-                return;
-            }
+    spawn_watch(client, svc_writer, tx.clone(), |ev| match ev {
+        watcher::Event::Apply(s) | watcher::Event::Delete(s) => {
+            Some(Signal::Service(service::key_of(s)))
         }
+        watcher::Event::InitDone => Some(Signal::AllServices),
+        _ => None,
     });
-
-    let ptx = tx.clone();
-    let pool_stream = watcher(
-        Api::<IPAddressPool>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|p| p.managed_fields_mut().clear())
-    .reflect(pool_writer);
-    tokio::spawn(async move {
-        futures::pin_mut!(pool_stream);
-        while let Some(ev) = pool_stream.next().await {
-            match ev {
-                Ok(
-                    watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone,
-                ) => {
-                    if ptx.send(Signal::Pools).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "IPAddressPool watch failed; retrying"),
-            }
+    spawn_watch(client, pool_writer, tx.clone(), |ev| match ev {
+        watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone => {
+            Some(Signal::Pools)
         }
+        _ => None,
     });
-
-    let ns_stream = watcher(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(ns_writer);
-    tokio::spawn(async move {
-        futures::pin_mut!(ns_stream);
-        while let Some(ev) = ns_stream.next().await {
-            match ev {
-                // Namespace labels feed namespace selectors: re-evaluate every Service. Services
-                // that already hold a valid address keep it, so this is cheap and moves nothing.
-                Ok(
-                    watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone,
-                ) => {
-                    if tx.send(Signal::AllServices).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "Namespace watch failed; retrying"),
-            }
+    // Namespace labels feed namespace selectors: re-evaluate every Service. Services that
+    // already hold a valid address keep it, so this is cheap and moves nothing.
+    spawn_watch(client, ns_writer, tx, |ev| match ev {
+        watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone => {
+            Some(Signal::AllServices)
         }
+        _ => None,
     });
-
     Stores {
         services,
         pools,
         namespaces,
     }
+}
+
+/// Watch every `K` into `writer`'s cache and turn each event into a signal for the decision
+/// task. Cached objects drop `managedFields`, which nothing here reads and which are most of
+/// their size.
+fn spawn_watch<K>(
+    client: &Client,
+    writer: reflector::store::Writer<K>,
+    tx: mpsc::UnboundedSender<Signal>,
+    signal: fn(&watcher::Event<K>) -> Option<Signal>,
+) where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let stream = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(writer);
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(ev) => {
+                    if let Some(sig) = signal(&ev)
+                        && tx.send(sig).is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying"),
+            }
+        }
+    });
 }
 
 /// Run the controller until the process is stopped. `leader` says whether this replica holds the

@@ -11,8 +11,8 @@ use lodestone_crds::addresses::IpFamily;
 
 use crate::ipam::{FamilyPolicy, Protocol, ServiceKey, ServiceRequest};
 
-/// The `spec.loadBalancerClass` Lodestone answers to unless told otherwise.
-pub const DEFAULT_CLASS: &str = "lodestone.dev/lb";
+/// The class rule, shared with the speaker so both binaries agree on which Services are ours.
+pub use lodestone_crds::class::{ClassFilter, DEFAULT_CLASS};
 
 /// Annotations, most specific first: Lodestone's own, then MetalLB's current and legacy forms so a
 /// cluster can switch from MetalLB without editing its Services.
@@ -74,41 +74,6 @@ pub enum RequestError {
         found: &'static str,
         wanted: &'static str,
     },
-}
-
-/// Which LoadBalancer Services this controller serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClassFilter {
-    /// Services with exactly this `spec.loadBalancerClass` are ours.
-    pub class: String,
-    /// Services with no class are ours too (false when another implementation is the default).
-    pub default_class: bool,
-}
-
-impl Default for ClassFilter {
-    fn default() -> Self {
-        ClassFilter {
-            class: DEFAULT_CLASS.to_string(),
-            default_class: true,
-        }
-    }
-}
-
-impl ClassFilter {
-    /// True when the Service is `type: LoadBalancer` with our class (or none, if we are the default)
-    /// and is not being deleted.
-    pub fn is_ours(&self, svc: &Service) -> bool {
-        let Some(spec) = svc.spec.as_ref() else {
-            return false;
-        };
-        if spec.type_.as_deref() != Some("LoadBalancer") {
-            return false;
-        }
-        match spec.load_balancer_class.as_deref() {
-            Some(class) => class == self.class,
-            None => self.default_class,
-        }
-    }
 }
 
 /// The Service's `namespace/name` key.

@@ -116,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg = SpeakerConfig {
         node_name: args.node_name.clone(),
         class: ClassFilter {
-            lb_class: args.lb_class.clone(),
+            class: args.lb_class.clone(),
             default_class: args.default_class,
         },
         membership_port: args.membership_port,

@@ -33,43 +33,8 @@ use crate::{election, eligibility};
 /// The labels the rules read, defined with the rules in [`eligibility`].
 pub use crate::eligibility::{EXCLUDE_LABEL, SERVICE_NAME_LABEL};
 
-/// Default `--lb-class`.
-pub const DEFAULT_LB_CLASS: &str = "lodestone.dev/lb";
-
-/// Which Services are Lodestone's: type LoadBalancer and `spec.loadBalancerClass` equal to
-/// `lb_class`, or no class at all when `default_class` (the same rule as the controller's).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClassFilter {
-    /// The class we serve.
-    pub lb_class: String,
-    /// Whether Services without a class are ours.
-    pub default_class: bool,
-}
-
-impl Default for ClassFilter {
-    fn default() -> Self {
-        Self {
-            lb_class: DEFAULT_LB_CLASS.to_owned(),
-            default_class: true,
-        }
-    }
-}
-
-impl ClassFilter {
-    /// Whether `svc` is ours.
-    pub fn accepts(&self, svc: &Service) -> bool {
-        let Some(spec) = svc.spec.as_ref() else {
-            return false;
-        };
-        if spec.type_.as_deref() != Some("LoadBalancer") {
-            return false;
-        }
-        match spec.load_balancer_class.as_deref() {
-            Some(class) => class == self.lb_class,
-            None => self.default_class,
-        }
-    }
-}
+/// The class rule, shared with the controller so both binaries agree on which Services are ours.
+pub use lodestone_crds::class::{ClassFilter, DEFAULT_CLASS as DEFAULT_LB_CLASS};
 
 /// Everything the decision depends on. Objects are shared (`Arc`) because they come straight
 /// from reflector stores; nothing here is mutated.
@@ -330,7 +295,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         local_interfaces: BTreeMap<IpAddr, Option<Vec<String>>>,
     }
     let mut candidates: BTreeMap<String, Candidate> = BTreeMap::new();
-    for svc in input.services.iter().filter(|s| input.class.accepts(s)) {
+    for svc in input.services.iter().filter(|s| input.class.is_ours(s)) {
         let key = key_of(&svc.metadata);
         let ips = ingress_ips(svc);
         let mut cand = Candidate {
@@ -652,19 +617,19 @@ mod tests {
     fn class_filter() {
         let f = ClassFilter::default();
         let mut svc = (*service("s", &["198.51.100.1"], false)).clone();
-        assert!(f.accepts(&svc));
+        assert!(f.is_ours(&svc));
         svc.spec.as_mut().unwrap().load_balancer_class = Some("other.example/lb".into());
-        assert!(!f.accepts(&svc));
+        assert!(!f.is_ours(&svc));
         svc.spec.as_mut().unwrap().load_balancer_class = Some(DEFAULT_LB_CLASS.into());
-        assert!(f.accepts(&svc));
+        assert!(f.is_ours(&svc));
         svc.spec.as_mut().unwrap().load_balancer_class = None;
         let strict = ClassFilter {
             default_class: false,
             ..f.clone()
         };
-        assert!(!strict.accepts(&svc));
+        assert!(!strict.is_ours(&svc));
         svc.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
-        assert!(!f.accepts(&svc));
+        assert!(!f.is_ours(&svc));
 
         let mut input = base("node-a");
         input.services = vec![Arc::new(svc)];
