@@ -65,7 +65,7 @@ pub fn kubeconfig_yaml(url: &str, ca_pem: &str, token: &str) -> String {
 }
 
 /// Write `contents` to `path` with mode 0600 (kubeconfigs, tokens and keys are credentials).
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)

@@ -42,7 +42,6 @@ pub mod validation;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
 use rand::Rng;
 
 use handlers::State;
@@ -204,25 +203,12 @@ impl Server {
 
     /// A kubeconfig with cluster, user (token) and the current context `lodestone-sandbox`.
     pub fn kubeconfig_yaml(&self) -> String {
-        let ca = base64::engine::general_purpose::STANDARD.encode(self.ca_pem.as_bytes());
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: lodestone-sandbox\n  cluster:\n    server: {url}\n    certificate-authority-data: {ca}\nusers:\n- name: lodestone-sandbox\n  user:\n    token: {token}\ncontexts:\n- name: lodestone-sandbox\n  context:\n    cluster: lodestone-sandbox\n    user: lodestone-sandbox\n    namespace: default\ncurrent-context: lodestone-sandbox\npreferences: {{}}\n",
-            url = self.url(),
-            token = self.token(),
-        )
+        crate::cluster::kubeconfig_yaml(&self.url(), self.ca_pem(), self.token())
     }
 
     /// Write [`Server::kubeconfig_yaml`] to `path` (mode 0600: it holds a credential).
     pub fn write_kubeconfig(&self, path: &std::path::Path) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)?;
-        f.write_all(self.kubeconfig_yaml().as_bytes())
+        crate::cluster::write_private(path, &self.kubeconfig_yaml())
     }
 
     /// A kube client built from the kubeconfig, the same path the real binaries take.
@@ -265,10 +251,7 @@ impl Server {
 
     /// [`Server::kubeconfig_yaml`] with another bearer token (one given to [`Server::add_token`]).
     pub fn kubeconfig_yaml_with_token(&self, token: &str) -> String {
-        self.kubeconfig_yaml().replace(
-            &format!("token: {}\n", self.token()),
-            &format!("token: {token}\n"),
-        )
+        crate::cluster::kubeconfig_yaml(&self.url(), self.ca_pem(), token)
     }
 
     async fn stop_listening(&mut self) {
