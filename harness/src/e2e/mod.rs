@@ -7,11 +7,13 @@
 //! - [`lab`]: all of the above assembled: API server, bridge, nodes, client, speakers.
 //! - [`objects`]: Nodes, Services with status, EndpointSlices created by hand.
 //! - [`controller`]: the real controller binary in the root namespace.
-//! - [`metrics`]: a speaker's Prometheus gauges, read inside its namespace.
+//! - [`metrics`]: a speaker's Prometheus metrics and probes, read inside its namespace.
+//! - [`logs`]: checking `--log-json` output: every line about an object names it.
 
 pub mod controller;
 pub mod forward;
 pub mod lab;
+pub mod logs;
 pub mod metrics;
 pub mod objects;
 pub mod process;
