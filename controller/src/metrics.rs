@@ -249,4 +249,41 @@ mod tests {
         m.remove_pool("blue");
         assert!(!m.encode().contains(r#"pool="blue""#));
     }
+
+    /// docs/metrics.md lists exactly the names the registry exposes.
+    #[test]
+    fn every_exposed_name_is_documented_and_back() {
+        // Labelled families are described only once they hold a series.
+        let m = Metrics::new();
+        m.set_pool("blue", IpFamily::V4, 1, 1);
+        m.allocation_failed("PoolExhausted");
+        m.write(true);
+        let exposed: std::collections::BTreeSet<String> = m
+            .encode()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| {
+                let (name, kind) = l.split_once(' ')?;
+                // OpenMetrics names the counter family without the `_total` of its sample.
+                Some(if kind == "counter" {
+                    format!("{name}_total")
+                } else {
+                    name.to_owned()
+                })
+            })
+            .collect();
+        let doc = include_str!("../../docs/metrics.md");
+        let documented: std::collections::BTreeSet<String> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `lodestone_controller_"))
+            .filter_map(|l| l.split(['`', '{']).next())
+            .map(|n| format!("lodestone_controller_{n}"))
+            .collect();
+        // Every registered metric is in the exposition (split so this line does not count).
+        let registered = include_str!("metrics.rs")
+            .matches(concat!("registry", ".register("))
+            .count();
+        assert_eq!(exposed.len(), registered, "{exposed:?}");
+        assert_eq!(exposed, documented, "registry vs docs/metrics.md");
+    }
 }

@@ -668,3 +668,69 @@ async fn probes_and_metrics_follow_services() {
     c.wait_metric("lodestone_controller_services_assigned", "3")
         .await;
 }
+
+/// With `--log-json` every line is JSON, and every line about a Service or a pool names it in
+/// a field (`service = "namespace/name"`, `pool = "name"`), so one query finds all of them.
+#[tokio::test]
+async fn json_logs_name_every_object() {
+    let env = env().await;
+    env.pool("blue", json!({"addresses": ["192.0.2.0/31"]}))
+        .await;
+    env.pool(
+        "spare",
+        json!({"addresses": ["198.51.100.0/31"], "autoAssign": false}),
+    )
+    .await;
+    let c = env.controller(&["--leader-elect=false", "--log-json"]);
+    for name in ["a", "b", "c"] {
+        env.service("default", name, json!({}), json!({})).await;
+    }
+    env.wait_ingress("default", "a", |i| !i.is_empty()).await;
+    env.wait_ingress("default", "b", |i| !i.is_empty()).await;
+    env.wait_event("default", "c", "AllocationFailed", "").await;
+    // Released three ways: deletion, leaving LoadBalancer, and a pool let go.
+    env.delete_service("default", "a").await;
+    env.wait_ingress("default", "c", |i| !i.is_empty()).await;
+    env.services("default")
+        .patch(
+            "b",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"type": "ClusterIP"}})),
+        )
+        .await
+        .unwrap();
+    env.wait_event("default", "b", "IPReleased", "").await;
+    env.pools()
+        .delete("spare", &DeleteParams::default())
+        .await
+        .unwrap();
+    let pools = env.pools();
+    let gone = tokio::time::timeout(DEADLINE, async {
+        while pools.get_opt("spare").await.ok().flatten().is_some() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "pool spare was never let go\n{}", c.log());
+
+    let log = c.log();
+    let addresses = ["192.0.2.0".parse().unwrap(), "192.0.2.1".parse().unwrap()];
+    let bad = lodestone_harness::e2e::logs::unnamed_object_lines(
+        &log,
+        &lodestone_harness::e2e::logs::ObjectNames {
+            fields: &["service", "pool"],
+            objects: &["default/a", "default/b", "default/c", "blue", "spare"],
+            addresses: &addresses,
+            exempt_targets: &[],
+        },
+    );
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+    for field in [
+        r#""service":"default/a""#,
+        r#""service":"default/b""#,
+        r#""service":"default/c""#,
+        r#""pool":"spare""#,
+    ] {
+        assert!(log.contains(field), "no line with {field}\n{log}");
+    }
+}

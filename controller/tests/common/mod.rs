@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -270,7 +269,8 @@ impl Controller {
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,lodestone_controller=debug")
-            .stdout(Stdio::null())
+            // The log lines go to stdout; panics and the final error to stderr.
+            .stdout(file.try_clone().expect("log file"))
             .stderr(file)
             .spawn()
             .expect("controller starts");
