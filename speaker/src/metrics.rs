@@ -287,6 +287,38 @@ mod tests {
         }
     }
 
+    /// The metrics table of docs/announcing.md lists exactly the names the registry exposes.
+    #[test]
+    fn every_exposed_name_is_documented_and_back() {
+        let exposed: std::collections::BTreeSet<String> = Metrics::new()
+            .render()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| {
+                let (name, kind) = l.split_once(' ')?;
+                // OpenMetrics names the counter family without the `_total` of its sample.
+                Some(if kind == "counter" {
+                    format!("{name}_total")
+                } else {
+                    name.to_owned()
+                })
+            })
+            .collect();
+        let doc = include_str!("../../docs/announcing.md");
+        let documented: std::collections::BTreeSet<String> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `lodestone_speaker_"))
+            .filter_map(|l| l.split(['`', '{']).next())
+            .map(|n| format!("lodestone_speaker_{n}"))
+            .collect();
+        // Every registered metric is in the exposition (split so this line does not count).
+        let registered = include_str!("metrics.rs")
+            .matches(concat!("registry", ".register("))
+            .count();
+        assert_eq!(exposed.len(), registered, "{exposed:?}");
+        assert_eq!(exposed, documented, "registry vs docs/announcing.md");
+    }
+
     #[tokio::test]
     async fn probes_and_metrics_over_http() {
         let metrics = Arc::new(Metrics::new());
