@@ -13,7 +13,10 @@
 //!   gratuitous messages may still be on the wire.
 //!
 //! What to answer is decided by pure functions ([`arp_action`], [`ndp_action`]); the tasks
-//! around them only move bytes.
+//! around them only move bytes. The solicited-node group memberships that let IPv6
+//! solicitations in are kept per interface by `groups`, over as many sockets as needed.
+
+mod groups;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -27,13 +30,13 @@ use tokio::task::JoinHandle;
 
 use crate::frames::{
     self, ArpFrame, ArpOp, MacAddr, NdpMessage, arp_reply, gratuitous_arp, neighbor_advertisement,
-    solicited_node_multicast,
 };
 use crate::interfaces::{
     AbortOnDrop, DEFAULT_EXCLUDE, InterfaceFilter, InterfacesError, LinkInfo, LinkWatcher,
     choose_interfaces, watch_links,
 };
-use crate::sys::{self, ArpSocket, NdpSocket, UnicastNsSocket};
+use crate::sys::{self, ArpSocket, GroupSocket, NdpSocket, UnicastNsSocket};
+use groups::Groups;
 
 /// All-nodes multicast, the destination of unsolicited Neighbor Advertisements.
 const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
@@ -126,6 +129,7 @@ pub struct Counters {
     gratuitous_arp_sent: AtomicU64,
     unsolicited_na_sent: AtomicU64,
     conflicts: AtomicU64,
+    ndp_group_join_failures: AtomicU64,
 }
 
 /// A copy of [`Counters`] at one moment.
@@ -151,6 +155,10 @@ pub struct CountersSnapshot {
     pub unsolicited_na_sent: u64,
     /// Conflicts detected.
     pub conflicts: u64,
+    /// Solicited-node group joins that failed (each is also reported as an
+    /// [`AnnouncerEvent::InterfaceError`] naming the addresses): solicitations for those
+    /// addresses go unanswered until a later attempt succeeds.
+    pub ndp_group_join_failures: u64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -172,6 +180,7 @@ impl Counters {
             gratuitous_arp_sent: get(&self.gratuitous_arp_sent),
             unsolicited_na_sent: get(&self.unsolicited_na_sent),
             conflicts: get(&self.conflicts),
+            ndp_group_join_failures: get(&self.ndp_group_join_failures),
         }
     }
 }
@@ -462,7 +471,8 @@ struct Worker {
     /// Receives the unicast solicitations the raw socket cannot see; answers go out
     /// through `ndp`.
     unicast_ns: Option<AbortOnDrop<()>>,
-    groups: BTreeSet<Ipv6Addr>,
+    /// Solicited-node memberships of the IPv6 addresses planned here.
+    groups: Groups<GroupSocket>,
 }
 
 /// Turns desired state + link view into a plan, sockets, group memberships and bursts.
@@ -611,7 +621,7 @@ impl Manager {
             arp: None,
             ndp: None,
             unicast_ns: None,
-            groups: BTreeSet::new(),
+            groups: Groups::default(),
         });
         if v4 && worker.arp.is_none() {
             let socket = Arc::new(sys::register(ArpSocket::open(index)?)?);
@@ -649,39 +659,47 @@ impl Manager {
     }
 
     /// Joins the solicited-node group of each IPv6 address planned on a link, leaves the
-    /// groups no longer needed.
+    /// groups no longer needed. A join that fails is counted and reported with the addresses
+    /// it leaves unanswered, and tried again on the next reconcile.
     fn update_groups(&mut self, plan: &Plan) {
         for (index, worker) in &mut self.workers {
-            let Some((socket, _)) = &worker.ndp else {
+            if worker.ndp.is_none() {
                 continue;
-            };
-            let wanted: BTreeSet<Ipv6Addr> = plan
+            }
+            let addresses = plan
                 .iter()
                 .filter(|(_, m)| m.contains_key(index))
                 .filter_map(|(ip, _)| match ip {
-                    IpAddr::V6(v6) => Some(solicited_node_multicast(*v6)),
+                    IpAddr::V6(v6) => Some(*v6),
                     IpAddr::V4(_) => None,
-                })
-                .collect();
-            for group in worker.groups.difference(&wanted) {
-                if let Err(e) = socket.get_ref().leave(*group) {
-                    tracing::warn!(%group, interface = %worker.name, error = %e, "leaving group");
-                }
+                });
+            let index = *index;
+            let report = worker.groups.sync(addresses, || GroupSocket::open(index));
+            for (group, error) in report.leave_failures {
+                tracing::warn!(%group, interface = %worker.name, %error, "leaving solicited-node group");
             }
-            let mut joined: BTreeSet<Ipv6Addr> =
-                worker.groups.intersection(&wanted).copied().collect();
-            for group in wanted.difference(&worker.groups) {
-                match socket.get_ref().join(*group) {
-                    Ok(()) => {
-                        joined.insert(*group);
-                    }
-                    Err(e) => self.shared.emit(AnnouncerEvent::InterfaceError {
-                        interface: worker.name.clone(),
-                        error: format!("joining {group}: {e}"),
-                    }),
-                }
+            for failure in report.join_failures {
+                inc(&self.shared.counters.ndp_group_join_failures);
+                let addresses = failure
+                    .addresses
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                self.shared.emit(AnnouncerEvent::InterfaceError {
+                    interface: worker.name.clone(),
+                    error: format!(
+                        "joining solicited-node group {} failed, so solicitations for {addresses} go unanswered: {}",
+                        failure.group, failure.error
+                    ),
+                });
             }
-            worker.groups = joined;
+            tracing::debug!(
+                interface = %worker.name,
+                groups = worker.groups.joined(),
+                sockets = worker.groups.sockets(),
+                "solicited-node memberships"
+            );
         }
     }
 

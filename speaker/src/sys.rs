@@ -9,14 +9,18 @@
 //! - [`NdpSocket`]: raw `AF_INET6`/`IPPROTO_ICMPV6` with an `ICMP6_FILTER` passing only
 //!   Neighbor Solicitations and Advertisements, bound to one device, sending with hop limit
 //!   255, reporting the received hop limit so RFC 4861's "hop limit must be 255" can be
-//!   checked, and joined to the solicited-node group of each owned address.
+//!   checked. It holds no group memberships itself: [`GroupSocket`]s do.
 //! - [`UnicastNsSocket`]: a second packet socket per IPv6 link for the one kind of NDP a raw
 //!   socket never sees: solicitations *unicast* to an owned address (neighbour reachability
 //!   probes, RFC 4861 §7.3.3). The address is not local to the node, so the kernel does not
 //!   deliver them to raw sockets; without answers, clients' entries fail every reachable
 //!   time. Its filter passes only ICMPv6 type 135 with hop limit 255 sent to our MAC.
+//! - [`GroupSocket`]: holds solicited-node group memberships and receives nothing. The kernel
+//!   caps one socket's memberships (`net.core.optmem_max`), so an interface with many IPv6
+//!   addresses needs several; a membership on any socket makes the interface accept the group,
+//!   and the [`NdpSocket`] bound to that device then receives what is sent to it.
 //!
-//! All three are non-blocking and registered with tokio through [`register`].
+//! The first three are non-blocking and registered with tokio through [`register`].
 
 use std::ffi::c_int;
 use std::io::{self, Read};
@@ -275,16 +279,6 @@ impl NdpSocket {
         self.ifindex
     }
 
-    /// Joins a multicast group (e.g. a solicited-node group) on the bound interface.
-    pub fn join(&self, group: Ipv6Addr) -> io::Result<()> {
-        self.socket.join_multicast_v6(&group, self.ifindex)
-    }
-
-    /// Leaves a multicast group joined with [`NdpSocket::join`].
-    pub fn leave(&self, group: Ipv6Addr) -> io::Result<()> {
-        self.socket.leave_multicast_v6(&group, self.ifindex)
-    }
-
     /// Sends an ICMPv6 body to `dst` (the kernel adds the header and checksum).
     pub fn send_to(&self, body: &[u8], dst: Ipv6Addr) -> io::Result<usize> {
         let addr = SockAddr::from(SocketAddrV6::new(dst, 0, 0, self.ifindex));
@@ -342,6 +336,45 @@ impl NdpSocket {
             hop_limit,
         })
     }
+}
+
+/// A socket that only holds IPv6 multicast memberships on one interface and never receives.
+///
+/// It is a UDP socket that is never bound: without a local port it is in none of the kernel's
+/// UDP lookup tables, so no datagram is ever queued on it and incoming packets never even
+/// consider it. (A raw ICMPv6 socket with an `ICMP6_FILTER` blocking every type would also
+/// receive nothing, but each incoming ICMPv6 packet would still be matched against it and its
+/// filter run, and it needs `CAP_NET_RAW`.) Closing it leaves its groups.
+#[derive(Debug)]
+pub struct GroupSocket {
+    socket: Socket,
+    ifindex: u32,
+}
+
+impl GroupSocket {
+    /// Opens a membership-only socket for interface `ifindex`.
+    pub fn open(ifindex: u32) -> io::Result<GroupSocket> {
+        let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+        Ok(GroupSocket { socket, ifindex })
+    }
+
+    /// Joins `group` on the interface. Fails with `ENOMEM` (or `ENOBUFS`) once this socket's
+    /// option memory is used up: see [`is_membership_full`].
+    pub fn join(&self, group: Ipv6Addr) -> io::Result<()> {
+        self.socket.join_multicast_v6(&group, self.ifindex)
+    }
+
+    /// Leaves a group joined with [`GroupSocket::join`].
+    pub fn leave(&self, group: Ipv6Addr) -> io::Result<()> {
+        self.socket.leave_multicast_v6(&group, self.ifindex)
+    }
+}
+
+/// Whether a failed join means that the socket holds as many memberships as
+/// `net.core.optmem_max` allows (IPv6 reports `ENOMEM`, IPv4 `ENOBUFS`): another socket may
+/// still succeed.
+pub fn is_membership_full(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENOMEM | libc::ENOBUFS))
 }
 
 mod sealed {

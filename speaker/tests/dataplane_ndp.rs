@@ -9,8 +9,11 @@ use dataplane_support::{RunningAnnouncer, fast_config, ip, wait_until};
 use ipnet::IpNet;
 use lodestone_harness::netns::{Host, Topology};
 use lodestone_speaker::announcer::AnnouncerEvent;
-use lodestone_speaker::frames::{MacAddr, neighbor_advertisement};
-use lodestone_speaker::sys::NdpSocket;
+use lodestone_speaker::frames::{
+    MacAddr, NdpMessage, neighbor_advertisement, neighbor_solicitation, parse_ndp,
+    solicited_node_multicast,
+};
+use lodestone_speaker::sys::{GroupSocket, NdpSocket, is_membership_full};
 
 fn net(s: &str) -> Option<IpNet> {
     Some(s.parse().unwrap())
@@ -241,4 +244,190 @@ fn unicast_reachability_probes_are_answered() {
     assert!(!entry.state.iter().any(|s| s == "FAILED"), "{entry:?}");
     let after = a.announcer.counters();
     assert!(after.ns_answered > before.ns_answered, "{after:?}");
+}
+
+/// Targets of the Neighbor Solicitations queued on `socket` (drained, non-blocking).
+fn solicited_targets(socket: &NdpSocket) -> Vec<Ipv6Addr> {
+    let mut buf = [0u8; 2048];
+    let mut targets = Vec::new();
+    while let Ok(r) = socket.recv(&mut buf) {
+        assert_eq!(r.hop_limit, Some(255), "{r:?}");
+        if let Ok(NdpMessage::Solicitation(ns)) = parse_ndp(&buf[..r.len]) {
+            targets.push(ns.target);
+        }
+    }
+    targets
+}
+
+/// The design rests on this: a solicited-node membership held by *another* socket makes the
+/// interface accept the group, and the NDP socket (bound to the device, no memberships of its
+/// own) receives the solicitations sent to it. Groups nobody joined stay out.
+#[test]
+fn a_group_joined_on_another_socket_reaches_the_ndp_socket() {
+    let topo = Topology::new().unwrap();
+    let node = topo.add_host("ldn", None, net("2001:db8::10/64")).unwrap();
+    let client = topo.add_host("ldc", None, net("2001:db8::1/64")).unwrap();
+    let (node_if, client_if) = (node.ifindex().unwrap(), client.ifindex().unwrap());
+    let client_mac: MacAddr = client.mac().unwrap().parse().unwrap();
+    let joined = v6(ip("2001:db8::cd:1"));
+    let unjoined = v6(ip("2001:db8::cd:2"));
+    let (group, other) = (
+        solicited_node_multicast(joined),
+        solicited_node_multicast(unjoined),
+    );
+
+    let (ndp, member) = node
+        .ns()
+        .run_in(move || {
+            (
+                NdpSocket::open("eth0", node_if).unwrap(),
+                GroupSocket::open(node_if).unwrap(),
+            )
+        })
+        .unwrap();
+    let sender = client
+        .ns()
+        .run_in(move || NdpSocket::open("eth0", client_if).unwrap())
+        .unwrap();
+    assert!(!groups(&node).contains(&group.to_string()));
+    member.join(group).unwrap();
+    assert!(
+        groups(&node).contains(&group.to_string()),
+        "{}",
+        groups(&node)
+    );
+    assert!(!groups(&node).contains(&other.to_string()));
+
+    // The unjoined group's solicitation goes first; every later one is for the joined group.
+    // Same sender, same path: the node's kernel sees them in that order, so once the joined
+    // ones have arrived, the unjoined one would have too.
+    sender
+        .send_to(&neighbor_solicitation(unjoined, Some(client_mac)), other)
+        .unwrap();
+    let mut seen = Vec::new();
+    wait_until("a solicitation for the joined group", || {
+        sender
+            .send_to(&neighbor_solicitation(joined, Some(client_mac)), group)
+            .unwrap();
+        seen.extend(solicited_targets(&ndp));
+        seen.contains(&joined)
+    });
+    assert!(!seen.contains(&unjoined), "{seen:?}");
+
+    // Closing the membership socket leaves the group.
+    drop(member);
+    wait_until("group left", || !groups(&node).contains(&group.to_string()));
+}
+
+/// Sockets among this process's open file descriptors.
+fn open_sockets() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+/// How many solicited-node groups one socket can join on `host`'s eth0 before the kernel
+/// refuses (`net.core.optmem_max`), measured with the same kind of socket the announcer uses.
+fn groups_per_socket(host: &Host) -> usize {
+    let ifindex = host.ifindex().unwrap();
+    host.ns()
+        .run_in(move || {
+            let socket = GroupSocket::open(ifindex).unwrap();
+            let mut n: u32 = 0;
+            loop {
+                // ff02::1:ff80:0 upwards: no address of the test uses these.
+                let group = Ipv6Addr::from(
+                    u128::from(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff80, 0)) + u128::from(n),
+                );
+                match socket.join(group) {
+                    Ok(()) => n += 1,
+                    Err(e) if is_membership_full(&e) => return n as usize,
+                    Err(e) => panic!("joining {group}: {e}"),
+                }
+                assert!(n < 1 << 20, "no membership limit met");
+            }
+        })
+        .unwrap()
+}
+
+/// More IPv6 addresses on one interface than one socket can hold memberships for (the old
+/// limit): the memberships spread over several sockets and every address is answered,
+/// including those past the first socket's capacity.
+#[test]
+fn more_addresses_than_one_socket_holds_groups_for_are_all_answered() {
+    let topo = Topology::new().unwrap();
+    let node = topo.add_host("ldn", None, net("2001:db8::10/64")).unwrap();
+    let client = topo.add_host("ldc", None, net("2001:db8::1/64")).unwrap();
+    let optmem = node
+        .ns()
+        .exec_ok("cat", &["/proc/sys/net/core/optmem_max"])
+        .unwrap();
+    let per_socket = groups_per_socket(&node);
+    assert!(per_socket > 0);
+    // At least two full sockets and part of a third; 600 at the least (the figure).
+    let count = (2 * per_socket + 50).max(600);
+    eprintln!(
+        "optmem_max {}: {per_socket} groups per socket; announcing {count} IPv6 addresses",
+        optmem.trim()
+    );
+    // 2001:db8::ab:0 upwards: each address has its own solicited-node group.
+    let base = u128::from(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0xab, 0));
+    let nth = |i: usize| IpAddr::V6(Ipv6Addr::from(base + i as u128));
+    let all: Vec<IpAddr> = (0..count).map(nth).collect();
+
+    let a = RunningAnnouncer::start(node.ns(), fast_config());
+    a.own(&all);
+    wait_until("every address announced", || {
+        a.announcer.announced_on().len() == count
+    });
+    let want: Vec<String> = all
+        .iter()
+        .map(|ip| solicited_node_multicast(v6(*ip)).to_string())
+        .collect();
+    wait_until("every solicited-node group joined", || {
+        let listed = groups(&node);
+        want.iter().all(|g| listed.contains(g.as_str()))
+    });
+
+    // First, last, around each socket's boundary, and the middle.
+    let mut sample = vec![
+        0,
+        per_socket - 1,
+        per_socket,
+        per_socket + 1,
+        2 * per_socket - 1,
+        2 * per_socket,
+        count / 2,
+        count - 1,
+    ];
+    sample.sort_unstable();
+    sample.dedup();
+    let mac = node.mac().unwrap();
+    for i in sample {
+        let target = nth(i);
+        wait_until(&format!("address #{i} ({target}) resolves"), || {
+            // The echo goes unanswered; the client kernel's solicitation is what counts.
+            let _ = client.ping(target).unwrap();
+            resolved_mac(&client, target) == Some(mac.clone())
+        });
+    }
+    let c = a.announcer.counters();
+    assert_eq!(c.ndp_group_join_failures, 0, "{c:?}");
+    assert!(c.ns_answered >= 8, "{c:?}");
+    let announcing = open_sockets();
+
+    // Releasing everything leaves every group (the spare sockets close).
+    a.own(&[]);
+    wait_until("every solicited-node group left", || {
+        let listed = groups(&node);
+        !want.iter().any(|g| listed.contains(g.as_str()))
+    });
+    // A figure for docs/performance.md, not an assertion: the NDP and unicast-NS sockets plus
+    // the membership sockets close with the last address.
+    eprintln!(
+        "sockets open in this process: {announcing} while announcing, {} after release",
+        open_sockets()
+    );
 }
