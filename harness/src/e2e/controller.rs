@@ -17,7 +17,7 @@ pub struct ControllerProcess {
 
 impl ControllerProcess {
     /// Starts `binary` with `KUBECONFIG=kubeconfig`, leader election off (one replica), its
-    /// health endpoint on a free loopback port, `extra` arguments, and stderr to `log`.
+    /// health endpoint on a free loopback port, `extra` arguments, and stdout and stderr to `log`.
     pub fn spawn(
         binary: &Path,
         kubeconfig: &Path,
@@ -37,7 +37,8 @@ impl ControllerProcess {
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // tracing writes the log to stdout; panics and the final error go to stderr.
+            .stdout(file.try_clone()?)
             .stderr(file)
             .spawn()
             .map_err(|e| io::Error::new(e.kind(), format!("starting {}: {e}", binary.display())))?;
