@@ -331,7 +331,7 @@ async fn reporter(
                 let params = PatchParams::apply(FIELD_MANAGER).force();
                 match api.patch_status(&name, &params, &Patch::Apply(&body)).await {
                     Ok(_) => {
-                        tracing::debug!(service = %format!("{namespace}/{name}"), %message, "condition written")
+                        tracing::debug!(service = %format!("{namespace}/{name}"), condition = %message, "condition written")
                     }
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
                     Err(error) => {
