@@ -24,10 +24,15 @@ pub struct ObjectNames<'a> {
 }
 
 /// The lines of `log` that break the rule (module docs), each with why; also every line that
-/// is not a JSON object, since with `--log-json` every line must be one.
+/// is not a JSON object, since with `--log-json` every line must be one, and every line with a
+/// key twice (a field called `message` next to the message: parsers keep one or the other).
 pub fn unnamed_object_lines(log: &str, names: &ObjectNames<'_>) -> Vec<String> {
     let mut bad = Vec::new();
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        if let Err(e) = serde_json::from_str::<UniqueKeys>(line) {
+            bad.push(format!("{e}: {line}"));
+            continue;
+        }
         let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(line) else {
             bad.push(format!("not a JSON object: {line}"));
             continue;
@@ -78,6 +83,63 @@ fn object_field_values(obj: &serde_json::Map<String, Value>, fields: &[&str]) ->
         .flat_map(|scope| fields.iter().filter_map(|f| scope.get(*f)))
         .filter_map(|v| v.as_str().map(str::to_owned))
         .collect()
+}
+
+/// Deserializes any JSON, failing on an object with a repeated key (serde_json's `Value`
+/// silently keeps the last one).
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON without repeated object keys")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "key {key:?} appears twice"
+                )));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
 }
 
 fn collect_strings(v: &Value, out: &mut Vec<String>) {
@@ -138,7 +200,13 @@ mod tests {
             r#"{"level":"INFO","fields":{"message":"released default/web."},"target":"x"}"#,
             r#"{"level":"INFO","fields":{"message":"oops","service":"default/other","ip":"2001:db8::100"},"target":"x"}"#,
             "plain text line",
+            r#"{"level":"DEBUG","fields":{"message":"condition written","service":"default/web","message":"announced"},"target":"x"}"#,
         ];
-        assert_eq!(check(&bad.join("\n")).len(), 4);
+        assert_eq!(
+            check(&bad.join("\n")).len(),
+            5,
+            "{:?}",
+            check(&bad.join("\n"))
+        );
     }
 }
