@@ -1,7 +1,7 @@
 //! Runs the real `lodestonectl migrate-metallb` on MetalLB manifests under `tests/fixtures/`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use lodestone_crds::{IPAddressPool, L2Advertisement};
@@ -232,4 +232,57 @@ fn unreadable_input_fails_without_output() {
 fn no_files_is_a_usage_error() {
     let out = run(&["migrate-metallb"]);
     assert_eq!(out.status.code(), Some(2), "clap's usage error");
+}
+
+/// docs/lodestonectl.md's transcript: the warnings are what the command prints on stderr, and
+/// the YAML shown after it is the end of what it writes.
+#[test]
+fn the_documented_run_prints_what_the_page_shows() {
+    use lodestone_harness::docs;
+    let page = "docs/lodestonectl.md";
+    let c = docs::command(page, "metallb-layer2.yaml").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/");
+    let script = c
+        .text
+        .replace("cli/tests/fixtures/", &fixtures.display().to_string());
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_lodestonectl"))
+        .parent()
+        .unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(dir.path())
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{c}: {}", stderr(&out));
+    let sample = c.output.as_deref().unwrap();
+    assert_eq!(
+        stderr(&out).trim_end(),
+        sample.trim_end(),
+        "{c}: the page shows other warnings"
+    );
+    // The page's YAML block after the transcript is the tail of the written file.
+    let text = std::fs::read_to_string(docs::repo_root().join(page)).unwrap();
+    let after = &text[text.find("and the end of stdout").unwrap()..];
+    let block = after
+        .split("```yaml\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let written = std::fs::read_to_string(dir.path().join("lodestone.yaml")).unwrap();
+    assert!(
+        written.ends_with(block),
+        "{c}: the file does not end with the page's YAML:\n{written}"
+    );
 }

@@ -294,4 +294,69 @@ async fn status_and_why_against_a_cluster() {
     let help = Command::new(&plugin).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("Usage: kubectl lodestone"), "{help}");
+
+    documented_commands_print_what_the_page_shows(bin, &kubeconfig);
+}
+
+/// docs/lodestonectl.md shows this very scenario: each transcript there is what the command
+/// prints, byte for byte, and the plugin setup runs as written (with a scratch `HOME`).
+fn documented_commands_print_what_the_page_shows(bin: &Path, kubeconfig: &Path) {
+    use lodestone_harness::docs;
+    let page = "docs/lodestonectl.md";
+    let mut compared = 0;
+    for c in docs::commands_of(page).unwrap() {
+        let (Some(sample), Some(args)) = (&c.output, c.text.strip_prefix("lodestonectl ")) else {
+            continue;
+        };
+        if args.starts_with("migrate-metallb") {
+            continue; // cli/tests/migrate_metallb.rs
+        }
+        let args: Vec<&str> = args.split_whitespace().collect();
+        let got = ok(bin, kubeconfig, &args);
+        assert_eq!(
+            got.trim_end(),
+            sample.trim_end(),
+            "{c}: the page shows other output"
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, 5, "status, status -o json and three whys");
+
+    let home = tempfile::tempdir().unwrap();
+    let bin_dir = bin.parent().unwrap();
+    let path = format!(
+        "{}:{}:{}",
+        home.path().join(".local/bin").display(),
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut plugin_outputs = Vec::new();
+    for needle in [
+        "mkdir -p ~/.local/bin",
+        "ln -s",
+        "kubectl lodestone status",
+        "kubectl lodestone why shop/web",
+    ] {
+        let c = docs::command(page, needle).unwrap();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&c.text)
+            .env("HOME", home.path())
+            .env("PATH", &path)
+            .env("KUBECONFIG", kubeconfig)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{c}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        plugin_outputs.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    assert_eq!(plugin_outputs[2], ok(bin, kubeconfig, &["status"]));
+    assert!(
+        plugin_outputs[3].starts_with("Service shop/web: no problem found"),
+        "{}",
+        plugin_outputs[3]
+    );
 }

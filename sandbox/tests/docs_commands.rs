@@ -149,6 +149,11 @@ const PLAN: &[(&str, &str, How)] = &[
     ),
     (
         "docs/lodestonectl.md",
+        "mkdir -p ~/.local/bin",
+        How::Test("cli/tests/status_why.rs"),
+    ),
+    (
+        "docs/lodestonectl.md",
         "ln -s",
         How::Test("cli/tests/status_why.rs"),
     ),
