@@ -738,7 +738,8 @@ impl Manager {
                         if !shared.answers(ip, index) {
                             return;
                         }
-                        match sys::send_ndp(&socket, &body, ALL_NODES).await {
+                        // From the address itself, as the kernel advertises its own.
+                        match sys::send_ndp(&socket, &body, v6, ALL_NODES).await {
                             Ok(_) => inc(&shared.counters.unsolicited_na_sent),
                             Err(e) => {
                                 tracing::warn!(%ip, interface = %name, error = %e, "unsolicited NA")
@@ -917,7 +918,9 @@ async fn handle_ndp(
             solicited,
         } => {
             let body = neighbor_advertisement(target, mac, solicited, true);
-            match sys::send_ndp(socket, &body, dst).await {
+            // Source = target, as the kernel answers for its own addresses: ndisc6 and
+            // other tools ignore advertisements from any other source.
+            match sys::send_ndp(socket, &body, target, dst).await {
                 Ok(_) => inc(&shared.counters.ns_answered),
                 Err(e) => tracing::warn!(interface = %name, error = %e, "sending NA"),
             }

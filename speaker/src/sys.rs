@@ -9,7 +9,12 @@
 //! - [`NdpSocket`]: raw `AF_INET6`/`IPPROTO_ICMPV6` with an `ICMP6_FILTER` passing only
 //!   Neighbor Solicitations and Advertisements, bound to one device, sending with hop limit
 //!   255, reporting the received hop limit so RFC 4861's "hop limit must be 255" can be
-//!   checked. It holds no group memberships itself: [`GroupSocket`]s do.
+//!   checked. It holds no group memberships itself: [`GroupSocket`]s do. Advertisements leave
+//!   it with IPv6 source = the advertised address ([`NdpSocket::send_from`]), as the kernel
+//!   sends its own: tools such as ndisc6 accept only those. The address is not local to the
+//!   node, so the socket sets `IPV6_FREEBIND`, which needs no capability (`IPV6_TRANSPARENT`
+//!   would need `CAP_NET_ADMIN`), and names the source in an `IPV6_PKTINFO` control message;
+//!   the kernel still computes the ICMPv6 checksum, over that source.
 //! - [`UnicastNsSocket`]: a second packet socket per IPv6 link for the one kind of NDP a raw
 //!   socket never sees: solicitations *unicast* to an owned address (neighbour reachability
 //!   probes, RFC 4861 §7.3.3). The address is not local to the node, so the kernel does not
@@ -271,6 +276,9 @@ impl NdpSocket {
         // Our own unsolicited advertisements are not news to us.
         socket.set_multicast_loop_v6(false)?;
         socket.set_recv_hoplimit_v6(true)?;
+        // Lets `send_from` use an address the node does not hold (the announced one) as
+        // source: without it the kernel rejects such an IPV6_PKTINFO with EINVAL.
+        socket.set_freebind_v6(true)?;
         Ok(NdpSocket { socket, ifindex })
     }
 
@@ -279,10 +287,80 @@ impl NdpSocket {
         self.ifindex
     }
 
-    /// Sends an ICMPv6 body to `dst` (the kernel adds the header and checksum).
+    /// Sends an ICMPv6 body to `dst` from an address of the kernel's choosing (the kernel adds
+    /// the header and checksum).
     pub fn send_to(&self, body: &[u8], dst: Ipv6Addr) -> io::Result<usize> {
         let addr = SockAddr::from(SocketAddrV6::new(dst, 0, 0, self.ifindex));
         self.socket.send_to(body, &addr)
+    }
+
+    /// Sends an ICMPv6 body to `dst` with IPv6 source `source`, which need not be an address
+    /// of the node (the socket has `IPV6_FREEBIND`). The kernel adds the header and computes
+    /// the checksum over `source`.
+    pub fn send_from(&self, body: &[u8], source: Ipv6Addr, dst: Ipv6Addr) -> io::Result<usize> {
+        let mut dst_addr = libc::sockaddr_in6 {
+            sin6_family: libc::AF_INET6 as libc::sa_family_t,
+            sin6_port: 0,
+            sin6_flowinfo: 0,
+            sin6_addr: libc::in6_addr {
+                s6_addr: dst.octets(),
+            },
+            sin6_scope_id: self.ifindex,
+        };
+        let pktinfo = libc::in6_pktinfo {
+            ipi6_addr: libc::in6_addr {
+                s6_addr: source.octets(),
+            },
+            ipi6_ifindex: self.ifindex,
+        };
+        // u64s so the control buffer is aligned for struct cmsghdr; 8 of them hold the
+        // 16-byte header plus the 20-byte in6_pktinfo, padded.
+        let mut control = [0u64; 8];
+        // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
+        let (space, len) = unsafe {
+            (
+                libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as usize,
+                libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as usize,
+            )
+        };
+        if space > size_of::<[u64; 8]>() {
+            return Err(io::Error::other(
+                "control buffer too small for IPV6_PKTINFO",
+            ));
+        }
+        let mut iov = libc::iovec {
+            iov_base: body.as_ptr().cast_mut().cast(),
+            iov_len: body.len(),
+        };
+        // SAFETY: msghdr is plain old data (integers and pointers); all-zero is valid.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&raw mut dst_addr).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control/msg_controllen describe `control`, at least CMSG_SPACE bytes
+        // (checked above), so CMSG_FIRSTHDR returns a non-null header inside it with room for
+        // the header and CMSG_LEN bytes of data.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+            if cmsg.is_null() {
+                return Err(io::Error::other("no room for IPV6_PKTINFO"));
+            }
+            (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
+            (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
+            (*cmsg).cmsg_len = len as _;
+            // write_unaligned because cmsg data has no alignment promise.
+            libc::CMSG_DATA(cmsg)
+                .cast::<libc::in6_pktinfo>()
+                .write_unaligned(pktinfo);
+        }
+        // SAFETY: every pointer in `msg` refers to a live local (`dst_addr`, `iov`, `control`)
+        // or to `body`, with the lengths given; they all outlive the call, and sendmsg(2) only
+        // reads them (iov_base is *mut only by the C type's signature).
+        let n = unsafe { libc::sendmsg(self.socket.as_raw_fd(), &raw const msg, 0) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
 
     /// Receives one ICMPv6 body with its source address and hop limit (non-blocking).
@@ -482,11 +560,17 @@ pub async fn recv_ndp(fd: &AsyncFd<NdpSocket>, buf: &mut [u8]) -> io::Result<Ndp
     }
 }
 
-/// Sends one ICMPv6 body to `dst`, waiting while the socket's send buffer is full.
-pub async fn send_ndp(fd: &AsyncFd<NdpSocket>, body: &[u8], dst: Ipv6Addr) -> io::Result<usize> {
+/// Sends one ICMPv6 body from `source` to `dst` ([`NdpSocket::send_from`]), waiting while the
+/// socket's send buffer is full.
+pub async fn send_ndp(
+    fd: &AsyncFd<NdpSocket>,
+    body: &[u8],
+    source: Ipv6Addr,
+    dst: Ipv6Addr,
+) -> io::Result<usize> {
     loop {
         let mut guard = fd.writable().await?;
-        match guard.try_io(|s| s.get_ref().send_to(body, dst)) {
+        match guard.try_io(|s| s.get_ref().send_from(body, source, dst)) {
             Ok(result) => return result,
             Err(_would_block) => continue,
         }

@@ -89,6 +89,8 @@ fn unsolicited_advertisement_overrides_the_clients_entry() {
     let _ = client.ping(vip).unwrap();
     assert_eq!(resolved_mac(&client, vip), Some(node_a.mac().unwrap()));
 
+    // The client captures the advertisements on the wire (all-nodes reaches every host).
+    let capture = listen(&client);
     a.own(&[]);
     b.own(&[vip]);
     wait_until("client entry points at node B", || {
@@ -97,6 +99,102 @@ fn unsolicited_advertisement_overrides_the_clients_entry() {
     let cb = b.announcer.counters();
     assert!(cb.unsolicited_na_sent >= 1);
     assert_eq!(cb.ns_answered, 0, "B answered a solicitation: {cb:?}");
+    let mac_b: MacAddr = mac_b.parse().unwrap();
+    let mut seen = Vec::new();
+    wait_until("B's unsolicited advertisement captured", || {
+        seen.extend(advertisements(&capture));
+        seen.iter().any(|na| na.target_mac == Some(mac_b))
+    });
+    for na in seen.iter().filter(|na| na.target_mac == Some(mac_b)) {
+        // Sent from the address itself, as the kernel does for its own.
+        assert_eq!(na.source, v6(vip), "{na:?}");
+        assert_eq!(na.target, v6(vip), "{na:?}");
+        assert!(!na.solicited && na.override_flag, "{na:?}");
+    }
+}
+
+/// A raw ICMPv6 socket on `host`'s eth0 that receives the NS and NA reaching its kernel.
+fn listen(host: &Host) -> NdpSocket {
+    let ifindex = host.ifindex().unwrap();
+    host.ns()
+        .run_in(move || NdpSocket::open("eth0", ifindex).unwrap())
+        .unwrap()
+}
+
+/// One captured Neighbor Advertisement.
+#[derive(Debug)]
+struct CapturedNa {
+    source: Ipv6Addr,
+    target: Ipv6Addr,
+    target_mac: Option<MacAddr>,
+    solicited: bool,
+    override_flag: bool,
+}
+
+/// The Neighbor Advertisements queued on `socket` (drained, non-blocking).
+fn advertisements(socket: &NdpSocket) -> Vec<CapturedNa> {
+    let mut buf = [0u8; 2048];
+    let mut found = Vec::new();
+    while let Ok(r) = socket.recv(&mut buf) {
+        if let Ok(NdpMessage::Advertisement(na)) = parse_ndp(&buf[..r.len]) {
+            assert_eq!(r.hop_limit, Some(255), "{r:?}");
+            found.push(CapturedNa {
+                source: r.source,
+                target: na.target,
+                target_mac: na.target_mac,
+                solicited: na.solicited,
+                override_flag: na.override_flag,
+            });
+        }
+    }
+    found
+}
+
+/// The real `ndisc6` accepts only advertisements whose source is the target (as the kernel
+/// sends them). The speaker's must be such: ndisc6 prints the owner's MAC and "from ADDR".
+#[test]
+fn ndisc6_gets_the_owners_mac_from_the_address_itself() {
+    let topo = Topology::new().unwrap();
+    let node = topo.add_host("ldn", None, net("2001:db8::10/64")).unwrap();
+    let client = topo.add_host("ldc", None, net("2001:db8::1/64")).unwrap();
+    let a = RunningAnnouncer::start(node.ns(), fast_config());
+    let vip = ip("2001:db8::100");
+    a.own(&[vip]);
+    a.wait_announced(vip);
+    wait_until("burst sent", || {
+        a.announcer.counters().unsolicited_na_sent == 3
+    });
+    let capture = listen(&client);
+    let before = a.announcer.counters();
+
+    let out = client
+        .ns()
+        .exec("ndisc6", &["-1", "-n", "2001:db8::100", "eth0"])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(out.status.success(), "ndisc6 failed: {out:?}");
+    let mac = node.mac().unwrap().to_ascii_lowercase();
+    assert!(
+        text.contains(&format!("target link-layer address: {mac}")),
+        "{text}"
+    );
+    assert!(text.contains("from 2001:db8::100"), "{text}");
+    assert!(a.announcer.counters().ns_answered > before.ns_answered);
+
+    // The answer on the wire: solicited, unicast to the client, from the target.
+    let mac: MacAddr = mac.parse().unwrap();
+    let mut seen = Vec::new();
+    wait_until("the solicited advertisement captured", || {
+        seen.extend(advertisements(&capture));
+        seen.iter().any(|na| na.solicited)
+    });
+    for na in seen.iter().filter(|na| na.solicited) {
+        assert_eq!(
+            (na.source, na.target, na.target_mac),
+            (v6(vip), v6(vip), Some(mac)),
+            "{na:?}"
+        );
+    }
 }
 
 #[test]
