@@ -7,7 +7,7 @@
 //! - in an unmarked fenced block (a transcript): every line starting with `$ `, with the lines
 //!   up to the next `$ ` line as its sample output;
 //! - in prose: an inline code span that starts with a program a reader runs (`kubectl …`,
-//!   `lodestonectl …`, `cargo …`, `ip …`, `arping …`, `curl …`, `ndisc6 …`).
+//!   `lodestonectl …`, `cargo …`, `ip …`, `arping …`, `curl …`, `ndisc6 …`, `mdbook …`).
 //!
 //! Other blocks (YAML, PromQL, diagrams) are not commands.
 
@@ -187,6 +187,7 @@ pub fn commands_in(file: &str, text: &str) -> Vec<DocCommand> {
 /// Programs whose inline mentions in prose are commands.
 const PROGRAMS: &[&str] = &[
     "kubectl",
+    "mdbook",
     "lodestonectl",
     "cargo",
     "ip",

@@ -276,6 +276,7 @@ const PLAN: &[(&str, &str, How)] = &[
         How::NotRun("the opt-in slow tests (minutes); CI runs the default set"),
     ),
     ("docs/testing.md", "cargo deny", How::Ci),
+    ("docs/testing.md", "mdbook build", How::Ci),
     ("docs/testing.md", "--bin lodestone-apiserver", How::Install),
     (
         "docs/testing.md",
