@@ -943,21 +943,23 @@ fn sandbox_runs_as_documented() {
             .expect("the sandbox runs");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{c}:\n{stderr}");
+        assert!(out.status.success(), "{c}:\n{stdout}\n{stderr}");
         if args.iter().any(|a| a == "--json") {
             let v: serde_json::Value = serde_json::from_str(stdout.trim())
                 .unwrap_or_else(|e| panic!("{c}: stdout is not JSON ({e}): {stdout}"));
             assert_eq!(v["ok"], true, "{c}: {v}");
         }
+        // The story goes to stdout, or to stderr when stdout carries the JSON.
+        let story = format!("{stdout}{stderr}");
         if args.iter().any(|a| a == "--quiet") {
             assert!(
-                !stderr.contains("failover:"),
-                "{c}: --quiet still tells the story:\n{stderr}"
+                !story.contains("failover:"),
+                "{c}: --quiet still tells the story:\n{story}"
             );
         } else {
             assert!(
-                stderr.contains("failover: client traffic reached"),
-                "{c}:\n{stderr}"
+                story.contains("failover: client traffic reached"),
+                "{c}:\n{story}"
             );
         }
     }
