@@ -254,9 +254,7 @@ async fn metrics_follow_services_traffic_and_failover() {
             && get(s, other6, ANNOUNCED, "") == 0.0
     })
     .await;
-    // The client's kernel solicits. Not ndisc6: it shows only advertisements whose IPv6 source
-    // is the target address, and the speaker answers from its node's own address (RFC 4861
-    // allows either; kernels accept both), so ndisc6 prints "No response" here.
+    // The client's kernel solicits (dataplane_ndp.rs runs ndisc6 against the speaker too).
     let owner6_mac = lab.node(owner6).unwrap().host.mac().unwrap();
     let resolved = poll("the client resolves the IPv6 address", WAIT, || {
         let _ = lab.client.ping(vip6);
