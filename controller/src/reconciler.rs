@@ -794,6 +794,13 @@ impl Writer {
             match api.patch(&name, &params, &Patch::Apply(&body)).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
+                // The pool went away between the decision and this write: apply then tries to
+                // create it, which the schema refuses (no spec). Nothing is left to do.
+                Err(kube::Error::Api(e))
+                    if e.code == 422 && matches!(api.get_opt(&name).await, Ok(None)) =>
+                {
+                    debug!(pool = %name, "the pool is already gone; no finalizer to update");
+                }
                 Err(e) => {
                     warn!(pool = %name, error = %e, "updating the pool finalizer failed; will retry");
                     this.retry_later(Signal::Pools);
