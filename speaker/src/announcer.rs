@@ -318,6 +318,8 @@ struct Shared {
     taken_at: RwLock<BTreeMap<IpAddr, Instant>>,
     plan: RwLock<Plan>,
     local_macs: RwLock<BTreeSet<MacAddr>>,
+    /// The Services behind each owned address, so log lines name their object.
+    services: RwLock<BTreeMap<IpAddr, String>>,
     counters: Counters,
     events: mpsc::Sender<AnnouncerEvent>,
 }
@@ -335,13 +337,21 @@ impl Shared {
         read(&self.local_macs).contains(&mac)
     }
 
+    /// `namespace/name` of the Service(s) holding `ip`, or `-` before the first plan names them.
+    fn service_of(&self, ip: IpAddr) -> String {
+        read(&self.services)
+            .get(&ip)
+            .cloned()
+            .unwrap_or_else(|| "-".to_owned())
+    }
+
     /// Report another MAC claiming an owned address, unless we only just took it over.
     fn conflict(&self, ip: IpAddr, mac: MacAddr, interface: String) {
         let fresh = read(&self.taken_at)
             .get(&ip)
             .is_some_and(|t| t.elapsed() < HANDOFF_GRACE);
         if fresh {
-            tracing::debug!(%ip, %mac, %interface, "claim from the previous owner during handoff; not a conflict");
+            tracing::debug!(service = %self.service_of(ip), %ip, %mac, %interface, "claim from the previous owner during handoff; not a conflict");
             return;
         }
         inc(&self.counters.conflicts);
@@ -384,6 +394,7 @@ impl Announcer {
             taken_at: RwLock::new(BTreeMap::new()),
             plan: RwLock::new(BTreeMap::new()),
             local_macs: RwLock::new(BTreeSet::new()),
+            services: RwLock::new(BTreeMap::new()),
             counters: Counters::default(),
             events,
         });
@@ -409,6 +420,12 @@ impl Announcer {
             },
             rx,
         ))
+    }
+
+    /// Tells the announcer which Services hold its addresses (see
+    /// [`crate::plan::Plan::services_by_address`]); used only to name them in log lines.
+    pub fn set_services(&self, services: BTreeMap<IpAddr, String>) {
+        *write(&self.shared.services) = services;
     }
 
     /// Desired state, replacing the previous one: each owned address with the interface
@@ -721,7 +738,7 @@ impl Manager {
                         match sys::send_arp(&socket, &frame).await {
                             Ok(_) => inc(&shared.counters.gratuitous_arp_sent),
                             Err(e) => {
-                                tracing::warn!(%ip, interface = %name, error = %e, "gratuitous ARP")
+                                tracing::warn!(service = %shared.service_of(ip), %ip, interface = %name, error = %e, "gratuitous ARP")
                             }
                         }
                         if i + 1 < count {
@@ -742,7 +759,7 @@ impl Manager {
                         match sys::send_ndp(&socket, &body, v6, ALL_NODES).await {
                             Ok(_) => inc(&shared.counters.unsolicited_na_sent),
                             Err(e) => {
-                                tracing::warn!(%ip, interface = %name, error = %e, "unsolicited NA")
+                                tracing::warn!(service = %shared.service_of(ip), %ip, interface = %name, error = %e, "unsolicited NA")
                             }
                         }
                         if i + 1 < count {
@@ -793,7 +810,10 @@ async fn arp_loop(
         match action {
             ArpAction::Reply => match sys::send_arp(&socket, &arp_reply(&frame, mac)).await {
                 Ok(_) => inc(&shared.counters.arp_requests_answered),
-                Err(e) => tracing::warn!(interface = %name, error = %e, "sending ARP reply"),
+                Err(e) => {
+                    let ip = IpAddr::V4(frame.target_ip);
+                    tracing::warn!(service = %shared.service_of(ip), %ip, interface = %name, error = %e, "sending ARP reply")
+                }
             },
             ArpAction::Conflict => {
                 shared.conflict(IpAddr::V4(frame.sender_ip), frame.sender_mac, name.clone());
@@ -922,7 +942,10 @@ async fn handle_ndp(
             // other tools ignore advertisements from any other source.
             match sys::send_ndp(socket, &body, target, dst).await {
                 Ok(_) => inc(&shared.counters.ns_answered),
-                Err(e) => tracing::warn!(interface = %name, error = %e, "sending NA"),
+                Err(e) => {
+                    let ip = IpAddr::V6(target);
+                    tracing::warn!(service = %shared.service_of(ip), %ip, interface = %name, error = %e, "sending NA")
+                }
             }
         }
         NdpAction::Conflict { target, mac } => {

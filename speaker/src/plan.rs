@@ -104,6 +104,26 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The Services (`namespace/name`, comma-separated when they share it) of each address this
+    /// node announces: what the announcer's log lines name.
+    pub fn services_by_address(&self) -> BTreeMap<IpAddr, String> {
+        let mut out: BTreeMap<IpAddr, String> = BTreeMap::new();
+        for (key, svc) in &self.services {
+            for ip in svc
+                .addresses
+                .iter()
+                .filter(|ip| self.owned.contains_key(ip))
+            {
+                let names = out.entry(*ip).or_default();
+                if !names.is_empty() {
+                    names.push(',');
+                }
+                names.push_str(key);
+            }
+        }
+        out
+    }
+
     /// The Services (by key) whose first address this node announces: those whose status
     /// condition this node writes.
     pub fn owned_services<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a str> + 'a {
@@ -946,5 +966,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn services_by_address_names_every_holder_of_an_owned_address() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let svc = |ips: &[&str]| ServicePlan {
+            addresses: ips.iter().map(|s| ip(s)).collect(),
+            owner: Ok("node-a".into()),
+        };
+        let plan = Plan {
+            owned: [(ip("192.0.2.1"), None), (ip("2001:db8::1"), None)].into(),
+            services: [
+                ("default/dns-tcp".to_owned(), svc(&["192.0.2.1"])),
+                ("default/dns-udp".to_owned(), svc(&["192.0.2.1"])),
+                ("shop/web".to_owned(), svc(&["2001:db8::1", "192.0.2.9"])),
+            ]
+            .into(),
+        };
+        let got = plan.services_by_address();
+        assert_eq!(got[&ip("192.0.2.1")], "default/dns-tcp,default/dns-udp");
+        assert_eq!(got[&ip("2001:db8::1")], "shop/web");
+        // Not owned here: not named.
+        assert!(!got.contains_key(&ip("192.0.2.9")));
     }
 }

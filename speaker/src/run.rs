@@ -439,6 +439,9 @@ impl Shell {
         if next.owned != self.plan.owned {
             self.announcer.set_owned(next.owned.clone());
         }
+        if next.owned != self.plan.owned || next.services != self.plan.services {
+            self.announcer.set_services(next.services_by_address());
+        }
 
         // Everything below is bookkeeping; the announcer already acts on the new plan.
         if self.alive_source != Some(source) {

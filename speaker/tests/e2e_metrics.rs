@@ -288,14 +288,13 @@ async fn metrics_follow_services_traffic_and_failover() {
     .await;
 
     // Every JSON line about the Services, from all three speakers (the killed one too), names
-    // the Service. The announcer's own lines (frames on an interface) know addresses only:
-    // Services are the shell's business, and the shell logs the Service line for each change.
+    // the Service, the announcer's lines about frames on an interface included.
     let addresses = [vip4, vip6];
     let names = ObjectNames {
         fields: &["service"],
         objects: &["default/web", "default/web6"],
         addresses: &addresses,
-        exempt_targets: &["lodestone_speaker::announcer"],
+        exempt_targets: &[],
     };
     let mut about_web = 0;
     for n in &lab.nodes {
