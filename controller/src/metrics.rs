@@ -258,27 +258,11 @@ mod tests {
         m.set_pool("blue", IpFamily::V4, 1, 1);
         m.allocation_failed("PoolExhausted");
         m.write(true);
-        let exposed: std::collections::BTreeSet<String> = m
-            .encode()
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .filter_map(|l| {
-                let (name, kind) = l.split_once(' ')?;
-                // OpenMetrics names the counter family without the `_total` of its sample.
-                Some(if kind == "counter" {
-                    format!("{name}_total")
-                } else {
-                    name.to_owned()
-                })
-            })
-            .collect();
-        let doc = include_str!("../../docs/metrics.md");
-        let documented: std::collections::BTreeSet<String> = doc
-            .lines()
-            .filter_map(|l| l.strip_prefix("| `lodestone_controller_"))
-            .filter_map(|l| l.split(['`', '{']).next())
-            .map(|n| format!("lodestone_controller_{n}"))
-            .collect();
+        let exposed = lodestone_harness::e2e::metrics::exposed_names(&m.encode());
+        let documented = lodestone_harness::e2e::metrics::documented_names(
+            include_str!("../../docs/metrics.md"),
+            "lodestone_controller_",
+        );
         // Every registered metric is in the exposition (split so this line does not count).
         let registered = include_str!("metrics.rs")
             .matches(concat!("registry", ".register("))

@@ -290,27 +290,11 @@ mod tests {
     /// The metrics table of docs/announcing.md lists exactly the names the registry exposes.
     #[test]
     fn every_exposed_name_is_documented_and_back() {
-        let exposed: std::collections::BTreeSet<String> = Metrics::new()
-            .render()
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .filter_map(|l| {
-                let (name, kind) = l.split_once(' ')?;
-                // OpenMetrics names the counter family without the `_total` of its sample.
-                Some(if kind == "counter" {
-                    format!("{name}_total")
-                } else {
-                    name.to_owned()
-                })
-            })
-            .collect();
-        let doc = include_str!("../../docs/announcing.md");
-        let documented: std::collections::BTreeSet<String> = doc
-            .lines()
-            .filter_map(|l| l.strip_prefix("| `lodestone_speaker_"))
-            .filter_map(|l| l.split(['`', '{']).next())
-            .map(|n| format!("lodestone_speaker_{n}"))
-            .collect();
+        let exposed = lodestone_harness::e2e::metrics::exposed_names(&Metrics::new().render());
+        let documented = lodestone_harness::e2e::metrics::documented_names(
+            include_str!("../../docs/announcing.md"),
+            "lodestone_speaker_",
+        );
         // Every registered metric is in the exposition (split so this line does not count).
         let registered = include_str!("metrics.rs")
             .matches(concat!("registry", ".register("))

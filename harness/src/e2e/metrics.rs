@@ -143,6 +143,36 @@ where
     }
 }
 
+/// The metric names a Prometheus/OpenMetrics exposition declares (`# TYPE` lines), counters
+/// with the `_total` their samples carry: what a docs page must list.
+pub fn exposed_names(exposition: &str) -> std::collections::BTreeSet<String> {
+    exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            let (name, kind) = l.split_once(' ')?;
+            // OpenMetrics names the counter family without the `_total` of its sample.
+            Some(if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            })
+        })
+        .collect()
+}
+
+/// The metric names a Markdown table lists: rows starting `` | `PREFIXname`` (labels in
+/// `{…}` after the name are ignored).
+pub fn documented_names(markdown: &str, prefix: &str) -> std::collections::BTreeSet<String> {
+    let row = format!("| `{prefix}");
+    markdown
+        .lines()
+        .filter_map(|l| l.strip_prefix(row.as_str()))
+        .filter_map(|l| l.split(['`', '{']).next())
+        .map(|n| format!("{prefix}{n}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
