@@ -16,9 +16,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, DeleteParams, PostParams};
-use lodestone_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2AdvertisementSpec};
-use lodestone_harness::e2e::lab::{self, Lab, POOL_V4, POOL_V6};
+use kube::api::{Api, DeleteParams};
+use lodestone_crds::L2AdvertisementSpec;
+use lodestone_harness::e2e::lab::{self, Lab};
 use lodestone_harness::e2e::logs::{ObjectNames, unnamed_object_lines};
 use lodestone_harness::e2e::metrics::{self, SPEAKER_METRICS_PORT, poll, value_in};
 use lodestone_harness::e2e::objects;
@@ -95,23 +95,7 @@ async fn until(lab: &Lab, what: &str, nodes: &[&str], cond: impl Fn(&Scrapes) ->
 }
 
 async fn pool_and_advert(client: &kube::Client) {
-    let pools: Api<IPAddressPool> = Api::all(client.clone());
-    let spec = IPAddressPoolSpec {
-        addresses: vec![POOL_V4.into(), POOL_V6.into()],
-        auto_assign: true,
-        avoid_buggy_ips: false,
-        service_allocation: None,
-    };
-    pools
-        .create(&PostParams::default(), &IPAddressPool::new("lab", spec))
-        .await
-        .unwrap();
-    let adverts: Api<L2Advertisement> = Api::all(client.clone());
-    adverts
-        .create(
-            &PostParams::default(),
-            &L2Advertisement::new("lab", L2AdvertisementSpec::default()),
-        )
+    objects::lab_pool_and_advert(client, L2AdvertisementSpec::default())
         .await
         .unwrap();
 }

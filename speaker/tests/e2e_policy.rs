@@ -5,9 +5,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, PostParams};
-use lodestone_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2AdvertisementSpec};
-use lodestone_harness::e2e::lab::{self, Lab, POOL_V4, POOL_V6, PROBE_PORT};
+use lodestone_crds::L2AdvertisementSpec;
+use lodestone_harness::e2e::lab::{self, Lab, PROBE_PORT};
 use lodestone_harness::e2e::{Prober, objects};
 use lodestone_speaker::election;
 use lodestone_speaker::plan::EXCLUDE_LABEL;
@@ -28,22 +27,7 @@ async fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> O
 }
 
 async fn pool_and_advert(client: &kube::Client, advert: L2AdvertisementSpec) {
-    let pools: Api<IPAddressPool> = Api::all(client.clone());
-    let spec = IPAddressPoolSpec {
-        addresses: vec![POOL_V4.into(), POOL_V6.into()],
-        auto_assign: true,
-        avoid_buggy_ips: false,
-        service_allocation: None,
-    };
-    pools
-        .create(&PostParams::default(), &IPAddressPool::new("lab", spec))
-        .await
-        .unwrap();
-    let adverts: Api<L2Advertisement> = Api::all(client.clone());
-    adverts
-        .create(&PostParams::default(), &L2Advertisement::new("lab", advert))
-        .await
-        .unwrap();
+    objects::lab_pool_and_advert(client, advert).await.unwrap();
 }
 
 fn resolved_owner(lab: &Lab, vip: IpAddr) -> Option<String> {

@@ -10,6 +10,9 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use lodestone_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2AdvertisementSpec};
+
+use crate::e2e::lab::{POOL_V4, POOL_V6};
 
 /// Field manager of the objects written here.
 const MANAGER: &str = "lodestone-e2e";
@@ -21,6 +24,26 @@ fn labels(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
     })
+}
+
+/// The lab's pool `lab` ([`POOL_V4`] and [`POOL_V6`]) and an L2Advertisement `lab` with `advert`.
+pub async fn lab_pool_and_advert(
+    client: &kube::Client,
+    advert: L2AdvertisementSpec,
+) -> Result<(), kube::Error> {
+    let spec = IPAddressPoolSpec {
+        addresses: vec![POOL_V4.into(), POOL_V6.into()],
+        auto_assign: true,
+        avoid_buggy_ips: false,
+        service_allocation: None,
+    };
+    Api::<IPAddressPool>::all(client.clone())
+        .create(&PostParams::default(), &IPAddressPool::new("lab", spec))
+        .await?;
+    Api::<L2Advertisement>::all(client.clone())
+        .create(&PostParams::default(), &L2Advertisement::new("lab", advert))
+        .await?;
+    Ok(())
 }
 
 /// A Node with `InternalIP` `ip`, condition `Ready=True` and `labels`.
