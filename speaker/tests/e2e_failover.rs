@@ -6,6 +6,10 @@
 //! handoff, answers from the previous node are allowed only to requests *sent before* the
 //! client's first answer from the new owner (they were in flight or used the old neighbour
 //! entry); after that first answer, no other node may answer again until the next handoff.
+//!
+//! Each test starts its failures only once every speaker has converged ([`wait_converged`]):
+//! an owner answers on the Node Ready fallback before its peers have even listed the cluster,
+//! so on a loaded machine "the owner answers" alone does not mean the others could take over.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -14,6 +18,7 @@ use k8s_openapi::api::events::v1::Event as K8sEvent;
 use kube::api::{Api, ListParams, PostParams};
 use lodestone_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2AdvertisementSpec};
 use lodestone_harness::e2e::lab::{self, Lab, POOL_V4, POOL_V6, PROBE_PORT};
+use lodestone_harness::e2e::metrics::{self, SPEAKER_METRICS_PORT};
 use lodestone_harness::e2e::{Prober, objects};
 use lodestone_speaker::election;
 
@@ -55,6 +60,45 @@ async fn pool_and_advert(client: &kube::Client, advert: L2AdvertisementSpec) {
         .create(&PostParams::default(), &L2Advertisement::new("lab", advert))
         .await
         .unwrap();
+}
+
+/// Waits until every speaker of the lab is ready (`/readyz`: it has listed every watched kind and
+/// applied its first plan) and its membership is formed with all of them. Until then a speaker
+/// that is still starting cannot take over: with the API server gone it never finishes
+/// starting, and a peer it has not met yet still counts as alive through its Node.
+async fn wait_converged(lab: &Lab) {
+    let speakers = lab.nodes.iter().filter(|n| n.speaker.is_some()).count() as f64;
+    let converged = metrics::poll(
+        "every speaker ready and in one membership",
+        WAIT,
+        || async {
+            let mut state = String::new();
+            let mut all = true;
+            for n in lab.nodes.iter().filter(|n| n.speaker.is_some()) {
+                let ns = n.host.ns();
+                let ready = metrics::http_get(ns, SPEAKER_METRICS_PORT, "/readyz")
+                    .ok()
+                    .flatten()
+                    .map(|(code, _)| code);
+                let body = metrics::scrape(ns, SPEAKER_METRICS_PORT)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                let formed = metrics::gauge_in(&body, "lodestone_speaker_membership_formed");
+                let members = metrics::gauge_in(&body, "lodestone_speaker_membership_members");
+                all &= ready == Some(200) && formed == Some(1.0) && members == Some(speakers);
+                state.push_str(&format!(
+                    "{}: readyz {ready:?}, formed {formed:?}, members {members:?}\n",
+                    n.name
+                ));
+            }
+            if all { Ok(()) } else { Err(state) }
+        },
+    )
+    .await;
+    if let Err(e) = converged {
+        panic!("{e}\n{}", lab.logs());
+    }
 }
 
 /// The node the client's kernel resolved `vip` to, after one ping.
@@ -106,6 +150,7 @@ async fn one_owner_answers_and_failover_follows() {
     .await
     .unwrap();
     lab.start_all_speakers(&[]).unwrap();
+    wait_converged(&lab).await;
 
     // Stage 1: the election winner answers, alone.
     let owner = election::owner(&vip.to_string(), NODES).unwrap().to_owned();
@@ -187,6 +232,8 @@ async fn one_owner_answers_and_failover_follows() {
         "restarted owner never answered\n{}",
         lab.logs()
     );
+    // The others must know it is back before its link is cut, or the cut tests its restart.
+    wait_converged(&lab).await;
 
     // Stage 4: pull the owner's cable. The others see it vanish and the second takes over.
     let cut = Instant::now();
@@ -259,6 +306,9 @@ async fn api_server_loss_withdraws_nothing() {
         .await
         .unwrap();
     lab.start_all_speakers(&[]).unwrap();
+    // Converged first: the outage must find every speaker started and in the membership, or
+    // this tests a speaker starting without an API server (it cannot) instead of failover.
+    wait_converged(&lab).await;
     let owner = election::owner(&vip.to_string(), NODES).unwrap().to_owned();
     let got = eventually(WAIT, || resolved_owner(&lab, vip)).await;
     assert_eq!(got.as_deref(), Some(owner.as_str()), "{}", lab.logs());
