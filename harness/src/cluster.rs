@@ -381,36 +381,12 @@ struct GeneratedCerts {
 }
 
 fn generate_certs() -> anyhow::Result<GeneratedCerts> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-        SanType,
-    };
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name
-        .push(DnType::CommonName, "lodestone-envtest-ca");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca, ca_key);
-    // webpki (kube-rs) rejects a CA certificate used as the server certificate: sign a leaf.
-    let leaf_key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(vec!["localhost".to_string()])?;
-    leaf.subject_alt_names
-        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
-    leaf.distinguished_name
-        .push(DnType::CommonName, "kube-apiserver");
-    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
-    let sa = KeyPair::generate()?;
+    let c = crate::tls::serving_cert("lodestone-envtest-ca", "kube-apiserver")?;
+    let sa = rcgen::KeyPair::generate()?;
     Ok(GeneratedCerts {
-        ca_pem: ca_cert.pem(),
-        serving_cert_pem: leaf_cert.pem(),
-        serving_key_pem: leaf_key.serialize_pem(),
+        ca_pem: c.ca_pem,
+        serving_cert_pem: c.leaf_pem,
+        serving_key_pem: c.key_pem,
         sa_key_pem: sa.serialize_pem(),
         sa_pub_pem: sa.public_key_pem(),
     })

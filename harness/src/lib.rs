@@ -5,6 +5,7 @@
 //! - [`cluster`]: one entry point for tests: the embedded server, or a real kube-apiserver + etcd
 //!   when `TEST_ASSET_KUBE_APISERVER` and `TEST_ASSET_ETCD` name binaries (the envtest convention).
 //! - [`docs`]: the commands the user documentation shows, read from the Markdown for tests.
+//! - [`tls`]: the CA and serving certificate both API servers present.
 //! - [`netns`]: network namespaces, veth pairs and bridges for layer-2 topologies on one machine.
 //! - [`e2e`]: running the real binaries in that topology: API access from inside a namespace,
 //!   a traffic responder on each node, and process management shared by tests and the sandbox.
@@ -14,3 +15,4 @@ pub mod cluster;
 pub mod docs;
 pub mod e2e;
 pub mod netns;
+pub mod tls;

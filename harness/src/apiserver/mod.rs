@@ -104,41 +104,11 @@ struct Certs {
 }
 
 fn make_certs() -> Result<Certs, ApiServerError> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-        SanType,
-    };
-    // A CA plus a leaf: webpki (kube-rs) rejects a CA certificate used as the server certificate.
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name
-        .push(DnType::CommonName, "lodestone-apiserver-ca");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf_key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(vec![
-        "localhost".to_string(),
-        "kubernetes".to_string(),
-        "kubernetes.default.svc".to_string(),
-    ])?;
-    leaf.subject_alt_names
-        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
-    leaf.subject_alt_names
-        .push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
-    leaf.distinguished_name
-        .push(DnType::CommonName, "lodestone-apiserver");
-    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
+    let c = crate::tls::serving_cert("lodestone-apiserver-ca", "lodestone-apiserver")?;
     Ok(Certs {
-        ca_pem: ca_cert.pem(),
-        chain: vec![leaf_cert.der().clone(), ca_cert.der().clone()],
-        key: rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        ca_pem: c.ca_pem,
+        chain: vec![c.leaf_der.into(), c.ca_der.into()],
+        key: rustls::pki_types::PrivateKeyDer::Pkcs8(c.key_der.into()),
     })
 }
 
