@@ -2,7 +2,10 @@
 //!
 //! Needs root. Run: `cargo bench -p lodestone-speaker --bench failover`
 //! (`LODESTONE_BENCH_TRIALS` overrides the 20 trials per scenario; `LODESTONE_BENCH_ONLY=failover`
-//! or `=footprint` runs one half).
+//! or `=footprint` runs one half). Footprint switches: `LODESTONE_BENCH_ADDRESSES` (default 1000),
+//! `LODESTONE_BENCH_SMAPS=1` prints where the resident memory is (per mapping, from
+//! `/proc/PID/smaps`), `LODESTONE_BENCH_SPEAKER=/path` measures another speaker binary (a musl
+//! build, another profile).
 //!
 //! Failover: three nodes, one Service, a client prober sending a UDP request every 5 ms.
 //! Time is measured from the event (kill -9 of the owner's speaker; its link pulled;
@@ -25,8 +28,10 @@ use lodestone_speaker::election;
 const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
 const WAIT: Duration = Duration::from_secs(30);
 
-fn speaker_bin() -> &'static std::path::Path {
-    env!("CARGO_BIN_EXE_lodestone-speaker").as_ref()
+fn speaker_bin() -> std::path::PathBuf {
+    std::env::var_os("LODESTONE_BENCH_SPEAKER")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_lodestone-speaker").into())
 }
 
 async fn pool_and_advert(client: &kube::Client, addresses: Vec<String>) -> anyhow::Result<()> {
@@ -84,7 +89,7 @@ enum Scenario {
 async fn failover(trials: usize) -> anyhow::Result<()> {
     let vip: IpAddr = "192.0.2.100".parse()?;
     let nodes: Vec<(&str, &[(&str, &str)])> = NODES.iter().map(|n| (*n, &[][..])).collect();
-    let mut lab = Lab::start(&lodestone_crds::all_crds(), &nodes, &[vip], speaker_bin()).await?;
+    let mut lab = Lab::start(&lodestone_crds::all_crds(), &nodes, &[vip], &speaker_bin()).await?;
     let client = lab.cluster.client();
     pool_and_advert(&client, vec![POOL_V4.into(), POOL_V6.into()]).await?;
     objects::create_lb_service(&client, "default", "web", &[vip], false).await?;
@@ -231,6 +236,44 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(utime + stime)
 }
 
+/// Resident kB per mapping group of `/proc/PID/smaps`: file mappings by path and permissions,
+/// anonymous ones as heap, stacks, or other (thread arenas and stacks, tokio, ...).
+fn smaps_breakdown(pid: u32) -> anyhow::Result<Vec<(String, u64, u64)>> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mut groups: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    let mut current = String::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let Some(first) = words.next() else { continue };
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping header: range perms offset dev inode [path].
+            let perms = words.next().unwrap_or("");
+            let path = words.nth(3).unwrap_or("");
+            current = if path.is_empty() {
+                format!("[anon {perms}]")
+            } else {
+                let short = path.rsplit('/').next().unwrap_or(path);
+                format!("{short} {perms}")
+            };
+        } else if first == "Rss:" || first == "Anonymous:" {
+            let kb: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let e = groups.entry(current.clone()).or_default();
+            if first == "Rss:" {
+                e.0 += kb;
+            } else {
+                e.1 += kb;
+            }
+        }
+    }
+    let mut out: Vec<(String, u64, u64)> = groups
+        .into_iter()
+        .filter(|(_, (rss, _))| *rss > 0)
+        .map(|(k, (rss, anon))| (k, rss, anon))
+        .collect();
+    out.sort_by_key(|e| std::cmp::Reverse(e.1));
+    Ok(out)
+}
+
 async fn footprint() -> anyhow::Result<()> {
     // `LODESTONE_BENCH_ADDRESSES` (default 1000, at most 1000) e.g. 0 for the baseline.
     let n: usize = std::env::var("LODESTONE_BENCH_ADDRESSES")
@@ -242,7 +285,7 @@ async fn footprint() -> anyhow::Result<()> {
         &lodestone_crds::all_crds(),
         &[("node-a", &[][..])],
         &[],
-        speaker_bin(),
+        &speaker_bin(),
     )
     .await?;
     let client = lab.cluster.client();
@@ -326,6 +369,18 @@ async fn footprint() -> anyhow::Result<()> {
         hwm as f64 / 1024.0,
         if rss < 20 * 1024 { "met" } else { "NOT met" }
     );
+    if std::env::var_os("LODESTONE_BENCH_SMAPS").is_some() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let threads = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .map(str::trim)
+            .unwrap_or("?");
+        println!("resident by mapping (kB; {threads} threads):");
+        for (name, rss, anon) in smaps_breakdown(pid)? {
+            println!("  {rss:>7} rss {anon:>7} anon  {name}");
+        }
+    }
     Ok(())
 }
 

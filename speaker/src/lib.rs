@@ -6,6 +6,7 @@
 //! - [`sys`]: the only module with `unsafe`: filtered raw sockets.
 //! - [`announcer`], [`interfaces`]: answering ARP/NDP on the chosen links.
 //! - [`plan`]: pure: from the cluster's objects to what this node announces.
+//! - [`trim`]: pure: what the shell keeps of the cached cluster objects.
 //! - [`run`], [`metrics`]: the I/O shell around it.
 
 pub mod announcer;
@@ -18,3 +19,4 @@ pub mod metrics;
 pub mod plan;
 pub mod run;
 pub mod sys;
+pub mod trim;

@@ -22,8 +22,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
@@ -36,6 +39,7 @@ use crate::election;
 use crate::membership::{Membership, MembershipConfig, MembershipError, MembershipView};
 use crate::metrics::{self, FrameCounts, Health, Metrics};
 use crate::plan::{self, AliveSource, ClassFilter, NoOwner, Plan, PlanInput};
+use crate::trim;
 
 /// The status condition type the speaker writes on Services.
 pub const CONDITION_TYPE: &str = "lodestone.dev/Announced";
@@ -98,8 +102,14 @@ pub enum RunError {
 }
 
 /// Starts a reflector for `K`; every change wakes `notify`. Errors are logged and retried with
-/// backoff while the store keeps its content.
-fn watch_kind<K>(client: &Client, kind: &'static str, notify: Arc<Notify>) -> Store<K>
+/// backoff while the store keeps its content. `trim` drops what the speaker never reads before
+/// an object enters the store (see [`crate::trim`]).
+fn watch_kind<K>(
+    client: &Client,
+    kind: &'static str,
+    notify: Arc<Notify>,
+    trim: fn(&mut K),
+) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
@@ -110,13 +120,7 @@ where
         writer,
         watcher(api, watcher::Config::default())
             .default_backoff()
-            // Nothing here reads managedFields or annotations (last-applied configuration can
-            // be as large as the object): dropping them keeps the stores small.
-            .modify(|obj: &mut K| {
-                let meta = obj.meta_mut();
-                meta.managed_fields = None;
-                meta.annotations = None;
-            }),
+            .modify(trim),
     );
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -157,11 +161,21 @@ struct Stores {
 impl Stores {
     fn start(client: &Client, notify: &Arc<Notify>) -> Stores {
         Stores {
-            services: watch_kind(client, "Service", Arc::clone(notify)),
-            slices: watch_kind(client, "EndpointSlice", Arc::clone(notify)),
-            nodes: watch_kind(client, "Node", Arc::clone(notify)),
-            pools: watch_kind(client, "IPAddressPool", Arc::clone(notify)),
-            adverts: watch_kind(client, "L2Advertisement", Arc::clone(notify)),
+            services: watch_kind(client, "Service", Arc::clone(notify), trim::service),
+            slices: watch_kind(
+                client,
+                "EndpointSlice",
+                Arc::clone(notify),
+                trim::endpoint_slice,
+            ),
+            nodes: watch_kind(client, "Node", Arc::clone(notify), trim::node),
+            pools: watch_kind(client, "IPAddressPool", Arc::clone(notify), trim::metadata),
+            adverts: watch_kind(
+                client,
+                "L2Advertisement",
+                Arc::clone(notify),
+                trim::metadata,
+            ),
         }
     }
 
@@ -298,13 +312,6 @@ async fn reporter(
     mut rx: mpsc::UnboundedReceiver<Report>,
     failed: Failed,
 ) {
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: Some(node),
-        },
-    );
     while let Some(report) = rx.recv().await {
         match report {
             Report::Condition {
@@ -341,16 +348,58 @@ async fn reporter(
                 }
             }
             Report::Event { reference, event } => {
-                if let Err(error) = recorder.publish(&event, &reference).await {
+                let namespace = reference.namespace.clone().unwrap_or_default();
+                let body = k8s_event(&event, *reference, &node, Timestamp::now());
+                let api: Api<K8sEvent> = Api::namespaced(client.clone(), &namespace);
+                if let Err(error) = api.create(&PostParams::default(), &body).await {
                     let service = format!(
-                        "{}/{}",
-                        reference.namespace.as_deref().unwrap_or_default(),
-                        reference.name.as_deref().unwrap_or_default()
+                        "{namespace}/{}",
+                        body.regarding
+                            .as_ref()
+                            .and_then(|r| r.name.as_deref())
+                            .unwrap_or_default()
                     );
                     tracing::warn!(%service, reason = %event.reason, %error, "publishing an Event failed");
                 }
             }
         }
+    }
+}
+
+/// The events.k8s.io/v1 Event for `event` about `regarding`, reported by this node's speaker.
+///
+/// Not kube's `Recorder`: it remembers every Event it sent for six minutes to fold repeats into
+/// a series (about 3 kB each: 3 MB after a start with 1,000 addresses, kept by the map's
+/// capacity for good), and a series keeps the *first* note. The loop already reports only
+/// changes, and conflicts at most once a minute, so each Event is created on its own, as the
+/// controller does.
+fn k8s_event(event: &Event, regarding: ObjectReference, node: &str, now: Timestamp) -> K8sEvent {
+    let name = regarding
+        .name
+        .clone()
+        .unwrap_or_else(|| FIELD_MANAGER.into());
+    K8sEvent {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{name}.")),
+            namespace: regarding.namespace.clone(),
+            ..ObjectMeta::default()
+        },
+        event_time: Some(MicroTime(now)),
+        action: Some(event.action.clone()),
+        reason: Some(event.reason.clone()),
+        note: event.note.clone(),
+        type_: Some(
+            match event.type_ {
+                EventType::Normal => "Normal",
+                EventType::Warning => "Warning",
+            }
+            .into(),
+        ),
+        regarding: Some(regarding),
+        related: event.secondary.clone(),
+        reporting_controller: Some(FIELD_MANAGER.into()),
+        reporting_instance: Some(node.to_owned()),
+        ..K8sEvent::default()
     }
 }
 
@@ -906,6 +955,34 @@ mod tests {
                 "[2001:db8::3]:7946".parse().unwrap()
             ]
         );
+    }
+
+    #[test]
+    fn events_name_the_service_and_this_node() {
+        let reference = ObjectReference {
+            name: Some("web".into()),
+            namespace: Some("shop".into()),
+            uid: Some("u-1".into()),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "AddressConflict".into(),
+            note: Some("198.51.100.1 is also claimed".into()),
+            action: "Announce".into(),
+            secondary: None,
+        };
+        let e = k8s_event(&event, reference.clone(), "node-a", Timestamp::UNIX_EPOCH);
+        assert_eq!(e.metadata.generate_name.as_deref(), Some("web."));
+        assert_eq!(e.metadata.namespace.as_deref(), Some("shop"));
+        assert_eq!(e.type_.as_deref(), Some("Warning"));
+        assert_eq!(e.reason.as_deref(), Some("AddressConflict"));
+        assert_eq!(e.action.as_deref(), Some("Announce"));
+        assert_eq!(e.note, event.note);
+        assert_eq!(e.regarding, Some(reference));
+        assert_eq!(e.reporting_controller.as_deref(), Some(FIELD_MANAGER));
+        assert_eq!(e.reporting_instance.as_deref(), Some("node-a"));
+        assert!(e.event_time.is_some() && e.series.is_none());
     }
 
     #[test]
