@@ -15,9 +15,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::events::v1::Event as K8sEvent;
-use kube::api::{Api, ListParams, PostParams};
-use lodestone_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2AdvertisementSpec};
-use lodestone_harness::e2e::lab::{self, Lab, POOL_V4, POOL_V6, PROBE_PORT};
+use kube::api::{Api, ListParams};
+use lodestone_crds::L2AdvertisementSpec;
+use lodestone_harness::e2e::lab::{self, Lab, PROBE_PORT};
 use lodestone_harness::e2e::metrics::{self, SPEAKER_METRICS_PORT};
 use lodestone_harness::e2e::{Prober, objects};
 use lodestone_speaker::election;
@@ -39,27 +39,7 @@ async fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> O
 }
 
 async fn pool_and_advert(client: &kube::Client, advert: L2AdvertisementSpec) {
-    let pools: Api<IPAddressPool> = Api::all(client.clone());
-    pools
-        .create(
-            &PostParams::default(),
-            &IPAddressPool::new(
-                "lab",
-                IPAddressPoolSpec {
-                    addresses: vec![POOL_V4.into(), POOL_V6.into()],
-                    auto_assign: true,
-                    avoid_buggy_ips: false,
-                    service_allocation: None,
-                },
-            ),
-        )
-        .await
-        .unwrap();
-    let adverts: Api<L2Advertisement> = Api::all(client.clone());
-    adverts
-        .create(&PostParams::default(), &L2Advertisement::new("lab", advert))
-        .await
-        .unwrap();
+    objects::lab_pool_and_advert(client, advert).await.unwrap();
 }
 
 /// Waits until every speaker of the lab is ready (`/readyz`: it has listed every watched kind and
