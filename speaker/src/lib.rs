@@ -3,7 +3,8 @@
 //! - [`election`], [`eligibility`]: pure decisions (who may announce, who owns).
 //! - [`membership`]: fast liveness of the other speakers over the node network.
 //! - [`frames`]: ARP and NDP frames, built and parsed (pure).
-//! - [`sys`]: the only module with `unsafe`: filtered raw sockets.
+//! - [`sys`]: the only module with `unsafe` (besides [`heap`]'s one allocator call): filtered
+//!   raw sockets.
 //! - [`announcer`], [`interfaces`]: answering ARP/NDP on the chosen links.
 //! - [`plan`]: pure: from the cluster's objects to what this node announces.
 //! - [`trim`]: pure: what the shell keeps of the cached cluster objects.
@@ -13,6 +14,7 @@ pub mod announcer;
 pub mod election;
 pub mod eligibility;
 pub mod frames;
+pub mod heap;
 pub mod interfaces;
 pub mod membership;
 pub mod metrics;

@@ -52,6 +52,9 @@ const CONFLICT_REPORT_EVERY: Duration = Duration::from_secs(60);
 /// After start, Ready nodes the membership has not shown yet still count as alive for this
 /// long (see [`plan::alive_set`]): peers are normally heard within one seed announce (1 s).
 const JOINING_GRACE: Duration = Duration::from_secs(5);
+/// Freed memory goes back to the system once the loop has been idle this long (see
+/// [`crate::heap`]): after the start, and after each later burst of changes.
+const RELEASE_MEMORY_AFTER: Duration = Duration::from_secs(5);
 /// A failed condition write is tried again after this long.
 const CONDITION_RETRY: Duration = Duration::from_secs(1);
 
@@ -789,8 +792,10 @@ pub async fn run(
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let mut views_open = true;
+    let mut release_at = Some(tokio::time::Instant::now() + RELEASE_MEMORY_AFTER);
 
     loop {
+        let mut worked = true;
         tokio::select! {
             // Biased: membership first, it is the failover path.
             biased;
@@ -832,7 +837,15 @@ pub async fn run(
                 tracing::debug!("joining grace over: liveness from the membership alone");
                 shell.recompute();
             }
+            () = tokio::time::sleep_until(release_at.unwrap_or(joining_until)), if release_at.is_some() => {
+                release_at = None;
+                worked = false;
+                crate::heap::release_free_memory();
+            }
             () = &mut shutdown => break,
+        }
+        if worked {
+            release_at = Some(tokio::time::Instant::now() + RELEASE_MEMORY_AFTER);
         }
     }
 

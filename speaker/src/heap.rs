@@ -1,0 +1,17 @@
+//! Giving freed memory back to the system after a burst of work.
+//!
+//! glibc's allocator keeps the pages of freed memory that is not at the top of its heap, so a
+//! speaker stays at the peak of its start (initial lists decoded, a thousand addresses
+//! announced, conditions and Events written) for good: 5 MB more than it uses with 1,000
+//! addresses. `malloc_trim` hands those pages back. The static musl build the images ship
+//! returns freed memory by itself; there this does nothing.
+
+/// Returns the allocator's free pages to the system (glibc), or does nothing.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and shrinks the allocator's own free lists; it takes no
+    // pointer and is thread-safe (it locks each arena).
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
