@@ -11,6 +11,7 @@
 //! | `ownership_changes_total` | counter | addresses this node started or stopped announcing |
 //! | `failover_detections_total` | counter | addresses taken over from a member that went down |
 //! | `address_conflicts_total` | counter | replies from a foreign MAC for an address we announce |
+//! | `ndp_group_join_failures_total` | counter | solicited-node group joins the kernel refused |
 //! | `addresses_announced` | gauge | addresses this node announces now |
 //! | `membership_members` | gauge | alive speakers, this one included |
 //! | `membership_formed` | gauge | 1 when liveness comes from membership, 0 on the Node Ready fallback |
@@ -52,6 +53,8 @@ pub struct FrameCounts {
     pub garp_sent: u64,
     /// Unsolicited neighbour advertisements sent.
     pub unsolicited_na_sent: u64,
+    /// Solicited-node group joins the kernel refused (those addresses go unanswered).
+    pub ndp_group_join_failures: u64,
 }
 
 /// All of the speaker's metrics.
@@ -61,6 +64,7 @@ pub struct Metrics {
     requests_seen: Family<ProtocolLabel, Counter>,
     requests_answered: Family<ProtocolLabel, Counter>,
     gratuitous_sent: Family<ProtocolLabel, Counter>,
+    ndp_group_join_failures: Counter,
     /// Addresses this node started or stopped announcing.
     pub ownership_changes: Counter,
     /// Addresses taken over from a member that went down.
@@ -90,6 +94,7 @@ impl Metrics {
             requests_seen: Family::default(),
             requests_answered: Family::default(),
             gratuitous_sent: Family::default(),
+            ndp_group_join_failures: Counter::default(),
             ownership_changes: Counter::default(),
             failover_detections: Counter::default(),
             address_conflicts: Counter::default(),
@@ -111,6 +116,11 @@ impl Metrics {
             "gratuitous_sent",
             "Gratuitous ARP and unsolicited neighbour advertisements sent",
             m.gratuitous_sent.clone(),
+        );
+        registry.register(
+            "ndp_group_join_failures",
+            "Solicited-node multicast group joins the kernel refused; solicitations for those addresses go unanswered",
+            m.ndp_group_join_failures.clone(),
         );
         registry.register(
             "ownership_changes",
@@ -164,6 +174,9 @@ impl Metrics {
         set(&self.requests_answered, "ndp", c.ndp_answered);
         set(&self.gratuitous_sent, "arp", c.garp_sent);
         set(&self.gratuitous_sent, "ndp", c.unsolicited_na_sent);
+        self.ndp_group_join_failures
+            .inner()
+            .store(c.ndp_group_join_failures, Ordering::Relaxed);
     }
 
     /// The text exposition format.
@@ -265,6 +278,7 @@ mod tests {
             ndp_answered: 4,
             garp_sent: 3,
             unsolicited_na_sent: 2,
+            ndp_group_join_failures: 1,
         });
         m.ownership_changes.inc();
         m.addresses_announced.set(12);
@@ -279,6 +293,7 @@ mod tests {
             "lodestone_speaker_ownership_changes_total 1",
             "lodestone_speaker_failover_detections_total 0",
             "lodestone_speaker_address_conflicts_total 0",
+            "lodestone_speaker_ndp_group_join_failures_total 1",
             "lodestone_speaker_addresses_announced 12",
             "lodestone_speaker_membership_members 0",
             "lodestone_speaker_membership_formed 0",

@@ -130,6 +130,8 @@ where
         let mut failing = false;
         while let Some(event) = stream.next().await {
             match event {
+                // A re-list announces itself before its request: not a recovery yet.
+                Ok(watcher::Event::Init) => {}
                 Ok(_) => {
                     if failing {
                         tracing::info!(kind, "watch recovered");
@@ -426,6 +428,7 @@ fn frame_counts(a: &Announcer) -> FrameCounts {
         ndp_answered: c.ns_answered,
         garp_sent: c.gratuitous_arp_sent,
         unsolicited_na_sent: c.unsolicited_na_sent,
+        ndp_group_join_failures: c.ndp_group_join_failures,
     }
 }
 
