@@ -3,8 +3,8 @@
 //! glibc's allocator keeps the pages of freed memory that is not at the top of its heap, so a
 //! speaker stays at the peak of its start (initial lists decoded, a thousand addresses
 //! announced, conditions and Events written) for good: 5 MB more than it uses with 1,000
-//! addresses. `malloc_trim` hands those pages back. The static musl build the images ship
-//! returns freed memory by itself; there this does nothing.
+//! addresses. `malloc_trim` hands those pages back. musl, which the images are built with, has
+//! no `malloc_trim`: there this does nothing.
 
 /// Returns the allocator's free pages to the system (glibc), or does nothing.
 pub fn release_free_memory() {
