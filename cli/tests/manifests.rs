@@ -285,7 +285,7 @@ fn rbac_grants_exactly_what_the_programs_call() {
             ("", "nodes", &["list", "watch"]),
             ("lodestone.dev", "ipaddresspools", &["list", "watch"]),
             ("lodestone.dev", "l2advertisements", &["list", "watch"]),
-            ("events.k8s.io", "events", &["create", "patch"]),
+            ("events.k8s.io", "events", &["create"]),
         ])
     );
     assert!(

@@ -166,6 +166,7 @@ pub async fn run(
         permits: Arc::new(Semaphore::new(config.write_concurrency.max(1))),
         metrics: metrics.clone(),
         retry: tx.clone(),
+        pools: stores.pools.clone(),
     };
 
     loop {
@@ -678,6 +679,8 @@ struct Writer {
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     retry: mpsc::UnboundedSender<Signal>,
+    /// The pool cache, to tell a pool that is gone from a write that failed.
+    pools: Store<IPAddressPool>,
 }
 
 const RETRY_AFTER: Duration = Duration::from_secs(2);
@@ -685,6 +688,19 @@ const RETRY_AFTER: Duration = Duration::from_secs(2);
 impl Writer {
     fn leading(&self) -> bool {
         self.metrics.is_leader()
+    }
+
+    /// Whether the pool cache shows `name` deleted, waiting up to a second for the watch to
+    /// deliver a deletion the API server has already made.
+    async fn pool_gone(&self, name: &str) -> bool {
+        let key = ObjectRef::<IPAddressPool>::new(name);
+        for _ in 0..20 {
+            if self.pools.get(&key).is_none() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     fn service_status(
@@ -795,10 +811,9 @@ impl Writer {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 // The pool went away between the decision and this write: apply then tries to
-                // create it, which the schema refuses (no spec). Nothing is left to do.
-                Err(kube::Error::Api(e))
-                    if e.code == 422 && matches!(api.get_opt(&name).await, Ok(None)) =>
-                {
+                // create it, which the schema refuses (no spec). Nothing is left to do once our
+                // cache sees the deletion too (no `get`: RBAC grants only what the code needs).
+                Err(kube::Error::Api(e)) if e.code == 422 && this.pool_gone(&name).await => {
                     debug!(pool = %name, "the pool is already gone; no finalizer to update");
                 }
                 Err(e) => {
