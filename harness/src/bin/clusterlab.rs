@@ -35,8 +35,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut opts = LabOptions::from_env()?
-        .with_context(|| format!("set {K8S_BIN_VAR} to a directory of Kubernetes server binaries"))?;
+    let mut opts = LabOptions::from_env()?.with_context(|| {
+        format!("set {K8S_BIN_VAR} to a directory of Kubernetes server binaries")
+    })?;
     opts.nodes = args.nodes;
     opts.dual_stack = !args.single_stack;
     opts.images = args.images;
@@ -48,7 +49,10 @@ async fn main() -> anyhow::Result<()> {
         }
         None => lab.kubeconfig_path(),
     };
-    println!("kubectl --kubeconfig {} get nodes -o wide", kubeconfig.display());
+    println!(
+        "kubectl --kubeconfig {} get nodes -o wide",
+        kubeconfig.display()
+    );
     for n in &lab.nodes {
         println!(
             "node {}: ip netns exec {} ...  ({}{})",

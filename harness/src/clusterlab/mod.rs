@@ -25,6 +25,7 @@
 pub mod config;
 pub mod images;
 pub mod ledger;
+pub mod probe;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
