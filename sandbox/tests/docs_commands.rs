@@ -117,6 +117,19 @@ const PLAN: &[(&str, &str, How)] = &[
         How::Sandbox,
     ),
     ("docs/announcing.md", "/metrics", How::Sandbox),
+    // docs/testing.md: the real cluster
+    (
+        "docs/testing.md",
+        "--test real_cluster",
+        How::NotRun(
+            "a placeholder path; CI runs the same test binary with LODESTONE_K8S_BIN set, through the README's `cargo nextest run --workspace`",
+        ),
+    ),
+    (
+        "docs/testing.md",
+        "--bin lodestone-clusterlab",
+        How::Test("sandbox/tests/real_cluster.rs"),
+    ),
     // docs/install.md
     ("docs/install.md", "/dev/urandom", How::Install),
     ("docs/install.md", "kubectl apply -k deploy/", How::Install),

@@ -587,3 +587,97 @@ async fn serves_clients_through_faults_and_follows_local_endpoints() {
         denied.join("\n")
     );
 }
+
+/// docs/testing.md's command for a lab to try things by hand: it comes up, says how to reach
+/// it, and a ^C (SIGINT to its process group, as a terminal sends) removes all of it.
+#[test]
+fn the_lab_command_comes_up_and_an_interrupt_removes_everything() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    let Some(opts) =
+        options_or_skip("the_lab_command_comes_up_and_an_interrupt_removes_everything")
+    else {
+        return;
+    };
+    let c = doc("docs/testing.md", "--bin lodestone-clusterlab");
+    let script = c.text.replace(
+        "/path/to/kubernetes/server/bin",
+        &opts.k8s_bin.display().to_string(),
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(repo_root())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("sh runs");
+    let pgid = child.id();
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut kubectl = None;
+    let mut logs = None;
+    let mut namespaces = Vec::new();
+    // Building it may take a while on a cold checkout; the lab itself takes seconds.
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(900)) {
+        if line.starts_with("kubectl --kubeconfig") {
+            kubectl = Some(line.clone());
+        }
+        if let Some(l) = line.strip_prefix("logs: ") {
+            logs = Some(PathBuf::from(l));
+        }
+        if let Some(ns) = line
+            .split("ip netns exec ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+        {
+            namespaces.push(ns.to_owned());
+        }
+        if line.starts_with("^C") {
+            break;
+        }
+    }
+    let kubectl = kubectl.expect("it prints a kubectl command");
+    let out = Command::new("sh")
+        .args(["-c", &kubectl])
+        .output()
+        .expect("kubectl");
+    let nodes = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(nodes.matches(" Ready ").count(), 3, "{nodes}");
+    let data = logs
+        .expect("it names its logs")
+        .parent()
+        .expect("the lab's directory")
+        .to_owned();
+    assert!(data.exists() && namespaces.len() == 4, "{namespaces:?}");
+
+    // ^C, as a terminal sends it: to the whole foreground process group.
+    let pgid = libc::pid_t::try_from(pgid).expect("pid");
+    // SAFETY: kill(2) with plain integers.
+    unsafe {
+        libc::kill(-pgid, libc::SIGINT);
+    }
+    let status = child.wait().expect("it exits");
+    assert!(!status.success(), "interrupted, not finished: {status}");
+    assert!(!data.exists(), "{} is removed", data.display());
+    let left = lodestone_harness::netns::list().expect("ip netns list");
+    for ns in &namespaces {
+        assert!(!left.contains(ns), "namespace {ns} is removed");
+    }
+    let cgroups = std::fs::read_dir("/sys/fs/cgroup/memory")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("lodestone-"))
+                .count()
+        })
+        .unwrap_or_default();
+    assert_eq!(cgroups, 0, "no lab cgroup is left");
+}
