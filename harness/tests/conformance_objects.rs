@@ -1446,3 +1446,105 @@ async fn events_and_endpoint_slices_are_validated() {
         "{s}"
     );
 }
+
+fn events_v1(meta: Value) -> Value {
+    json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": meta,
+        "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "lodestone.dev/test",
+        "reportingInstance": "conformance", "action": "Test", "reason": "Tested", "type": "Normal",
+        "regarding": {"apiVersion": "v1", "kind": "Service", "namespace": "default", "name": "web"}})
+}
+
+fn cause_fields(s: &Value) -> Vec<(String, String)> {
+    s["details"]["causes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                c["field"].as_str().unwrap_or_default().to_owned(),
+                c["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// "Names": a `generateName` is validated as a name prefix of the kind (so it may end in '-' but
+/// not in '.'), and events.k8s.io Events, unlike core ones, need DNS-subdomain names. Every
+/// Event Lodestone wrote was refused on kube-apiserver for `generateName: "<service>."`.
+#[tokio::test]
+async fn generate_name_is_a_name_prefix_and_event_names_are_subdomains() {
+    let c = TestCluster::start().await.unwrap();
+    let events = "/apis/events.k8s.io/v1/namespaces/default/events";
+    let (code, s) = raw(
+        &c,
+        "POST",
+        events,
+        Some(events_v1(json!({"generateName": "web."}))),
+    )
+    .await;
+    assert_eq!((code, s["reason"].as_str()), (422, Some("Invalid")), "{s}");
+    let causes = cause_fields(&s);
+    assert!(
+        causes.iter().any(|(f, m)| f == "metadata.generateName"
+            && m.starts_with(
+                "Invalid value: \"web.\": a lowercase RFC 1123 subdomain must consist of"
+            )),
+        "{s}"
+    );
+    for bad in ["Web.1", "web_1", "web..1", "web."] {
+        let (code, s) = raw(&c, "POST", events, Some(events_v1(json!({"name": bad})))).await;
+        assert_eq!(code, 422, "{bad}: {s}");
+        assert!(
+            cause_fields(&s).iter().any(|(f, _)| f == "metadata.name"),
+            "{s}"
+        );
+    }
+    // How the controller and the speaker name their Events.
+    let name = lodestone_crds::events::event_name("web", 1_764_720_000_123_456_789);
+    let (code, s) = raw(&c, "POST", events, Some(events_v1(json!({"name": name})))).await;
+    assert_eq!(code, 201, "{s}");
+    assert_eq!(s["metadata"]["name"], name.as_str());
+    let (code, s) = raw(
+        &c,
+        "POST",
+        events,
+        Some(events_v1(json!({"generateName": "web-"}))),
+    )
+    .await;
+    assert_eq!(code, 201, "{s}");
+
+    // The core API keeps its legacy rule: a trailing dot and upper case are accepted there.
+    let core = json!({"apiVersion": "v1", "kind": "Event", "metadata": {"generateName": "web."},
+        "involvedObject": {"kind": "Service", "namespace": "default", "name": "web"},
+        "reason": "Tested", "type": "Normal", "firstTimestamp": "2026-01-01T00:00:00Z"});
+    let (code, s) = raw(&c, "POST", "/api/v1/namespaces/default/events", Some(core)).await;
+    assert_eq!(code, 201, "{s}");
+
+    // Other kinds: a ConfigMap prefix follows the subdomain rule, a Service's the DNS-1035 one.
+    let (code, s) = raw(
+        &c,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "gen."}}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 422, "{s}");
+    assert!(
+        cause_fields(&s)
+            .iter()
+            .any(|(f, _)| f == "metadata.generateName"),
+        "{s}"
+    );
+    let mut svc = serde_json::to_value(lb_service("x")).unwrap();
+    svc["metadata"] = json!({"generateName": "web."});
+    let (code, s) = raw(&c, "POST", "/api/v1/namespaces/default/services", Some(svc)).await;
+    assert_eq!(code, 422, "{s}");
+    assert!(
+        cause_fields(&s)
+            .iter()
+            .any(|(f, m)| f == "metadata.generateName" && m.contains("DNS-1035")),
+        "{s}"
+    );
+}
