@@ -1548,3 +1548,120 @@ async fn generate_name_is_a_name_prefix_and_event_names_are_subdomains() {
         "{s}"
     );
 }
+
+fn probe_crd(spec_schema: Value) -> Value {
+    json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "probes.conformance.example.com"},
+        "spec": {"group": "conformance.example.com", "scope": "Cluster",
+            "names": {"kind": "Probe", "plural": "probes", "singular": "probe", "listKind": "ProbeList"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": spec_schema}}}}]}})
+}
+
+/// Every message of a 422: the causes' messages with their fields, and the Status message.
+fn all_messages(s: &Value) -> String {
+    let mut out = s["message"].as_str().unwrap_or_default().to_owned();
+    for (f, m) in cause_fields(s) {
+        out.push_str(&format!("\n{f}: {m}"));
+    }
+    out
+}
+
+/// "CustomResourceDefinition validation": a schema must be structural (every field typed, no
+/// types inside junctors), and its CEL rules must fit the static cost budget, which kube-apiserver
+/// estimates from maxItems, maxProperties and maxLength. The paths differ between the servers
+/// (kube-apiserver reports `spec.validation.openAPIV3Schema...` for a single version), so the
+/// test reads the part from `openAPIV3Schema` on.
+#[tokio::test]
+async fn crds_must_be_structural_and_their_rules_within_the_cost_budget() {
+    let c = TestCluster::start().await.unwrap();
+    let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+    let refused = [
+        (
+            json!({"type": "object", "properties": {"x": {"description": "untyped"}}}),
+            "openAPIV3Schema.properties[spec].properties[x].type: Required value: must not be empty for specified object fields",
+        ),
+        (
+            json!({"type": "object", "properties": {"x": {"type": "array", "items": {}}}}),
+            "openAPIV3Schema.properties[spec].properties[x].items.type: Required value: must not be empty for specified array items",
+        ),
+        (
+            json!({"type": "object", "properties": {"x": {"type": "string", "anyOf": [{"type": "string"}]}}}),
+            "openAPIV3Schema.properties[spec].properties[x].anyOf[0].type: Forbidden: must be empty to be structural",
+        ),
+        // A rule over strings without maxLength: each is taken to be as long as a request.
+        (
+            json!({"type": "object", "properties": {"l": {"type": "array", "maxItems": 1024,
+                "items": {"type": "string"},
+                "x-kubernetes-validations": [{"rule": "self.all(a, isCIDR(a))"}]}}}),
+            "openAPIV3Schema.properties[spec].properties[l].x-kubernetes-validations[0].rule: Forbidden: estimated rule cost exceeds budget by factor of 32.2x (try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)",
+        ),
+        // A list without maxItems: as many items as fit in a request.
+        (
+            json!({"type": "object", "properties": {"l": {"type": "array",
+                "items": {"type": "string", "maxLength": 100},
+                "x-kubernetes-validations": [{"rule": "self.all(a, self.exists(b, a == b))"}]}}}),
+            "openAPIV3Schema.properties[spec].properties[l].x-kubernetes-validations[0].rule: Forbidden: estimated rule cost exceeds budget by factor of more than 100x",
+        ),
+        // Bounded, but still over: 1,118 items compared pairwise.
+        (
+            json!({"type": "object", "properties": {"l": {"type": "array", "maxItems": 1118,
+                "items": {"type": "string", "maxLength": 10},
+                "x-kubernetes-validations": [{"rule": "self.all(a, self.exists_one(b, a == b))"}]}}}),
+            "x-kubernetes-validations[0].rule: Forbidden: estimated rule cost exceeds budget by factor of 1.000610x",
+        ),
+    ];
+    for (schema, want) in refused {
+        let (code, s) = raw(&c, "POST", crds, Some(probe_crd(schema.clone()))).await;
+        assert_eq!(
+            (code, s["reason"].as_str()),
+            (422, Some("Invalid")),
+            "{schema}: {s}"
+        );
+        let got = all_messages(&s);
+        assert!(got.contains(want), "{schema}: wanted {want:?} in\n{got}");
+    }
+    // The same rules with bounds are accepted (one item fewer for the pairwise one).
+    let accepted = [
+        json!({"type": "object", "properties": {"l": {"type": "array", "maxItems": 1024,
+            "items": {"type": "string", "maxLength": 100},
+            "x-kubernetes-validations": [{"rule": "self.all(a, isCIDR(a))"}]}}}),
+        json!({"type": "object", "properties": {"l": {"type": "array", "maxItems": 1117,
+            "items": {"type": "string", "maxLength": 10},
+            "x-kubernetes-validations": [{"rule": "self.all(a, self.exists_one(b, a == b))"}]}}}),
+    ];
+    for schema in accepted {
+        let (code, s) = raw(
+            &c,
+            "POST",
+            &format!("{crds}?dryRun=All"),
+            Some(probe_crd(schema.clone())),
+        )
+        .await;
+        assert_eq!(code, 201, "{schema}: {s}");
+    }
+    // Lodestone's own CRDs fit (they did not, before their lists and strings were bounded).
+    c.apply_crds(&lodestone_crds::all_crds()).await.unwrap();
+}
+
+/// An L2Advertisement with no spec at all (the install example) is accepted and stored with
+/// `spec: {}`, which reads as "every pool, from every node".
+#[tokio::test]
+async fn an_advertisement_without_spec_is_accepted_and_defaulted() {
+    let c = cluster_with_crds().await;
+    let (code, s) = raw(
+        &c,
+        "POST",
+        "/apis/lodestone.dev/v1alpha1/l2advertisements",
+        Some(
+            json!({"apiVersion": "lodestone.dev/v1alpha1", "kind": "L2Advertisement",
+            "metadata": {"name": "default"}}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 201, "{s}");
+    assert_eq!(s["spec"], json!({}));
+    let api: Api<lodestone_crds::L2Advertisement> = Api::all(c.client());
+    let stored = api.get("default").await.unwrap();
+    assert_eq!(stored.spec, lodestone_crds::L2AdvertisementSpec::default());
+}
