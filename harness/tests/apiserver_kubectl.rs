@@ -551,3 +551,33 @@ async fn every_yaml_example_in_the_docs_is_accepted() {
     assert!(objects >= 4, "only {objects} objects found in {blocks:?}");
     assert_eq!(fragments, 1, "install.md's image override");
 }
+
+/// `lodestone-apiserver` with its log in a file (not a terminal) writes no colour escape codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lodestone_apiserver_logs_plain_text_off_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let log_path = dir.path().join("apiserver.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lodestone-apiserver"))
+        .args(["--kubeconfig", kubeconfig.to_str().unwrap()])
+        .env("LODESTONE_APISERVER_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !kubeconfig.exists() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let k = Kubectl::new(&kubeconfig);
+    k.ok(&["get", "namespaces"]).await;
+    child.kill().await.unwrap();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!text.trim().is_empty(), "nothing logged");
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape codes in the log: {text:?}"
+    );
+}
