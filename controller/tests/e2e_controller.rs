@@ -672,6 +672,32 @@ async fn probes_and_metrics_follow_services() {
         .await;
 }
 
+/// Text logs written to a file (as `kubectl logs` reads them: not a terminal) carry no colour
+/// escape codes, only the words.
+#[tokio::test]
+async fn text_logs_off_a_terminal_have_no_colour_codes() {
+    let env = env().await;
+    env.pool("blue", json!({"addresses": ["192.0.2.0/31"]}))
+        .await;
+    let c = env.controller(&["--leader-elect=false"]);
+    env.service("default", "web", json!({}), json!({})).await;
+    env.wait_ingress("default", "web", |i| !i.is_empty()).await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !c.log().contains("default/web") && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let log = c.log();
+    assert!(
+        log.contains("default/web"),
+        "no line about the Service:\n{log}"
+    );
+    assert!(!log.contains('\u{1b}'), "escape codes in the log: {log:?}");
+    assert!(
+        log.lines().any(|l| l.contains(" INFO ")),
+        "levels as plain words: {log}"
+    );
+}
+
 /// With `--log-json` every line is JSON, and every line about a Service or a pool names it in
 /// a field (`service = "namespace/name"`, `pool = "name"`), so one query finds all of them.
 #[tokio::test]

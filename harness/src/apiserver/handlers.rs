@@ -574,8 +574,9 @@ impl State {
         } else {
             def.kind.as_str()
         };
-        if let Some(c) = validation::validate_name(kind_rule, &name) {
-            return Err(ApiError::invalid(&def.group, &def.kind, &name, vec![c]));
+        let causes = validation::validate_names(&def.group, kind_rule, &name, &generate);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(&def.group, &def.kind, &name, causes));
         }
         let key = Self::key(def, ns.as_deref(), &name);
         if self.store.get(&key).is_some() {

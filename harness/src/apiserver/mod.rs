@@ -123,6 +123,7 @@ impl Server {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
                 .with_test_writer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
                 .try_init();
         }
         let certs = make_certs()?;
