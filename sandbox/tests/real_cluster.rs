@@ -479,8 +479,13 @@ async fn serves_clients_through_faults_and_follows_local_endpoints() {
     owner_node.host.heal().expect("heal");
     tokio::time::sleep(Duration::from_secs(5)).await;
     print_outage(
-        &format!("owner node {owner4} cut for 10 s (taken over by {during}), then healed"),
+        &format!("owner node {owner4} cut for 10 s (taken over by {during}), then healed, IPv4"),
         &p4,
+        t,
+    );
+    print_outage(
+        &format!("owner node {owner4} cut for 10 s, then healed, IPv6 (owner was {owner6})"),
+        &p6,
         t,
     );
     assert!(
