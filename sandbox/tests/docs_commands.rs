@@ -559,6 +559,9 @@ impl KeptSandbox {
                 }
             });
         }
+        // Only the readers hold senders now: when the sandbox exits, both streams end and the
+        // loop below stops at once instead of waiting out its deadline.
+        drop(tx);
         let mut kept = KeptSandbox {
             child,
             hints: Vec::new(),
@@ -585,8 +588,16 @@ impl KeptSandbox {
                 }
             }
         }
+        let mut exited = None;
+        for _ in 0..50 {
+            exited = kept.child.try_wait().ok().flatten();
+            if exited.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         panic!(
-            "the sandbox never printed its hints; hints so far: {:?}",
+            "the sandbox never printed its hints (exit: {exited:?}; its output is above); hints so far: {:?}",
             kept.hints
         );
     }
