@@ -613,10 +613,21 @@ async fn two_replicas_one_leader_and_a_clean_takeover() {
         .spec
         .and_then(|s| s.holder_identity)
         .expect("someone holds the Lease");
-    // Only the leader writes: every Event so far comes from it.
+    env.wait_event("default", "first", "IPAllocated", "").await;
+    // Only the leader writes: every controller Event so far comes from it. (Other reporters may
+    // write Events too: kube-apiserver builds post their own in `default`.)
     let events: kube::Api<k8s_openapi::api::events::v1::Event> =
         kube::Api::namespaced(env.client.clone(), "default");
-    for ev in events.list(&Default::default()).await.unwrap().items {
+    let ours: Vec<_> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|ev| ev.reporting_controller.as_deref() == Some("lodestone-controller"))
+        .collect();
+    assert!(!ours.is_empty(), "no Event from the controller");
+    for ev in ours {
         assert_eq!(ev.reporting_instance.as_deref(), Some(holder.as_str()));
     }
     // kill -9 the leader; the standby takes over, keeps what exists and serves what is new.

@@ -341,14 +341,47 @@ async fn custom_resource_status_isolation_and_generation() {
     assert_eq!(l.status.as_ref().unwrap().assigned, 4);
     assert!(!l.labels().contains_key("via-status"), "{:?}", l.labels());
 
-    // Deleting a custom resource answers with the deleted object (kube-apiserver's custom
-    // resource store returns it), unlike most built-in kinds, which answer with a Status.
-    let gone = api.delete("gen", &DeleteParams::default()).await.unwrap();
-    let obj = gone
+    // Deleting a custom resource that is held by a finalizer answers with the object, now
+    // carrying its deletionTimestamp; once it is really gone, the answer is a Status naming it
+    // (kube-apiserver 1.32: 200 with `status: Success` and details {name, group, kind: plural,
+    // uid}), as for most built-in kinds.
+    let mut held = l.clone();
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    api.replace("gen", &PostParams::default(), &held)
+        .await
+        .unwrap();
+    let pending = api.delete("gen", &DeleteParams::default()).await.unwrap();
+    let obj = pending
         .left()
-        .expect("the deleted custom resource is returned");
+        .expect("the custom resource, still held, is returned");
     assert_eq!(obj.name_any(), "gen");
+    assert!(obj.metadata.deletion_timestamp.is_some());
+    api.patch(
+        "gen",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
     assert_eq!(api_err(api.get("gen").await).code, 404);
+    api.create(&PostParams::default(), &pool("gen2", &["192.0.2.16/28"]))
+        .await
+        .unwrap();
+    let (code, status) = raw(
+        &c,
+        "DELETE",
+        "/apis/lodestone.dev/v1alpha1/ipaddresspools/gen2",
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(status["kind"], "Status", "{status}");
+    assert_eq!(status["status"], "Success", "{status}");
+    assert_eq!(status["details"]["name"], "gen2", "{status}");
+    assert_eq!(status["details"]["group"], "lodestone.dev", "{status}");
+    assert_eq!(status["details"]["kind"], "ipaddresspools", "{status}");
+    assert!(status["details"]["uid"].is_string(), "{status}");
+    assert_eq!(api_err(api.get("gen2").await).code, 404);
 }
 
 /// "Finalizers": delete sets deletionTimestamp and leaves the object while finalizers remain;

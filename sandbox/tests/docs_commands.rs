@@ -62,7 +62,7 @@ const PLAN: &[(&str, &str, How)] = &[
         "README.md",
         "TEST_ASSET_KUBE_APISERVER=/path/to/kube-apiserver",
         How::NotRun(
-            "needs a kube-apiserver binary, which cannot be installed here; the switch is tested with stand-in processes in harness/src/cluster.rs",
+            "placeholder paths; .ci/run runs the same switch with the kit's kube-apiserver and etcd 3.5 over the binaries that use TestCluster, and harness/src/cluster.rs tests it with stand-in processes",
         ),
     ),
     ("README.md", "cargo nextest run --workspace", How::Ci),
@@ -512,6 +512,9 @@ impl KeptSandbox {
                 }
             });
         }
+        // Only the readers hold senders now: when the sandbox exits, both streams end and the
+        // loop below stops at once instead of waiting out its deadline.
+        drop(tx);
         let mut kept = KeptSandbox {
             child,
             hints: Vec::new(),
@@ -538,8 +541,16 @@ impl KeptSandbox {
                 }
             }
         }
+        let mut exited = None;
+        for _ in 0..50 {
+            exited = kept.child.try_wait().ok().flatten();
+            if exited.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         panic!(
-            "the sandbox never printed its hints; hints so far: {:?}",
+            "the sandbox never printed its hints (exit: {exited:?}; its output is above); hints so far: {:?}",
             kept.hints
         );
     }
