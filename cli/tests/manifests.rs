@@ -6,6 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Container, Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -106,6 +109,12 @@ fn check_typed(doc: &Value) -> Result<(), String> {
         ("apps/v1", "Deployment") => round_trip::<Deployment>(doc).map(drop),
         ("apps/v1", "DaemonSet") => round_trip::<DaemonSet>(doc).map(drop),
         ("policy/v1", "PodDisruptionBudget") => round_trip::<PodDisruptionBudget>(doc).map(drop),
+        ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy") => {
+            round_trip::<ValidatingAdmissionPolicy>(doc).map(drop)
+        }
+        ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding") => {
+            round_trip::<ValidatingAdmissionPolicyBinding>(doc).map(drop)
+        }
         ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
             round_trip::<CustomResourceDefinition>(doc).map(drop)
         }
@@ -137,8 +146,8 @@ fn every_manifest_is_a_known_kind_without_unknown_fields() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     // Namespace, 2 CRDs, 2 ServiceAccounts, 2 ClusterRoles + bindings, Role + binding,
-    // Deployment, PDB, DaemonSet.
-    assert_eq!(count, 14);
+    // Deployment, PDB, DaemonSet, the speaker's admission policy + binding.
+    assert_eq!(count, 16);
 }
 
 #[test]
@@ -553,7 +562,14 @@ fn kustomize_renders_with_the_generated_key() {
         });
         if !matches!(
             doc["kind"].as_str(),
-            Some("Namespace" | "CustomResourceDefinition" | "ClusterRole" | "ClusterRoleBinding")
+            Some(
+                "Namespace"
+                    | "CustomResourceDefinition"
+                    | "ClusterRole"
+                    | "ClusterRoleBinding"
+                    | "ValidatingAdmissionPolicy"
+                    | "ValidatingAdmissionPolicyBinding"
+            )
         ) {
             assert_eq!(
                 doc["metadata"]["namespace"], NAMESPACE,
@@ -573,7 +589,7 @@ fn kustomize_renders_with_the_generated_key() {
         key.len() >= 16,
         "the speaker needs at least 16 bytes of key"
     );
-    assert_eq!(docs.len(), 15, "the 14 manifests and the generated Secret");
+    assert_eq!(docs.len(), 17, "the 16 manifests and the generated Secret");
 }
 
 #[test]
@@ -646,9 +662,14 @@ async fn rendered_manifests_apply_to_the_test_cluster() {
                 .unwrap()
                 .try_into()
                 .unwrap();
-        let (resource, _) = kube::discovery::pinned_kind(&client, &gvk).await.unwrap();
+        let (resource, caps) = kube::discovery::pinned_kind(&client, &gvk).await.unwrap();
         let name = doc["metadata"]["name"].as_str().unwrap();
-        let api: kube::Api<kube::api::DynamicObject> = match doc["metadata"]["namespace"].as_str() {
+        // kustomize namespaces kinds it does not know to be cluster-scoped (the admission
+        // policy); the server drops that namespace, so the scope comes from discovery.
+        let namespace = doc["metadata"]["namespace"]
+            .as_str()
+            .filter(|_| caps.scope == kube::discovery::Scope::Namespaced);
+        let api: kube::Api<kube::api::DynamicObject> = match namespace {
             Some(ns) => kube::Api::namespaced_with(client.clone(), ns, &resource),
             None => kube::Api::all_with(client.clone(), &resource),
         };

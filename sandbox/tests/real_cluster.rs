@@ -467,6 +467,18 @@ async fn serves_clients_through_faults_and_follows_local_endpoints() {
     ] {
         assert!(yaml.contains(want), "{want} missing:\n{yaml}");
     }
+    // deploy/admission.yaml: the speakers wrote their condition above, yet their ServiceAccount
+    // cannot move the Service's traffic elsewhere.
+    let forged = shell.try_run(
+        "kubectl --as=system:serviceaccount:lodestone-system:lodestone-speaker \
+           --as-group=system:serviceaccounts --as-group=system:serviceaccounts:lodestone-system \
+           patch svc web --subresource=status --type=merge \
+           -p '{\"status\":{\"loadBalancer\":{\"ingress\":[{\"ip\":\"203.0.113.66\"}]}}}'",
+    );
+    assert!(
+        !forged.ok && forged.stderr.contains("may not change status.loadBalancer"),
+        "the speaker's ServiceAccount rewrote ingress: {forged:?}"
+    );
 
     // The owner node cut off the LAN for 10 s, then back.
     let t = Instant::now();

@@ -32,7 +32,10 @@
 //!   decode `metav1.Condition` reject (`invalid_service_conditions_are_422_on_the_embedded_server_only`).
 //! - CRD schemas with `additionalProperties: false`, or `additionalProperties: true` beside
 //!   `properties`, are refused here; kube-apiserver accepts both.
-//! - No admission; the admin token is `system:masters`, tokens added with [`Server::add_token`]
+//! - No admission: ValidatingAdmissionPolicies and their bindings are stored (so
+//!   `kubectl apply -k deploy/` works on the sandbox) but never evaluated; the speaker's policy
+//!   is judged by kube-apiserver (`cli/tests/speaker_status_policy.rs`, the real cluster).
+//!   The admin token is `system:masters`, tokens added with [`Server::add_token`]
 //!   are authorized by RBAC ([`rbac`]), and only this server keeps an audit log (the RBAC tests
 //!   skip on a real server).
 //! - Namespaces and CRDs are removed at once with their contents (no `Terminating` phase; there

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use lodestone_harness::docs::{self, DocCommand};
 
 /// The outcome of one shell command.
+#[derive(Debug)]
 pub struct Ran {
     pub ok: bool,
     pub stdout: String,
