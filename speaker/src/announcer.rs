@@ -5,7 +5,11 @@
 //!
 //! - answers ARP requests (IPv4) or Neighbor Solicitations (IPv6) with the link's MAC,
 //! - sends a burst of gratuitous ARPs / unsolicited Neighbor Advertisements when it starts
-//!   announcing on a link (takeover, restart, or the link coming back up),
+//!   announcing on a link (takeover, restart, or the link coming back up), again for every
+//!   owned address when the shell asks ([`Announcer::reassert`]: after a partition heals, a peer
+//!   rejoins or the API server comes back, clients may have been pointed elsewhere), and, if
+//!   configured, periodically ([`AnnouncerConfig::refresh_interval`]) — only ever for addresses
+//!   it owns,
 //! - stops answering at once when the address is no longer owned: every answer checks the
 //!   *current* desired state and plan, never a copy taken earlier,
 //! - reports other machines claiming the address as [`AnnouncerEvent::Conflict`], except during
@@ -13,7 +17,8 @@
 //!   gratuitous messages may still be on the wire.
 //!
 //! What to answer is decided by pure functions ([`arp_action`], [`ndp_action`]); the tasks
-//! around them only move bytes. The solicited-node group memberships that let IPv6
+//! around them only move bytes. [`Announcer::start_dedicated`] runs all of it on a thread of
+//! its own, so that answering never waits behind the speaker's planning or API traffic. The solicited-node group memberships that let IPv6
 //! solicitations in are kept per interface by `groups`, over as many sockets as needed.
 
 mod groups;
@@ -58,6 +63,9 @@ pub struct AnnouncerConfig {
     pub resync_interval: Duration,
     /// Capacity of the event channel; events beyond it are dropped (and logged).
     pub event_capacity: usize,
+    /// Re-send the burst for every owned address this often (`None`: only on changes and when
+    /// asked). For networks whose switches or clients forget entries that see no traffic.
+    pub refresh_interval: Option<Duration>,
 }
 
 impl Default for AnnouncerConfig {
@@ -68,6 +76,7 @@ impl Default for AnnouncerConfig {
             exclude: DEFAULT_EXCLUDE.to_owned(),
             resync_interval: Duration::from_secs(30),
             event_capacity: 1024,
+            refresh_interval: None,
         }
     }
 }
@@ -114,6 +123,9 @@ pub enum AnnouncerError {
     /// The link view could not be set up.
     #[error("watching links: {0}")]
     Links(#[from] InterfacesError),
+    /// The data-plane thread or its runtime could not be started.
+    #[error("starting the data-plane thread: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Monotonic counters of the data plane.
@@ -322,6 +334,10 @@ struct Shared {
     services: RwLock<BTreeMap<IpAddr, String>>,
     counters: Counters,
     events: mpsc::Sender<AnnouncerEvent>,
+    /// Bumped by [`Announcer::reassert`]: the manager re-sends every burst when it changes.
+    reassert: AtomicU64,
+    /// Signalled when the manager has stopped (see [`Announcer::start_dedicated`]).
+    finished: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -397,6 +413,8 @@ impl Announcer {
             services: RwLock::new(BTreeMap::new()),
             counters: Counters::default(),
             events,
+            reassert: AtomicU64::new(0),
+            finished: tokio::sync::Notify::new(),
         });
         let (wake, wake_rx) = watch::channel(0u64);
         let (stop, stop_rx) = watch::channel(false);
@@ -409,6 +427,7 @@ impl Announcer {
             workers: BTreeMap::new(),
             bursts: BTreeMap::new(),
             announced: BTreeMap::new(),
+            reasserted: 0,
         };
         let task = tokio::spawn(manager.run(wake_rx, stop_rx));
         Ok((
@@ -420,6 +439,65 @@ impl Announcer {
             },
             rx,
         ))
+    }
+
+    /// Starts the announcer on a thread of its own, with its own single-threaded runtime: its
+    /// sockets, bursts and link watch then never wait behind work on the caller's runtime (a
+    /// plan over thousands of Services, decoding a large list from the API server). The handle
+    /// works from any thread; the thread ends after [`Announcer::shutdown`] or once every handle
+    /// is gone.
+    pub async fn start_dedicated(
+        config: AnnouncerConfig,
+    ) -> Result<(Announcer, mpsc::Receiver<AnnouncerEvent>), AnnouncerError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("data-plane".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(AnnouncerError::Runtime(e)));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let started = Announcer::start(config).await;
+                    let (shared, mut stop) = match &started {
+                        Ok((a, _)) => (a.shared.clone(), a.stop.subscribe()),
+                        Err(_) => {
+                            let _ = tx.send(started);
+                            return;
+                        }
+                    };
+                    if tx.send(started).is_err() {
+                        return;
+                    }
+                    // Err: every handle is gone, and with them the manager's wake-up.
+                    let _ = stop.wait_for(|s| *s).await;
+                    shared.finished.notified().await;
+                });
+            });
+        if let Err(e) = spawned {
+            return Err(AnnouncerError::Runtime(e));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(AnnouncerError::Runtime(std::io::Error::other(
+                "the data-plane thread ended before starting the announcer",
+            )))
+        })
+    }
+
+    /// Sends the gratuitous burst again for every address owned now, on every link it is
+    /// announced on. For the moments when clients may have been pointed elsewhere while this
+    /// node kept owning the address: a partition healed, a peer rejoined, the API server came
+    /// back. Addresses not owned are never announced.
+    pub fn reassert(&self) {
+        self.shared.reassert.fetch_add(1, Ordering::Relaxed);
+        self.wake
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 
     /// Tells the announcer which Services hold its addresses (see
@@ -502,10 +580,16 @@ struct Manager {
     workers: BTreeMap<u32, Worker>,
     bursts: BTreeMap<(IpAddr, u32), AbortOnDrop<()>>,
     announced: BTreeMap<IpAddr, Vec<String>>,
+    /// The [`Shared::reassert`] generation last acted on.
+    reasserted: u64,
 }
 
 impl Manager {
     async fn run(mut self, mut wake: watch::Receiver<u64>, mut stop: watch::Receiver<bool>) {
+        // The first tick of an interval is immediate; the refresh starts one period in.
+        let period = self.config.refresh_interval.filter(|p| !p.is_zero());
+        let mut refresh =
+            period.map(|p| tokio::time::interval_at(tokio::time::Instant::now() + p, p));
         loop {
             if *stop.borrow_and_update() {
                 break;
@@ -516,6 +600,12 @@ impl Manager {
                 // Err: every handle is gone, so nobody can change the desired state again.
                 r = wake.changed() => if r.is_err() { break },
                 r = stop.changed() => if r.is_err() { break },
+                _ = async { match refresh.as_mut() {
+                    Some(r) => { r.tick().await; }
+                    None => std::future::pending().await,
+                } } => {
+                    self.shared.reassert.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         write(&self.shared.plan).clear();
@@ -524,6 +614,7 @@ impl Manager {
         for ip in std::mem::take(&mut self.announced).into_keys() {
             self.shared.emit(AnnouncerEvent::Stopped { ip });
         }
+        self.shared.finished.notify_one();
     }
 
     fn reconcile(&mut self) {
@@ -585,9 +676,15 @@ impl Manager {
         self.bursts.retain(|(ip, index), task| {
             now.contains(&(*ip, *index)) && !replaced.contains(index) && !task.0.is_finished()
         });
+        // Asked to re-assert: every owned address is "starting" again.
+        let reassert = self.shared.reassert.load(Ordering::Relaxed);
+        let all = reassert != self.reasserted;
+        self.reasserted = reassert;
         let starting = now
             .iter()
-            .filter(|(ip, index)| !before.contains(&(*ip, *index)) || replaced.contains(index))
+            .filter(|(ip, index)| {
+                all || !before.contains(&(*ip, *index)) || replaced.contains(index)
+            })
             .copied()
             .collect::<Vec<_>>();
         for (ip, index) in starting {

@@ -53,6 +53,15 @@ struct Args {
     /// Pause between two of them, in milliseconds.
     #[arg(long, default_value_t = 500)]
     gratuitous_interval_ms: u64,
+    /// Re-send the gratuitous burst for every owned address this often, in seconds (0: never;
+    /// bursts are still sent on takeover, on a link coming back, after a partition heals, a
+    /// peer rejoins or the API server comes back).
+    #[arg(long, default_value_t = 0)]
+    gratuitous_refresh_secs: u64,
+    /// Seconds the API server may stay unreachable before this speaker withdraws from the
+    /// election, provided another speaker still reaches it (docs/announcing.md).
+    #[arg(long, default_value_t = 30)]
+    api_loss_timeout_secs: u64,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -128,8 +137,11 @@ async fn main() -> anyhow::Result<()> {
             gratuitous_count: args.gratuitous_count,
             gratuitous_interval: Duration::from_millis(args.gratuitous_interval_ms),
             exclude: args.interface_exclude.clone(),
+            refresh_interval: (args.gratuitous_refresh_secs > 0)
+                .then(|| Duration::from_secs(args.gratuitous_refresh_secs)),
             ..AnnouncerConfig::default()
         },
+        api_loss_timeout: Duration::from_secs(args.api_loss_timeout_secs),
     };
     run(client, cfg, shutdown_signal()).await?;
     Ok(())

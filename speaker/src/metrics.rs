@@ -15,6 +15,8 @@
 //! | `addresses_announced` | gauge | addresses this node announces now |
 //! | `membership_members` | gauge | alive speakers, this one included |
 //! | `membership_formed` | gauge | 1 when liveness comes from membership, 0 on the Node Ready fallback |
+//! | `in_election` | gauge | 1 while this speaker takes part in the election, 0 after it withdrew |
+//! | `condition_writes_total{result}` | counter | `lodestone.dev/Announced` writes: `written`, `conflict` (a newer write won), `failed` |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +38,10 @@ pub type ProtocolLabel = Vec<(String, String)>;
 
 fn protocol(p: &str) -> ProtocolLabel {
     vec![("protocol".to_owned(), p.to_owned())]
+}
+
+fn result(r: &str) -> ResultLabel {
+    vec![("result".to_owned(), r.to_owned())]
 }
 
 /// Frame counters as the announcer reports them (cumulative since start).
@@ -77,7 +83,13 @@ pub struct Metrics {
     pub membership_members: Gauge,
     /// 1 when membership is formed.
     pub membership_formed: Gauge,
+    /// 1 while this speaker takes part in the election.
+    pub in_election: Gauge,
+    condition_writes: Family<ResultLabel, Counter>,
 }
+
+/// `result` label values.
+pub type ResultLabel = Vec<(String, String)>;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -101,6 +113,8 @@ impl Metrics {
             addresses_announced: Gauge::default(),
             membership_members: Gauge::default(),
             membership_formed: Gauge::default(),
+            in_election: Gauge::default(),
+            condition_writes: Family::default(),
         };
         registry.register(
             "requests_seen",
@@ -152,6 +166,19 @@ impl Metrics {
             "1 when liveness comes from the membership, 0 while falling back on Node Ready",
             m.membership_formed.clone(),
         );
+        registry.register(
+            "in_election",
+            "1 while this speaker takes part in the election, 0 after it withdrew (see /readyz for why)",
+            m.in_election.clone(),
+        );
+        registry.register(
+            "condition_writes",
+            "Writes of the lodestone.dev/Announced condition, by result: written, conflict (a newer write won), failed",
+            m.condition_writes.clone(),
+        );
+        for r in ["written", "conflict", "failed"] {
+            let _ = m.condition_writes.get_or_create(&result(r));
+        }
         // Touch the labelled series so that they are exported at zero from the start.
         for p in ["arp", "ndp"] {
             let _ = m.requests_seen.get_or_create(&protocol(p));
@@ -179,6 +206,11 @@ impl Metrics {
             .store(c.ndp_group_join_failures, Ordering::Relaxed);
     }
 
+    /// Counts one condition write with its result (`written`, `conflict`, `failed`).
+    pub fn condition_write(&self, r: &str) {
+        self.condition_writes.get_or_create(&result(r)).inc();
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -193,8 +225,24 @@ impl Metrics {
 /// What the probe endpoints look at.
 #[derive(Debug, Default)]
 pub struct Health {
-    /// Set once the first plan has been applied.
+    /// Set once the first plan has been applied, cleared while the speaker is out of the
+    /// election.
     pub ready: AtomicBool,
+    /// Why `/readyz` answers 503 (empty: no plan applied yet).
+    pub reason: std::sync::Mutex<String>,
+}
+
+impl Health {
+    /// Ready.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Not ready, for `reason` (shown by `/readyz`).
+    pub fn set_not_ready(&self, reason: &str) {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_owned();
+        self.ready.store(false, Ordering::Relaxed);
+    }
 }
 
 /// Called before every `/metrics` render to pull counters kept elsewhere (announcer).
@@ -233,11 +281,22 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
 
 async fn ready_handler(State(s): State<AppState>) -> impl IntoResponse {
     if s.health.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
+        (StatusCode::OK, "ready".to_owned())
     } else {
+        let reason = s
+            .health
+            .reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let reason = if reason.is_empty() {
+            "no plan applied yet".to_owned()
+        } else {
+            reason
+        };
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no plan applied yet",
+            format!("not ready: {reason}"),
         )
     }
 }
@@ -297,6 +356,8 @@ mod tests {
             "lodestone_speaker_addresses_announced 12",
             "lodestone_speaker_membership_members 0",
             "lodestone_speaker_membership_formed 0",
+            "lodestone_speaker_in_election 0",
+            "lodestone_speaker_condition_writes_total{result=\"conflict\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
@@ -333,8 +394,16 @@ mod tests {
         .unwrap();
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
-        health.ready.store(true, Ordering::Relaxed);
+        health.set_ready();
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        health.set_not_ready("out of the election: the API server has been unreachable for 31 s");
+        let r = get(addr, "/readyz").await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert!(
+            r.contains("not ready: out of the election: the API server"),
+            "{r}"
+        );
+        health.set_ready();
         let body = get(addr, "/metrics").await;
         assert!(
             body.contains("lodestone_speaker_membership_members 3"),

@@ -43,6 +43,7 @@
 //!   back on the Node `Ready` condition; the transition is logged.
 
 pub mod auth;
+pub mod state;
 mod task;
 
 use std::collections::BTreeSet;
@@ -314,6 +315,8 @@ enum Command {
     Announce(Vec<SocketAddr>),
     SetSeeds(Vec<SocketAddr>),
     Leave(oneshot::Sender<()>),
+    SetState(state::SpeakerState),
+    Renew,
 }
 
 /// Handle on a running membership task. Dropping it stops the task without a leave, as a crash
@@ -323,6 +326,7 @@ pub struct Membership {
     local_addr: SocketAddr,
     commands: mpsc::UnboundedSender<Command>,
     stats: Arc<SharedStats>,
+    states: watch::Receiver<state::States>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -358,6 +362,7 @@ impl Membership {
         let sealer = auth::Sealer::new(&cfg.key, &cfg.node_name, identity.bump)?;
 
         let stats = Arc::new(SharedStats::default());
+        let (state_book, own_state, states) = state::StateBook::new(cfg.node_name.clone());
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (task, view_rx) = task::spawn(task::Parts {
             cfg,
@@ -368,6 +373,8 @@ impl Membership {
             opener,
             commands: command_rx,
             stats: Arc::clone(&stats),
+            state_book,
+            own_state,
         });
         Ok((
             Membership {
@@ -375,6 +382,7 @@ impl Membership {
                 local_addr,
                 commands,
                 stats,
+                states,
                 task,
             },
             view_rx,
@@ -391,6 +399,26 @@ impl Membership {
     /// Replace the seed list (e.g. when Nodes come and go); new seeds are announced to at once.
     pub fn set_seeds(&self, seeds: Vec<SocketAddr>) {
         let _ = self.commands.send(Command::SetSeeds(seeds));
+    }
+
+    /// Tell the others this speaker's state (see [`state`]) now and keep repeating it.
+    pub fn set_state(&self, state: state::SpeakerState) {
+        let _ = self.commands.send(Command::SetState(state));
+    }
+
+    /// The states the speakers told (this one's included), by node name.
+    pub fn states(&self) -> watch::Receiver<state::States> {
+        self.states.clone()
+    }
+
+    /// Forget every conclusion about the others and rejoin under a renewed identity.
+    ///
+    /// For a speaker that just found itself alone: it declared every peer down while it could
+    /// not hear them (its own link was down, say). Gossiping those declarations once it hears
+    /// them again would make healthy speakers be taken for dead; a fresh start has nothing to
+    /// gossip, and its seeds bring it back in as soon as the network lets it.
+    pub fn renew(&self) {
+        let _ = self.commands.send(Command::Renew);
     }
 
     /// Tell the others we are leaving, then stop. Waits at most `timeout` for the departure to

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec, Timer};
+use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec, Timer};
 use rand_foca::SeedableRng;
 use rand_foca::rngs::SmallRng;
 use tokio::net::UdpSocket;
@@ -15,7 +15,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::auth::{AuthError, Opener, Sealer};
+use super::state::{OwnState, StateBook};
 use super::{Command, MembershipConfig, MembershipView, NodeId, SharedStats};
+
+/// This speaker's state is repeated this often (and whenever a member joins), so that every
+/// member learns it even when the first broadcast was lost or came before it joined.
+const STATE_REFRESH: Duration = Duration::from_secs(10);
 
 /// Everything [`super::Membership::start`] prepared for the task.
 pub(super) struct Parts {
@@ -27,9 +32,11 @@ pub(super) struct Parts {
     pub opener: Opener,
     pub commands: mpsc::UnboundedReceiver<Command>,
     pub stats: Arc<SharedStats>,
+    pub state_book: StateBook,
+    pub own_state: OwnState,
 }
 
-type Swim = Foca<NodeId, PostcardCodec, SmallRng, NoCustomBroadcast>;
+type Swim = Foca<NodeId, PostcardCodec, SmallRng, StateBook>;
 
 /// Start the task; the receiver already holds the initial view.
 pub(super) fn spawn(
@@ -44,13 +51,16 @@ pub(super) fn spawn(
         opener,
         commands,
         stats,
+        state_book,
+        own_state,
     } = parts;
     let mut state = State {
-        foca: Foca::new(
+        foca: Foca::with_custom_broadcast(
             identity,
             foca_config,
             SmallRng::seed_from_u64(rand::random()),
             PostcardCodec,
+            state_book,
         ),
         runtime: AccumulatingRuntime::new(),
         sealer,
@@ -62,6 +72,7 @@ pub(super) fn spawn(
         heard_peer: false,
         stats,
         view_tx: None,
+        own_state,
     };
     state.set_seeds(cfg.seeds.iter().copied());
     let initial = state.current_view();
@@ -96,6 +107,7 @@ struct State {
     heard_peer: bool,
     stats: Arc<SharedStats>,
     view_tx: Option<watch::Sender<MembershipView>>,
+    own_state: OwnState,
 }
 
 impl State {
@@ -107,6 +119,8 @@ impl State {
     ) {
         let mut seed_tick = tokio::time::interval(seed_period);
         seed_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut state_tick = tokio::time::interval(STATE_REFRESH);
+        state_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Largest UDP payload, so an oversized datagram is read whole and then rejected.
         let mut buf = vec![0u8; 65_535];
         loop {
@@ -135,6 +149,8 @@ impl State {
                         self.set_seeds(seeds);
                         self.announce_to_seeds();
                     }
+                    Some(Command::SetState(s)) => self.say_state(Some(s)),
+                    Some(Command::Renew) => self.renew(),
                 },
                 received = socket.recv_from(&mut buf) => match received {
                     Ok((len, from)) => {
@@ -145,9 +161,35 @@ impl State {
                 },
                 _ = sleep_until(next_timer), if next_timer.is_some() => self.fire_due_timers(),
                 _ = seed_tick.tick() => self.announce_to_seeds(),
+                _ = state_tick.tick() => self.say_state(None),
             }
             self.flush(&socket).await;
         }
+    }
+
+    /// Broadcast this speaker's state (a new one, or the current one again).
+    fn say_state(&mut self, new: Option<super::state::SpeakerState>) {
+        let data = self.own_state.next(new);
+        if let Err(error) = self.foca.add_broadcast(&data) {
+            tracing::debug!(%error, "speaker state broadcast failed");
+        }
+        // Send it now rather than at the next probe: a withdrawal is a handover.
+        if let Err(error) = self.foca.gossip(&mut self.runtime) {
+            tracing::debug!(%error, "speaker state gossip failed");
+        }
+    }
+
+    fn renew(&mut self) {
+        let Some(renewed) = foca::Identity::renew(self.foca.identity()) else {
+            return;
+        };
+        tracing::info!(identity = ?renewed, "membership: alone; forgetting every peer and rejoining under a renewed identity");
+        if let Err(error) = self.foca.change_identity(renewed, &mut self.runtime) {
+            tracing::warn!(%error, "membership identity renewal failed");
+        }
+        self.heard_peer = false;
+        self.announce_to_seeds();
+        self.say_state(None);
     }
 
     fn set_seeds(&mut self, seeds: impl IntoIterator<Item = SocketAddr>) {
@@ -234,6 +276,14 @@ impl State {
                 }
                 OwnedNotification::Rename(old, new) => {
                     tracing::info!(?old, ?new, "membership: member restarted")
+                }
+                OwnedNotification::MemberUp(id) => {
+                    tracing::debug!(?id, "membership: member up");
+                    // A newcomer has not heard this speaker's state yet.
+                    let data = self.own_state.next(None);
+                    if let Err(error) = self.foca.add_broadcast(&data) {
+                        tracing::debug!(%error, "speaker state broadcast failed");
+                    }
                 }
                 other => tracing::debug!(notification = ?other, "membership notification"),
             }
