@@ -150,18 +150,16 @@ pub enum RunError {
     Announcer(#[from] AnnouncerError),
 }
 
-/// When this speaker last heard from the API server, and how many watches are failing.
+/// When this speaker last heard from the API server.
 #[derive(Debug)]
 struct ApiHealth {
     last_ok: Mutex<Instant>,
-    failing_watches: AtomicUsize,
 }
 
 impl ApiHealth {
     fn new() -> Self {
         ApiHealth {
             last_ok: Mutex::new(Instant::now()),
-            failing_watches: AtomicUsize::new(0),
         }
     }
 
@@ -176,11 +174,6 @@ impl ApiHealth {
             .unwrap_or_else(|p| p.into_inner())
             .elapsed()
     }
-
-    /// Heard recently, and no watch is failing: the caches follow the cluster.
-    fn fresh(&self) -> bool {
-        self.silent_for() <= API_FRESH_WINDOW && self.failing_watches.load(Ordering::Relaxed) == 0
-    }
 }
 
 /// Starts a reflector for `K`; every change wakes `notify`. Errors are logged and retried with
@@ -191,6 +184,8 @@ fn watch_kind<K>(
     kind: &'static str,
     notify: Arc<Notify>,
     health: Arc<ApiHealth>,
+    failing_watches: Arc<AtomicUsize>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     trim: fn(&mut K),
 ) -> Store<K>
 where
@@ -205,7 +200,7 @@ where
             .default_backoff()
             .modify(trim),
     );
-    tokio::spawn(async move {
+    tasks.push(tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut failing = false;
         while let Some(event) = stream.next().await {
@@ -216,7 +211,7 @@ where
                     health.ok();
                     if failing {
                         tracing::info!(kind, "watch recovered");
-                        health.failing_watches.fetch_sub(1, Ordering::Relaxed);
+                        failing_watches.fetch_sub(1, Ordering::Relaxed);
                         failing = false;
                     }
                     notify.notify_one();
@@ -228,13 +223,13 @@ where
                             %error,
                             "watch failed; keeping the last known objects and announcing on"
                         );
-                        health.failing_watches.fetch_add(1, Ordering::Relaxed);
+                        failing_watches.fetch_add(1, Ordering::Relaxed);
                     }
                     failing = true;
                 }
             }
         }
-    });
+    }));
     reader
 }
 
@@ -253,24 +248,93 @@ async fn probe_api(client: Client, health: Arc<ApiHealth>) {
     }
 }
 
+/// The caches of every watched kind, and the tasks filling them (stopped when dropped).
 struct Stores {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
     pools: Store<IPAddressPool>,
     adverts: Store<L2Advertisement>,
+    /// Watches currently failing.
+    failing: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Stores {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 impl Stores {
     fn start(client: &Client, notify: &Arc<Notify>, health: &Arc<ApiHealth>) -> Stores {
+        let failing = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
         let n = || Arc::clone(notify);
         let h = || Arc::clone(health);
+        let f = || Arc::clone(&failing);
+        let services = watch_kind(client, "Service", n(), h(), f(), &mut tasks, trim::service);
+        let slices = watch_kind(
+            client,
+            "EndpointSlice",
+            n(),
+            h(),
+            f(),
+            &mut tasks,
+            trim::endpoint_slice,
+        );
+        let nodes = watch_kind(client, "Node", n(), h(), f(), &mut tasks, trim::node);
+        let pools = watch_kind(
+            client,
+            "IPAddressPool",
+            n(),
+            h(),
+            f(),
+            &mut tasks,
+            trim::metadata,
+        );
+        let adverts = watch_kind(
+            client,
+            "L2Advertisement",
+            n(),
+            h(),
+            f(),
+            &mut tasks,
+            trim::metadata,
+        );
         Stores {
-            services: watch_kind(client, "Service", n(), h(), trim::service),
-            slices: watch_kind(client, "EndpointSlice", n(), h(), trim::endpoint_slice),
-            nodes: watch_kind(client, "Node", n(), h(), trim::node),
-            pools: watch_kind(client, "IPAddressPool", n(), h(), trim::metadata),
-            adverts: watch_kind(client, "L2Advertisement", n(), h(), trim::metadata),
+            services,
+            slices,
+            nodes,
+            pools,
+            adverts,
+            failing,
+            tasks,
+        }
+    }
+
+    fn failing(&self) -> usize {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// A future that completes once every cache has been filled by its first listing.
+    fn ready(&self) -> impl Future<Output = ()> + Send + 'static {
+        let (services, slices, nodes, pools, adverts) = (
+            self.services.clone(),
+            self.slices.clone(),
+            self.nodes.clone(),
+            self.pools.clone(),
+            self.adverts.clone(),
+        );
+        async move {
+            // Err: the writer is gone (the stores were dropped): nothing to wait for.
+            let _ = services.wait_until_ready().await;
+            let _ = slices.wait_until_ready().await;
+            let _ = nodes.wait_until_ready().await;
+            let _ = pools.wait_until_ready().await;
+            let _ = adverts.wait_until_ready().await;
         }
     }
 
@@ -347,6 +411,9 @@ pub enum Withdrawal {
     /// Datagrams from the other speakers arrive but none authenticates: this speaker's key
     /// does not match theirs, so it sees everyone as gone.
     KeyringMismatch,
+    /// It was cut off from the other speakers and its view of the cluster is not fresh yet,
+    /// while a peer's is: what it would announce may contradict what happened meanwhile.
+    StaleAfterIsolation,
 }
 
 impl std::fmt::Display for Withdrawal {
@@ -361,6 +428,10 @@ impl std::fmt::Display for Withdrawal {
             Withdrawal::KeyringMismatch => f.write_str(
                 "no other speaker's membership datagram authenticates with this node's key \
                  (check the lodestone-memberlist Secret)",
+            ),
+            Withdrawal::StaleAfterIsolation => f.write_str(
+                "this node was cut off from the other speakers and its view of the cluster is \
+                 not fresh yet; it announces again once it has re-read the cluster",
             ),
         }
     }
@@ -377,6 +448,9 @@ pub struct WithdrawalInput {
     pub fresh_peer_for: Option<Duration>,
     /// The membership reports that no peer's datagram authenticates.
     pub keyring_failing: bool,
+    /// This speaker heard no peer at some point since its view was last fresh, and its view
+    /// is still not fresh.
+    pub stale_after_isolation: bool,
 }
 
 /// Whether this speaker must leave the election, and why.
@@ -388,6 +462,11 @@ pub struct WithdrawalInput {
 pub fn withdrawal(input: WithdrawalInput) -> Option<Withdrawal> {
     if input.keyring_failing {
         return Some(Withdrawal::KeyringMismatch);
+    }
+    // Back among peers after an isolation, with a view that may predate what they did
+    // meanwhile (they took its addresses over, Services came and went): theirs wins at once.
+    if input.stale_after_isolation && input.fresh_peer_for.is_some() {
+        return Some(Withdrawal::StaleAfterIsolation);
     }
     let peer_fresh = input.fresh_peer_for.is_some_and(|d| d >= FRESH_PEER_SETTLE);
     (input.api_silent_for > input.api_loss_timeout && peer_fresh).then_some(Withdrawal::ApiLost {
@@ -729,6 +808,17 @@ struct Shell {
     retry_at: Option<tokio::time::Instant>,
     /// How long the last recomputation took.
     last_recompute: Duration,
+    client: Client,
+    notify: Arc<Notify>,
+    /// The API server was silent long enough that the watches may be stuck on dead
+    /// connections: the caches are re-read from scratch once it answers again.
+    needs_resync: bool,
+    /// Caches being filled to replace [`Shell::stores`]; [`Shell::resync_done`] fires once
+    /// they are.
+    resyncing: Option<Stores>,
+    resync_done: Arc<Notify>,
+    /// This speaker heard no peer at some point since its view was last fresh.
+    isolated: bool,
 }
 
 impl Shell {
@@ -750,6 +840,23 @@ impl Shell {
     /// Whether the membership says no peer's datagram authenticates.
     fn keyring_failing(&self) -> bool {
         false
+    }
+
+    /// The API server answered recently, no watch is failing and the caches need no re-read:
+    /// this speaker's view follows the cluster.
+    fn view_fresh(&self) -> bool {
+        self.api.silent_for() <= API_FRESH_WINDOW
+            && self.stores.failing() == 0
+            && !self.needs_resync
+    }
+
+    /// The re-read caches are complete: use them from now on.
+    fn finish_resync(&mut self) {
+        if let Some(stores) = self.resyncing.take() {
+            tracing::info!("every watched kind re-read; the view of the cluster is fresh again");
+            self.stores = stores;
+            self.needs_resync = false;
+        }
     }
 
     fn alive(&self, nodes: &[Arc<Node>]) -> (BTreeSet<String>, AliveSource) {
@@ -779,18 +886,37 @@ impl Shell {
     /// re-announced).
     fn judge(&mut self) -> (bool, bool) {
         let me = self.cfg.node_name.clone();
-        let fresh = self.api.fresh();
-        let mut reassert = false;
-        if fresh && !self.api_was_fresh {
-            tracing::info!("API server reachable again; re-announcing what this node owns");
-            reassert = true;
-        } else if !fresh && self.api_was_fresh {
+        let silent = self.api.silent_for();
+        if silent > API_FRESH_WINDOW && !self.needs_resync {
             tracing::warn!(
-                silent_s = self.api.silent_for().as_secs(),
+                silent_s = silent.as_secs(),
                 "API server unreachable; announcing on from the last known view"
             );
+            self.needs_resync = true;
+        }
+        if self.needs_resync && silent <= API_FRESH_WINDOW && self.resyncing.is_none() {
+            tracing::info!(
+                "API server reachable again; re-reading every watched kind before trusting the view"
+            );
+            let stores = Stores::start(&self.client, &self.notify, &self.api);
+            let ready = stores.ready();
+            let done = Arc::clone(&self.resync_done);
+            tokio::spawn(async move {
+                ready.await;
+                done.notify_one();
+            });
+            self.resyncing = Some(stores);
+        }
+        let fresh = self.view_fresh();
+        let mut reassert = false;
+        if fresh && !self.api_was_fresh {
+            tracing::info!("view of the cluster fresh again; re-announcing what this node owns");
+            reassert = true;
         }
         self.api_was_fresh = fresh;
+        if fresh && self.alive_source != Some(AliveSource::Alone) {
+            self.isolated = false;
+        }
 
         let fresh_peer = self.view.alive.iter().any(|n| {
             *n != me
@@ -809,6 +935,7 @@ impl Shell {
             api_loss_timeout: self.cfg.api_loss_timeout,
             fresh_peer_for: self.fresh_peer_since.map(|t| t.elapsed()),
             keyring_failing: self.keyring_failing(),
+            stale_after_isolation: self.isolated && !fresh,
         });
         let kind = |w: &Option<Withdrawal>| w.as_ref().map(std::mem::discriminant);
         let changed = kind(&next) != kind(&self.withdrawal);
@@ -882,6 +1009,9 @@ impl Shell {
                     ready_nodes = alive.len(),
                     "no other speaker heard: keeping only this node's own addresses; another node's are taken over only once the API server shows it gone"
                 ),
+            }
+            if source == AliveSource::Alone {
+                self.isolated = true;
             }
             if source == AliveSource::Alone
                 && self.alive_source == Some(AliveSource::Membership)
@@ -976,7 +1106,7 @@ impl Shell {
     /// writing only where the condition this speaker should write differs from the one the
     /// Service carries (see the module docs).
     fn write_conditions(&mut self, alive: &BTreeSet<String>) {
-        if self.withdrawal.is_some() || !self.api.fresh() {
+        if self.withdrawal.is_some() || !self.view_fresh() {
             // A stale view writes nothing; what is queued is dropped, and re-derived once
             // the view is fresh again.
             self.writes.clear();
@@ -1320,7 +1450,14 @@ pub async fn run(
         write_failures: (0, None),
         retry_at: None,
         last_recompute: Duration::ZERO,
+        client: client.clone(),
+        notify: Arc::clone(&notify),
+        needs_resync: false,
+        resyncing: None,
+        resync_done: Arc::new(Notify::new()),
+        isolated: false,
     };
+    let resync_done = Arc::clone(&shell.resync_done);
     let initial = shell.view.clone();
     shell.set_view(initial);
     health.set_ready();
@@ -1351,6 +1488,9 @@ pub async fn run(
                 }
                 let view = view_rx.borrow_and_update().clone();
                 let joined = shell.set_view(view);
+                // Judged first: a speaker back from isolation with a stale view must step
+                // aside before it recomputes with its peers.
+                shell.judge();
                 shell.recompute();
                 recomputed = true;
                 if joined {
@@ -1391,6 +1531,15 @@ pub async fn run(
                 }
                 if changed {
                     shell.sync_announced();
+                }
+            }
+            () = resync_done.notified() => {
+                shell.finish_resync();
+                let (_, reassert) = shell.judge();
+                shell.recompute();
+                recomputed = true;
+                if reassert {
+                    shell.announcer.reassert();
                 }
             }
             Some((key, id, outcome)) = result_rx.recv() => {
@@ -1438,7 +1587,7 @@ pub async fn run(
     // Told first, so that even a peer that hears nobody else knows these addresses are free.
     shell.membership.set_state(SpeakerState {
         electable: false,
-        api_fresh: shell.api.fresh(),
+        api_fresh: shell.view_fresh(),
     });
     shell.announcer.clone().shutdown().await;
     shell.membership.leave(LEAVE_TIMEOUT).await;
@@ -1571,6 +1720,7 @@ mod tests {
                 api_loss_timeout: Duration::from_secs(30),
                 fresh_peer_for: peer.map(Duration::from_secs),
                 keyring_failing: keyring,
+                stale_after_isolation: false,
             })
         };
         // The API server is gone for everybody: nobody withdraws, however long.
@@ -1588,6 +1738,19 @@ mod tests {
         assert_eq!(lost(0, None, true), Some(Withdrawal::KeyringMismatch));
         let text = lost(61, Some(60), false).unwrap().to_string();
         assert!(text.contains("unreachable for 61 s"), "{text}");
+        // Back from an isolation with a stale view: steps aside as soon as it hears a peer
+        // with a fresh one, not before (alone, it keeps its own addresses).
+        let isolated = |peer: Option<u64>| {
+            withdrawal(WithdrawalInput {
+                api_silent_for: Duration::from_secs(1),
+                api_loss_timeout: Duration::from_secs(30),
+                fresh_peer_for: peer.map(Duration::from_secs),
+                keyring_failing: false,
+                stale_after_isolation: true,
+            })
+        };
+        assert_eq!(isolated(None), None);
+        assert_eq!(isolated(Some(0)), Some(Withdrawal::StaleAfterIsolation));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 use super::forward::{Forwarder, forward_into, kubeconfig_via};
+use super::neigh_prober::NeighProber;
 use super::objects;
 use super::process::SpeakerProcess;
 use super::traffic::Responder;
@@ -54,6 +55,8 @@ pub struct Lab {
     pub nodes: Vec<LabNode>,
     /// The client namespace.
     pub client: Host,
+    /// The namespace of the independent neighbour prober (see [`Lab::neigh_prober`]).
+    pub prober_host: Option<Host>,
     /// The bridge.
     pub topology: Topology,
     /// The API server.
@@ -137,6 +140,7 @@ impl Lab {
             api_target: target,
             nodes: lab_nodes,
             client,
+            prober_host: None,
             topology,
             cluster,
             speaker_bin: speaker_bin.to_owned(),
@@ -161,6 +165,17 @@ impl Lab {
 
     /// Starts (or restarts) the speaker of `name` with `extra` arguments.
     pub fn start_speaker(&mut self, name: &str, extra: &[&str]) -> anyhow::Result<()> {
+        self.start_speaker_with_key(name, extra, LAB_KEY)
+    }
+
+    /// [`Lab::start_speaker`] with another membership key than the lab's (a node restarted
+    /// after the Secret changed, say).
+    pub fn start_speaker_with_key(
+        &mut self,
+        name: &str,
+        extra: &[&str],
+        key: &str,
+    ) -> anyhow::Result<()> {
         let bin = self.speaker_bin.clone();
         let log = self.dir.path().join(format!("{name}.log"));
         let node = self.node_mut(name)?;
@@ -176,7 +191,7 @@ impl Lab {
             &args,
             &[
                 ("KUBECONFIG", kubeconfig.as_str()),
-                ("LODESTONE_MEMBERLIST_KEY", LAB_KEY),
+                ("LODESTONE_MEMBERLIST_KEY", key),
                 ("RUST_LOG", rust_log.as_str()),
             ],
             &log,
@@ -273,6 +288,63 @@ impl Lab {
         for n in &mut self.nodes {
             n.forwarder = None;
         }
+    }
+
+    /// Drops every packet between `name` and the API server, in both directions, as a broken
+    /// route or a firewall would: nothing is refused, connections just go silent.
+    pub fn blackhole_api(&self, name: &str) -> anyhow::Result<()> {
+        self.api_rules(name, "-I")
+    }
+
+    /// Ends [`Lab::blackhole_api`].
+    pub fn restore_api(&self, name: &str) -> anyhow::Result<()> {
+        self.api_rules(name, "-D")
+    }
+
+    fn api_rules(&self, name: &str, op: &str) -> anyhow::Result<()> {
+        let node = self.node(name)?;
+        let port = node.api_port.to_string();
+        let ns = node.host.ns();
+        ns.exec_ok(
+            "iptables",
+            &[
+                op, "OUTPUT", "-o", "lo", "-p", "tcp", "--dport", &port, "-j", "DROP",
+            ],
+        )?;
+        ns.exec_ok(
+            "iptables",
+            &[
+                op, "INPUT", "-i", "lo", "-p", "tcp", "--sport", &port, "-j", "DROP",
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Starts the independent neighbour prober (see [`NeighProber`]) for `addresses`, asking
+    /// every `interval` from a host of its own on the lab's LAN (`192.0.2.3`, `2001:db8::3`),
+    /// created on first use.
+    pub fn neigh_prober(
+        &mut self,
+        addresses: &[IpAddr],
+        interval: Duration,
+    ) -> anyhow::Result<NeighProber> {
+        if self.prober_host.is_none() {
+            self.prober_host = Some(self.topology.add_host(
+                "ldpr",
+                Some("192.0.2.3/24".parse::<IpNet>()?),
+                Some("2001:db8::3/64".parse::<IpNet>()?),
+            )?);
+        }
+        let host = self
+            .prober_host
+            .as_ref()
+            .context("the prober host was just created")?;
+        Ok(NeighProber::start(
+            host,
+            std::net::Ipv4Addr::new(192, 0, 2, 3),
+            addresses,
+            interval,
+        )?)
     }
 
     /// Ends [`Lab::api_down`]: the forwarders listen again on the same ports.

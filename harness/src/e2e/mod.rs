@@ -9,17 +9,21 @@
 //! - [`controller`]: the real controller binary in the root namespace.
 //! - [`metrics`]: a speaker's Prometheus metrics and probes, read inside its namespace.
 //! - [`logs`]: checking `--log-json` output: every line about an object names it.
+//! - [`neigh_prober`]: an independent ARP/NDP prober on the client's LAN recording who claims
+//!   each address, and when.
 
 pub mod controller;
 pub mod forward;
 pub mod lab;
 pub mod logs;
 pub mod metrics;
+pub mod neigh_prober;
 pub mod objects;
 pub mod process;
 pub mod traffic;
 
 pub use controller::ControllerProcess;
 pub use forward::{Forwarder, forward_into, kubeconfig_via};
+pub use neigh_prober::{AddressReport, Claim, NeighProber};
 pub use process::SpeakerProcess;
 pub use traffic::{Answer, Prober, Responder, runs};
