@@ -839,7 +839,7 @@ impl Shell {
 
     /// Whether the membership says no peer's datagram authenticates.
     fn keyring_failing(&self) -> bool {
-        false
+        self.view.keyring_failing
     }
 
     /// The API server answered recently, no watch is failing and the caches need no re-read:

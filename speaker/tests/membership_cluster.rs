@@ -97,7 +97,13 @@ async fn three(tune: impl Fn(MembershipConfig) -> MembershipConfig) -> (Node, No
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_form_a_cluster() {
-    let (a, b, c) = three(|c| c).await;
+    let (mut a, mut b, mut c) = three(|c| c).await;
+    for node in [&mut a, &mut b, &mut c] {
+        wait_for(&mut node.view, "both peers authenticated", |v| {
+            v.authenticated_peers == 2 && !v.keyring_failing
+        })
+        .await;
+    }
     for node in [&a, &b, &c] {
         let stats = node.handle.stats();
         assert_eq!(stats.members, 3);
@@ -221,6 +227,38 @@ async fn without_the_key_a_speaker_cannot_join() {
     assert_eq!(intruder.handle.stats().datagrams_in, 0);
     // The cluster itself is untouched.
     assert_eq!(a.view.borrow().alive.len(), 3);
+    assert!(!intruder.view.borrow().keyring_failing);
+
+    // Once the cluster knows the intruder's node (its address becomes a seed), the cluster
+    // announces to it and the intruder learns that its key is the odd one out; the cluster,
+    // which still authenticates its own, does not conclude the same about itself.
+    a.handle.join(vec![intruder.addr()]);
+    wait_for(
+        &mut intruder.view,
+        "the intruder to see its key fail",
+        |v| v.keyring_failing && v.authenticated_peers == 0,
+    )
+    .await;
+    let view = a.view.borrow().clone();
+    assert!(
+        !view.keyring_failing && view.authenticated_peers == 2,
+        "{view:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_peers_decay_when_a_peer_goes_quiet() {
+    let (mut a, b, c) = three(|c| c).await;
+    wait_for(&mut a.view, "a to count both peers", |v| {
+        v.authenticated_peers == 2
+    })
+    .await;
+    drop(c);
+    drop(b);
+    wait_for(&mut a.view, "a to count nobody", |v| {
+        v.authenticated_peers == 0 && !v.keyring_failing
+    })
+    .await;
 }
 
 /// Build the datagram a SWIM member would send to `a` declaring `victim` down, and seal it

@@ -44,6 +44,7 @@
 
 pub mod auth;
 pub mod state;
+pub mod peers;
 mod task;
 
 use std::collections::BTreeSet;
@@ -134,6 +135,11 @@ pub struct MembershipConfig {
     pub gossip_period: Duration,
     /// How often seeds that are not live members are announced to. Default 1 s.
     pub seed_announce_period: Duration,
+    /// How far back [`MembershipView::authenticated_peers`] and
+    /// [`MembershipView::keyring_failing`] look. Default 3 s: peers that are not members yet
+    /// announce to us every [`Self::seed_announce_period`], so a healthy peer is heard at least
+    /// twice in that time even before the cluster forms.
+    pub peer_window: Duration,
 }
 
 impl std::fmt::Debug for MembershipConfig {
@@ -151,6 +157,7 @@ impl std::fmt::Debug for MembershipConfig {
             .field("indirect_probes", &self.indirect_probes)
             .field("gossip_period", &self.gossip_period)
             .field("seed_announce_period", &self.seed_announce_period)
+            .field("peer_window", &self.peer_window)
             .finish()
     }
 }
@@ -176,6 +183,7 @@ impl MembershipConfig {
             indirect_probes: 3,
             gossip_period: Duration::from_millis(100),
             seed_announce_period: Duration::from_secs(1),
+            peer_window: Duration::from_secs(3),
         }
     }
 
@@ -188,9 +196,10 @@ impl MembershipConfig {
         if self.suspect_to_down_after.is_zero()
             || self.gossip_period.is_zero()
             || self.seed_announce_period.is_zero()
+            || self.peer_window.is_zero()
         {
             return bad(
-                "suspect_to_down_after, gossip_period and seed_announce_period must be non-zero",
+                "suspect_to_down_after, gossip_period, seed_announce_period and peer_window must be non-zero",
             );
         }
         let Some(indirect) = NonZeroUsize::new(self.indirect_probes) else {
@@ -235,6 +244,15 @@ pub struct MembershipView {
     /// A peer has answered at least once, or there are no peers to wait for. While false, the
     /// caller should decide liveness from the Node `Ready` condition instead.
     pub formed: bool,
+    /// Distinct peers (by node name, self excluded) from which an authenticated datagram was
+    /// accepted within the last [`MembershipConfig::peer_window`]. Zero while other speakers
+    /// exist means this one cannot currently prove it talks with anyone.
+    pub authenticated_peers: usize,
+    /// Datagrams arrive from other nodes' addresses (seeds) but none of them authenticates
+    /// (within [`MembershipConfig::peer_window`]): this speaker's keyring does not match the
+    /// cluster's, e.g. a restart after the Secret changed. Such a speaker should not decide
+    /// ownership on its own, since it sees everyone else as gone.
+    pub keyring_failing: bool,
     /// When this view was published.
     pub changed_at: Instant,
 }

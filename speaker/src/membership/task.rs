@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::auth::{AuthError, Opener, Sealer};
 use super::state::{OwnState, StateBook};
+use super::peers::PeerTracker;
 use super::{Command, MembershipConfig, MembershipView, NodeId, SharedStats};
 
 /// This speaker's state is repeated this often (and whenever a member joins), so that every
@@ -68,8 +69,10 @@ pub(super) fn spawn(
         timers: BinaryHeap::new(),
         timer_seq: 0,
         seeds: BTreeSet::new(),
+        seed_ips: BTreeSet::new(),
         advertise: cfg.advertise,
         heard_peer: false,
+        peers: PeerTracker::new(cfg.peer_window),
         stats,
         view_tx: None,
         own_state,
@@ -89,7 +92,8 @@ pub(super) fn spawn(
         .store(initial.alive.len(), Ordering::Relaxed);
     let (view_tx, view_rx) = watch::channel(initial);
     state.view_tx = Some(view_tx);
-    let handle = tokio::spawn(state.run(socket, commands, cfg.seed_announce_period));
+    let handle =
+        tokio::spawn(state.run(socket, commands, cfg.seed_announce_period, cfg.peer_window));
     (handle, view_rx)
 }
 
@@ -103,8 +107,11 @@ struct State {
     timers: BinaryHeap<Reverse<(Instant, Timer<NodeId>, u64)>>,
     timer_seq: u64,
     seeds: BTreeSet<SocketAddr>,
+    /// The seeds' IPs: unauthenticated datagrams from them mean a key mismatch, not noise.
+    seed_ips: BTreeSet<std::net::IpAddr>,
     advertise: SocketAddr,
     heard_peer: bool,
+    peers: PeerTracker,
     stats: Arc<SharedStats>,
     view_tx: Option<watch::Sender<MembershipView>>,
     own_state: OwnState,
@@ -116,11 +123,15 @@ impl State {
         socket: UdpSocket,
         mut commands: mpsc::UnboundedReceiver<Command>,
         seed_period: Duration,
+        peer_window: Duration,
     ) {
         let mut seed_tick = tokio::time::interval(seed_period);
         seed_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut state_tick = tokio::time::interval(STATE_REFRESH);
         state_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The peer counts decay without any event: look again a few times per window.
+        let mut peer_tick = tokio::time::interval(peer_window / 4);
+        peer_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Largest UDP payload, so an oversized datagram is read whole and then rejected.
         let mut buf = vec![0u8; 65_535];
         loop {
@@ -141,6 +152,7 @@ impl State {
                         let seeds: Vec<SocketAddr> =
                             seeds.into_iter().filter(|s| *s != self.advertise).collect();
                         self.seeds.extend(seeds.iter().copied());
+                        self.seed_ips.extend(seeds.iter().map(SocketAddr::ip));
                         for seed in seeds {
                             self.announce(seed);
                         }
@@ -162,6 +174,7 @@ impl State {
                 _ = sleep_until(next_timer), if next_timer.is_some() => self.fire_due_timers(),
                 _ = seed_tick.tick() => self.announce_to_seeds(),
                 _ = state_tick.tick() => self.say_state(None),
+                _ = peer_tick.tick() => {}
             }
             self.flush(&socket).await;
         }
@@ -195,6 +208,7 @@ impl State {
     fn set_seeds(&mut self, seeds: impl IntoIterator<Item = SocketAddr>) {
         let advertise = self.advertise;
         self.seeds = seeds.into_iter().filter(|s| *s != advertise).collect();
+        self.seed_ips = self.seeds.iter().map(SocketAddr::ip).collect();
     }
 
     fn announce(&mut self, seed: SocketAddr) {
@@ -217,6 +231,8 @@ impl State {
         match self.opener.open(datagram) {
             Ok(opened) => {
                 stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+                self.peers
+                    .authenticated(opened.sender, std::time::Instant::now());
                 if let Err(error) = self.foca.handle_data(opened.payload, &mut self.runtime) {
                     if matches!(
                         error,
@@ -231,6 +247,10 @@ impl State {
             }
             Err(AuthError::BadMac) => {
                 stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+                if self.seed_ips.contains(&from.ip()) {
+                    self.peers
+                        .unauthenticated_from_seed(std::time::Instant::now());
+                }
                 tracing::debug!(%from, "membership datagram with a bad MAC dropped");
             }
             Err(AuthError::Replay) => {
@@ -312,7 +332,8 @@ impl State {
         }
     }
 
-    fn current_view(&self) -> MembershipView {
+    fn current_view(&mut self) -> MembershipView {
+        let peers = self.peers.summary(std::time::Instant::now());
         let mut alive: BTreeSet<String> = self
             .foca
             .iter_members()
@@ -322,6 +343,8 @@ impl State {
         MembershipView {
             alive,
             formed: self.heard_peer || self.seeds.is_empty(),
+            authenticated_peers: peers.authenticated_peers,
+            keyring_failing: peers.keyring_failing,
             changed_at: std::time::Instant::now(),
         }
     }
@@ -335,8 +358,22 @@ impl State {
             return;
         };
         let previous = tx.borrow().clone();
-        if previous.alive == next.alive && previous.formed == next.formed {
+        if previous.alive == next.alive
+            && previous.formed == next.formed
+            && previous.authenticated_peers == next.authenticated_peers
+            && previous.keyring_failing == next.keyring_failing
+        {
             return;
+        }
+        if next.keyring_failing && !previous.keyring_failing {
+            tracing::warn!(
+                "membership: datagrams from other nodes arrive but none authenticates; this speaker's membership key does not match the cluster's"
+            );
+        } else if previous.keyring_failing && !next.keyring_failing {
+            tracing::info!(
+                authenticated_peers = next.authenticated_peers,
+                "membership: authenticated with peers again"
+            );
         }
         let joined: Vec<&String> = next.alive.difference(&previous.alive).collect();
         let gone: Vec<&String> = previous.alive.difference(&next.alive).collect();
