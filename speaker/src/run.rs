@@ -319,8 +319,9 @@ impl Stores {
         self.failing.load(Ordering::Relaxed)
     }
 
-    /// A future that completes once every cache has been filled by its first listing.
-    fn ready(&self) -> impl Future<Output = ()> + Send + 'static {
+    /// A future that completes once every cache has been filled by its first listing (`Err`
+    /// if the stores were dropped first).
+    fn ready(&self) -> impl Future<Output = Result<(), ()>> + Send + 'static {
         let (services, slices, nodes, pools, adverts) = (
             self.services.clone(),
             self.slices.clone(),
@@ -329,12 +330,12 @@ impl Stores {
             self.adverts.clone(),
         );
         async move {
-            // Err: the writer is gone (the stores were dropped): nothing to wait for.
-            let _ = services.wait_until_ready().await;
-            let _ = slices.wait_until_ready().await;
-            let _ = nodes.wait_until_ready().await;
-            let _ = pools.wait_until_ready().await;
-            let _ = adverts.wait_until_ready().await;
+            // Err: the writer is gone (the stores were dropped, a newer re-read replaced them).
+            services.wait_until_ready().await.map_err(drop)?;
+            slices.wait_until_ready().await.map_err(drop)?;
+            nodes.wait_until_ready().await.map_err(drop)?;
+            pools.wait_until_ready().await.map_err(drop)?;
+            adverts.wait_until_ready().await.map_err(drop)
         }
     }
 
@@ -411,6 +412,8 @@ pub enum Withdrawal {
     /// Datagrams from the other speakers arrive but none authenticates: this speaker's key
     /// does not match theirs, so it sees everyone as gone.
     KeyringMismatch,
+    /// It hears neither another speaker nor the API server.
+    CutOff,
     /// It was cut off from the other speakers and its view of the cluster is not fresh yet,
     /// while a peer's is: what it would announce may contradict what happened meanwhile.
     StaleAfterIsolation,
@@ -429,9 +432,14 @@ impl std::fmt::Display for Withdrawal {
                 "no other speaker's membership datagram authenticates with this node's key \
                  (check the lodestone-memberlist Secret)",
             ),
+            Withdrawal::CutOff => f.write_str(
+                "this node hears neither another speaker nor the API server: it is most likely \
+                 the one cut off, and the others serve its addresses",
+            ),
             Withdrawal::StaleAfterIsolation => f.write_str(
-                "this node was cut off from the other speakers and its view of the cluster is \
-                 not fresh yet; it announces again once it has re-read the cluster",
+                "this node was cut off (from the other speakers or the API server) and its view \
+                 of the cluster is not fresh yet; it announces again once it has re-read the \
+                 cluster",
             ),
         }
     }
@@ -448,9 +456,12 @@ pub struct WithdrawalInput {
     pub fresh_peer_for: Option<Duration>,
     /// The membership reports that no peer's datagram authenticates.
     pub keyring_failing: bool,
-    /// This speaker heard no peer at some point since its view was last fresh, and its view
-    /// is still not fresh.
-    pub stale_after_isolation: bool,
+    /// This speaker hears no other speaker, while other Nodes exist.
+    pub alone: bool,
+    /// Its view follows the cluster: the API server answers and the caches are current.
+    pub view_fresh: bool,
+    /// It heard no peer at some point since its view was last fresh.
+    pub isolated: bool,
 }
 
 /// Whether this speaker must leave the election, and why.
@@ -463,15 +474,23 @@ pub fn withdrawal(input: WithdrawalInput) -> Option<Withdrawal> {
     if input.keyring_failing {
         return Some(Withdrawal::KeyringMismatch);
     }
-    // Back among peers after an isolation, with a view that may predate what they did
-    // meanwhile (they took its addresses over, Services came and went): theirs wins at once.
-    if input.stale_after_isolation && input.fresh_peer_for.is_some() {
-        return Some(Withdrawal::StaleAfterIsolation);
+    // Hearing neither another speaker nor the API server: most likely this node is the one
+    // cut off, and the others have taken its addresses over. Its announcements would reach
+    // nobody, or collide with theirs once the network comes back.
+    if input.alone && !input.view_fresh {
+        return Some(Withdrawal::CutOff);
     }
     let peer_fresh = input.fresh_peer_for.is_some_and(|d| d >= FRESH_PEER_SETTLE);
-    (input.api_silent_for > input.api_loss_timeout && peer_fresh).then_some(Withdrawal::ApiLost {
-        silent: input.api_silent_for,
-    })
+    if input.api_silent_for > input.api_loss_timeout && peer_fresh {
+        return Some(Withdrawal::ApiLost {
+            silent: input.api_silent_for,
+        });
+    }
+    // Back among peers after an isolation (or an API outage it withdrew for), with a view
+    // that may predate what they did meanwhile (they took its addresses over, Services came
+    // and went): theirs wins at once, until it has re-read the cluster.
+    (input.isolated && !input.view_fresh && input.fresh_peer_for.is_some())
+        .then_some(Withdrawal::StaleAfterIsolation)
 }
 
 /// The condition a speaker wants on a Service.
@@ -664,6 +683,18 @@ struct Sent {
     against: Option<String>,
     /// `None` while in flight; then the version it produced.
     result: Option<Option<String>>,
+    /// When it was queued.
+    at: Instant,
+    /// How many times in a row a write of the same condition was overwritten by someone
+    /// else: two speakers whose views disagree must not rewrite each other's condition at
+    /// the API server's pace.
+    overwritten: u32,
+}
+
+/// How long to wait before writing a condition again that someone else overwrote `n` times
+/// in a row.
+fn rewrite_backoff(n: u32) -> Duration {
+    (CONDITION_RETRY * 2u32.saturating_pow(n.min(5))).min(Duration::from_secs(30))
 }
 
 /// Events go out in order, off the hot path.
@@ -790,8 +821,11 @@ struct Shell {
     states: States,
     /// Every node the membership has shown alive since start.
     seen: BTreeSet<String>,
-    /// Still in the joining grace period.
+    /// Still in the joining grace period (after the start, or after the membership was
+    /// renewed): peers not heard yet still count as alive through their Node.
     joining: bool,
+    /// When the joining grace period ends.
+    joining_until: tokio::time::Instant,
     /// Why this speaker is out of the election, if it is.
     withdrawal: Option<Withdrawal>,
     /// The state last told to the others.
@@ -813,12 +847,15 @@ struct Shell {
     /// The API server was silent long enough that the watches may be stuck on dead
     /// connections: the caches are re-read from scratch once it answers again.
     needs_resync: bool,
-    /// Caches being filled to replace [`Shell::stores`]; [`Shell::resync_done`] fires once
-    /// they are.
-    resyncing: Option<Stores>,
-    resync_done: Arc<Notify>,
+    /// Caches being filled to replace [`Shell::stores`], numbered; the number comes back on
+    /// [`Shell::resync_done`] once they are.
+    resyncing: Option<(u64, Stores)>,
+    resync_generation: u64,
+    resync_done: mpsc::UnboundedSender<u64>,
     /// This speaker heard no peer at some point since its view was last fresh.
     isolated: bool,
+    /// Whether the API server answered recently at the last judgement.
+    api_was_reachable: bool,
 }
 
 impl Shell {
@@ -850,9 +887,15 @@ impl Shell {
             && !self.needs_resync
     }
 
-    /// The re-read caches are complete: use them from now on.
-    fn finish_resync(&mut self) {
-        if let Some(stores) = self.resyncing.take() {
+    /// Re-read number `generation` is complete: use its caches from now on (unless a newer
+    /// one replaced it meanwhile).
+    fn finish_resync(&mut self, generation: u64) {
+        if self
+            .resyncing
+            .as_ref()
+            .is_some_and(|(g, _)| *g == generation)
+            && let Some((_, stores)) = self.resyncing.take()
+        {
             tracing::info!("every watched kind re-read; the view of the cluster is fresh again");
             self.stores = stores;
             self.needs_resync = false;
@@ -875,7 +918,9 @@ impl Shell {
             withdrawn: &withdrawn,
         };
         let (mut alive, source) = plan::alive_set(me, Some(m), nodes);
-        if self.withdrawal.is_some() {
+        // Out of the election; or just started and not heard from any peer yet, which may
+        // mean a key the others do not share: they serve this node's addresses meanwhile.
+        if self.withdrawal.is_some() || (source == AliveSource::NodeReady && self.joining) {
             alive.remove(me);
         }
         (alive, source)
@@ -887,25 +932,55 @@ impl Shell {
     fn judge(&mut self) -> (bool, bool) {
         let me = self.cfg.node_name.clone();
         let silent = self.api.silent_for();
-        if silent > API_FRESH_WINDOW && !self.needs_resync {
+        let reachable = silent <= API_FRESH_WINDOW;
+        if !reachable && !self.needs_resync {
             tracing::warn!(
                 silent_s = silent.as_secs(),
                 "API server unreachable; announcing on from the last known view"
             );
             self.needs_resync = true;
         }
-        if self.needs_resync && silent <= API_FRESH_WINDOW && self.resyncing.is_none() {
-            tracing::info!(
-                "API server reachable again; re-reading every watched kind before trusting the view"
-            );
+        // Hearing no other speaker: alone after having heard some, or never having heard any
+        // while other Nodes exist.
+        let nodes = self.stores.nodes.state();
+        let me_name = self.cfg.node_name.as_str();
+        let others_exist = nodes.iter().any(|n| {
+            n.metadata
+                .name
+                .as_deref()
+                .is_some_and(|name| name != me_name)
+        });
+        let alone = match self.alive(&nodes).1 {
+            AliveSource::Membership => false,
+            AliveSource::Alone => true,
+            // Not formed: while starting, peers are normally heard within a second.
+            AliveSource::NodeReady => others_exist && !self.joining,
+        };
+        if alone && !self.isolated {
+            // Whatever happened while this speaker heard nobody, its caches may not show it
+            // (a watch on a connection that died unseen): read everything again.
+            self.isolated = true;
+            self.needs_resync = true;
+        }
+        // A re-read started while the API server was unreachable may sit in a long backoff:
+        // start it afresh as soon as the server answers again.
+        if reachable && !self.api_was_reachable {
+            self.resyncing = None;
+        }
+        self.api_was_reachable = reachable;
+        if self.needs_resync && reachable && self.resyncing.is_none() {
+            tracing::info!("re-reading every watched kind before trusting the view");
             let stores = Stores::start(&self.client, &self.notify, &self.api);
             let ready = stores.ready();
-            let done = Arc::clone(&self.resync_done);
+            self.resync_generation += 1;
+            let generation = self.resync_generation;
+            let done = self.resync_done.clone();
             tokio::spawn(async move {
-                ready.await;
-                done.notify_one();
+                if ready.await.is_ok() {
+                    let _ = done.send(generation);
+                }
             });
-            self.resyncing = Some(stores);
+            self.resyncing = Some((generation, stores));
         }
         let fresh = self.view_fresh();
         let mut reassert = false;
@@ -914,7 +989,7 @@ impl Shell {
             reassert = true;
         }
         self.api_was_fresh = fresh;
-        if fresh && self.alive_source != Some(AliveSource::Alone) {
+        if fresh && !alone {
             self.isolated = false;
         }
 
@@ -935,8 +1010,15 @@ impl Shell {
             api_loss_timeout: self.cfg.api_loss_timeout,
             fresh_peer_for: self.fresh_peer_since.map(|t| t.elapsed()),
             keyring_failing: self.keyring_failing(),
-            stale_after_isolation: self.isolated && !fresh,
+            alone,
+            view_fresh: fresh,
+            isolated: self.isolated,
         });
+        if matches!(next, Some(Withdrawal::ApiLost { .. })) {
+            // Its view is stale: once the API server answers again, it stays out until it has
+            // re-read everything (the same rule as after an isolation).
+            self.isolated = true;
+        }
         let kind = |w: &Option<Withdrawal>| w.as_ref().map(std::mem::discriminant);
         let changed = kind(&next) != kind(&self.withdrawal);
         match &next {
@@ -1010,17 +1092,19 @@ impl Shell {
                     "no other speaker heard: keeping only this node's own addresses; another node's are taken over only once the API server shows it gone"
                 ),
             }
-            if source == AliveSource::Alone {
-                self.isolated = true;
-            }
             if source == AliveSource::Alone
                 && self.alive_source == Some(AliveSource::Membership)
                 && self.had_peers
             {
                 // Whatever this speaker concluded about the others while it heard nobody
-                // must not be gossiped once it hears them again.
+                // must not be gossiped once it hears them again. The renewed membership
+                // starts afresh, and so does the joining grace: the first peer heard back is
+                // not proof that the others are gone.
                 self.membership.renew();
                 self.had_peers = false;
+                self.seen.clear();
+                self.joining = true;
+                self.joining_until = tokio::time::Instant::now() + JOINING_GRACE;
             }
             self.alive_source = Some(source);
         }
@@ -1136,6 +1220,7 @@ impl Shell {
                 self.sent.remove(key);
                 continue;
             };
+            let mut overwritten = 0;
             if let Some(s) = self.sent.get(key)
                 && s.desired == desired
             {
@@ -1143,8 +1228,16 @@ impl Shell {
                     // In flight, or written and the cache has not caught up yet.
                     None => continue,
                     Some(_) if s.against == sp.observed.resource_version => continue,
-                    // The cache moved on past our write and still differs: write again.
-                    Some(_) => {}
+                    // The cache moved on past our write and still differs: someone else
+                    // wrote. Write again, but slower each time it happens.
+                    Some(_) => {
+                        overwritten = s.overwritten + 1;
+                        let due = s.at + rewrite_backoff(s.overwritten);
+                        if now < due {
+                            settle_at = Some(settle_at.map_or(due, |a| a.min(due)));
+                            continue;
+                        }
+                    }
                 }
             }
             let Some((namespace, name)) = key.split_once('/') else {
@@ -1167,6 +1260,8 @@ impl Shell {
                     desired: desired.clone(),
                     against: sp.observed.resource_version.clone(),
                     result: None,
+                    at: now,
+                    overwritten,
                 },
             );
             self.writes.put(
@@ -1417,6 +1512,7 @@ pub async fn run(
         result_tx,
     ));
 
+    let (resync_tx, mut resync_rx) = mpsc::unbounded_channel();
     let mut shell = Shell {
         cfg,
         stores,
@@ -1442,6 +1538,7 @@ pub async fn run(
         states: states_rx.borrow_and_update().clone(),
         seen: BTreeSet::new(),
         joining: true,
+        joining_until: tokio::time::Instant::now() + JOINING_GRACE,
         withdrawal: None,
         told: None,
         fresh_peer_since: None,
@@ -1454,17 +1551,18 @@ pub async fn run(
         notify: Arc::clone(&notify),
         needs_resync: false,
         resyncing: None,
-        resync_done: Arc::new(Notify::new()),
+        resync_generation: 0,
+        resync_done: resync_tx,
         isolated: false,
+        api_was_reachable: true,
     };
-    let resync_done = Arc::clone(&shell.resync_done);
+
     let initial = shell.view.clone();
     shell.set_view(initial);
     health.set_ready();
     shell.metrics.in_election.set(1);
     shell.judge();
     shell.recompute();
-    let joining_until = tokio::time::Instant::now() + JOINING_GRACE;
     let mut views_open = true;
     let mut states_open = true;
     let mut release_at = Some(tokio::time::Instant::now() + RELEASE_MEMORY_AFTER);
@@ -1533,8 +1631,8 @@ pub async fn run(
                     shell.sync_announced();
                 }
             }
-            () = resync_done.notified() => {
-                shell.finish_resync();
+            Some(generation) = resync_rx.recv() => {
+                shell.finish_resync(generation);
                 let (_, reassert) = shell.judge();
                 shell.recompute();
                 recomputed = true;
@@ -1561,7 +1659,7 @@ pub async fn run(
                 }
                 worked = changed || reassert;
             }
-            () = tokio::time::sleep_until(joining_until), if shell.joining => {
+            () = tokio::time::sleep_until(shell.joining_until), if shell.joining => {
                 shell.joining = false;
                 tracing::debug!("joining grace over: liveness from the membership alone");
                 shell.recompute();
@@ -1720,7 +1818,9 @@ mod tests {
                 api_loss_timeout: Duration::from_secs(30),
                 fresh_peer_for: peer.map(Duration::from_secs),
                 keyring_failing: keyring,
-                stale_after_isolation: false,
+                alone: false,
+                view_fresh: silent < 6,
+                isolated: false,
             })
         };
         // The API server is gone for everybody: nobody withdraws, however long.
@@ -1740,17 +1840,29 @@ mod tests {
         assert!(text.contains("unreachable for 61 s"), "{text}");
         // Back from an isolation with a stale view: steps aside as soon as it hears a peer
         // with a fresh one, not before (alone, it keeps its own addresses).
-        let isolated = |peer: Option<u64>| {
+        let cut = |alone: bool, fresh: bool, peer: Option<u64>| {
             withdrawal(WithdrawalInput {
                 api_silent_for: Duration::from_secs(1),
                 api_loss_timeout: Duration::from_secs(30),
                 fresh_peer_for: peer.map(Duration::from_secs),
                 keyring_failing: false,
-                stale_after_isolation: true,
+                alone,
+                view_fresh: fresh,
+                isolated: true,
             })
         };
-        assert_eq!(isolated(None), None);
-        assert_eq!(isolated(Some(0)), Some(Withdrawal::StaleAfterIsolation));
+        // Alone with a fresh view: it knows what it owns (the conditions say so), it stays.
+        assert_eq!(cut(true, true, None), None);
+        // Alone and blind: cut off.
+        assert_eq!(cut(true, false, None), Some(Withdrawal::CutOff));
+        // Back among peers, still re-reading: steps aside if one of them knows better...
+        assert_eq!(
+            cut(false, false, Some(0)),
+            Some(Withdrawal::StaleAfterIsolation)
+        );
+        // ...and not if nobody does (the API server is gone for everybody).
+        assert_eq!(cut(false, false, None), None);
+        assert_eq!(cut(false, true, Some(0)), None);
     }
 
     #[test]

@@ -360,6 +360,44 @@ impl Lab {
 }
 
 impl Lab {
+    /// Waits until every running speaker is ready (`/readyz`: it has listed every watched kind
+    /// and applied its first plan), its membership is formed and it sees all running speakers.
+    /// Until then a speaker that is still starting cannot take over, and a peer it has not met
+    /// yet still counts as alive through its Node. The error carries the last state seen.
+    pub async fn wait_converged(&self, timeout: Duration) -> Result<(), String> {
+        use super::metrics::{self, SPEAKER_METRICS_PORT};
+        let speakers = self.nodes.iter().filter(|n| n.speaker.is_some()).count() as f64;
+        metrics::poll(
+            "every speaker ready and in one membership",
+            timeout,
+            || async {
+                let mut state = String::new();
+                let mut all = true;
+                for n in self.nodes.iter().filter(|n| n.speaker.is_some()) {
+                    let ns = n.host.ns();
+                    let ready = metrics::http_get(ns, SPEAKER_METRICS_PORT, "/readyz")
+                        .ok()
+                        .flatten()
+                        .map(|(code, _)| code);
+                    let body = metrics::scrape(ns, SPEAKER_METRICS_PORT)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
+                    let formed = metrics::gauge_in(&body, "lodestone_speaker_membership_formed");
+                    let members = metrics::gauge_in(&body, "lodestone_speaker_membership_members");
+                    all &= ready == Some(200) && formed == Some(1.0) && members == Some(speakers);
+                    state.push_str(&format!(
+                        "{}: readyz {ready:?}, formed {formed:?}, members {members:?}\n",
+                        n.name
+                    ));
+                }
+                if all { Ok(()) } else { Err(state) }
+            },
+        )
+        .await
+        .map_err(|e| format!("{e}\n{}", self.logs()))
+    }
+
     /// The lab's temporary directory (kubeconfigs and speaker logs); removed on drop.
     pub fn work_dir(&self) -> &Path {
         self.dir.path()

@@ -26,4 +26,4 @@ pub use controller::ControllerProcess;
 pub use forward::{Forwarder, forward_into, kubeconfig_via};
 pub use neigh_prober::{AddressReport, Claim, NeighProber};
 pub use process::SpeakerProcess;
-pub use traffic::{Answer, Prober, Responder, runs};
+pub use traffic::{Answer, Prober, Responder, longest_gap, runs};

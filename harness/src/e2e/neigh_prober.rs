@@ -495,11 +495,16 @@ pub fn judge(
     to: Instant,
 ) -> AddressReport {
     let mut out = AddressReport::default();
+    let in_interval = |r: u64| {
+        rounds
+            .get(usize::try_from(r).unwrap_or(usize::MAX))
+            .is_some_and(|t| *t >= from && *t <= to)
+    };
     let mut per_round: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
     for c in claims.iter().filter(|c| c.ip == ip) {
         if let Some(r) = c.round {
             per_round.entry(r).or_default().insert(c.mac.clone());
-            if !out.answerers.contains(&c.mac) {
+            if in_interval(r) && !out.answerers.contains(&c.mac) {
                 out.answerers.push(c.mac.clone());
             }
         }
@@ -534,21 +539,23 @@ pub fn judge(
             .unwrap_or(since);
         out.longest_silence = out.longest_silence.max(end.duration_since(since));
     }
+    // An announcement is judged by the second after it: the announcer should be the one
+    // answering then. Announcements too close to the end of the interval are not judged.
+    let after = Duration::from_secs(1);
     for c in claims
         .iter()
-        .filter(|c| c.ip == ip && c.round.is_none() && c.at >= from && c.at <= to)
+        .filter(|c| c.ip == ip && c.round.is_none() && c.at >= from && c.at + after <= to)
     {
-        let near = |t: Instant| {
-            let d = if t > c.at { t - c.at } else { c.at - t };
-            d <= Duration::from_secs(1)
+        let soon = |t: Instant| t >= c.at && t <= c.at + after;
+        let answered = |mine: bool| {
+            per_round.iter().any(|(r, macs)| {
+                macs.contains(&c.mac) == mine
+                    && rounds
+                        .get(usize::try_from(*r).unwrap_or(usize::MAX))
+                        .is_some_and(|t| soon(*t))
+            })
         };
-        let answered_near = per_round.iter().any(|(r, macs)| {
-            macs.contains(&c.mac) && rounds.get(*r as usize).is_some_and(|t| near(*t))
-        });
-        let others_answered_near = per_round.iter().any(|(r, macs)| {
-            !macs.contains(&c.mac) && rounds.get(*r as usize).is_some_and(|t| near(*t))
-        });
-        if !answered_near && others_answered_near {
+        if !answered(true) && answered(false) {
             out.stray_announcements.push((c.at, c.mac.clone()));
         }
     }
@@ -610,6 +617,8 @@ mod tests {
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let ip: IpAddr = "192.0.2.100".parse().unwrap();
         let rounds: Vec<Instant> = (0..10).map(|i| ms(i * 10)).collect();
+        // Announcements are judged by the second after them.
+        let late = |n: u64| ms(n) + Duration::from_secs(1);
         let claim = |round: Option<u64>, at: u64, mac: &str| Claim {
             at: ms(at),
             ip,
@@ -621,6 +630,7 @@ mod tests {
             claim(Some(1), 11, "aa"),
             // rounds 2..=4 unanswered
             claim(None, 45, "cc"),
+            claim(None, 46, "bb"),
             claim(Some(5), 51, "bb"),
             claim(Some(6), 61, "bb"),
             claim(Some(6), 62, "aa"),
@@ -628,21 +638,18 @@ mod tests {
             claim(Some(8), 81, "bb"),
             claim(Some(9), 91, "bb"),
         ];
-        let r = judge(&rounds, &claims, ip, t0, ms(100));
+        let r = judge(&rounds, &claims, ip, t0, late(100));
         assert_eq!(r.rounds, 10);
         assert_eq!(r.answered, 7);
         assert_eq!(r.longest_silence, Duration::from_millis(30));
+        assert_eq!(
+            judge(&rounds, &claims, ip, t0, ms(100)).stray_announcements,
+            vec![]
+        );
         assert_eq!(r.double_answers.len(), 1);
         assert_eq!(r.answerers, ["aa", "bb"]);
         assert_eq!(r.stray_announcements, vec![(ms(45), "cc".to_owned())]);
-        // An announcement by the MAC that answers is no stray.
-        let mut claims = claims;
-        claims.push(claim(None, 52, "bb"));
-        assert_eq!(
-            judge(&rounds, &claims, ip, t0, ms(100))
-                .stray_announcements
-                .len(),
-            1
-        );
+        // "bb" announcing at 46 ms and answering from 51 ms on is no stray.
+        assert!(r.stray_announcements.iter().all(|(_, m)| m != "bb"));
     }
 }

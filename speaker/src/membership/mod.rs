@@ -43,8 +43,8 @@
 //!   back on the Node `Ready` condition; the transition is logged.
 
 pub mod auth;
-pub mod state;
 pub mod peers;
+pub mod state;
 mod task;
 
 use std::collections::BTreeSet;
@@ -219,7 +219,12 @@ impl MembershipConfig {
             suspect_to_down_after: self.suspect_to_down_after,
             remove_down_after: lan.remove_down_after,
             max_packet_size,
-            notify_down_members: true,
+            // No courtesy "you are down" message to a member declared down: a speaker whose own
+            // link is down declares everyone down, and the kernel holds those messages in its
+            // neighbour queue until the link returns, then delivers them to healthy peers,
+            // which foca obeys even from a member it considers gone. A member declared down
+            // learns it from its own failed probes instead (then it is alone and rejoins).
+            notify_down_members: false,
             periodic_announce: Some(foca::PeriodicParams {
                 frequency: Duration::from_secs(5),
                 num_members: NonZeroUsize::MIN,

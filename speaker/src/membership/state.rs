@@ -142,11 +142,16 @@ fn is_news(known: Option<&(u64, u64, SpeakerState)>, said: &Said, first_hand: bo
     }
 }
 
-/// The states known here, fed by foca, published on a watch channel.
+/// Per speaker: incarnation, sequence, state.
+type Known = BTreeMap<String, (u64, u64, SpeakerState)>;
+
+/// The states known here, fed by foca, published on a watch channel. Clones share them, so
+/// a renewed foca instance (see [`super::Membership::renew`]) keeps what was learnt.
+#[derive(Clone)]
 pub(super) struct StateBook {
     me: String,
-    known: BTreeMap<String, (u64, u64, SpeakerState)>,
-    tx: watch::Sender<States>,
+    known: std::sync::Arc<std::sync::Mutex<Known>>,
+    tx: std::sync::Arc<watch::Sender<States>>,
 }
 
 /// This speaker's own state and the numbers its broadcasts carry.
@@ -180,8 +185,8 @@ impl StateBook {
         (
             StateBook {
                 me: me.clone(),
-                known: BTreeMap::new(),
-                tx,
+                known: Default::default(),
+                tx: std::sync::Arc::new(tx),
             },
             OwnState {
                 me,
@@ -193,9 +198,8 @@ impl StateBook {
         )
     }
 
-    fn publish(&self) {
-        let states: States = self
-            .known
+    fn publish(&self, known: &Known) {
+        let states: States = known
             .iter()
             .map(|(name, (_, _, state))| (name.clone(), *state))
             .collect();
@@ -225,18 +229,18 @@ impl BroadcastHandler<NodeId> for StateBook {
             return Ok(None);
         }
         let first_hand = sender.is_none_or(|s| s.name == said.name);
-        if !is_news(self.known.get(&said.name), &said, first_hand) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if !is_news(known.get(&said.name), &said, first_hand) {
             return Ok(None);
         }
-        if !self.known.contains_key(&said.name) && self.known.len() >= MAX_KNOWN {
+        if !known.contains_key(&said.name) && known.len() >= MAX_KNOWN {
             return Ok(None);
         }
         let key = StateKey {
             name: said.name.clone(),
         };
-        self.known
-            .insert(said.name, (said.incarnation, said.seq, said.state));
-        self.publish();
+        known.insert(said.name, (said.incarnation, said.seq, said.state));
+        self.publish(&known);
         Ok(Some(key))
     }
 }

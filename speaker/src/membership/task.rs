@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::auth::{AuthError, Opener, Sealer};
-use super::state::{OwnState, StateBook};
 use super::peers::PeerTracker;
+use super::state::{OwnState, StateBook};
 use super::{Command, MembershipConfig, MembershipView, NodeId, SharedStats};
 
 /// This speaker's state is repeated this often (and whenever a member joins), so that every
@@ -58,11 +58,13 @@ pub(super) fn spawn(
     let mut state = State {
         foca: Foca::with_custom_broadcast(
             identity,
-            foca_config,
+            foca_config.clone(),
             SmallRng::seed_from_u64(rand::random()),
             PostcardCodec,
-            state_book,
+            state_book.clone(),
         ),
+        foca_config,
+        state_book,
         runtime: AccumulatingRuntime::new(),
         sealer,
         opener,
@@ -99,6 +101,9 @@ pub(super) fn spawn(
 
 struct State {
     foca: Swim,
+    /// Kept to start a fresh foca on renewal.
+    foca_config: foca::Config,
+    state_book: StateBook,
     runtime: AccumulatingRuntime<NodeId>,
     sealer: Sealer,
     opener: Opener,
@@ -197,10 +202,20 @@ impl State {
             return;
         };
         tracing::info!(identity = ?renewed, "membership: alone; forgetting every peer and rejoining under a renewed identity");
-        if let Err(error) = self.foca.change_identity(renewed, &mut self.runtime) {
-            tracing::warn!(%error, "membership identity renewal failed");
-        }
-        self.heard_peer = false;
+        // A new instance, not `change_identity`: that keeps the member list and the updates
+        // waiting to be gossiped, which are exactly the stale "down" verdicts to forget.
+        self.foca = Foca::with_custom_broadcast(
+            renewed,
+            self.foca_config.clone(),
+            SmallRng::seed_from_u64(rand::random()),
+            PostcardCodec,
+            self.state_book.clone(),
+        );
+        self.timers.clear();
+        while self.runtime.to_send().is_some() {}
+        while self.runtime.to_schedule().is_some() {}
+        while self.runtime.to_notify().is_some() {}
+        // Still formed: it did hear peers, and hears nobody now, which is what the shell acts on.
         self.announce_to_seeds();
         self.say_state(None);
     }
