@@ -322,6 +322,17 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 /// address. A real squatter keeps answering and is reported once this has passed.
 pub const HANDOFF_GRACE: Duration = Duration::from_secs(2);
 
+/// A link that was down at least this long may have been taken for dead by the other
+/// speakers (they suspect after a missed probe and declare down 300 ms later), and its
+/// addresses taken over. When it comes back it announces and answers nothing until the
+/// shell confirms what this node owns ([`Announcer::set_owned`] or [`Announcer::reassert`]):
+/// the shell learns of the link on another thread, and a burst sent in between would claim
+/// addresses the others now serve.
+pub const LINK_DOWN_HOLDS: Duration = Duration::from_millis(250);
+/// A held link is used again after this long even without a confirmation (a link the shell
+/// does not watch, whose addresses it keeps owning).
+const LINK_HOLD_MAX: Duration = Duration::from_secs(2);
+
 /// State shared by the handle, the manager and the per-interface tasks.
 #[derive(Debug)]
 struct Shared {
@@ -336,6 +347,8 @@ struct Shared {
     events: mpsc::Sender<AnnouncerEvent>,
     /// Bumped by [`Announcer::reassert`]: the manager re-sends every burst when it changes.
     reassert: AtomicU64,
+    /// Bumped by every confirmation from the shell: links held after coming back are freed.
+    confirmed: AtomicU64,
     /// Signalled when the manager has stopped (see [`Announcer::start_dedicated`]).
     finished: tokio::sync::Notify,
 }
@@ -392,6 +405,7 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub struct Announcer {
     shared: Arc<Shared>,
+    links: watch::Receiver<Arc<Vec<LinkInfo>>>,
     wake: Arc<watch::Sender<u64>>,
     stop: Arc<watch::Sender<bool>>,
     manager: Arc<Mutex<Option<JoinHandle<()>>>>,
@@ -414,10 +428,12 @@ impl Announcer {
             counters: Counters::default(),
             events,
             reassert: AtomicU64::new(0),
+            confirmed: AtomicU64::new(0),
             finished: tokio::sync::Notify::new(),
         });
         let (wake, wake_rx) = watch::channel(0u64);
         let (stop, stop_rx) = watch::channel(false);
+        let links = watcher.subscribe();
         let manager = Manager {
             shared: shared.clone(),
             config,
@@ -428,11 +444,15 @@ impl Announcer {
             bursts: BTreeMap::new(),
             announced: BTreeMap::new(),
             reasserted: 0,
+            down_since: BTreeMap::new(),
+            held: BTreeMap::new(),
+            confirmed: 0,
         };
         let task = tokio::spawn(manager.run(wake_rx, stop_rx));
         Ok((
             Announcer {
                 shared,
+                links,
                 wake: Arc::new(wake),
                 stop: Arc::new(stop),
                 manager: Arc::new(Mutex::new(Some(task))),
@@ -496,8 +516,15 @@ impl Announcer {
     /// back. Addresses not owned are never announced.
     pub fn reassert(&self) {
         self.shared.reassert.fetch_add(1, Ordering::Relaxed);
+        self.shared.confirmed.fetch_add(1, Ordering::Relaxed);
         self.wake
             .send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+
+    /// The links of this node as the announcer sees them (snapshots, updated on every
+    /// change): the shell watches its own link coming back.
+    pub fn links(&self) -> watch::Receiver<Arc<Vec<LinkInfo>>> {
+        self.links.clone()
     }
 
     /// Tells the announcer which Services hold its addresses (see
@@ -521,6 +548,7 @@ impl Announcer {
             }
         }
         *write(&self.shared.desired) = owned;
+        self.shared.confirmed.fetch_add(1, Ordering::Relaxed);
         self.wake
             .send_modify(|generation| *generation = generation.wrapping_add(1));
     }
@@ -582,6 +610,13 @@ struct Manager {
     announced: BTreeMap<IpAddr, Vec<String>>,
     /// The [`Shared::reassert`] generation last acted on.
     reasserted: u64,
+    /// Since when each link has been down (by index).
+    down_since: BTreeMap<u32, Instant>,
+    /// Links back from a long outage, not used until the shell confirms or the time given
+    /// here (see [`LINK_DOWN_HOLDS`]).
+    held: BTreeMap<u32, Instant>,
+    /// The [`Shared::confirmed`] generation last acted on.
+    confirmed: u64,
 }
 
 impl Manager {
@@ -595,8 +630,13 @@ impl Manager {
                 break;
             }
             self.reconcile();
+            let hold_ends = self.held.values().min().copied();
             tokio::select! {
                 r = self.links.changed() => if r.is_err() { break },
+                () = async { match hold_ends {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                } } => {}
                 // Err: every handle is gone, so nobody can change the desired state again.
                 r = wake.changed() => if r.is_err() { break },
                 r = stop.changed() => if r.is_err() { break },
@@ -622,12 +662,36 @@ impl Manager {
         let desired = read(&self.shared.desired).clone();
         *write(&self.shared.local_macs) = links.iter().filter_map(|l| l.mac).collect();
 
+        let confirmed = self.shared.confirmed.load(Ordering::Relaxed);
+        if confirmed != self.confirmed {
+            self.confirmed = confirmed;
+            self.held.clear();
+        }
+        let now = Instant::now();
+        for l in links.iter() {
+            if !l.up {
+                self.down_since.entry(l.index).or_insert(now);
+            } else if let Some(since) = self.down_since.remove(&l.index)
+                && now.duration_since(since) >= LINK_DOWN_HOLDS
+            {
+                tracing::debug!(interface = %l.name, "link back after a long outage: held until the shell confirms");
+                self.held.insert(l.index, now + LINK_HOLD_MAX);
+            }
+        }
+        self.held.retain(|_, until| *until > now);
+        self.down_since
+            .retain(|index, _| links.iter().any(|l| l.index == *index));
+
         let mut plan: Plan = BTreeMap::new();
         for (ip, requested) in &desired {
             let chosen = choose_interfaces(*ip, requested.as_deref(), &links, &self.filter);
             plan.insert(
                 *ip,
-                chosen.iter().map(|l| (l.index, l.name.clone())).collect(),
+                chosen
+                    .iter()
+                    .filter(|l| !self.held.contains_key(&l.index))
+                    .map(|l| (l.index, l.name.clone()))
+                    .collect(),
             );
         }
 

@@ -29,7 +29,6 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -98,6 +97,9 @@ const WATCH_TIMEOUT_SECS: u32 = 30;
 const RECOMPUTE_GAP_FACTOR: u32 = 4;
 /// ...but never longer than this.
 pub const MAX_RECOMPUTE_GAP: Duration = Duration::from_millis(500);
+/// A speaker whose own link was down this long has been declared down by the others, so it
+/// must rejoin before it announces again (the announcer holds the link meanwhile).
+pub use crate::announcer::LINK_DOWN_HOLDS as LINK_DOWN_ISOLATES;
 /// Condition writes that failed are logged at most this often (with the count since).
 const WRITE_FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -184,7 +186,6 @@ fn watch_kind<K>(
     kind: &'static str,
     notify: Arc<Notify>,
     health: Arc<ApiHealth>,
-    failing_watches: Arc<AtomicUsize>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     trim: fn(&mut K),
 ) -> Store<K>
@@ -211,7 +212,6 @@ where
                     health.ok();
                     if failing {
                         tracing::info!(kind, "watch recovered");
-                        failing_watches.fetch_sub(1, Ordering::Relaxed);
                         failing = false;
                     }
                     notify.notify_one();
@@ -223,7 +223,6 @@ where
                             %error,
                             "watch failed; keeping the last known objects and announcing on"
                         );
-                        failing_watches.fetch_add(1, Ordering::Relaxed);
                     }
                     failing = true;
                 }
@@ -255,8 +254,6 @@ struct Stores {
     nodes: Store<Node>,
     pools: Store<IPAddressPool>,
     adverts: Store<L2Advertisement>,
-    /// Watches currently failing.
-    failing: Arc<AtomicUsize>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -270,28 +267,24 @@ impl Drop for Stores {
 
 impl Stores {
     fn start(client: &Client, notify: &Arc<Notify>, health: &Arc<ApiHealth>) -> Stores {
-        let failing = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         let n = || Arc::clone(notify);
         let h = || Arc::clone(health);
-        let f = || Arc::clone(&failing);
-        let services = watch_kind(client, "Service", n(), h(), f(), &mut tasks, trim::service);
+        let services = watch_kind(client, "Service", n(), h(), &mut tasks, trim::service);
         let slices = watch_kind(
             client,
             "EndpointSlice",
             n(),
             h(),
-            f(),
             &mut tasks,
             trim::endpoint_slice,
         );
-        let nodes = watch_kind(client, "Node", n(), h(), f(), &mut tasks, trim::node);
+        let nodes = watch_kind(client, "Node", n(), h(), &mut tasks, trim::node);
         let pools = watch_kind(
             client,
             "IPAddressPool",
             n(),
             h(),
-            f(),
             &mut tasks,
             trim::metadata,
         );
@@ -300,7 +293,6 @@ impl Stores {
             "L2Advertisement",
             n(),
             h(),
-            f(),
             &mut tasks,
             trim::metadata,
         );
@@ -310,13 +302,8 @@ impl Stores {
             nodes,
             pools,
             adverts,
-            failing,
             tasks,
         }
-    }
-
-    fn failing(&self) -> usize {
-        self.failing.load(Ordering::Relaxed)
     }
 
     /// A future that completes once every cache has been filled by its first listing (`Err`
@@ -412,6 +399,9 @@ pub enum Withdrawal {
     /// Datagrams from the other speakers arrive but none authenticates: this speaker's key
     /// does not match theirs, so it sees everyone as gone.
     KeyringMismatch,
+    /// Its own link was down long enough for the others to take its addresses over; it waits
+    /// until it hears them again and has re-read the cluster.
+    LinkReturned,
     /// It hears neither another speaker nor the API server.
     CutOff,
     /// It was cut off from the other speakers and its view of the cluster is not fresh yet,
@@ -431,6 +421,10 @@ impl std::fmt::Display for Withdrawal {
             Withdrawal::KeyringMismatch => f.write_str(
                 "no other speaker's membership datagram authenticates with this node's key \
                  (check the lodestone-memberlist Secret)",
+            ),
+            Withdrawal::LinkReturned => f.write_str(
+                "this node's link was down long enough for the other speakers to serve its \
+                 addresses; it announces again once it hears them and has re-read the cluster",
             ),
             Withdrawal::CutOff => f.write_str(
                 "this node hears neither another speaker nor the API server: it is most likely \
@@ -462,6 +456,9 @@ pub struct WithdrawalInput {
     pub view_fresh: bool,
     /// It heard no peer at some point since its view was last fresh.
     pub isolated: bool,
+    /// Its own link came back after being down long enough for the others to notice, and it
+    /// has not heard them again (or re-read the cluster) since.
+    pub link_returned: bool,
 }
 
 /// Whether this speaker must leave the election, and why.
@@ -473,6 +470,11 @@ pub struct WithdrawalInput {
 pub fn withdrawal(input: WithdrawalInput) -> Option<Withdrawal> {
     if input.keyring_failing {
         return Some(Withdrawal::KeyringMismatch);
+    }
+    // The others declared this node down while its link was down and took its addresses
+    // over; until it has caught up with them, announcing would make two owners.
+    if input.link_returned {
+        return Some(Withdrawal::LinkReturned);
     }
     // Hearing neither another speaker nor the API server: most likely this node is the one
     // cut off, and the others have taken its addresses over. Its announcements would reach
@@ -856,6 +858,13 @@ struct Shell {
     isolated: bool,
     /// Whether the API server answered recently at the last judgement.
     api_was_reachable: bool,
+    /// When this node's own link came back after a long enough outage (see
+    /// [`Withdrawal::LinkReturned`]); cleared once it caught up.
+    link_returned_at: Option<Instant>,
+    /// The address the others reach this speaker at: its link is "this node's link".
+    own_ip: IpAddr,
+    /// Since when that link has been down.
+    own_link_down_since: Option<Instant>,
 }
 
 impl Shell {
@@ -879,12 +888,55 @@ impl Shell {
         self.view.keyring_failing
     }
 
-    /// The API server answered recently, no watch is failing and the caches need no re-read:
-    /// this speaker's view follows the cluster.
+    /// The API server answered recently and the caches need no re-read: this speaker's view
+    /// follows the cluster. (A failed watch is no sign: kube re-establishes it from where it
+    /// was, silently when nothing changed meanwhile; an outage long enough to matter makes
+    /// the caches be re-read.)
     fn view_fresh(&self) -> bool {
-        self.api.silent_for() <= API_FRESH_WINDOW
-            && self.stores.failing() == 0
-            && !self.needs_resync
+        self.api.silent_for() <= API_FRESH_WINDOW && !self.needs_resync
+    }
+
+    /// A new snapshot of the links: when this node's own link comes back after being down
+    /// for [`LINK_DOWN_ISOLATES`] or more, the others have declared this speaker down and
+    /// taken its addresses over. It rejoins under a fresh identity and stays out of the
+    /// election until it hears them again and has re-read the cluster. Returns whether that
+    /// happened.
+    fn on_links(&mut self, links: &[crate::interfaces::LinkInfo]) -> bool {
+        let own = links
+            .iter()
+            .find(|l| l.addrs.iter().any(|net| net.addr() == self.own_ip));
+        // A link without the address (renamed, address moved) says nothing either way.
+        let Some(own) = own else {
+            return false;
+        };
+        match (own.up, self.own_link_down_since) {
+            (false, None) => {
+                tracing::warn!(interface = %own.name, "this node's link is down");
+                self.own_link_down_since = Some(Instant::now());
+                false
+            }
+            (true, Some(since)) => {
+                self.own_link_down_since = None;
+                let down = since.elapsed();
+                if down < LINK_DOWN_ISOLATES {
+                    tracing::info!(interface = %own.name, down_ms = down.as_millis(), "this node's link is back");
+                    return false;
+                }
+                tracing::warn!(interface = %own.name, down_ms = down.as_millis(), "this node's link is back after the others took it for dead; rejoining before announcing again");
+                self.membership.renew();
+                // What the renewed membership will publish: nobody heard yet.
+                self.view.alive = BTreeSet::from([self.cfg.node_name.clone()]);
+                self.had_peers = false;
+                self.seen.clear();
+                self.joining = true;
+                self.joining_until = tokio::time::Instant::now() + JOINING_GRACE;
+                self.isolated = true;
+                self.needs_resync = true;
+                self.link_returned_at = Some(Instant::now());
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Re-read number `generation` is complete: use its caches from now on (unless a newer
@@ -992,6 +1044,10 @@ impl Shell {
         if fresh && !alone {
             self.isolated = false;
         }
+        let hears_peer = self.view.alive.iter().any(|n| *n != me);
+        if fresh && (hears_peer || !self.joining) {
+            self.link_returned_at = None;
+        }
 
         let fresh_peer = self.view.alive.iter().any(|n| {
             *n != me
@@ -1013,6 +1069,7 @@ impl Shell {
             alone,
             view_fresh: fresh,
             isolated: self.isolated,
+            link_returned: self.link_returned_at.is_some(),
         });
         if matches!(next, Some(Withdrawal::ApiLost { .. })) {
             // Its view is stale: once the API server answers again, it stays out until it has
@@ -1205,8 +1262,11 @@ impl Shell {
                 Some(d) if !d.status => {
                     // "Not announced" waits for this speaker's view to settle.
                     let since = self.no_owner_since.get(key).copied().unwrap_or(now);
-                    let due = since + FALSE_SETTLE;
-                    if self.joining || now < due {
+                    let mut due = since + FALSE_SETTLE;
+                    if self.joining {
+                        due = due.max(self.joining_until.into_std());
+                    }
+                    if now < due {
                         settle_at = Some(settle_at.map_or(due, |a| a.min(due)));
                         None
                     } else {
@@ -1555,6 +1615,9 @@ pub async fn run(
         resync_done: resync_tx,
         isolated: false,
         api_was_reachable: true,
+        link_returned_at: None,
+        own_ip,
+        own_link_down_since: None,
     };
 
     let initial = shell.view.clone();
@@ -1568,6 +1631,8 @@ pub async fn run(
     let mut release_at = Some(tokio::time::Instant::now() + RELEASE_MEMORY_AFTER);
     let mut recompute_at: Option<tokio::time::Instant> = None;
     let mut last_recompute_end = tokio::time::Instant::now();
+    let mut links_rx = shell.announcer.links();
+    let mut links_open = true;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
@@ -1594,6 +1659,18 @@ pub async fn run(
                 if joined {
                     // A peer came (back): clients may have been pointed elsewhere meanwhile.
                     shell.announcer.reassert();
+                }
+            }
+            changed = links_rx.changed(), if links_open => {
+                if changed.is_err() {
+                    links_open = false;
+                    continue;
+                }
+                let links = links_rx.borrow_and_update().clone();
+                if shell.on_links(&links) {
+                    shell.judge();
+                    shell.recompute();
+                    recomputed = true;
                 }
             }
             changed = states_rx.changed(), if states_open => {
@@ -1821,6 +1898,7 @@ mod tests {
                 alone: false,
                 view_fresh: silent < 6,
                 isolated: false,
+                link_returned: false,
             })
         };
         // The API server is gone for everybody: nobody withdraws, however long.
@@ -1849,6 +1927,7 @@ mod tests {
                 alone,
                 view_fresh: fresh,
                 isolated: true,
+                link_returned: false,
             })
         };
         // Alone with a fresh view: it knows what it owns (the conditions say so), it stays.
