@@ -113,6 +113,11 @@ const PLAN: &[(&str, &str, How)] = &[
         How::Sandbox,
     ),
     ("docs/announcing.md", "/metrics", How::Sandbox),
+    (
+        "docs/announcing.md",
+        "kubectl patch service web --subresource=status",
+        How::Test("speaker/tests/e2e_ownership.rs"),
+    ),
     // docs/install.md
     ("docs/install.md", "/dev/urandom", How::Install),
     ("docs/install.md", "kubectl apply -k deploy/", How::Install),

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams};
 use lodestone_crds::L2AdvertisementSpec;
+use lodestone_harness::docs;
 use lodestone_harness::e2e::lab::{Lab, PROBE_PORT};
 use lodestone_harness::e2e::metrics::{self, SPEAKER_METRICS_PORT};
 use lodestone_harness::e2e::{AddressReport, NeighProber, Prober, longest_gap, objects};
@@ -690,6 +691,39 @@ async fn restart_takes_nothing_back() {
             lab.logs()
         );
     }
+    assert_conditions_truthful(&lab, &np, &[("web", ip)]).await;
+
+    // Spreading again, as docs/announcing.md shows: without the condition, the speakers
+    // assign afresh, in MetalLB's order, and the address goes back to the hash winner.
+    let doc = docs::command(
+        "docs/announcing.md",
+        "kubectl patch service web --subresource=status",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = lab.work_dir().join("admin.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        lab.cluster
+            .server()
+            .expect("embedded server")
+            .kubeconfig_yaml(),
+    )
+    .unwrap();
+    let spread = Instant::now();
+    let out = std::process::Command::new("sh")
+        .args(["-c", &doc.text])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        doc.text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    client_reaches(&lab, &udp, &owner, spread, "spreading again");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_one_owner(&lab, &np, t0, &[spread]);
     assert_conditions_truthful(&lab, &np, &[("web", ip)]).await;
 }
 

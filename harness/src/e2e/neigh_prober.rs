@@ -410,6 +410,25 @@ impl NeighProber {
         &self.addresses
     }
 
+    /// How long each question about `ip` sent in `[from, to]` took to be answered (its first
+    /// answer), in round order. Questions nobody answered are left out.
+    pub fn answer_latencies(&self, ip: IpAddr, from: Instant, to: Instant) -> Vec<Duration> {
+        let log = lock(&self.log);
+        let mut first: BTreeMap<u64, Instant> = BTreeMap::new();
+        for c in log.claims.iter().filter(|c| c.ip == ip) {
+            if let Some(r) = c.round {
+                first.entry(r).or_insert(c.at);
+            }
+        }
+        first
+            .into_iter()
+            .filter_map(|(r, at)| {
+                let sent = *log.rounds.get(usize::try_from(r).ok()?)?;
+                (sent >= from && sent <= to).then(|| at.saturating_duration_since(sent))
+            })
+            .collect()
+    }
+
     /// [`judge`] over every address, for rounds sent in `[from, to]`.
     pub fn judge(&self, from: Instant, to: Instant) -> BTreeMap<IpAddr, AddressReport> {
         let log = lock(&self.log);
