@@ -308,8 +308,8 @@ async fn without_the_key_nobody_can_be_evicted() {
     let socket = std::net::UdpSocket::bind(loopback()).unwrap();
 
     let forged = forged_eviction(
-        a.handle.identity(),
-        b.handle.identity(),
+        &a.handle.identity(),
+        &b.handle.identity(),
         OTHER_KEY,
         "intruder",
     );
@@ -325,7 +325,7 @@ async fn without_the_key_nobody_can_be_evicted() {
     // Control: the very same message sealed with the cluster key does evict b (which then
     // refutes by rejoining under a renewed identity). Without this, the check above could pass
     // because the forged message was harmless anyway.
-    let genuine = forged_eviction(a.handle.identity(), b.handle.identity(), KEY, "insider");
+    let genuine = forged_eviction(&a.handle.identity(), &b.handle.identity(), KEY, "insider");
     socket.send_to(&genuine, a.addr()).unwrap();
     wait_until("b to be declared down and rejoin", || {
         b.handle.stats().rejoins > 0

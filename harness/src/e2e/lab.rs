@@ -161,6 +161,19 @@ impl Lab {
 
     /// Starts (or restarts) the speaker of `name` with `extra` arguments.
     pub fn start_speaker(&mut self, name: &str, extra: &[&str]) -> anyhow::Result<()> {
+        self.start_speaker_with(name, extra, &[], None)
+    }
+
+    /// Starts (or restarts) the speaker of `name` with `extra` arguments and environment; the
+    /// membership keyring comes from `key_file` (watched for changes by the speaker) when
+    /// given, else [`LAB_KEY`] through the environment.
+    pub fn start_speaker_with(
+        &mut self,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        key_file: Option<&Path>,
+    ) -> anyhow::Result<()> {
         let bin = self.speaker_bin.clone();
         let log = self.dir.path().join(format!("{name}.log"));
         let node = self.node_mut(name)?;
@@ -168,17 +181,25 @@ impl Lab {
         let kubeconfig = node.kubeconfig.to_string_lossy().into_owned();
         let rust_log = std::env::var("LODESTONE_E2E_LOG")
             .unwrap_or_else(|_| "info,lodestone_speaker=debug".into());
+        let key_path = key_file.map(|p| p.to_string_lossy().into_owned());
         let mut args = vec!["--node-name", name];
+        if let Some(path) = &key_path {
+            args.extend_from_slice(&["--memberlist-key-file", path]);
+        }
         args.extend_from_slice(extra);
+        let mut vars = vec![
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("RUST_LOG", rust_log.as_str()),
+        ];
+        if key_file.is_none() {
+            vars.push(("LODESTONE_MEMBERLIST_KEY", LAB_KEY));
+        }
+        vars.extend_from_slice(env);
         node.speaker = Some(SpeakerProcess::spawn(
             node.host.ns(),
             &bin,
             &args,
-            &[
-                ("KUBECONFIG", kubeconfig.as_str()),
-                ("LODESTONE_MEMBERLIST_KEY", LAB_KEY),
-                ("RUST_LOG", rust_log.as_str()),
-            ],
+            &vars,
             &log,
         )?);
         Ok(())
