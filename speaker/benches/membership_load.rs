@@ -87,11 +87,30 @@ fn loadavg() -> Option<f64> {
         .ok()
 }
 
+/// `text` without ANSI colour sequences (tracing colours its output even into a file).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters final-letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Down declarations and rejoins in a speaker's log text.
 fn count_false_failures(log: &str) -> (usize, usize) {
     let mut downs = 0;
     let mut rejoins = 0;
-    for line in log.lines() {
+    for line in strip_ansi(log).lines() {
         if line.contains("membership changed")
             && let Some((_, rest)) = line.split_once("gone=[")
         {
@@ -253,25 +272,47 @@ async fn run() -> anyhow::Result<()> {
         let log = sp.log();
         let (downs, rejoins) = count_false_failures(log.get(offsets[i]..).unwrap_or(""));
         let cpu = sp.cpu_time()?.saturating_sub(cpu_before[i]);
-        let rejected = metrics::scrape(node.host.ns(), metrics::SPEAKER_METRICS_PORT)
+        let body = metrics::scrape(node.host.ns(), metrics::SPEAKER_METRICS_PORT)
             .ok()
             .flatten()
-            .and_then(|body| {
-                let rejected: Vec<f64> = metrics::samples(&body)
-                    .iter()
-                    .filter(|s| s.name == "lodestone_speaker_membership_datagrams_rejected_total")
-                    .map(|s| s.value)
-                    .collect();
-                (!rejected.is_empty()).then(|| rejected.iter().sum::<f64>())
-            });
+            .unwrap_or_default();
+        let sum = |name: &str| -> Option<f64> {
+            let values: Vec<f64> = metrics::samples(&body)
+                .iter()
+                .filter(|s| s.name == name)
+                .map(|s| s.value)
+                .collect();
+            (!values.is_empty()).then(|| values.iter().sum::<f64>())
+        };
+        // Speakers that export them (not older builds): what the membership itself counted.
+        let counted = [
+            (
+                "rejected",
+                "lodestone_speaker_membership_datagrams_rejected_total",
+            ),
+            (
+                "refuted",
+                "lodestone_speaker_membership_suspicions_refuted_total",
+            ),
+            (
+                "deferred",
+                "lodestone_speaker_membership_suspicions_deferred_total",
+            ),
+            (
+                "starved periods",
+                "lodestone_speaker_membership_starved_periods_total",
+            ),
+        ]
+        .iter()
+        .filter_map(|(label, name)| sum(name).map(|v| format!(", {label} {v:.0}")))
+        .collect::<String>();
         if let Some(dir) = std::env::var_os("LODESTONE_BENCH_KEEP_LOGS") {
             std::fs::create_dir_all(&dir)?;
             std::fs::write(std::path::Path::new(&dir).join(format!("{name}.log")), &log)?;
         }
         println!(
-            "  {name}: members declared down {downs}, rejoins {rejoins}, CPU {:.1} % of one core{}",
+            "  {name}: members declared down {downs}, rejoins {rejoins}, CPU {:.1} % of one core{counted}",
             cpu.as_secs_f64() / elapsed.as_secs_f64() * 100.0,
-            rejected.map_or(String::new(), |r| format!(", datagrams rejected {r:.0}"))
         );
         total_downs += downs;
         total_rejoins += rejoins;
@@ -289,7 +330,7 @@ fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run only for real.
     if !std::env::args().any(|a| a == "--bench") {
         // The log counting is what the figures rest on: check it on the lines speakers write.
-        let log = "INFO membership changed joined=[] gone=[\"node-b\"] alive=2\n\
+        let log = "INFO membership changed joined=[] \u{1b}[3mgone\u{1b}[0m\u{1b}[2m=\u{1b}[0m[\"node-b\"] alive=2\n\
                    INFO membership changed joined=[\"node-b\"] gone=[] alive=3\n\
                    INFO membership changed joined=[] gone=[\"node-b\", \"node-c\"] alive=1\n\
                    WARN declared down by the others; rejoined with a new identity id=x\n";

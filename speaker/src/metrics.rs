@@ -25,6 +25,7 @@
 //! | `membership_authenticated_peers` | gauge | peers heard with a valid MAC in the last 3 s |
 //! | `membership_keyring_failing` | gauge | 1 while other nodes are heard but none authenticates |
 //! | `membership_local_health` | gauge | timeout multiplier, 1 when healthy |
+//! | `membership_suspicions_refuted_total` | counter | suspicions this speaker raised that the suspect refuted in time |
 //! | `membership_suspicions_deferred_total` | counter | expired suspicions of a peer that still talked |
 //! | `membership_starved_periods_total` | counter | probe periods in which this node's timers ran late |
 
@@ -112,6 +113,7 @@ struct MembershipMetrics {
     authenticated_peers: Gauge,
     keyring_failing: Gauge,
     local_health: Gauge,
+    suspicions_refuted: Counter,
     suspicions_deferred: Counter,
     starved_periods: Counter,
 }
@@ -243,6 +245,11 @@ impl Metrics {
             mm.local_health.clone(),
         );
         registry.register(
+            "membership_suspicions_refuted",
+            "Suspicions this speaker raised that the suspect refuted in time (it answered a probe late)",
+            mm.suspicions_refuted.clone(),
+        );
+        registry.register(
             "membership_suspicions_deferred",
             "Expired suspicions not turned into down because the suspect had talked since",
             mm.suspicions_deferred.clone(),
@@ -331,6 +338,9 @@ impl Metrics {
         mm.members_down.inner().store(s.members_down, r);
         mm.rejoins.inner().store(s.rejoins, r);
         mm.identity_outranked.inner().store(s.identity_outranked, r);
+        mm.suspicions_refuted
+            .inner()
+            .store(s.suspicions_refuted, r);
         mm.suspicions_deferred
             .inner()
             .store(s.suspicions_deferred, r);
@@ -495,6 +505,7 @@ mod tests {
             authenticated_peers: 2,
             keyring_failing: true,
             local_health: 3,
+            suspicions_refuted: 8,
             suspicions_deferred: 5,
             late_timers: 6,
             ..MembershipStats::default()
@@ -513,6 +524,7 @@ mod tests {
             "lodestone_speaker_membership_authenticated_peers 2",
             "lodestone_speaker_membership_keyring_failing 1",
             "lodestone_speaker_membership_local_health 3",
+            "lodestone_speaker_membership_suspicions_refuted_total 8",
             "lodestone_speaker_membership_suspicions_deferred_total 5",
             "lodestone_speaker_membership_starved_periods_total 6",
         ] {

@@ -87,6 +87,24 @@ impl LocalHealth {
     }
 }
 
+/// Whether the suspicion of `id` at `incarnation` still stands in `members`: the member is known
+/// under that very identity, still suspect, and has not refuted (refuting raises its
+/// incarnation).
+///
+/// foca 2.0 answers an expired suspicion with a "you are down" message to the suspect even when
+/// the suspect has refuted in time (it checks the incarnation before declaring it down, but
+/// sends the message whatever the check said), so a healthy member that merely answered late
+/// takes a new identity and "rejoins". Checking first and dropping a stale timer avoids that.
+pub fn still_suspected<'a, T: PartialEq + 'a>(
+    members: impl IntoIterator<Item = &'a foca::Member<T>>,
+    id: &T,
+    incarnation: foca::Incarnation,
+) -> bool {
+    members.into_iter().any(|m| {
+        m.id() == id && m.state() == foca::State::Suspect && m.incarnation() == incarnation
+    })
+}
+
 /// What to do when a suspicion this node raised expires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -191,6 +209,23 @@ mod tests {
             suspicion_verdict(t0, t0 + max, heard, p, max),
             Verdict::Down
         );
+    }
+
+    #[test]
+    fn only_a_standing_suspicion_counts() {
+        use foca::{Member, State};
+        let members = [
+            Member::new("a", 3, State::Suspect),
+            Member::new("b", 5, State::Alive),
+            Member::new("c", 1, State::Down),
+        ];
+        assert!(still_suspected(&members, &"a", 3));
+        // Refuted: the incarnation moved on.
+        assert!(!still_suspected(&members, &"a", 2));
+        // Alive again, or already down, or unknown.
+        assert!(!still_suspected(&members, &"b", 5));
+        assert!(!still_suspected(&members, &"c", 1));
+        assert!(!still_suspected(&members, &"d", 0));
     }
 
     proptest! {

@@ -319,6 +319,8 @@ stats! {
     key_reloads: u64 => AtomicU64,
     /// Key file changes refused (unreadable, or no valid keyring); the previous keys stay.
     key_reload_failures: u64 => AtomicU64,
+    /// Suspicions this node raised that the suspect refuted in time (a probe answered late).
+    suspicions_refuted: u64 => AtomicU64,
     /// Expired suspicions not turned into "down" because the suspect had spoken since.
     suspicions_deferred: u64 => AtomicU64,
     /// Probe periods in which this node's own timers fired late (the loop was starved).

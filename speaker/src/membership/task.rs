@@ -508,7 +508,21 @@ impl State {
                     self.note_lateness(late, tolerance);
                 }
                 Timer::SendIndirectProbe { .. } => self.note_lateness(late, tolerance),
-                Timer::ChangeSuspectToDown { member_id, .. } => {
+                Timer::ChangeSuspectToDown {
+                    member_id,
+                    incarnation,
+                    ..
+                } => {
+                    if !health::still_suspected(
+                        self.foca.iter_membership_state(),
+                        member_id,
+                        *incarnation,
+                    ) {
+                        self.stats
+                            .suspicions_refuted
+                            .fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     let verdict = health::suspicion_verdict(
                         due.raised_at,
                         now,
