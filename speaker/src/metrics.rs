@@ -17,10 +17,23 @@
 //! | `membership_formed` | gauge | 1 when liveness comes from membership, 0 on the Node Ready fallback |
 //! | `in_election` | gauge | 1 while this speaker takes part in the election, 0 after it withdrew |
 //! | `condition_writes_total{result}` | counter | `lodestone.dev/Announced` writes: `written`, `conflict` (a newer write won), `failed` |
+//! | `membership_datagrams_accepted_total{key}` | counter | authenticated datagrams, by the key that verified them |
+//! | `membership_datagrams_rejected_total{reason}` | counter | datagrams dropped: `bad_mac`, `replay`, `malformed`, `oversized` |
+//! | `membership_keys` | gauge | keys in the keyring |
+//! | `membership_key_reloads_total{result}` | counter | key file changes applied (`ok`) or refused (`error`) |
+//! | `membership_members_down_total` | counter | members seen going down |
+//! | `membership_rejoins_total` | counter | times the others declared this speaker down |
+//! | `membership_identity_outranked_total` | counter | restarts below a remembered identity, corrected |
+//! | `membership_authenticated_peers` | gauge | peers heard with a valid MAC in the last 3 s |
+//! | `membership_keyring_failing` | gauge | 1 while other nodes are heard but none authenticates |
+//! | `membership_local_health` | gauge | timeout multiplier, 1 when healthy |
+//! | `membership_suspicions_refuted_total` | counter | suspicions this speaker raised that the suspect refuted in time |
+//! | `membership_suspicions_deferred_total` | counter | expired suspicions of a peer that still talked |
+//! | `membership_starved_periods_total` | counter | probe periods in which this node's timers ran late |
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -33,11 +46,17 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::membership::{MembershipStats, StatsReader};
+
 /// `protocol` label values.
 pub type ProtocolLabel = Vec<(String, String)>;
 
 fn protocol(p: &str) -> ProtocolLabel {
-    vec![("protocol".to_owned(), p.to_owned())]
+    label("protocol", p)
+}
+
+fn label(name: &str, value: &str) -> ProtocolLabel {
+    vec![(name.to_owned(), value.to_owned())]
 }
 
 fn result(r: &str) -> ResultLabel {
@@ -86,6 +105,26 @@ pub struct Metrics {
     /// 1 while this speaker takes part in the election.
     pub in_election: Gauge,
     condition_writes: Family<ResultLabel, Counter>,
+    membership: MembershipMetrics,
+    membership_source: Mutex<Option<StatsReader>>,
+}
+
+/// The membership's own counters, copied from [`MembershipStats`] at each scrape.
+#[derive(Debug, Default)]
+struct MembershipMetrics {
+    accepted: Family<ProtocolLabel, Counter>,
+    rejected: Family<ProtocolLabel, Counter>,
+    keys: Gauge,
+    key_reloads: Family<ProtocolLabel, Counter>,
+    members_down: Counter,
+    rejoins: Counter,
+    identity_outranked: Counter,
+    authenticated_peers: Gauge,
+    keyring_failing: Gauge,
+    local_health: Gauge,
+    suspicions_refuted: Counter,
+    suspicions_deferred: Counter,
+    starved_periods: Counter,
 }
 
 /// `result` label values.
@@ -115,6 +154,8 @@ impl Metrics {
             membership_formed: Gauge::default(),
             in_election: Gauge::default(),
             condition_writes: Family::default(),
+            membership: MembershipMetrics::default(),
+            membership_source: Mutex::new(None),
         };
         registry.register(
             "requests_seen",
@@ -179,7 +220,83 @@ impl Metrics {
         for r in ["written", "conflict", "failed"] {
             let _ = m.condition_writes.get_or_create(&result(r));
         }
+        let mm = &m.membership;
+        registry.register(
+            "membership_datagrams_accepted",
+            "Membership datagrams accepted, by the key of the keyring that verified them (primary, secondary)",
+            mm.accepted.clone(),
+        );
+        registry.register(
+            "membership_datagrams_rejected",
+            "Membership datagrams dropped, by reason (bad_mac, replay, malformed, oversized)",
+            mm.rejected.clone(),
+        );
+        registry.register(
+            "membership_keys",
+            "Keys in the membership keyring",
+            mm.keys.clone(),
+        );
+        registry.register(
+            "membership_key_reloads",
+            "Changes of the membership key file applied (ok) or refused (error)",
+            mm.key_reloads.clone(),
+        );
+        registry.register(
+            "membership_members_down",
+            "Members this speaker saw go down (declared down, or left)",
+            mm.members_down.clone(),
+        );
+        registry.register(
+            "membership_rejoins",
+            "Times the other speakers declared this one down and it rejoined",
+            mm.rejoins.clone(),
+        );
+        registry.register(
+            "membership_identity_outranked",
+            "Times this speaker found its node remembered with a larger identity bump (clock set back) and rejoined above it",
+            mm.identity_outranked.clone(),
+        );
+        registry.register(
+            "membership_authenticated_peers",
+            "Peers this speaker heard with a valid MAC in the last 3 s",
+            mm.authenticated_peers.clone(),
+        );
+        registry.register(
+            "membership_keyring_failing",
+            "1 while datagrams from other nodes arrive but none authenticates (this speaker's key does not match)",
+            mm.keyring_failing.clone(),
+        );
+        registry.register(
+            "membership_local_health",
+            "Multiplier of this speaker's probe and suspicion timeouts: 1 when healthy, more while its own timers run late",
+            mm.local_health.clone(),
+        );
+        registry.register(
+            "membership_suspicions_refuted",
+            "Suspicions this speaker raised that the suspect refuted in time (it answered a probe late)",
+            mm.suspicions_refuted.clone(),
+        );
+        registry.register(
+            "membership_suspicions_deferred",
+            "Expired suspicions not turned into down because the suspect had talked since",
+            mm.suspicions_deferred.clone(),
+        );
+        registry.register(
+            "membership_starved_periods",
+            "Probe periods in which this speaker's own membership timers fired late",
+            mm.starved_periods.clone(),
+        );
         // Touch the labelled series so that they are exported at zero from the start.
+        for k in ["primary", "secondary"] {
+            let _ = mm.accepted.get_or_create(&label("key", k));
+        }
+        for r in ["bad_mac", "replay", "malformed", "oversized"] {
+            let _ = mm.rejected.get_or_create(&label("reason", r));
+        }
+        for r in ["ok", "error"] {
+            let _ = mm.key_reloads.get_or_create(&label("result", r));
+        }
+        mm.local_health.set(1);
         for p in ["arp", "ndp"] {
             let _ = m.requests_seen.get_or_create(&protocol(p));
             let _ = m.requests_answered.get_or_create(&protocol(p));
@@ -209,6 +326,55 @@ impl Metrics {
     /// Counts one condition write with its result (`written`, `conflict`, `failed`).
     pub fn condition_write(&self, r: &str) {
         self.condition_writes.get_or_create(&result(r)).inc();
+    }
+
+    /// Copy the membership's counters at every scrape from now on.
+    pub fn attach_membership(&self, source: StatsReader) {
+        let stats = source.snapshot();
+        if let Ok(mut slot) = self.membership_source.lock() {
+            *slot = Some(source);
+        }
+        self.set_membership(&stats);
+    }
+
+    fn refresh_membership(&self) {
+        let stats = match self.membership_source.lock() {
+            Ok(slot) => slot.as_ref().map(StatsReader::snapshot),
+            Err(_) => None,
+        };
+        if let Some(stats) = stats {
+            self.set_membership(&stats);
+        }
+    }
+
+    /// Copy the membership's cumulative counters into the exported ones.
+    pub fn set_membership(&self, s: &MembershipStats) {
+        let r = Ordering::Relaxed;
+        let mm = &self.membership;
+        let set = |fam: &Family<ProtocolLabel, Counter>, name: &str, value: &str, v: u64| {
+            fam.get_or_create(&label(name, value)).inner().store(v, r);
+        };
+        set(&mm.accepted, "key", "primary", s.accepted_primary);
+        set(&mm.accepted, "key", "secondary", s.accepted_secondary);
+        set(&mm.rejected, "reason", "bad_mac", s.auth_failures);
+        set(&mm.rejected, "reason", "replay", s.replays);
+        set(&mm.rejected, "reason", "malformed", s.malformed);
+        set(&mm.rejected, "reason", "oversized", s.oversized);
+        set(&mm.key_reloads, "result", "ok", s.key_reloads);
+        set(&mm.key_reloads, "result", "error", s.key_reload_failures);
+        let gauge = |g: &Gauge, v: usize| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        gauge(&mm.keys, s.keys);
+        gauge(&mm.authenticated_peers, s.authenticated_peers);
+        mm.keyring_failing.set(i64::from(s.keyring_failing));
+        mm.local_health.set(i64::from(s.local_health.max(1)));
+        mm.members_down.inner().store(s.members_down, r);
+        mm.rejoins.inner().store(s.rejoins, r);
+        mm.identity_outranked.inner().store(s.identity_outranked, r);
+        mm.suspicions_refuted.inner().store(s.suspicions_refuted, r);
+        mm.suspicions_deferred
+            .inner()
+            .store(s.suspicions_deferred, r);
+        mm.starved_periods.inner().store(s.late_timers, r);
     }
 
     /// The text exposition format.
@@ -270,6 +436,7 @@ pub fn router(metrics: Arc<Metrics>, health: Arc<Health>, refresh: Refresh) -> R
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
     (s.refresh)(&s.metrics);
+    s.metrics.refresh_membership();
     (
         [(
             header::CONTENT_TYPE,
@@ -358,6 +525,8 @@ mod tests {
             "lodestone_speaker_membership_formed 0",
             "lodestone_speaker_in_election 0",
             "lodestone_speaker_condition_writes_total{result=\"conflict\"} 0",
+            "lodestone_speaker_membership_datagrams_rejected_total{reason=\"bad_mac\"} 0",
+            "lodestone_speaker_membership_local_health 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
@@ -377,6 +546,49 @@ mod tests {
             .count();
         assert_eq!(exposed.len(), registered, "{exposed:?}");
         assert_eq!(exposed, documented, "registry vs docs/announcing.md");
+    }
+
+    #[test]
+    fn membership_counters_are_copied() {
+        let m = Metrics::new();
+        m.set_membership(&MembershipStats {
+            accepted_primary: 10,
+            accepted_secondary: 2,
+            auth_failures: 7,
+            replays: 3,
+            oversized: 1,
+            keys: 2,
+            key_reloads: 1,
+            members_down: 4,
+            rejoins: 1,
+            authenticated_peers: 2,
+            keyring_failing: true,
+            local_health: 3,
+            suspicions_refuted: 8,
+            suspicions_deferred: 5,
+            late_timers: 6,
+            ..MembershipStats::default()
+        });
+        let text = m.render();
+        for line in [
+            "lodestone_speaker_membership_datagrams_accepted_total{key=\"primary\"} 10",
+            "lodestone_speaker_membership_datagrams_accepted_total{key=\"secondary\"} 2",
+            "lodestone_speaker_membership_datagrams_rejected_total{reason=\"bad_mac\"} 7",
+            "lodestone_speaker_membership_datagrams_rejected_total{reason=\"replay\"} 3",
+            "lodestone_speaker_membership_datagrams_rejected_total{reason=\"oversized\"} 1",
+            "lodestone_speaker_membership_keys 2",
+            "lodestone_speaker_membership_key_reloads_total{result=\"ok\"} 1",
+            "lodestone_speaker_membership_members_down_total 4",
+            "lodestone_speaker_membership_rejoins_total 1",
+            "lodestone_speaker_membership_authenticated_peers 2",
+            "lodestone_speaker_membership_keyring_failing 1",
+            "lodestone_speaker_membership_local_health 3",
+            "lodestone_speaker_membership_suspicions_refuted_total 8",
+            "lodestone_speaker_membership_suspicions_deferred_total 5",
+            "lodestone_speaker_membership_starved_periods_total 6",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
     }
 
     #[tokio::test]

@@ -116,8 +116,10 @@ pub struct SpeakerConfig {
     pub membership_bind: Option<IpAddr>,
     /// Address the others reach us at; default: this Node's `InternalIP`.
     pub membership_advertise: Option<IpAddr>,
-    /// Shared membership key.
-    pub key: Vec<u8>,
+    /// Membership keyring, primary first.
+    pub keys: Vec<Vec<u8>>,
+    /// The key file to watch for a rotation, when the keys came from one.
+    pub key_file: Option<std::path::PathBuf>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub health_addr: SocketAddr,
     /// Announcer settings.
@@ -1550,12 +1552,15 @@ pub async fn run(
         cfg.node_name.clone(),
         SocketAddr::new(bind_ip, cfg.membership_port),
         SocketAddr::new(own_ip, cfg.membership_port),
-        cfg.key.clone(),
+        Vec::new(),
     );
+    mcfg.keys = cfg.keys.clone();
+    mcfg.key_file = cfg.key_file.clone();
     let initial_seeds = seeds(&nodes, &cfg.node_name, cfg.membership_port);
     mcfg.seeds = initial_seeds.clone();
     let (membership, mut view_rx) = Membership::start(mcfg).await?;
     let mut states_rx = membership.states();
+    metrics.attach_membership(membership.stats_reader());
     tracing::info!(advertise = %SocketAddr::new(own_ip, cfg.membership_port), seeds = initial_seeds.len(), "membership started");
 
     let (event_tx, event_rx) = mpsc::unbounded_channel();

@@ -308,8 +308,8 @@ async fn without_the_key_nobody_can_be_evicted() {
     let socket = std::net::UdpSocket::bind(loopback()).unwrap();
 
     let forged = forged_eviction(
-        a.handle.identity(),
-        b.handle.identity(),
+        &a.handle.identity(),
+        &b.handle.identity(),
         OTHER_KEY,
         "intruder",
     );
@@ -325,7 +325,7 @@ async fn without_the_key_nobody_can_be_evicted() {
     // Control: the very same message sealed with the cluster key does evict b from a's view.
     // Without this, the check above could pass because the forged message was harmless anyway.
     // (b itself is not told: no courtesy "you are down" message, see MembershipConfig.)
-    let genuine = forged_eviction(a.handle.identity(), b.handle.identity(), KEY, "insider");
+    let genuine = forged_eviction(&a.handle.identity(), &b.handle.identity(), KEY, "insider");
     socket.send_to(&genuine, a.addr()).unwrap();
     wait_until("a to take b for gone", || {
         !a.view.borrow().alive.contains("node-b")

@@ -165,7 +165,48 @@ impl Lab {
 
     /// Starts (or restarts) the speaker of `name` with `extra` arguments.
     pub fn start_speaker(&mut self, name: &str, extra: &[&str]) -> anyhow::Result<()> {
-        self.start_speaker_with_key(name, extra, LAB_KEY)
+        self.start_speaker_with(name, extra, &[], None)
+    }
+
+    /// Starts (or restarts) the speaker of `name` with `extra` arguments and environment; the
+    /// membership keyring comes from `key_file` (watched for changes by the speaker) when
+    /// given, else [`LAB_KEY`] through the environment.
+    pub fn start_speaker_with(
+        &mut self,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        key_file: Option<&Path>,
+    ) -> anyhow::Result<()> {
+        let bin = self.speaker_bin.clone();
+        let log = self.dir.path().join(format!("{name}.log"));
+        let node = self.node_mut(name)?;
+        node.speaker = None;
+        let kubeconfig = node.kubeconfig.to_string_lossy().into_owned();
+        let rust_log = std::env::var("LODESTONE_E2E_LOG")
+            .unwrap_or_else(|_| "info,lodestone_speaker=debug".into());
+        let key_path = key_file.map(|p| p.to_string_lossy().into_owned());
+        let mut args = vec!["--node-name", name];
+        if let Some(path) = &key_path {
+            args.extend_from_slice(&["--memberlist-key-file", path]);
+        }
+        args.extend_from_slice(extra);
+        let mut vars = vec![
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("RUST_LOG", rust_log.as_str()),
+        ];
+        if key_file.is_none() {
+            vars.push(("LODESTONE_MEMBERLIST_KEY", LAB_KEY));
+        }
+        vars.extend_from_slice(env);
+        node.speaker = Some(SpeakerProcess::spawn(
+            node.host.ns(),
+            &bin,
+            &args,
+            &vars,
+            &log,
+        )?);
+        Ok(())
     }
 
     /// [`Lab::start_speaker`] with another membership key than the lab's (a node restarted
@@ -176,27 +217,7 @@ impl Lab {
         extra: &[&str],
         key: &str,
     ) -> anyhow::Result<()> {
-        let bin = self.speaker_bin.clone();
-        let log = self.dir.path().join(format!("{name}.log"));
-        let node = self.node_mut(name)?;
-        node.speaker = None;
-        let kubeconfig = node.kubeconfig.to_string_lossy().into_owned();
-        let rust_log = std::env::var("LODESTONE_E2E_LOG")
-            .unwrap_or_else(|_| "info,lodestone_speaker=debug".into());
-        let mut args = vec!["--node-name", name];
-        args.extend_from_slice(extra);
-        node.speaker = Some(SpeakerProcess::spawn(
-            node.host.ns(),
-            &bin,
-            &args,
-            &[
-                ("KUBECONFIG", kubeconfig.as_str()),
-                ("LODESTONE_MEMBERLIST_KEY", key),
-                ("RUST_LOG", rust_log.as_str()),
-            ],
-            &log,
-        )?);
-        Ok(())
+        self.start_speaker_with(name, extra, &[("LODESTONE_MEMBERLIST_KEY", key)], None)
     }
 
     /// Starts every node's speaker.

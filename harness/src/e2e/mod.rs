@@ -8,11 +8,13 @@
 //! - [`objects`]: Nodes, Services with status, EndpointSlices created by hand.
 //! - [`controller`]: the real controller binary in the root namespace.
 //! - [`metrics`]: a speaker's Prometheus metrics and probes, read inside its namespace.
+//! - [`flood`]: unauthenticated UDP at a fixed rate, as a hostile host would send.
 //! - [`logs`]: checking `--log-json` output: every line about an object names it.
 //! - [`neigh_prober`]: an independent ARP/NDP prober on the client's LAN recording who claims
 //!   each address, and when.
 
 pub mod controller;
+pub mod flood;
 pub mod forward;
 pub mod lab;
 pub mod logs;

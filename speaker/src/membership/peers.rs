@@ -63,6 +63,11 @@ impl PeerTracker {
         self.unauthenticated_from_seed = Some(now);
     }
 
+    /// When `peer` was last heard with a valid MAC (forgotten once out of the window).
+    pub fn last_heard(&self, peer: &str) -> Option<Instant> {
+        self.authenticated.get(peer).copied()
+    }
+
     fn recent(&self, at: Instant, now: Instant) -> bool {
         now.saturating_duration_since(at) <= self.window
     }
