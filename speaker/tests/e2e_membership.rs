@@ -14,7 +14,6 @@ use lodestone_harness::e2e::flood::Flood;
 use lodestone_harness::e2e::lab::{self, Lab};
 use lodestone_harness::e2e::metrics::{self, SPEAKER_METRICS_PORT};
 use lodestone_harness::e2e::objects;
-use lodestone_speaker::election;
 use lodestone_speaker::membership::CLOCK_OFFSET_ENV;
 
 const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
@@ -148,16 +147,16 @@ fn assert_no_false_failure(lab: &Lab, when: &str) {
     }
 }
 
-/// Every address is answered by exactly one MAC, its election owner's.
+/// Every address is answered by exactly one MAC, a node's. (Not necessarily its election
+/// winner's: a node that restarted takes nothing back from the node that served its addresses
+/// meanwhile, see docs/announcing.md.)
 fn assert_one_mac_each(lab: &Lab, when: &str) {
     for vip in vips() {
-        let owner = election::owner(&vip.to_string(), NODES).unwrap();
-        let want = lab.node(owner).unwrap().host.mac().unwrap();
         let macs = lab::arping_macs(&lab.client, vip, 2).unwrap();
-        assert_eq!(
-            macs,
-            vec![want],
-            "{when}: {vip} (owner {owner}) answered by {macs:?}\n{}",
+        let owners: Vec<&str> = macs.iter().filter_map(|m| lab.node_by_mac(m)).collect();
+        assert!(
+            macs.len() == 1 && owners.len() == 1,
+            "{when}: {vip} answered by {macs:?} ({owners:?})\n{}",
             lab.logs()
         );
     }
