@@ -678,7 +678,13 @@ impl Manager {
                 self.held.insert(l.index, now + LINK_HOLD_MAX);
             }
         }
-        self.held.retain(|_, until| *until > now);
+        self.held.retain(|index, until| {
+            let keep = *until > now;
+            if !keep {
+                tracing::debug!(index, "held link released without a confirmation");
+            }
+            keep
+        });
         self.down_since
             .retain(|index, _| links.iter().any(|l| l.index == *index));
 
