@@ -834,3 +834,56 @@ async fn network_unavailable_nodes_do_not_announce() {
     assert_one_owner(&lab, &np, t0, &[flagged]);
     assert_conditions_truthful(&lab, &np, &[("web", ip)]).await;
 }
+
+/// Issue 12, fault 3: a speaker restarts after NTP stepped its clock back five minutes. Its
+/// peers must hear it (no datagram dropped as a replay), and no address is answered by two
+/// MACs: neither its own, which the others took over meanwhile, nor anyone else's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_the_clock_stepped_back() {
+    let stepped = "node-c";
+    let own = vip_won_by(stepped, &NODES, &[]);
+    let other = vip_won_by("node-a", &NODES, &[own]);
+    let third = vip_won_by("node-b", &NODES, &[own, other]);
+    let all = [own, other, third];
+    let mut lab = lab(
+        &all,
+        &[
+            ("own", own, false),
+            ("other", other, false),
+            ("third", third, false),
+        ],
+    )
+    .await;
+    lab.start_all_speakers(&[]).unwrap();
+    converged(&lab).await;
+    let np = lab.neigh_prober(&all, ROUND).unwrap();
+    let udp = Prober::start(lab.client.ns(), own, PROBE_PORT, REQUEST).unwrap();
+    let t0 = Instant::now();
+    client_reaches(&lab, &udp, stepped, t0, "start");
+
+    let kill = Instant::now();
+    lab.signal_speaker(stepped, libc::SIGKILL).unwrap();
+    lab.wait_speaker_exit(stepped, WAIT).unwrap();
+    let survivors: Vec<&str> = NODES.iter().copied().filter(|n| *n != stepped).collect();
+    let heir = fresh_owner(own, &survivors);
+    let moved = client_reaches(&lab, &udp, &heir, kill, "kill -9");
+    figure("clock-step", "client outage after kill -9", moved - kill);
+    lab.start_speaker_with(
+        stepped,
+        &[],
+        &[(lodestone_speaker::membership::CLOCK_OFFSET_ENV, "-300")],
+        None,
+    )
+    .unwrap();
+    // Heard again by everyone: the membership is whole.
+    converged(&lab).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    converged(&lab).await;
+    assert_one_owner(&lab, &np, t0, &[]);
+    assert_conditions_truthful(
+        &lab,
+        &np,
+        &[("own", own), ("other", other), ("third", third)],
+    )
+    .await;
+}
