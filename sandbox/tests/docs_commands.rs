@@ -285,6 +285,13 @@ const PLAN: &[(&str, &str, How)] = &[
         How::SandboxRun,
     ),
     (
+        "docs/performance.md",
+        "--test e2e_ownership --no-capture",
+        How::NotRun(
+            "the test binary CI runs through the README's `cargo nextest run --workspace`; `--no-capture` only shows the figures it prints",
+        ),
+    ),
+    (
         "docs/testing.md",
         "cargo bench",
         How::NotRun(
