@@ -117,6 +117,11 @@ const PLAN: &[(&str, &str, How)] = &[
         How::Sandbox,
     ),
     ("docs/announcing.md", "/metrics", How::Sandbox),
+    (
+        "docs/announcing.md",
+        "kubectl patch service web --subresource=status",
+        How::Test("speaker/tests/e2e_ownership.rs"),
+    ),
     // docs/testing.md: the real cluster
     (
         "docs/testing.md",
@@ -278,6 +283,13 @@ const PLAN: &[(&str, &str, How)] = &[
         "docs/performance.md",
         "cargo run --release -p lodestone-sandbox",
         How::SandboxRun,
+    ),
+    (
+        "docs/performance.md",
+        "--test e2e_ownership --no-capture",
+        How::NotRun(
+            "the test binary CI runs through the README's `cargo nextest run --workspace`; `--no-capture` only shows the figures it prints",
+        ),
     ),
     (
         "docs/testing.md",

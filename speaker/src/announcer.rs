@@ -5,7 +5,11 @@
 //!
 //! - answers ARP requests (IPv4) or Neighbor Solicitations (IPv6) with the link's MAC,
 //! - sends a burst of gratuitous ARPs / unsolicited Neighbor Advertisements when it starts
-//!   announcing on a link (takeover, restart, or the link coming back up),
+//!   announcing on a link (takeover, restart, or the link coming back up), again for every
+//!   owned address when the shell asks ([`Announcer::reassert`]: after a partition heals, a peer
+//!   rejoins or the API server comes back, clients may have been pointed elsewhere), and, if
+//!   configured, periodically ([`AnnouncerConfig::refresh_interval`]) — only ever for addresses
+//!   it owns,
 //! - stops answering at once when the address is no longer owned: every answer checks the
 //!   *current* desired state and plan, never a copy taken earlier,
 //! - reports other machines claiming the address as [`AnnouncerEvent::Conflict`], except during
@@ -13,7 +17,8 @@
 //!   gratuitous messages may still be on the wire.
 //!
 //! What to answer is decided by pure functions ([`arp_action`], [`ndp_action`]); the tasks
-//! around them only move bytes. The solicited-node group memberships that let IPv6
+//! around them only move bytes. [`Announcer::start_dedicated`] runs all of it on a thread of
+//! its own, so that answering never waits behind the speaker's planning or API traffic. The solicited-node group memberships that let IPv6
 //! solicitations in are kept per interface by `groups`, over as many sockets as needed.
 
 mod groups;
@@ -58,6 +63,9 @@ pub struct AnnouncerConfig {
     pub resync_interval: Duration,
     /// Capacity of the event channel; events beyond it are dropped (and logged).
     pub event_capacity: usize,
+    /// Re-send the burst for every owned address this often (`None`: only on changes and when
+    /// asked). For networks whose switches or clients forget entries that see no traffic.
+    pub refresh_interval: Option<Duration>,
 }
 
 impl Default for AnnouncerConfig {
@@ -68,6 +76,7 @@ impl Default for AnnouncerConfig {
             exclude: DEFAULT_EXCLUDE.to_owned(),
             resync_interval: Duration::from_secs(30),
             event_capacity: 1024,
+            refresh_interval: None,
         }
     }
 }
@@ -114,6 +123,9 @@ pub enum AnnouncerError {
     /// The link view could not be set up.
     #[error("watching links: {0}")]
     Links(#[from] InterfacesError),
+    /// The data-plane thread or its runtime could not be started.
+    #[error("starting the data-plane thread: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Monotonic counters of the data plane.
@@ -310,6 +322,17 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 /// address. A real squatter keeps answering and is reported once this has passed.
 pub const HANDOFF_GRACE: Duration = Duration::from_secs(2);
 
+/// A link that was down at least this long may have been taken for dead by the other
+/// speakers (they suspect after a missed probe and declare down 300 ms later), and its
+/// addresses taken over. When it comes back it announces and answers nothing until the
+/// shell confirms what this node owns ([`Announcer::set_owned`] or [`Announcer::reassert`]):
+/// the shell learns of the link on another thread, and a burst sent in between would claim
+/// addresses the others now serve.
+pub const LINK_DOWN_HOLDS: Duration = Duration::from_millis(250);
+/// A held link is used again after this long even without a confirmation (a link the shell
+/// does not watch, whose addresses it keeps owning).
+const LINK_HOLD_MAX: Duration = Duration::from_secs(2);
+
 /// State shared by the handle, the manager and the per-interface tasks.
 #[derive(Debug)]
 struct Shared {
@@ -322,6 +345,12 @@ struct Shared {
     services: RwLock<BTreeMap<IpAddr, String>>,
     counters: Counters,
     events: mpsc::Sender<AnnouncerEvent>,
+    /// Bumped by [`Announcer::reassert`]: the manager re-sends every burst when it changes.
+    reassert: AtomicU64,
+    /// Bumped by every confirmation from the shell: links held after coming back are freed.
+    confirmed: AtomicU64,
+    /// Signalled when the manager has stopped (see [`Announcer::start_dedicated`]).
+    finished: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -376,6 +405,7 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub struct Announcer {
     shared: Arc<Shared>,
+    links: watch::Receiver<Arc<Vec<LinkInfo>>>,
     wake: Arc<watch::Sender<u64>>,
     stop: Arc<watch::Sender<bool>>,
     manager: Arc<Mutex<Option<JoinHandle<()>>>>,
@@ -397,9 +427,13 @@ impl Announcer {
             services: RwLock::new(BTreeMap::new()),
             counters: Counters::default(),
             events,
+            reassert: AtomicU64::new(0),
+            confirmed: AtomicU64::new(0),
+            finished: tokio::sync::Notify::new(),
         });
         let (wake, wake_rx) = watch::channel(0u64);
         let (stop, stop_rx) = watch::channel(false);
+        let links = watcher.subscribe();
         let manager = Manager {
             shared: shared.clone(),
             config,
@@ -409,17 +443,88 @@ impl Announcer {
             workers: BTreeMap::new(),
             bursts: BTreeMap::new(),
             announced: BTreeMap::new(),
+            reasserted: 0,
+            down_since: BTreeMap::new(),
+            held: BTreeMap::new(),
+            confirmed: 0,
         };
         let task = tokio::spawn(manager.run(wake_rx, stop_rx));
         Ok((
             Announcer {
                 shared,
+                links,
                 wake: Arc::new(wake),
                 stop: Arc::new(stop),
                 manager: Arc::new(Mutex::new(Some(task))),
             },
             rx,
         ))
+    }
+
+    /// Starts the announcer on a thread of its own, with its own single-threaded runtime: its
+    /// sockets, bursts and link watch then never wait behind work on the caller's runtime (a
+    /// plan over thousands of Services, decoding a large list from the API server). The handle
+    /// works from any thread; the thread ends after [`Announcer::shutdown`] or once every handle
+    /// is gone.
+    pub async fn start_dedicated(
+        config: AnnouncerConfig,
+    ) -> Result<(Announcer, mpsc::Receiver<AnnouncerEvent>), AnnouncerError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("data-plane".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(AnnouncerError::Runtime(e)));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let started = Announcer::start(config).await;
+                    let (shared, mut stop) = match &started {
+                        Ok((a, _)) => (a.shared.clone(), a.stop.subscribe()),
+                        Err(_) => {
+                            let _ = tx.send(started);
+                            return;
+                        }
+                    };
+                    if tx.send(started).is_err() {
+                        return;
+                    }
+                    // Err: every handle is gone, and with them the manager's wake-up.
+                    let _ = stop.wait_for(|s| *s).await;
+                    shared.finished.notified().await;
+                });
+            });
+        if let Err(e) = spawned {
+            return Err(AnnouncerError::Runtime(e));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(AnnouncerError::Runtime(std::io::Error::other(
+                "the data-plane thread ended before starting the announcer",
+            )))
+        })
+    }
+
+    /// Sends the gratuitous burst again for every address owned now, on every link it is
+    /// announced on. For the moments when clients may have been pointed elsewhere while this
+    /// node kept owning the address: a partition healed, a peer rejoined, the API server came
+    /// back. Addresses not owned are never announced.
+    pub fn reassert(&self) {
+        self.shared.reassert.fetch_add(1, Ordering::Relaxed);
+        self.shared.confirmed.fetch_add(1, Ordering::Relaxed);
+        self.wake
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+
+    /// The links of this node as the announcer sees them (snapshots, updated on every
+    /// change): the shell watches its own link coming back.
+    pub fn links(&self) -> watch::Receiver<Arc<Vec<LinkInfo>>> {
+        self.links.clone()
     }
 
     /// Tells the announcer which Services hold its addresses (see
@@ -443,6 +548,7 @@ impl Announcer {
             }
         }
         *write(&self.shared.desired) = owned;
+        self.shared.confirmed.fetch_add(1, Ordering::Relaxed);
         self.wake
             .send_modify(|generation| *generation = generation.wrapping_add(1));
     }
@@ -502,20 +608,44 @@ struct Manager {
     workers: BTreeMap<u32, Worker>,
     bursts: BTreeMap<(IpAddr, u32), AbortOnDrop<()>>,
     announced: BTreeMap<IpAddr, Vec<String>>,
+    /// The [`Shared::reassert`] generation last acted on.
+    reasserted: u64,
+    /// Since when each link has been down (by index).
+    down_since: BTreeMap<u32, Instant>,
+    /// Links back from a long outage, not used until the shell confirms or the time given
+    /// here (see [`LINK_DOWN_HOLDS`]).
+    held: BTreeMap<u32, Instant>,
+    /// The [`Shared::confirmed`] generation last acted on.
+    confirmed: u64,
 }
 
 impl Manager {
     async fn run(mut self, mut wake: watch::Receiver<u64>, mut stop: watch::Receiver<bool>) {
+        // The first tick of an interval is immediate; the refresh starts one period in.
+        let period = self.config.refresh_interval.filter(|p| !p.is_zero());
+        let mut refresh =
+            period.map(|p| tokio::time::interval_at(tokio::time::Instant::now() + p, p));
         loop {
             if *stop.borrow_and_update() {
                 break;
             }
             self.reconcile();
+            let hold_ends = self.held.values().min().copied();
             tokio::select! {
                 r = self.links.changed() => if r.is_err() { break },
+                () = async { match hold_ends {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                } } => {}
                 // Err: every handle is gone, so nobody can change the desired state again.
                 r = wake.changed() => if r.is_err() { break },
                 r = stop.changed() => if r.is_err() { break },
+                _ = async { match refresh.as_mut() {
+                    Some(r) => { r.tick().await; }
+                    None => std::future::pending().await,
+                } } => {
+                    self.shared.reassert.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         write(&self.shared.plan).clear();
@@ -524,6 +654,7 @@ impl Manager {
         for ip in std::mem::take(&mut self.announced).into_keys() {
             self.shared.emit(AnnouncerEvent::Stopped { ip });
         }
+        self.shared.finished.notify_one();
     }
 
     fn reconcile(&mut self) {
@@ -531,12 +662,42 @@ impl Manager {
         let desired = read(&self.shared.desired).clone();
         *write(&self.shared.local_macs) = links.iter().filter_map(|l| l.mac).collect();
 
+        let confirmed = self.shared.confirmed.load(Ordering::Relaxed);
+        if confirmed != self.confirmed {
+            self.confirmed = confirmed;
+            self.held.clear();
+        }
+        let now = Instant::now();
+        for l in links.iter() {
+            if !l.up {
+                self.down_since.entry(l.index).or_insert(now);
+            } else if let Some(since) = self.down_since.remove(&l.index)
+                && now.duration_since(since) >= LINK_DOWN_HOLDS
+            {
+                tracing::debug!(interface = %l.name, "link back after a long outage: held until the shell confirms");
+                self.held.insert(l.index, now + LINK_HOLD_MAX);
+            }
+        }
+        self.held.retain(|index, until| {
+            let keep = *until > now;
+            if !keep {
+                tracing::debug!(index, "held link released without a confirmation");
+            }
+            keep
+        });
+        self.down_since
+            .retain(|index, _| links.iter().any(|l| l.index == *index));
+
         let mut plan: Plan = BTreeMap::new();
         for (ip, requested) in &desired {
             let chosen = choose_interfaces(*ip, requested.as_deref(), &links, &self.filter);
             plan.insert(
                 *ip,
-                chosen.iter().map(|l| (l.index, l.name.clone())).collect(),
+                chosen
+                    .iter()
+                    .filter(|l| !self.held.contains_key(&l.index))
+                    .map(|l| (l.index, l.name.clone()))
+                    .collect(),
             );
         }
 
@@ -585,9 +746,15 @@ impl Manager {
         self.bursts.retain(|(ip, index), task| {
             now.contains(&(*ip, *index)) && !replaced.contains(index) && !task.0.is_finished()
         });
+        // Asked to re-assert: every owned address is "starting" again.
+        let reassert = self.shared.reassert.load(Ordering::Relaxed);
+        let all = reassert != self.reasserted;
+        self.reasserted = reassert;
         let starting = now
             .iter()
-            .filter(|(ip, index)| !before.contains(&(*ip, *index)) || replaced.contains(index))
+            .filter(|(ip, index)| {
+                all || !before.contains(&(*ip, *index)) || replaced.contains(index)
+            })
             .copied()
             .collect::<Vec<_>>();
         for (ip, index) in starting {

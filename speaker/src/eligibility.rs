@@ -8,6 +8,8 @@
 //!    *and* selects the node (`spec.nodeSelectors`, any one matching; none = every node)
 //!    — else [`Reason::NotSelected`];
 //! 2. the node is not labelled [`EXCLUDE_LABEL`] (any value) — else [`Reason::Excluded`];
+//!    and its `NetworkUnavailable` condition is not `True` (the node's network is not set up;
+//!    MetalLB skips such nodes too) — else [`Reason::NetworkUnavailable`];
 //! 3. its speaker is alive (from [`crate::membership`]) — else [`Reason::SpeakerDown`];
 //! 4. the Service has a ready endpoint somewhere — else [`Reason::NoReadyEndpoints`] (nobody
 //!    could serve the traffic, so nobody should attract it);
@@ -67,13 +69,15 @@ impl<'a> PoolRef<'a> {
     }
 }
 
-/// A node as eligibility needs it: its name and labels.
+/// A node as eligibility needs it: its name, labels and network state.
 #[derive(Clone, Copy, Debug)]
 pub struct NodeRef<'a> {
     /// `metadata.name`.
     pub name: &'a str,
     /// `metadata.labels`.
     pub labels: &'a BTreeMap<String, String>,
+    /// Its `NetworkUnavailable` condition is `True` (see [`network_unavailable`]).
+    pub network_unavailable: bool,
 }
 
 impl<'a> NodeRef<'a> {
@@ -82,6 +86,7 @@ impl<'a> NodeRef<'a> {
         Some(Self {
             name: node.metadata.name.as_deref().filter(|n| !n.is_empty())?,
             labels: node.metadata.labels.as_ref().unwrap_or(&NO_LABELS),
+            network_unavailable: network_unavailable(node),
         })
     }
 }
@@ -111,6 +116,8 @@ pub enum Reason {
     NotSelected,
     /// The node carries [`EXCLUDE_LABEL`].
     Excluded,
+    /// The node's `NetworkUnavailable` condition is `True`.
+    NetworkUnavailable,
     /// The node's speaker is not alive.
     SpeakerDown,
     /// `externalTrafficPolicy: Local` and no ready endpoint of the Service runs on this node.
@@ -125,6 +132,7 @@ impl Reason {
         match self {
             Reason::NotSelected => "NotSelected",
             Reason::Excluded => "Excluded",
+            Reason::NetworkUnavailable => "NetworkUnavailable",
             Reason::SpeakerDown => "SpeakerDown",
             Reason::NoLocalEndpoint => "NoLocalEndpoint",
             Reason::NoReadyEndpoints => "NoReadyEndpoints",
@@ -216,6 +224,19 @@ pub fn is_excluded(node: &Node) -> bool {
         .labels
         .as_ref()
         .is_some_and(|l| l.contains_key(EXCLUDE_LABEL))
+}
+
+/// Whether the Node's `NetworkUnavailable` condition is `True`: its network is not configured
+/// (the CNI or the cloud routes are not ready), so traffic attracted to it would be lost. An
+/// absent condition means available, as in Kubernetes.
+pub fn network_unavailable(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True")
+        })
 }
 
 /// Whether `slice` belongs to `service` (same namespace, [`SERVICE_NAME_LABEL`] = its name).
@@ -355,6 +376,8 @@ pub fn evaluate(input: &Input<'_>) -> Eligibility {
             Verdict::Ineligible(Reason::NotSelected)
         } else if node.labels.contains_key(EXCLUDE_LABEL) {
             Verdict::Ineligible(Reason::Excluded)
+        } else if node.network_unavailable {
+            Verdict::Ineligible(Reason::NetworkUnavailable)
         } else if !input.alive.contains(node.name) {
             Verdict::Ineligible(Reason::SpeakerDown)
         } else if !any_ready {
@@ -505,7 +528,11 @@ mod tests {
             let nodes: Vec<NodeRef<'_>> = self
                 .nodes
                 .iter()
-                .map(|(name, labels)| NodeRef { name, labels })
+                .map(|(name, labels)| NodeRef {
+                    name,
+                    labels,
+                    network_unavailable: name == "unavailable",
+                })
                 .collect();
             evaluate(&Input {
                 service: &self.svc,
@@ -624,6 +651,16 @@ mod tests {
         assert_eq!(verdict(&e, "a"), no(Reason::Excluded));
         assert_eq!(verdict(&e, "b"), no(Reason::Excluded));
         assert_eq!(verdict(&e, "c"), AUTO);
+    }
+
+    #[test]
+    fn nodes_without_network_never_announce() {
+        let mut w = World::new();
+        w.nodes[1].0 = "unavailable".into();
+        w.alive.insert("unavailable".into());
+        let e = w.run();
+        assert_eq!(verdict(&e, "unavailable"), no(Reason::NetworkUnavailable));
+        assert_eq!(e.eligible().collect::<Vec<_>>(), ["a", "c"]);
     }
 
     #[test]
@@ -885,6 +922,23 @@ mod tests {
         node.metadata.labels = Some(labels(&[("zone", "1")]));
         let r = NodeRef::of(&node).unwrap();
         assert_eq!((r.name, r.labels.len()), ("a", 1));
+        assert!(!r.network_unavailable);
+        let condition = |status: &str| k8s_openapi::api::core::v1::NodeCondition {
+            type_: "NetworkUnavailable".into(),
+            status: status.into(),
+            ..Default::default()
+        };
+        node.status = Some(k8s_openapi::api::core::v1::NodeStatus {
+            conditions: Some(vec![condition("False")]),
+            ..Default::default()
+        });
+        assert!(!network_unavailable(&node));
+        node.status = Some(k8s_openapi::api::core::v1::NodeStatus {
+            conditions: Some(vec![condition("True")]),
+            ..Default::default()
+        });
+        assert!(network_unavailable(&node));
+        assert!(NodeRef::of(&node).unwrap().network_unavailable);
     }
 
     /// A random world: up to 6 nodes with random zone / exclusion, random alive set, random

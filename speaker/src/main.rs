@@ -5,11 +5,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use lodestone_speaker::announcer::AnnouncerConfig;
 use lodestone_speaker::interfaces::DEFAULT_EXCLUDE;
-use lodestone_speaker::membership::auth::MIN_KEY_LEN;
+use lodestone_speaker::membership::Keyring;
 use lodestone_speaker::plan::{ClassFilter, DEFAULT_LB_CLASS};
 use lodestone_speaker::run::{SpeakerConfig, run};
 
@@ -37,8 +37,10 @@ struct Args {
     /// Address the other speakers reach this one at (default: this Node's InternalIP).
     #[arg(long)]
     membership_advertise: Option<IpAddr>,
-    /// File holding the shared membership key (at least 16 bytes; surrounding whitespace is
-    /// ignored). `LODESTONE_MEMBERLIST_KEY` takes precedence when set.
+    /// File holding the membership keyring: one key per line (each at least 16 bytes;
+    /// surrounding whitespace and empty lines ignored), the first seals and all are accepted.
+    /// Read again every 2 s, so a rotated Secret applies without a restart.
+    /// `LODESTONE_MEMBERLIST_KEY` (same format, read once) takes precedence when set.
     #[arg(long, default_value = "/etc/lodestone/memberlist/key")]
     memberlist_key_file: PathBuf,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
@@ -53,30 +55,41 @@ struct Args {
     /// Pause between two of them, in milliseconds.
     #[arg(long, default_value_t = 500)]
     gratuitous_interval_ms: u64,
+    /// Re-send the gratuitous burst for every owned address this often, in seconds (0: never;
+    /// bursts are still sent on takeover, on a link coming back, after a partition heals, a
+    /// peer rejoins or the API server comes back).
+    #[arg(long, default_value_t = 0)]
+    gratuitous_refresh_secs: u64,
+    /// Seconds the API server may stay unreachable before this speaker withdraws from the
+    /// election, provided another speaker still reaches it (docs/announcing.md).
+    #[arg(long, default_value_t = 30)]
+    api_loss_timeout_secs: u64,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
 }
 
-fn read_key(args: &Args) -> anyhow::Result<Vec<u8>> {
-    let raw = match std::env::var_os(KEY_ENV) {
-        Some(v) => v.into_encoded_bytes(),
-        None => std::fs::read(&args.memberlist_key_file).with_context(|| {
-            format!(
-                "no membership key: set {KEY_ENV} or provide {} (the Secret lodestone-memberlist, key `key`); \
-                 speakers refuse to run unauthenticated",
-                args.memberlist_key_file.display()
-            )
-        })?,
+/// The keyring, and the file to watch when it came from one.
+fn read_keys(args: &Args) -> anyhow::Result<(Vec<Vec<u8>>, Option<PathBuf>)> {
+    let (raw, file) = match std::env::var_os(KEY_ENV) {
+        Some(v) => (v.into_encoded_bytes(), None),
+        None => {
+            let raw = std::fs::read(&args.memberlist_key_file).with_context(|| {
+                format!(
+                    "no membership key: set {KEY_ENV} or provide {} (the Secret lodestone-memberlist, key `key`); \
+                     speakers refuse to run unauthenticated",
+                    args.memberlist_key_file.display()
+                )
+            })?;
+            (raw, Some(args.memberlist_key_file.clone()))
+        }
     };
-    let key = raw.trim_ascii().to_vec();
-    if key.len() < MIN_KEY_LEN {
-        bail!(
-            "the membership key is {} bytes; at least {MIN_KEY_LEN} are required",
-            key.len()
-        );
-    }
-    Ok(key)
+    let keys = Keyring::parse(&raw).map_err(|e| match &file {
+        Some(f) => anyhow::anyhow!("{e} (in {})", f.display()),
+        None => anyhow::anyhow!("{e} (in {KEY_ENV})"),
+    })?;
+    tracing::info!(keys = keys.len(), fingerprints = ?keys.fingerprints(), "membership keyring read");
+    Ok((keys.into_keys(), file))
 }
 
 async fn shutdown_signal() {
@@ -113,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
             .init();
     }
-    let key = read_key(&args)?;
+    let (keys, key_file) = read_keys(&args)?;
     let client = kube::Client::try_default()
         .await
         .context("building the Kubernetes client (in-cluster config or KUBECONFIG)")?;
@@ -126,14 +139,18 @@ async fn main() -> anyhow::Result<()> {
         membership_port: args.membership_port,
         membership_bind: args.membership_bind,
         membership_advertise: args.membership_advertise,
-        key,
+        keys,
+        key_file,
         health_addr: args.health_addr,
         announcer: AnnouncerConfig {
             gratuitous_count: args.gratuitous_count,
             gratuitous_interval: Duration::from_millis(args.gratuitous_interval_ms),
             exclude: args.interface_exclude.clone(),
+            refresh_interval: (args.gratuitous_refresh_secs > 0)
+                .then(|| Duration::from_secs(args.gratuitous_refresh_secs)),
             ..AnnouncerConfig::default()
         },
+        api_loss_timeout: Duration::from_secs(args.api_loss_timeout_secs),
     };
     run(client, cfg, shutdown_signal()).await?;
     Ok(())

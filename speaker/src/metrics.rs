@@ -15,10 +15,25 @@
 //! | `addresses_announced` | gauge | addresses this node announces now |
 //! | `membership_members` | gauge | alive speakers, this one included |
 //! | `membership_formed` | gauge | 1 when liveness comes from membership, 0 on the Node Ready fallback |
+//! | `in_election` | gauge | 1 while this speaker takes part in the election, 0 after it withdrew |
+//! | `condition_writes_total{result}` | counter | `lodestone.dev/Announced` writes: `written`, `conflict` (a newer write won), `failed` |
+//! | `membership_datagrams_accepted_total{key}` | counter | authenticated datagrams, by the key that verified them |
+//! | `membership_datagrams_rejected_total{reason}` | counter | datagrams dropped: `bad_mac`, `replay`, `malformed`, `oversized` |
+//! | `membership_keys` | gauge | keys in the keyring |
+//! | `membership_key_reloads_total{result}` | counter | key file changes applied (`ok`) or refused (`error`) |
+//! | `membership_members_down_total` | counter | members seen going down |
+//! | `membership_rejoins_total` | counter | times the others declared this speaker down |
+//! | `membership_identity_outranked_total` | counter | restarts below a remembered identity, corrected |
+//! | `membership_authenticated_peers` | gauge | peers heard with a valid MAC in the last 3 s |
+//! | `membership_keyring_failing` | gauge | 1 while other nodes are heard but none authenticates |
+//! | `membership_local_health` | gauge | timeout multiplier, 1 when healthy |
+//! | `membership_suspicions_refuted_total` | counter | suspicions this speaker raised that the suspect refuted in time |
+//! | `membership_suspicions_deferred_total` | counter | expired suspicions of a peer that still talked |
+//! | `membership_starved_periods_total` | counter | probe periods in which this node's timers ran late |
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -31,11 +46,21 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::membership::{MembershipStats, StatsReader};
+
 /// `protocol` label values.
 pub type ProtocolLabel = Vec<(String, String)>;
 
 fn protocol(p: &str) -> ProtocolLabel {
-    vec![("protocol".to_owned(), p.to_owned())]
+    label("protocol", p)
+}
+
+fn label(name: &str, value: &str) -> ProtocolLabel {
+    vec![(name.to_owned(), value.to_owned())]
+}
+
+fn result(r: &str) -> ResultLabel {
+    vec![("result".to_owned(), r.to_owned())]
 }
 
 /// Frame counters as the announcer reports them (cumulative since start).
@@ -77,7 +102,33 @@ pub struct Metrics {
     pub membership_members: Gauge,
     /// 1 when membership is formed.
     pub membership_formed: Gauge,
+    /// 1 while this speaker takes part in the election.
+    pub in_election: Gauge,
+    condition_writes: Family<ResultLabel, Counter>,
+    membership: MembershipMetrics,
+    membership_source: Mutex<Option<StatsReader>>,
 }
+
+/// The membership's own counters, copied from [`MembershipStats`] at each scrape.
+#[derive(Debug, Default)]
+struct MembershipMetrics {
+    accepted: Family<ProtocolLabel, Counter>,
+    rejected: Family<ProtocolLabel, Counter>,
+    keys: Gauge,
+    key_reloads: Family<ProtocolLabel, Counter>,
+    members_down: Counter,
+    rejoins: Counter,
+    identity_outranked: Counter,
+    authenticated_peers: Gauge,
+    keyring_failing: Gauge,
+    local_health: Gauge,
+    suspicions_refuted: Counter,
+    suspicions_deferred: Counter,
+    starved_periods: Counter,
+}
+
+/// `result` label values.
+pub type ResultLabel = Vec<(String, String)>;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -101,6 +152,10 @@ impl Metrics {
             addresses_announced: Gauge::default(),
             membership_members: Gauge::default(),
             membership_formed: Gauge::default(),
+            in_election: Gauge::default(),
+            condition_writes: Family::default(),
+            membership: MembershipMetrics::default(),
+            membership_source: Mutex::new(None),
         };
         registry.register(
             "requests_seen",
@@ -152,7 +207,96 @@ impl Metrics {
             "1 when liveness comes from the membership, 0 while falling back on Node Ready",
             m.membership_formed.clone(),
         );
+        registry.register(
+            "in_election",
+            "1 while this speaker takes part in the election, 0 after it withdrew (see /readyz for why)",
+            m.in_election.clone(),
+        );
+        registry.register(
+            "condition_writes",
+            "Writes of the lodestone.dev/Announced condition, by result: written, conflict (a newer write won), failed",
+            m.condition_writes.clone(),
+        );
+        for r in ["written", "conflict", "failed"] {
+            let _ = m.condition_writes.get_or_create(&result(r));
+        }
+        let mm = &m.membership;
+        registry.register(
+            "membership_datagrams_accepted",
+            "Membership datagrams accepted, by the key of the keyring that verified them (primary, secondary)",
+            mm.accepted.clone(),
+        );
+        registry.register(
+            "membership_datagrams_rejected",
+            "Membership datagrams dropped, by reason (bad_mac, replay, malformed, oversized)",
+            mm.rejected.clone(),
+        );
+        registry.register(
+            "membership_keys",
+            "Keys in the membership keyring",
+            mm.keys.clone(),
+        );
+        registry.register(
+            "membership_key_reloads",
+            "Changes of the membership key file applied (ok) or refused (error)",
+            mm.key_reloads.clone(),
+        );
+        registry.register(
+            "membership_members_down",
+            "Members this speaker saw go down (declared down, or left)",
+            mm.members_down.clone(),
+        );
+        registry.register(
+            "membership_rejoins",
+            "Times the other speakers declared this one down and it rejoined",
+            mm.rejoins.clone(),
+        );
+        registry.register(
+            "membership_identity_outranked",
+            "Times this speaker found its node remembered with a larger identity bump (clock set back) and rejoined above it",
+            mm.identity_outranked.clone(),
+        );
+        registry.register(
+            "membership_authenticated_peers",
+            "Peers this speaker heard with a valid MAC in the last 3 s",
+            mm.authenticated_peers.clone(),
+        );
+        registry.register(
+            "membership_keyring_failing",
+            "1 while datagrams from other nodes arrive but none authenticates (this speaker's key does not match)",
+            mm.keyring_failing.clone(),
+        );
+        registry.register(
+            "membership_local_health",
+            "Multiplier of this speaker's probe and suspicion timeouts: 1 when healthy, more while its own timers run late",
+            mm.local_health.clone(),
+        );
+        registry.register(
+            "membership_suspicions_refuted",
+            "Suspicions this speaker raised that the suspect refuted in time (it answered a probe late)",
+            mm.suspicions_refuted.clone(),
+        );
+        registry.register(
+            "membership_suspicions_deferred",
+            "Expired suspicions not turned into down because the suspect had talked since",
+            mm.suspicions_deferred.clone(),
+        );
+        registry.register(
+            "membership_starved_periods",
+            "Probe periods in which this speaker's own membership timers fired late",
+            mm.starved_periods.clone(),
+        );
         // Touch the labelled series so that they are exported at zero from the start.
+        for k in ["primary", "secondary"] {
+            let _ = mm.accepted.get_or_create(&label("key", k));
+        }
+        for r in ["bad_mac", "replay", "malformed", "oversized"] {
+            let _ = mm.rejected.get_or_create(&label("reason", r));
+        }
+        for r in ["ok", "error"] {
+            let _ = mm.key_reloads.get_or_create(&label("result", r));
+        }
+        mm.local_health.set(1);
         for p in ["arp", "ndp"] {
             let _ = m.requests_seen.get_or_create(&protocol(p));
             let _ = m.requests_answered.get_or_create(&protocol(p));
@@ -179,6 +323,60 @@ impl Metrics {
             .store(c.ndp_group_join_failures, Ordering::Relaxed);
     }
 
+    /// Counts one condition write with its result (`written`, `conflict`, `failed`).
+    pub fn condition_write(&self, r: &str) {
+        self.condition_writes.get_or_create(&result(r)).inc();
+    }
+
+    /// Copy the membership's counters at every scrape from now on.
+    pub fn attach_membership(&self, source: StatsReader) {
+        let stats = source.snapshot();
+        if let Ok(mut slot) = self.membership_source.lock() {
+            *slot = Some(source);
+        }
+        self.set_membership(&stats);
+    }
+
+    fn refresh_membership(&self) {
+        let stats = match self.membership_source.lock() {
+            Ok(slot) => slot.as_ref().map(StatsReader::snapshot),
+            Err(_) => None,
+        };
+        if let Some(stats) = stats {
+            self.set_membership(&stats);
+        }
+    }
+
+    /// Copy the membership's cumulative counters into the exported ones.
+    pub fn set_membership(&self, s: &MembershipStats) {
+        let r = Ordering::Relaxed;
+        let mm = &self.membership;
+        let set = |fam: &Family<ProtocolLabel, Counter>, name: &str, value: &str, v: u64| {
+            fam.get_or_create(&label(name, value)).inner().store(v, r);
+        };
+        set(&mm.accepted, "key", "primary", s.accepted_primary);
+        set(&mm.accepted, "key", "secondary", s.accepted_secondary);
+        set(&mm.rejected, "reason", "bad_mac", s.auth_failures);
+        set(&mm.rejected, "reason", "replay", s.replays);
+        set(&mm.rejected, "reason", "malformed", s.malformed);
+        set(&mm.rejected, "reason", "oversized", s.oversized);
+        set(&mm.key_reloads, "result", "ok", s.key_reloads);
+        set(&mm.key_reloads, "result", "error", s.key_reload_failures);
+        let gauge = |g: &Gauge, v: usize| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        gauge(&mm.keys, s.keys);
+        gauge(&mm.authenticated_peers, s.authenticated_peers);
+        mm.keyring_failing.set(i64::from(s.keyring_failing));
+        mm.local_health.set(i64::from(s.local_health.max(1)));
+        mm.members_down.inner().store(s.members_down, r);
+        mm.rejoins.inner().store(s.rejoins, r);
+        mm.identity_outranked.inner().store(s.identity_outranked, r);
+        mm.suspicions_refuted.inner().store(s.suspicions_refuted, r);
+        mm.suspicions_deferred
+            .inner()
+            .store(s.suspicions_deferred, r);
+        mm.starved_periods.inner().store(s.late_timers, r);
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -193,8 +391,24 @@ impl Metrics {
 /// What the probe endpoints look at.
 #[derive(Debug, Default)]
 pub struct Health {
-    /// Set once the first plan has been applied.
+    /// Set once the first plan has been applied, cleared while the speaker is out of the
+    /// election.
     pub ready: AtomicBool,
+    /// Why `/readyz` answers 503 (empty: no plan applied yet).
+    pub reason: std::sync::Mutex<String>,
+}
+
+impl Health {
+    /// Ready.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Not ready, for `reason` (shown by `/readyz`).
+    pub fn set_not_ready(&self, reason: &str) {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_owned();
+        self.ready.store(false, Ordering::Relaxed);
+    }
 }
 
 /// Called before every `/metrics` render to pull counters kept elsewhere (announcer).
@@ -222,6 +436,7 @@ pub fn router(metrics: Arc<Metrics>, health: Arc<Health>, refresh: Refresh) -> R
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
     (s.refresh)(&s.metrics);
+    s.metrics.refresh_membership();
     (
         [(
             header::CONTENT_TYPE,
@@ -233,11 +448,22 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
 
 async fn ready_handler(State(s): State<AppState>) -> impl IntoResponse {
     if s.health.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
+        (StatusCode::OK, "ready".to_owned())
     } else {
+        let reason = s
+            .health
+            .reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let reason = if reason.is_empty() {
+            "no plan applied yet".to_owned()
+        } else {
+            reason
+        };
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no plan applied yet",
+            format!("not ready: {reason}"),
         )
     }
 }
@@ -297,6 +523,10 @@ mod tests {
             "lodestone_speaker_addresses_announced 12",
             "lodestone_speaker_membership_members 0",
             "lodestone_speaker_membership_formed 0",
+            "lodestone_speaker_in_election 0",
+            "lodestone_speaker_condition_writes_total{result=\"conflict\"} 0",
+            "lodestone_speaker_membership_datagrams_rejected_total{reason=\"bad_mac\"} 0",
+            "lodestone_speaker_membership_local_health 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
@@ -318,6 +548,49 @@ mod tests {
         assert_eq!(exposed, documented, "registry vs docs/announcing.md");
     }
 
+    #[test]
+    fn membership_counters_are_copied() {
+        let m = Metrics::new();
+        m.set_membership(&MembershipStats {
+            accepted_primary: 10,
+            accepted_secondary: 2,
+            auth_failures: 7,
+            replays: 3,
+            oversized: 1,
+            keys: 2,
+            key_reloads: 1,
+            members_down: 4,
+            rejoins: 1,
+            authenticated_peers: 2,
+            keyring_failing: true,
+            local_health: 3,
+            suspicions_refuted: 8,
+            suspicions_deferred: 5,
+            late_timers: 6,
+            ..MembershipStats::default()
+        });
+        let text = m.render();
+        for line in [
+            "lodestone_speaker_membership_datagrams_accepted_total{key=\"primary\"} 10",
+            "lodestone_speaker_membership_datagrams_accepted_total{key=\"secondary\"} 2",
+            "lodestone_speaker_membership_datagrams_rejected_total{reason=\"bad_mac\"} 7",
+            "lodestone_speaker_membership_datagrams_rejected_total{reason=\"replay\"} 3",
+            "lodestone_speaker_membership_datagrams_rejected_total{reason=\"oversized\"} 1",
+            "lodestone_speaker_membership_keys 2",
+            "lodestone_speaker_membership_key_reloads_total{result=\"ok\"} 1",
+            "lodestone_speaker_membership_members_down_total 4",
+            "lodestone_speaker_membership_rejoins_total 1",
+            "lodestone_speaker_membership_authenticated_peers 2",
+            "lodestone_speaker_membership_keyring_failing 1",
+            "lodestone_speaker_membership_local_health 3",
+            "lodestone_speaker_membership_suspicions_refuted_total 8",
+            "lodestone_speaker_membership_suspicions_deferred_total 5",
+            "lodestone_speaker_membership_starved_periods_total 6",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+    }
+
     #[tokio::test]
     async fn probes_and_metrics_over_http() {
         let metrics = Arc::new(Metrics::new());
@@ -333,8 +606,16 @@ mod tests {
         .unwrap();
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
-        health.ready.store(true, Ordering::Relaxed);
+        health.set_ready();
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        health.set_not_ready("out of the election: the API server has been unreachable for 31 s");
+        let r = get(addr, "/readyz").await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert!(
+            r.contains("not ready: out of the election: the API server"),
+            "{r}"
+        );
+        health.set_ready();
         let body = get(addr, "/metrics").await;
         assert!(
             body.contains("lodestone_speaker_membership_members 3"),

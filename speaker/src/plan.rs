@@ -9,9 +9,15 @@
 //!    that do not carry [`EXCLUDE_LABEL`], whose speaker is alive, and that have a ready endpoint
 //!    of the Service (`externalTrafficPolicy: Local`) — with `Cluster` the Service needs a ready
 //!    endpoint anywhere, or nobody announces it (traffic would be dropped anyway).
-//! 3. A Service's candidates are the nodes eligible for *all* its announced addresses; the owner
-//!    is [`election::owner`] over them for the Service's *first* ingress address, so the
-//!    addresses of a dual-stack Service land on one node.
+//! 3. A Service's candidates are the nodes eligible for *all* its announced addresses (alive,
+//!    not excluded, `NetworkUnavailable` not `True`, selected, hosting an endpoint under
+//!    `Local`). The owner is the node its `lodestone.dev/Announced` condition names, while that
+//!    node stays a candidate ("sticky": an address does not move back to a returning node, nor
+//!    hop while endpoints become ready one by one); otherwise [`election::owner`] over the
+//!    candidates for the Service's *first* ingress address (MetalLB's order, for a fresh
+//!    assignment), so the addresses of a dual-stack Service land on one node. The condition is
+//!    part of the Service object, so every node reads the same current owner: the decision
+//!    stays a function of shared inputs.
 //! 4. An address shared by several Services goes to the owner chosen by the first of them (by
 //!    `namespace/name`) that has one, so no address ever has two owners, even when the sharing
 //!    Services disagree about eligibility.
@@ -26,6 +32,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lodestone_crds::addresses::{PoolAddresses, parse_pool};
+use lodestone_crds::announced;
 use lodestone_crds::{IPAddressPool, L2Advertisement};
 
 use crate::{election, eligibility};
@@ -92,6 +99,50 @@ pub struct ServicePlan {
     pub addresses: Vec<IpAddr>,
     /// Node that announces them, or why none does.
     pub owner: Result<String, NoOwner>,
+    /// The Service's `lodestone.dev/Announced` condition as the API server last showed it.
+    pub observed: Observed,
+}
+
+/// What a Service's `lodestone.dev/Announced` condition says now, with the Service's
+/// `resourceVersion` (the precondition of the next write).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// `Some(true)`/`Some(false)` for the condition's status; `None` without a condition.
+    pub status: Option<bool>,
+    /// The condition's reason.
+    pub reason: String,
+    /// The condition's message.
+    pub message: String,
+    /// `lastTransitionTime`, kept on a write that does not flip the status.
+    pub last_transition: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// The node a `True` condition names: the Service's current owner.
+    pub owner: Option<String>,
+    /// The Service's `metadata.resourceVersion`.
+    pub resource_version: Option<String>,
+}
+
+/// The Service's own condition (see [`Observed`]).
+pub fn observed(svc: &Service) -> Observed {
+    let condition = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == announced::CONDITION_TYPE));
+    let mut out = Observed {
+        resource_version: svc.metadata.resource_version.clone(),
+        ..Observed::default()
+    };
+    if let Some(c) = condition {
+        let status = c.status == "True";
+        out.status = Some(status);
+        out.reason = c.reason.clone();
+        out.message = c.message.clone();
+        out.last_transition = Some(c.last_transition_time.clone());
+        if status {
+            out.owner = announced::announcer_of(&c.message).map(str::to_owned);
+        }
+    }
+    out
 }
 
 /// The decision for this node.
@@ -141,6 +192,10 @@ pub enum AliveSource {
     Membership,
     /// Node `Ready` conditions, while membership is not formed (slow: tens of seconds).
     NodeReady,
+    /// The membership is formed but this speaker hears no peer, while other Nodes exist: it
+    /// cannot tell "they are all down" from "I am cut off", so every Node the API server still
+    /// shows `Ready` counts as alive and this speaker keeps only what is its own.
+    Alone,
 }
 
 /// What the membership says, as [`alive_set`] needs it.
@@ -154,17 +209,27 @@ pub struct MembershipInput<'a> {
     pub seen: &'a BTreeSet<String>,
     /// Whether this speaker is still in its joining grace period (see [`alive_set`]).
     pub joining: bool,
+    /// Peers that declared themselves out of the election (API server lost, shutting down):
+    /// never candidates, and known to be gone even to a speaker that hears nobody.
+    pub withdrawn: &'a BTreeSet<String>,
 }
 
-/// The alive set: the membership's when it is formed, otherwise the Nodes whose `Ready`
-/// condition is `True`.
+/// The alive set of speaker `me`: the membership's when it is formed, otherwise the Nodes whose
+/// `Ready` condition is `True`; never a peer that withdrew from the election.
 ///
 /// "Formed" only means one peer answered; the others may not have been heard yet. During the
 /// joining grace period a Ready node that the membership has never shown is therefore counted
 /// alive, so that a starting speaker does not take over addresses of peers it has simply not
 /// met yet. After the grace period the membership alone decides (a Ready node without a
 /// speaker must not win elections it cannot serve).
+///
+/// A speaker that hears no peer at all while other Nodes exist ([`AliveSource::Alone`]) does
+/// not trust its membership: its own link may be down, or it may be cut off. It counts every
+/// Node the API server shows `Ready` as alive, so it announces only what it would own anyway,
+/// and takes over another node's addresses only once the API server says that node is gone
+/// (not `Ready`, or deleted) or the node withdrew itself.
 pub fn alive_set(
+    me: &str,
     membership: Option<MembershipInput<'_>>,
     nodes: &[Arc<Node>],
 ) -> (BTreeSet<String>, AliveSource) {
@@ -174,16 +239,30 @@ pub fn alive_set(
             .filter(|n| node_ready(n))
             .filter_map(|n| n.metadata.name.clone())
     };
-    match membership {
+    let others_exist = nodes
+        .iter()
+        .any(|n| n.metadata.name.as_deref().is_some_and(|name| name != me));
+    let (mut alive, source, withdrawn) = match membership {
         Some(m) if m.formed => {
-            let mut alive = m.alive.clone();
-            if m.joining {
-                alive.extend(ready().filter(|n| !m.seen.contains(n)));
+            if others_exist && m.alive.iter().all(|n| n == me) {
+                let mut alive: BTreeSet<String> = ready().collect();
+                alive.insert(me.to_owned());
+                (alive, AliveSource::Alone, Some(m.withdrawn))
+            } else {
+                let mut alive = m.alive.clone();
+                if m.joining {
+                    alive.extend(ready().filter(|n| !m.seen.contains(n)));
+                }
+                (alive, AliveSource::Membership, Some(m.withdrawn))
             }
-            (alive, AliveSource::Membership)
         }
-        _ => (ready().collect(), AliveSource::NodeReady),
+        Some(m) => (ready().collect(), AliveSource::NodeReady, Some(m.withdrawn)),
+        None => (ready().collect(), AliveSource::NodeReady, None),
+    };
+    if let Some(withdrawn) = withdrawn {
+        alive.retain(|n| n == me || !withdrawn.contains(n));
     }
+    (alive, source)
 }
 
 /// Whether the Node's `Ready` condition is `True`.
@@ -313,6 +392,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         owner: Result<String, NoOwner>,
         // Interfaces on *this* node per address, when this node is eligible.
         local_interfaces: BTreeMap<IpAddr, Option<Vec<String>>>,
+        observed: Observed,
     }
     let mut candidates: BTreeMap<String, Candidate> = BTreeMap::new();
     for svc in input.services.iter().filter(|s| input.class.is_ours(s)) {
@@ -322,6 +402,7 @@ pub fn plan(input: &PlanInput) -> Plan {
             addresses: Vec::new(),
             owner: Err(NoOwner::NoAddress),
             local_interfaces: BTreeMap::new(),
+            observed: observed(svc),
         };
         if ips.is_empty() {
             candidates.insert(key, cand);
@@ -365,6 +446,7 @@ pub fn plan(input: &PlanInput) -> Plan {
         let node_ok = |name: &str, node: &Node| {
             input.alive.contains(name)
                 && !eligibility::is_excluded(node)
+                && !eligibility::network_unavailable(node)
                 && (!local || ready.is_some_and(|r| r.contains(&Some(name.to_owned()))))
         };
         // Nodes eligible for every announced address.
@@ -381,9 +463,13 @@ pub fn plan(input: &PlanInput) -> Plan {
             .map(|(name, _)| *name)
             .collect();
         let first = ips.first().map(|ip| ip.to_string()).unwrap_or_default();
-        cand.owner = election::owner(&first, eligible.iter().copied())
-            .map(str::to_owned)
-            .ok_or(NoOwner::NoEligibleNode);
+        cand.owner = sticky_owner(
+            cand.observed.owner.as_deref(),
+            &first,
+            eligible.iter().copied(),
+        )
+        .map(str::to_owned)
+        .ok_or(NoOwner::NoEligibleNode);
         if let Some(me) = nodes.get(input.node_name.as_str()) {
             for (ip, adverts) in &per_address {
                 cand.local_interfaces
@@ -426,10 +512,31 @@ pub fn plan(input: &PlanInput) -> Plan {
             ServicePlan {
                 addresses: cand.addresses.clone(),
                 owner,
+                observed: cand.observed.clone(),
             },
         );
     }
     out
+}
+
+/// The owner among `candidates`: the `current` one while it is a candidate, else the election
+/// winner for `address` (MetalLB's hash order).
+///
+/// Pure and order-independent, so every node that sees the same current owner and candidates
+/// picks the same one; an address therefore has one owner, moves only when its owner stops
+/// being a candidate, and a fresh assignment is the one MetalLB would make.
+pub fn sticky_owner<'a>(
+    current: Option<&str>,
+    address: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let candidates: Vec<&'a str> = candidates.into_iter().collect();
+    if let Some(current) = current
+        && let Some(kept) = candidates.iter().find(|c| **c == current)
+    {
+        return Some(kept);
+    }
+    election::owner(address, candidates)
 }
 
 /// Interfaces to use on `node` given the advertisements: `None` (automatic) when any applicable
@@ -842,25 +949,152 @@ mod tests {
             .unwrap()[0]
             .status = "False".into();
         nodes.push(Arc::new(not_ready));
-        let members: BTreeSet<String> = ["node-c".to_owned()].into();
+        let members: BTreeSet<String> = ["node-b".to_owned(), "node-c".to_owned()].into();
         let seen: BTreeSet<String> = ["node-b".to_owned(), "node-c".to_owned()].into();
+        let none = BTreeSet::new();
         let m = |formed, joining| MembershipInput {
             alive: &members,
             formed,
             seen: &seen,
             joining,
+            withdrawn: &none,
         };
-        let (alive, src) = alive_set(Some(m(true, false)), &nodes);
+        let (alive, src) = alive_set("node-c", Some(m(true, false)), &nodes);
         assert_eq!((alive, src), (members.clone(), AliveSource::Membership));
-        // Joining: node-a is Ready and never seen, so it counts; node-b was seen and left.
-        let (alive, src) = alive_set(Some(m(true, true)), &nodes);
+        // Joining: node-a is Ready and never seen, so it counts.
+        let (alive, src) = alive_set("node-c", Some(m(true, true)), &nodes);
         assert_eq!(src, AliveSource::Membership);
-        assert_eq!(alive, ["node-a".to_owned(), "node-c".to_owned()].into());
-        let (alive, src) = alive_set(Some(m(false, false)), &nodes);
+        assert_eq!(alive.len(), 3);
+        let (alive, src) = alive_set("node-c", Some(m(false, false)), &nodes);
         assert_eq!(src, AliveSource::NodeReady);
         assert_eq!(alive, ["node-a".to_owned(), "node-b".to_owned()].into());
-        assert_eq!(alive_set(None, &nodes).1, AliveSource::NodeReady);
+        assert_eq!(alive_set("node-c", None, &nodes).1, AliveSource::NodeReady);
         assert_eq!(internal_ip(&nodes[0]), Some("192.0.2.1".parse().unwrap()));
+
+        // Hearing nobody while other Nodes exist: the Ready ones count, not-Ready node-c
+        // does not (the API server says it is gone), this speaker does.
+        let alone: BTreeSet<String> = ["node-a".to_owned()].into();
+        let m = MembershipInput {
+            alive: &alone,
+            formed: true,
+            seen: &seen,
+            joining: false,
+            withdrawn: &none,
+        };
+        let (alive, src) = alive_set("node-a", Some(m), &nodes);
+        assert_eq!(src, AliveSource::Alone);
+        assert_eq!(alive, ["node-a".to_owned(), "node-b".to_owned()].into());
+        // A peer that withdrew is gone even for a speaker alone.
+        let withdrawn: BTreeSet<String> = ["node-b".to_owned()].into();
+        let m = MembershipInput {
+            withdrawn: &withdrawn,
+            ..m
+        };
+        assert_eq!(
+            alive_set("node-a", Some(m), &nodes).0,
+            ["node-a".to_owned()].into()
+        );
+        // Alone by configuration (no other Node): the membership's own answer.
+        let (alive, src) = alive_set("node-a", Some(m), &nodes[..1]);
+        assert_eq!((alive, src), (alone.clone(), AliveSource::Membership));
+    }
+
+    fn with_owner(svc: &Arc<Service>, owner: &str) -> Arc<Service> {
+        use k8s_openapi::api::core::v1::ServiceStatus;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+        let mut s = (**svc).clone();
+        let status = s.status.get_or_insert_with(ServiceStatus::default);
+        status.conditions = Some(vec![Condition {
+            type_: announced::CONDITION_TYPE.into(),
+            status: "True".into(),
+            reason: announced::REASON_ANNOUNCED.into(),
+            message: announced::announced_message(owner, &["eth0".into()]),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ),
+            observed_generation: None,
+        }]);
+        Arc::new(s)
+    }
+
+    #[test]
+    fn the_current_owner_keeps_the_address_while_it_stays_a_candidate() {
+        let mut input = base("node-a");
+        let all = ["node-a", "node-b", "node-c"];
+        let hashed = election::owner("198.51.100.10", all).unwrap();
+        let other = all.iter().copied().find(|n| *n != hashed).unwrap();
+        input.services = vec![with_owner(&input.services[0], other)];
+        for me in all {
+            input.node_name = me.into();
+            let p = plan(&input);
+            assert_eq!(owner_of(&p, "web").as_deref(), Ok(other), "{me}");
+            assert_eq!(p.owned.is_empty(), me != other);
+            assert_eq!(
+                p.services["default/web"].observed.owner.as_deref(),
+                Some(other)
+            );
+        }
+        // The named owner is gone: the hash order decides among the others.
+        input.alive.remove(other);
+        let survivors: Vec<&str> = all.iter().copied().filter(|n| *n != other).collect();
+        assert_eq!(
+            owner_of(&plan(&input), "web").as_deref(),
+            Ok(election::owner("198.51.100.10", survivors).unwrap())
+        );
+        // A condition naming a node that is not a Node at all changes nothing.
+        let mut input = base("node-a");
+        input.services = vec![with_owner(&input.services[0], "node-z")];
+        assert_eq!(owner_of(&plan(&input), "web").as_deref(), Ok(hashed));
+    }
+
+    #[test]
+    fn local_scale_up_does_not_hop() {
+        // Endpoints become ready one node at a time; the first owner writes its condition.
+        let mut input = base("node-a");
+        input.services = vec![service("web", &["198.51.100.10"], true)];
+        let order = ["node-b", "node-c", "node-a"];
+        let mut ready: Vec<(&str, bool)> = Vec::new();
+        let mut first_owner: Option<String> = None;
+        for n in order {
+            ready.push((n, true));
+            input.endpoint_slices = vec![slice("web", &ready)];
+            let owner = owner_of(&plan(&input), "web").unwrap();
+            match &first_owner {
+                None => {
+                    assert_eq!(owner, "node-b");
+                    input.services = vec![with_owner(&input.services[0], &owner)];
+                    first_owner = Some(owner);
+                }
+                Some(first) => assert_eq!(&owner, first, "moved when {n} became ready"),
+            }
+        }
+    }
+
+    #[test]
+    fn nodes_without_network_do_not_announce() {
+        use k8s_openapi::api::core::v1::NodeCondition;
+        let mut input = base("node-a");
+        let winner = election::owner("198.51.100.10", ["node-a", "node-b", "node-c"]).unwrap();
+        input.nodes = ["node-a", "node-b", "node-c"]
+            .iter()
+            .map(|n| {
+                let mut node = (*node(n, &[])).clone();
+                if *n == winner {
+                    let conds = node.status.as_mut().unwrap().conditions.as_mut().unwrap();
+                    conds.push(NodeCondition {
+                        type_: "NetworkUnavailable".into(),
+                        status: "True".into(),
+                        ..Default::default()
+                    });
+                }
+                Arc::new(node)
+            })
+            .collect();
+        let owner = owner_of(&plan(&input), "web").unwrap();
+        assert_ne!(owner, winner);
+        // Even when its condition still names it.
+        input.services = vec![with_owner(&input.services[0], winner)];
+        assert_eq!(owner_of(&plan(&input), "web").unwrap(), owner);
     }
 
     // Property: random clusters, every node computes the plan; they agree.
@@ -868,7 +1102,7 @@ mod tests {
         let nodes = prop::collection::btree_set("n[a-e]", 1..5);
         (
             nodes,
-            prop::collection::vec((0u8..6, any::<bool>(), 0u8..32, 0u8..32), 1..8),
+            prop::collection::vec((0u8..6, any::<bool>(), 0u8..32, 0u8..32, 0u8..8), 1..8),
             0u8..32,
             0u8..32,
         )
@@ -895,7 +1129,7 @@ mod tests {
                         input.alive.insert(n.clone());
                     }
                 }
-                for (i, (addr, local, ep_mask, ready_mask)) in svcs.into_iter().enumerate() {
+                for (i, (addr, local, ep_mask, ready_mask, prev)) in svcs.into_iter().enumerate() {
                     let name = format!("s{i}");
                     // Addresses 4 and 5 are IPv6, 0..=3 IPv4: dual-stack and sharing both occur.
                     let ip = if addr < 4 {
@@ -909,7 +1143,14 @@ mod tests {
                     } else {
                         vec![ip.as_str()]
                     };
-                    input.services.push(service(&name, &ips, local));
+                    // A current owner from an earlier round: any node, one that is no Node, or none.
+                    let svc = service(&name, &ips, local);
+                    let svc = match usize::from(prev) {
+                        p if p < nodes.len() => with_owner(&svc, &nodes[p]),
+                        6 => with_owner(&svc, "gone"),
+                        _ => svc,
+                    };
+                    input.services.push(svc);
                     let eps: Vec<(&str, bool)> = nodes
                         .iter()
                         .enumerate()
@@ -966,6 +1207,80 @@ mod tests {
                 }
             }
         }
+
+        /// Once the owners have written their conditions, a node coming back (alive again) or
+        /// an endpoint becoming ready moves no address that is not shared.
+        #[test]
+        fn owners_stay_when_nodes_return_or_endpoints_become_ready(
+            input in arb_input(), back in 0usize..5, ep_on in 0usize..5, ep_svc in 0usize..8
+        ) {
+            let first = plan(&input);
+            // The owners write their conditions.
+            let mut settled = input.clone();
+            settled.services = input.services.iter().map(|svc| {
+                match &first.services[&key_of(&svc.metadata)].owner {
+                    Ok(owner) => with_owner(svc, owner),
+                    Err(_) => svc.clone(),
+                }
+            }).collect();
+            let before = plan(&settled);
+            let names: Vec<String> = input.nodes.iter().filter_map(|n| n.metadata.name.clone()).collect();
+            let mut after_input = settled.clone();
+            after_input.alive.insert(names[back % names.len()].clone());
+            if let Some(slice) = after_input.endpoint_slices.get_mut(ep_svc % input.services.len().max(1)) {
+                let mut s = (**slice).clone();
+                s.endpoints.push(slice_endpoint(&names[ep_on % names.len()]));
+                *slice = Arc::new(s);
+            }
+            let after = plan(&after_input);
+            for (key, sp) in &before.services {
+                let Ok(owner) = &sp.owner else { continue };
+                let shared = before.services.iter().any(|(k, s)| {
+                    k != key && s.addresses.iter().any(|ip| sp.addresses.contains(ip))
+                });
+                if !shared {
+                    prop_assert_eq!(&after.services[key].owner, &Ok(owner.clone()), "{} moved", key);
+                }
+            }
+        }
+
+        #[test]
+        fn sticky_owner_is_a_candidate_and_order_free(
+            cands in prop::collection::btree_set("n[a-f]", 0..6),
+            current in prop::option::of("n[a-g]"),
+            rotate in 0usize..6,
+        ) {
+            let list: Vec<&str> = cands.iter().map(String::as_str).collect();
+            let mut rotated = list.clone();
+            if !rotated.is_empty() {
+                let k = rotate % rotated.len();
+                rotated.rotate_left(k);
+            }
+            let got = sticky_owner(current.as_deref(), "198.51.100.7", list.iter().copied());
+            prop_assert_eq!(got, sticky_owner(current.as_deref(), "198.51.100.7", rotated));
+            match got {
+                None => prop_assert!(list.is_empty()),
+                Some(o) => {
+                    prop_assert!(list.contains(&o));
+                    match current.as_deref() {
+                        Some(c) if list.contains(&c) => prop_assert_eq!(o, c),
+                        _ => prop_assert_eq!(Some(o), election::owner("198.51.100.7", list.iter().copied())),
+                    }
+                }
+            }
+        }
+    }
+
+    fn slice_endpoint(node: &str) -> Endpoint {
+        Endpoint {
+            addresses: vec!["10.0.0.9".into()],
+            node_name: Some(node.into()),
+            conditions: Some(EndpointConditions {
+                ready: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -974,6 +1289,7 @@ mod tests {
         let svc = |ips: &[&str]| ServicePlan {
             addresses: ips.iter().map(|s| ip(s)).collect(),
             owner: Ok("node-a".into()),
+            observed: Observed::default(),
         };
         let plan = Plan {
             owned: [(ip("192.0.2.1"), None), (ip("2001:db8::1"), None)].into(),

@@ -1,22 +1,35 @@
 //! The speaker's I/O shell: watch the cluster, feed [`crate::plan::plan`], drive the announcer,
 //! report on the Services.
 //!
-//! One loop owns all state and reacts to three things: a change in any watched kind, a new
-//! membership view, an announcer event. A membership change is the failover path: the loop
+//! One loop owns all state and reacts to: a change in any watched kind, a new membership view or
+//! new speaker states, an announcer event, the result of a condition write, and a one-second
+//! tick that judges the API server's health. A membership change is the failover path: the loop
 //! recomputes the plan and calls [`Announcer::set_owned`] before doing anything else, with no
-//! sleep or debounce — queued wake-ups are coalesced by [`Notify`] and the watch channel, so
-//! a burst of changes costs one recomputation. Writes to the API server (status condition,
-//! Events) go to a separate task, so a slow or unreachable API server never delays an answer.
+//! sleep or debounce. Changes of watched objects are batched instead: after a recomputation the
+//! next one waits a few times as long as the last one took (at most [`MAX_RECOMPUTE_GAP`]), so a
+//! storm of thousands of Service updates costs a bounded share of the CPU instead of one full
+//! plan per update. The announcer runs on a thread of its own
+//! ([`Announcer::start_dedicated`]): answering ARP never waits for the plan.
 //!
-//! Losing the API server withdraws nothing: the reflector stores keep their last content
-//! (watchers retry with backoff), and the plan keeps being computed from them.
+//! Losing the API server withdraws nothing by itself: the reflector stores keep their last
+//! content (watchers retry with backoff), and the plan keeps being computed from them. But a
+//! speaker whose API server has been silent for longer than
+//! [`SpeakerConfig::api_loss_timeout`] while a peer still hears it withdraws from the election
+//! (its view is stale: new Services, deleted ones), and so does one that cannot authenticate
+//! with any peer; see [`withdrawal`].
+//!
+//! Conditions are written level-triggered: each pass compares what the plan wants with the
+//! condition the Service carries now, and writes only the difference, with the Service's
+//! `resourceVersion` as a precondition. So a late write can never overwrite a newer one, a
+//! queued write that the plan no longer wants is dropped before it is sent, and a speaker whose
+//! caches lag behind writes nothing until they caught up.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::future::Future;
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -30,19 +43,21 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
+use lodestone_crds::announced;
 use lodestone_crds::{IPAddressPool, L2Advertisement};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc};
 
 use crate::announcer::{Announcer, AnnouncerConfig, AnnouncerError, AnnouncerEvent};
 use crate::election;
+use crate::membership::state::{SpeakerState, States};
 use crate::membership::{Membership, MembershipConfig, MembershipError, MembershipView};
 use crate::metrics::{self, FrameCounts, Health, Metrics};
-use crate::plan::{self, AliveSource, ClassFilter, NoOwner, Plan, PlanInput};
+use crate::plan::{self, AliveSource, ClassFilter, NoOwner, Observed, Plan, PlanInput};
 use crate::trim;
 
 /// The status condition type the speaker writes on Services.
-pub const CONDITION_TYPE: &str = "lodestone.dev/Announced";
+pub use lodestone_crds::announced::CONDITION_TYPE;
 /// Field manager of every write the speaker makes.
 pub const FIELD_MANAGER: &str = "lodestone-speaker";
 /// How long the departure notice may take on SIGTERM.
@@ -55,8 +70,38 @@ const JOINING_GRACE: Duration = Duration::from_secs(5);
 /// Freed memory goes back to the system once the loop has been idle this long (see
 /// [`crate::heap`]): after the start, and after each later burst of changes.
 const RELEASE_MEMORY_AFTER: Duration = Duration::from_secs(5);
-/// A failed condition write is tried again after this long.
+/// A condition write that failed or lost a race is looked at again after this long.
 const CONDITION_RETRY: Duration = Duration::from_secs(1);
+/// One condition write may take this long before it counts as failed.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `Announced=False` is written only once the Service has had no owner this long in this
+/// speaker's view: a view still converging (a restart, endpoints becoming ready) says nothing.
+const FALSE_SETTLE: Duration = Duration::from_secs(2);
+/// How often the API server is asked for its version (besides every watch event).
+const API_PROBE_PERIOD: Duration = Duration::from_secs(2);
+/// How long that question may take.
+const API_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// This speaker tells its peers its view is fresh while it heard from the API server this
+/// recently.
+pub const API_FRESH_WINDOW: Duration = Duration::from_secs(6);
+/// A speaker cut from the API server withdraws only once some peer has been reporting a fresh
+/// view for this long: when the API server comes back for everybody, each speaker's own probe
+/// succeeds within this time, so nobody withdraws for having been a little slower.
+pub const FRESH_PEER_SETTLE: Duration = Duration::from_secs(8);
+/// Server-side timeout of each watch. kube re-establishes a watch whose connection died
+/// silently 5 s after this, so a speaker's caches follow the API server again at most that
+/// long after the network does.
+const WATCH_TIMEOUT_SECS: u32 = 30;
+/// After watched objects change, the next recomputation waits this many times as long as the
+/// previous one took...
+const RECOMPUTE_GAP_FACTOR: u32 = 4;
+/// ...but never longer than this.
+pub const MAX_RECOMPUTE_GAP: Duration = Duration::from_millis(500);
+/// A speaker whose own link was down this long has been declared down by the others, so it
+/// must rejoin before it announces again (the announcer holds the link meanwhile).
+pub use crate::announcer::LINK_DOWN_HOLDS as LINK_DOWN_ISOLATES;
+/// Condition writes that failed are logged at most this often (with the count since).
+const WRITE_FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Settings of one speaker.
 #[derive(Clone, Debug)]
@@ -71,12 +116,17 @@ pub struct SpeakerConfig {
     pub membership_bind: Option<IpAddr>,
     /// Address the others reach us at; default: this Node's `InternalIP`.
     pub membership_advertise: Option<IpAddr>,
-    /// Shared membership key.
-    pub key: Vec<u8>,
+    /// Membership keyring, primary first.
+    pub keys: Vec<Vec<u8>>,
+    /// The key file to watch for a rotation, when the keys came from one.
+    pub key_file: Option<std::path::PathBuf>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub health_addr: SocketAddr,
     /// Announcer settings.
     pub announcer: AnnouncerConfig,
+    /// How long the API server may stay unreachable before this speaker withdraws from the
+    /// election, provided a peer still reaches it (see [`withdrawal`]).
+    pub api_loss_timeout: Duration,
 }
 
 /// Why the speaker stopped.
@@ -104,6 +154,32 @@ pub enum RunError {
     Announcer(#[from] AnnouncerError),
 }
 
+/// When this speaker last heard from the API server.
+#[derive(Debug)]
+struct ApiHealth {
+    last_ok: Mutex<Instant>,
+}
+
+impl ApiHealth {
+    fn new() -> Self {
+        ApiHealth {
+            last_ok: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn ok(&self) {
+        *self.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// How long since the API server last answered.
+    fn silent_for(&self) -> Duration {
+        self.last_ok
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+}
+
 /// Starts a reflector for `K`; every change wakes `notify`. Errors are logged and retried with
 /// backoff while the store keeps its content. `trim` drops what the speaker never reads before
 /// an object enters the store (see [`crate::trim`]).
@@ -111,6 +187,8 @@ fn watch_kind<K>(
     client: &Client,
     kind: &'static str,
     notify: Arc<Notify>,
+    health: Arc<ApiHealth>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
     trim: fn(&mut K),
 ) -> Store<K>
 where
@@ -121,11 +199,11 @@ where
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default())
+        watcher(api, watcher::Config::default().timeout(WATCH_TIMEOUT_SECS))
             .default_backoff()
             .modify(trim),
     );
-    tokio::spawn(async move {
+    tasks.push(tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut failing = false;
         while let Some(event) = stream.next().await {
@@ -133,6 +211,7 @@ where
                 // A re-list announces itself before its request: not a recovery yet.
                 Ok(watcher::Event::Init) => {}
                 Ok(_) => {
+                    health.ok();
                     if failing {
                         tracing::info!(kind, "watch recovered");
                         failing = false;
@@ -151,36 +230,101 @@ where
                 }
             }
         }
-    });
+    }));
     reader
 }
 
+/// Asks the API server for its version every [`API_PROBE_PERIOD`]: a watch on a connection
+/// that died silently reports nothing for minutes, an answer here says the server is reachable.
+async fn probe_api(client: Client, health: Arc<ApiHealth>) {
+    let mut tick = tokio::time::interval(API_PROBE_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match tokio::time::timeout(API_PROBE_TIMEOUT, client.apiserver_version()).await {
+            Ok(Ok(_)) => health.ok(),
+            Ok(Err(error)) => tracing::debug!(%error, "API server probe failed"),
+            Err(_) => tracing::debug!("API server probe timed out"),
+        }
+    }
+}
+
+/// The caches of every watched kind, and the tasks filling them (stopped when dropped).
 struct Stores {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
     pools: Store<IPAddressPool>,
     adverts: Store<L2Advertisement>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Stores {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 impl Stores {
-    fn start(client: &Client, notify: &Arc<Notify>) -> Stores {
+    fn start(client: &Client, notify: &Arc<Notify>, health: &Arc<ApiHealth>) -> Stores {
+        let mut tasks = Vec::new();
+        let n = || Arc::clone(notify);
+        let h = || Arc::clone(health);
+        let services = watch_kind(client, "Service", n(), h(), &mut tasks, trim::service);
+        let slices = watch_kind(
+            client,
+            "EndpointSlice",
+            n(),
+            h(),
+            &mut tasks,
+            trim::endpoint_slice,
+        );
+        let nodes = watch_kind(client, "Node", n(), h(), &mut tasks, trim::node);
+        let pools = watch_kind(
+            client,
+            "IPAddressPool",
+            n(),
+            h(),
+            &mut tasks,
+            trim::metadata,
+        );
+        let adverts = watch_kind(
+            client,
+            "L2Advertisement",
+            n(),
+            h(),
+            &mut tasks,
+            trim::metadata,
+        );
         Stores {
-            services: watch_kind(client, "Service", Arc::clone(notify), trim::service),
-            slices: watch_kind(
-                client,
-                "EndpointSlice",
-                Arc::clone(notify),
-                trim::endpoint_slice,
-            ),
-            nodes: watch_kind(client, "Node", Arc::clone(notify), trim::node),
-            pools: watch_kind(client, "IPAddressPool", Arc::clone(notify), trim::metadata),
-            adverts: watch_kind(
-                client,
-                "L2Advertisement",
-                Arc::clone(notify),
-                trim::metadata,
-            ),
+            services,
+            slices,
+            nodes,
+            pools,
+            adverts,
+            tasks,
+        }
+    }
+
+    /// A future that completes once every cache has been filled by its first listing (`Err`
+    /// if the stores were dropped first).
+    fn ready(&self) -> impl Future<Output = Result<(), ()>> + Send + 'static {
+        let (services, slices, nodes, pools, adverts) = (
+            self.services.clone(),
+            self.slices.clone(),
+            self.nodes.clone(),
+            self.pools.clone(),
+            self.adverts.clone(),
+        );
+        async move {
+            // Err: the writer is gone (the stores were dropped, a newer re-read replaced them).
+            services.wait_until_ready().await.map_err(drop)?;
+            slices.wait_until_ready().await.map_err(drop)?;
+            nodes.wait_until_ready().await.map_err(drop)?;
+            pools.wait_until_ready().await.map_err(drop)?;
+            adverts.wait_until_ready().await.map_err(drop)
         }
     }
 
@@ -246,39 +390,174 @@ pub fn failovers(
         .collect()
 }
 
+/// Why this speaker is out of the election.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// The API server has been silent this long while a peer still hears it.
+    ApiLost {
+        /// Since the last answer.
+        silent: Duration,
+    },
+    /// Datagrams from the other speakers arrive but none authenticates: this speaker's key
+    /// does not match theirs, so it sees everyone as gone.
+    KeyringMismatch,
+    /// Its own link was down long enough for the others to take its addresses over; it waits
+    /// until it hears them again and has re-read the cluster.
+    LinkReturned,
+    /// It hears neither another speaker nor the API server.
+    CutOff,
+    /// It was cut off from the other speakers and its view of the cluster is not fresh yet,
+    /// while a peer's is: what it would announce may contradict what happened meanwhile.
+    StaleAfterIsolation,
+}
+
+impl std::fmt::Display for Withdrawal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Withdrawal::ApiLost { silent } => write!(
+                f,
+                "the API server has been unreachable for {} s while other speakers reach it; \
+                 this node's view of the cluster is stale",
+                silent.as_secs()
+            ),
+            Withdrawal::KeyringMismatch => f.write_str(
+                "no other speaker's membership datagram authenticates with this node's key \
+                 (check the lodestone-memberlist Secret)",
+            ),
+            Withdrawal::LinkReturned => f.write_str(
+                "this node's link was down long enough for the other speakers to serve its \
+                 addresses; it announces again once it hears them and has re-read the cluster",
+            ),
+            Withdrawal::CutOff => f.write_str(
+                "this node hears neither another speaker nor the API server: it is most likely \
+                 the one cut off, and the others serve its addresses",
+            ),
+            Withdrawal::StaleAfterIsolation => f.write_str(
+                "this node was cut off (from the other speakers or the API server) and its view \
+                 of the cluster is not fresh yet; it announces again once it has re-read the \
+                 cluster",
+            ),
+        }
+    }
+}
+
+/// What [`withdrawal`] looks at.
+#[derive(Clone, Copy, Debug)]
+pub struct WithdrawalInput {
+    /// How long since the API server last answered this speaker.
+    pub api_silent_for: Duration,
+    /// The configured bound ([`SpeakerConfig::api_loss_timeout`]).
+    pub api_loss_timeout: Duration,
+    /// How long some alive peer has been reporting a fresh view, continuously.
+    pub fresh_peer_for: Option<Duration>,
+    /// The membership reports that no peer's datagram authenticates.
+    pub keyring_failing: bool,
+    /// This speaker hears no other speaker, while other Nodes exist.
+    pub alone: bool,
+    /// Its view follows the cluster: the API server answers and the caches are current.
+    pub view_fresh: bool,
+    /// It heard no peer at some point since its view was last fresh.
+    pub isolated: bool,
+    /// Its own link came back after being down long enough for the others to notice, and it
+    /// has not heard them again (or re-read the cluster) since.
+    pub link_returned: bool,
+}
+
+/// Whether this speaker must leave the election, and why.
+///
+/// Losing the API server alone is no reason: when it is gone for everybody (a control-plane
+/// upgrade), every speaker keeps announcing what it last knew. Only a speaker that lost it while
+/// a peer kept it steps aside, after the configured bound, so that the peer, whose view is
+/// current, serves the new Services and drops the deleted ones.
+pub fn withdrawal(input: WithdrawalInput) -> Option<Withdrawal> {
+    if input.keyring_failing {
+        return Some(Withdrawal::KeyringMismatch);
+    }
+    // The others declared this node down while its link was down and took its addresses
+    // over; until it has caught up with them, announcing would make two owners.
+    if input.link_returned {
+        return Some(Withdrawal::LinkReturned);
+    }
+    // Hearing neither another speaker nor the API server: most likely this node is the one
+    // cut off, and the others have taken its addresses over. Its announcements would reach
+    // nobody, or collide with theirs once the network comes back.
+    if input.alone && !input.view_fresh {
+        return Some(Withdrawal::CutOff);
+    }
+    let peer_fresh = input.fresh_peer_for.is_some_and(|d| d >= FRESH_PEER_SETTLE);
+    if input.api_silent_for > input.api_loss_timeout && peer_fresh {
+        return Some(Withdrawal::ApiLost {
+            silent: input.api_silent_for,
+        });
+    }
+    // Back among peers after an isolation (or an API outage it withdrew for), with a view
+    // that may predate what they did meanwhile (they took its addresses over, Services came
+    // and went): theirs wins at once, until it has re-read the cluster.
+    (input.isolated && !input.view_fresh && input.fresh_peer_for.is_some())
+        .then_some(Withdrawal::StaleAfterIsolation)
+}
+
+/// The condition a speaker wants on a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    /// `True` or `False`.
+    pub status: bool,
+    /// The reason.
+    pub reason: &'static str,
+    /// The message.
+    pub message: String,
+}
+
+impl Desired {
+    /// Whether the Service already carries it.
+    pub fn is_observed(&self, o: &Observed) -> bool {
+        o.status == Some(self.status) && o.reason == self.reason && o.message == self.message
+    }
+}
+
 /// The condition this node should write on a Service, if it is the one to write it.
 ///
-/// The owner writes `True` once its announcer reports the first address on some interface.
-/// A Service nobody owns gets `False` with the reason, written by one node all speakers agree
-/// on (the election winner among the alive speakers), so that exactly one speaker writes.
+/// One writer per Service at a time:
+/// - The owner writes `True` once its announcer reports the first address on some interface.
+/// - A Service nobody owns gets `False` with the reason, written by the node whose `True` the
+///   Service still carries if that node is alive (it retracts its own claim), else by the
+///   election winner for the Service's key among the alive speakers. Every speaker computes
+///   the same writer from the same Service and alive set, so exactly one writes; non-owners
+///   never write over an owner.
 pub fn desired_condition(
     me: &str,
     key: &str,
     sp: &plan::ServicePlan,
     announced: &BTreeMap<IpAddr, Vec<String>>,
     alive: &BTreeSet<String>,
-) -> Option<(bool, &'static str, String)> {
+) -> Option<Desired> {
     match &sp.owner {
         Ok(owner) if owner == me => {
             let first = sp.addresses.first()?;
             let ifaces = announced.get(first).filter(|i| !i.is_empty())?;
-            Some((
-                true,
-                "Announced",
-                format!("announced from {me} on {}", ifaces.join(", ")),
-            ))
+            Some(Desired {
+                status: true,
+                reason: announced::REASON_ANNOUNCED,
+                message: announced::announced_message(me, ifaces),
+            })
         }
         Ok(_) => None,
         Err(NoOwner::NoAddress) => None,
         Err(reason) => {
-            let writer = election::owner(key, alive.iter().map(String::as_str))?;
-            (writer == me).then(|| {
-                (
-                    false,
-                    reason_name(reason),
-                    format!("not announced: {reason}"),
-                )
-            })
+            let desired = Desired {
+                status: false,
+                reason: reason_name(reason),
+                message: format!("not announced: {reason}"),
+            };
+            // Cheap path first: nothing to write, nobody needs to be elected.
+            if desired.is_observed(&sp.observed) {
+                return Some(desired);
+            }
+            let writer = match sp.observed.owner.as_deref() {
+                Some(previous) if alive.contains(previous) => previous,
+                _ => election::owner(key, alive.iter().map(String::as_str))?,
+            };
+            (writer == me).then_some(desired)
         }
     }
 }
@@ -293,80 +572,159 @@ fn reason_name(r: &NoOwner) -> &'static str {
     }
 }
 
-/// Writes to the API server, in order, off the hot path.
-enum Report {
-    Condition {
-        namespace: String,
-        name: String,
-        status: bool,
-        reason: &'static str,
-        message: String,
-    },
-    Event {
-        reference: Box<ObjectReference>,
-        event: Event,
-    },
+/// A condition write, as the writer task sends it.
+#[derive(Clone, Debug)]
+struct Write {
+    id: u64,
+    namespace: String,
+    name: String,
+    desired: Desired,
+    last_transition: String,
+    /// Precondition: the write fails if the Service changed since.
+    resource_version: Option<String>,
 }
 
-/// Reports that failed (by Service key), so the loop writes them again later.
-type Failed = mpsc::UnboundedSender<String>;
+/// How a write went.
+#[derive(Debug)]
+enum Outcome {
+    /// Written; the Service's new `resourceVersion`.
+    Written(Option<String>),
+    /// The Service changed since the version the write was made for: a newer view decides.
+    Conflict,
+    /// The Service is gone.
+    Gone,
+    /// Anything else (unreachable, timeout, ...).
+    Failed(String),
+}
 
-async fn reporter(
+/// The latest write wanted per Service (key → write), taken one at a time by the writer task.
+/// The loop replaces or removes entries on every pass, so a write the plan no longer wants is
+/// never sent, however long the API server kept the writer waiting.
+#[derive(Default)]
+struct PendingWrites {
+    queue: Mutex<BTreeMap<String, Write>>,
+    notify: Notify,
+}
+
+impl PendingWrites {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Write>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn put(&self, key: String, write: Write) {
+        self.lock().insert(key, write);
+        self.notify.notify_one();
+    }
+
+    fn drop_key(&self, key: &str) {
+        self.lock().remove(key);
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
+async fn condition_writer(
+    client: Client,
+    pending: Arc<PendingWrites>,
+    results: mpsc::UnboundedSender<(String, u64, Outcome)>,
+) {
+    loop {
+        let next = pending.lock().pop_first();
+        let Some((key, write)) = next else {
+            pending.notify.notified().await;
+            continue;
+        };
+        let outcome = match tokio::time::timeout(WRITE_TIMEOUT, write_condition(&client, &write))
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::Failed(format!("no answer within {} s", WRITE_TIMEOUT.as_secs())),
+        };
+        if results.send((key, write.id, outcome)).is_err() {
+            return;
+        }
+    }
+}
+
+async fn write_condition(client: &Client, w: &Write) -> Outcome {
+    let api: Api<Service> = Api::namespaced(client.clone(), &w.namespace);
+    let mut metadata = serde_json::json!({ "name": w.name, "namespace": w.namespace });
+    if let Some(rv) = &w.resource_version {
+        metadata["resourceVersion"] = rv.clone().into();
+    }
+    let body = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "status": { "conditions": [{
+            "type": CONDITION_TYPE,
+            "status": if w.desired.status { "True" } else { "False" },
+            "reason": w.desired.reason,
+            "message": w.desired.message,
+            "lastTransitionTime": w.last_transition,
+        }]},
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match api
+        .patch_status(&w.name, &params, &Patch::Apply(&body))
+        .await
+    {
+        Ok(svc) => Outcome::Written(svc.metadata.resource_version),
+        Err(kube::Error::Api(e)) if e.code == 409 => Outcome::Conflict,
+        Err(kube::Error::Api(e)) if e.code == 404 => Outcome::Gone,
+        Err(error) => Outcome::Failed(error.to_string()),
+    }
+}
+
+/// A write this speaker made and is waiting to see in its cache.
+#[derive(Clone, Debug)]
+struct Sent {
+    id: u64,
+    desired: Desired,
+    /// The `resourceVersion` it was made against.
+    against: Option<String>,
+    /// `None` while in flight; then the version it produced.
+    result: Option<Option<String>>,
+    /// When it was queued.
+    at: Instant,
+    /// How many times in a row a write of the same condition was overwritten by someone
+    /// else: two speakers whose views disagree must not rewrite each other's condition at
+    /// the API server's pace.
+    overwritten: u32,
+}
+
+/// How long to wait before writing a condition again that someone else overwrote `n` times
+/// in a row.
+fn rewrite_backoff(n: u32) -> Duration {
+    (CONDITION_RETRY * 2u32.saturating_pow(n.min(5))).min(Duration::from_secs(30))
+}
+
+/// Events go out in order, off the hot path.
+struct EventReport {
+    reference: Box<ObjectReference>,
+    event: Event,
+}
+
+async fn event_reporter(
     client: Client,
     node: String,
-    mut rx: mpsc::UnboundedReceiver<Report>,
-    failed: Failed,
+    mut rx: mpsc::UnboundedReceiver<EventReport>,
 ) {
-    while let Some(report) = rx.recv().await {
-        match report {
-            Report::Condition {
-                namespace,
-                name,
-                status,
-                reason,
-                message,
-            } => {
-                let api: Api<Service> = Api::namespaced(client.clone(), &namespace);
-                let body = serde_json::json!({
-                    "apiVersion": "v1",
-                    "kind": "Service",
-                    "metadata": { "name": name, "namespace": namespace },
-                    "status": { "conditions": [{
-                        "type": CONDITION_TYPE,
-                        "status": if status { "True" } else { "False" },
-                        "reason": reason,
-                        "message": message,
-                        "lastTransitionTime": chrono::Utc::now()
-                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    }]},
-                });
-                let params = PatchParams::apply(FIELD_MANAGER).force();
-                match api.patch_status(&name, &params, &Patch::Apply(&body)).await {
-                    Ok(_) => {
-                        tracing::debug!(service = %format!("{namespace}/{name}"), condition = %message, "condition written")
-                    }
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(error) => {
-                        tracing::warn!(service = %format!("{namespace}/{name}"), %error, "writing the Announced condition failed; will retry");
-                        let _ = failed.send(format!("{namespace}/{name}"));
-                    }
-                }
-            }
-            Report::Event { reference, event } => {
-                let namespace = reference.namespace.clone().unwrap_or_default();
-                let body = k8s_event(&event, *reference, &node, Timestamp::now());
-                let api: Api<K8sEvent> = Api::namespaced(client.clone(), &namespace);
-                if let Err(error) = api.create(&PostParams::default(), &body).await {
-                    let service = format!(
-                        "{namespace}/{}",
-                        body.regarding
-                            .as_ref()
-                            .and_then(|r| r.name.as_deref())
-                            .unwrap_or_default()
-                    );
-                    tracing::warn!(%service, reason = %event.reason, %error, "publishing an Event failed");
-                }
-            }
+    while let Some(EventReport { reference, event }) = rx.recv().await {
+        let namespace = reference.namespace.clone().unwrap_or_default();
+        let body = k8s_event(&event, *reference, &node, Timestamp::now());
+        let api: Api<K8sEvent> = Api::namespaced(client.clone(), &namespace);
+        if let Err(error) = api.create(&PostParams::default(), &body).await {
+            let service = format!(
+                "{namespace}/{}",
+                body.regarding
+                    .as_ref()
+                    .and_then(|r| r.name.as_deref())
+                    .unwrap_or_default()
+            );
+            tracing::warn!(%service, reason = %event.reason, %error, "publishing an Event failed");
         }
     }
 }
@@ -442,45 +800,323 @@ struct Shell {
     announcer: Announcer,
     membership: Membership,
     metrics: Arc<Metrics>,
-    reports: mpsc::UnboundedSender<Report>,
+    health: Arc<Health>,
+    api: Arc<ApiHealth>,
+    events: mpsc::UnboundedSender<EventReport>,
+    writes: Arc<PendingWrites>,
     plan: Plan,
     owners: BTreeMap<IpAddr, String>,
     alive_source: Option<AliveSource>,
     seeds: Vec<SocketAddr>,
     /// What the announcer reports as announced (from its events).
     announced: BTreeMap<IpAddr, Vec<String>>,
-    /// Services (by key) per address, kept for addresses still announced after the Service
-    /// vanished, so that "stopped" can be reported on it.
+    /// What the announcer was last told about the Services behind each owned address.
+    by_address: BTreeMap<IpAddr, String>,
+    /// Services (by key) per owned address, kept for addresses still announced after the
+    /// Service vanished, so that "stopped" can be reported on it.
     services_of: BTreeMap<IpAddr, BTreeSet<String>>,
-    /// Conditions written (key → (status, message)), to write only changes.
-    written: BTreeMap<String, (bool, String)>,
+    /// Condition writes made and not yet seen in the cache, by Service key.
+    sent: BTreeMap<String, Sent>,
+    /// Numbers the writes, so a late result is matched to its own write.
+    write_id: u64,
+    /// Since when each Service has had no owner in this speaker's view.
+    no_owner_since: HashMap<String, Instant>,
     conflicts_reported: BTreeMap<(IpAddr, String), Instant>,
     /// The latest membership view.
     view: MembershipView,
+    /// What the speakers say about themselves.
+    states: States,
     /// Every node the membership has shown alive since start.
     seen: BTreeSet<String>,
-    /// Still in the joining grace period.
+    /// Still in the joining grace period (after the start, or after the membership was
+    /// renewed): peers not heard yet still count as alive through their Node.
     joining: bool,
+    /// When the joining grace period ends.
+    joining_until: tokio::time::Instant,
+    /// Why this speaker is out of the election, if it is.
+    withdrawal: Option<Withdrawal>,
+    /// The state last told to the others.
+    told: Option<SpeakerState>,
+    /// Since when some alive peer has been reporting a fresh view.
+    fresh_peer_since: Option<Instant>,
+    /// Whether the API server was reachable at the last judgement.
+    api_was_fresh: bool,
+    /// The membership has shown a peer since it was last renewed.
+    had_peers: bool,
+    /// Failed writes not logged yet, and when the last such line was written.
+    write_failures: (u64, Option<Instant>),
+    /// When to look at the conditions again (a retry, a settle period ending).
+    retry_at: Option<tokio::time::Instant>,
+    /// How long the last recomputation took.
+    last_recompute: Duration,
+    client: Client,
+    notify: Arc<Notify>,
+    /// The API server was silent long enough that the watches may be stuck on dead
+    /// connections: the caches are re-read from scratch once it answers again.
+    needs_resync: bool,
+    /// Caches being filled to replace [`Shell::stores`], numbered; the number comes back on
+    /// [`Shell::resync_done`] once they are.
+    resyncing: Option<(u64, Stores)>,
+    resync_generation: u64,
+    resync_done: mpsc::UnboundedSender<u64>,
+    /// This speaker heard no peer at some point since its view was last fresh.
+    isolated: bool,
+    /// Whether the API server answered recently at the last judgement.
+    api_was_reachable: bool,
+    /// When this node's own link came back after a long enough outage (see
+    /// [`Withdrawal::LinkReturned`]); cleared once it caught up.
+    link_returned_at: Option<Instant>,
+    /// The address the others reach this speaker at: its link is "this node's link".
+    own_ip: IpAddr,
+    /// Since when that link has been down.
+    own_link_down_since: Option<Instant>,
 }
 
 impl Shell {
-    fn set_view(&mut self, view: MembershipView) {
+    /// Takes a new view; true when a peer joined (or rejoined, or a partition healed).
+    fn set_view(&mut self, view: MembershipView) -> bool {
+        let me = self.cfg.node_name.as_str();
+        let joined = view
+            .alive
+            .iter()
+            .any(|n| n != me && !self.view.alive.contains(n));
         self.seen.extend(view.alive.iter().cloned());
+        if view.alive.iter().any(|n| n != me) {
+            self.had_peers = true;
+        }
         self.view = view;
+        joined
+    }
+
+    /// Whether the membership says no peer's datagram authenticates.
+    fn keyring_failing(&self) -> bool {
+        self.view.keyring_failing
+    }
+
+    /// The API server answered recently and the caches need no re-read: this speaker's view
+    /// follows the cluster. (A failed watch is no sign: kube re-establishes it from where it
+    /// was, silently when nothing changed meanwhile; an outage long enough to matter makes
+    /// the caches be re-read.)
+    fn view_fresh(&self) -> bool {
+        self.api.silent_for() <= API_FRESH_WINDOW && !self.needs_resync
+    }
+
+    /// A new snapshot of the links: when this node's own link comes back after being down
+    /// for [`LINK_DOWN_ISOLATES`] or more, the others have declared this speaker down and
+    /// taken its addresses over. It rejoins under a fresh identity and stays out of the
+    /// election until it hears them again and has re-read the cluster. Returns whether that
+    /// happened.
+    fn on_links(&mut self, links: &[crate::interfaces::LinkInfo]) -> bool {
+        let own = links
+            .iter()
+            .find(|l| l.addrs.iter().any(|net| net.addr() == self.own_ip));
+        // A link without the address (renamed, address moved) says nothing either way.
+        let Some(own) = own else {
+            return false;
+        };
+        match (own.up, self.own_link_down_since) {
+            (false, None) => {
+                tracing::warn!(interface = %own.name, "this node's link is down");
+                self.own_link_down_since = Some(Instant::now());
+                false
+            }
+            (true, Some(since)) => {
+                self.own_link_down_since = None;
+                let down = since.elapsed();
+                if down < LINK_DOWN_ISOLATES {
+                    tracing::info!(interface = %own.name, down_ms = down.as_millis(), "this node's link is back");
+                    return false;
+                }
+                tracing::warn!(interface = %own.name, down_ms = down.as_millis(), "this node's link is back after the others took it for dead; rejoining before announcing again");
+                self.membership.renew();
+                // What the renewed membership will publish: nobody heard yet.
+                self.view.alive = BTreeSet::from([self.cfg.node_name.clone()]);
+                self.had_peers = false;
+                self.seen.clear();
+                self.joining = true;
+                self.joining_until = tokio::time::Instant::now() + JOINING_GRACE;
+                self.isolated = true;
+                self.needs_resync = true;
+                self.link_returned_at = Some(Instant::now());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Re-read number `generation` is complete: use its caches from now on (unless a newer
+    /// one replaced it meanwhile).
+    fn finish_resync(&mut self, generation: u64) {
+        if self
+            .resyncing
+            .as_ref()
+            .is_some_and(|(g, _)| *g == generation)
+            && let Some((_, stores)) = self.resyncing.take()
+        {
+            tracing::info!("every watched kind re-read; the view of the cluster is fresh again");
+            self.stores = stores;
+            self.needs_resync = false;
+        }
     }
 
     fn alive(&self, nodes: &[Arc<Node>]) -> (BTreeSet<String>, AliveSource) {
+        let me = self.cfg.node_name.as_str();
+        let withdrawn: BTreeSet<String> = self
+            .states
+            .iter()
+            .filter(|(n, s)| !s.electable && n.as_str() != me)
+            .map(|(n, _)| n.clone())
+            .collect();
         let m = plan::MembershipInput {
             alive: &self.view.alive,
             formed: self.view.formed,
             seen: &self.seen,
             joining: self.joining,
+            withdrawn: &withdrawn,
         };
-        plan::alive_set(Some(m), nodes)
+        let (mut alive, source) = plan::alive_set(me, Some(m), nodes);
+        // Out of the election; or just started and not heard from any peer yet, which may
+        // mean a key the others do not share: they serve this node's addresses meanwhile.
+        if self.withdrawal.is_some() || (source == AliveSource::NodeReady && self.joining) {
+            alive.remove(me);
+        }
+        (alive, source)
+    }
+
+    /// Judges the API server's health and this speaker's place in the election; tells the
+    /// others. Returns (the alive set may have changed, the owned addresses must be
+    /// re-announced).
+    fn judge(&mut self) -> (bool, bool) {
+        let me = self.cfg.node_name.clone();
+        let silent = self.api.silent_for();
+        let reachable = silent <= API_FRESH_WINDOW;
+        if !reachable && !self.needs_resync {
+            tracing::warn!(
+                silent_s = silent.as_secs(),
+                "API server unreachable; announcing on from the last known view"
+            );
+            self.needs_resync = true;
+        }
+        // Hearing no other speaker: alone after having heard some, or never having heard any
+        // while other Nodes exist.
+        let nodes = self.stores.nodes.state();
+        let me_name = self.cfg.node_name.as_str();
+        let others_exist = nodes.iter().any(|n| {
+            n.metadata
+                .name
+                .as_deref()
+                .is_some_and(|name| name != me_name)
+        });
+        let alone = match self.alive(&nodes).1 {
+            AliveSource::Membership => false,
+            AliveSource::Alone => true,
+            // Not formed: while starting, peers are normally heard within a second.
+            AliveSource::NodeReady => others_exist && !self.joining,
+        };
+        if alone && !self.isolated {
+            // Whatever happened while this speaker heard nobody, its caches may not show it
+            // (a watch on a connection that died unseen): read everything again.
+            self.isolated = true;
+            self.needs_resync = true;
+        }
+        // A re-read started while the API server was unreachable may sit in a long backoff:
+        // start it afresh as soon as the server answers again.
+        if reachable && !self.api_was_reachable {
+            self.resyncing = None;
+        }
+        self.api_was_reachable = reachable;
+        if self.needs_resync && reachable && self.resyncing.is_none() {
+            tracing::info!("re-reading every watched kind before trusting the view");
+            let stores = Stores::start(&self.client, &self.notify, &self.api);
+            let ready = stores.ready();
+            self.resync_generation += 1;
+            let generation = self.resync_generation;
+            let done = self.resync_done.clone();
+            tokio::spawn(async move {
+                if ready.await.is_ok() {
+                    let _ = done.send(generation);
+                }
+            });
+            self.resyncing = Some((generation, stores));
+        }
+        let fresh = self.view_fresh();
+        let mut reassert = false;
+        if fresh && !self.api_was_fresh {
+            tracing::info!("view of the cluster fresh again; re-announcing what this node owns");
+            reassert = true;
+        }
+        self.api_was_fresh = fresh;
+        if fresh && !alone {
+            self.isolated = false;
+        }
+        let hears_peer = self.view.alive.iter().any(|n| *n != me);
+        if fresh && (hears_peer || !self.joining) {
+            self.link_returned_at = None;
+        }
+
+        let fresh_peer = self.view.alive.iter().any(|n| {
+            *n != me
+                && self
+                    .states
+                    .get(n)
+                    .is_some_and(|s| s.api_fresh && s.electable)
+        });
+        self.fresh_peer_since = match (fresh_peer, self.fresh_peer_since) {
+            (true, None) => Some(Instant::now()),
+            (true, since) => since,
+            (false, _) => None,
+        };
+        let next = withdrawal(WithdrawalInput {
+            api_silent_for: self.api.silent_for(),
+            api_loss_timeout: self.cfg.api_loss_timeout,
+            fresh_peer_for: self.fresh_peer_since.map(|t| t.elapsed()),
+            keyring_failing: self.keyring_failing(),
+            alone,
+            view_fresh: fresh,
+            isolated: self.isolated,
+            link_returned: self.link_returned_at.is_some(),
+        });
+        if matches!(next, Some(Withdrawal::ApiLost { .. })) {
+            // Its view is stale: once the API server answers again, it stays out until it has
+            // re-read everything (the same rule as after an isolation).
+            self.isolated = true;
+        }
+        let kind = |w: &Option<Withdrawal>| w.as_ref().map(std::mem::discriminant);
+        let changed = kind(&next) != kind(&self.withdrawal);
+        match &next {
+            Some(reason) => {
+                if changed {
+                    tracing::warn!(%reason, "withdrawing from the election: this node stops announcing until it recovers");
+                    self.metrics.in_election.set(0);
+                    self.writes.clear();
+                    self.sent.clear();
+                }
+                self.health
+                    .set_not_ready(&format!("out of the election: {reason}"));
+            }
+            None if changed => {
+                tracing::info!("back in the election");
+                self.metrics.in_election.set(1);
+                self.health.set_ready();
+                reassert = true;
+            }
+            None => {}
+        }
+        self.withdrawal = next;
+        let state = SpeakerState {
+            electable: self.withdrawal.is_none(),
+            api_fresh: fresh,
+        };
+        if self.told != Some(state) {
+            self.membership.set_state(state);
+            self.told = Some(state);
+        }
+        (changed, reassert)
     }
 
     /// The hot path: recompute and hand the result to the announcer first.
     fn recompute(&mut self) {
+        let started = Instant::now();
         let nodes = self.stores.nodes.state();
         let (alive, source) = self.alive(&nodes);
         let input = PlanInput {
@@ -497,8 +1133,10 @@ impl Shell {
         if next.owned != self.plan.owned {
             self.announcer.set_owned(next.owned.clone());
         }
-        if next.owned != self.plan.owned || next.services != self.plan.services {
-            self.announcer.set_services(next.services_by_address());
+        let by_address = next.services_by_address();
+        if by_address != self.by_address {
+            self.announcer.set_services(by_address.clone());
+            self.by_address = by_address;
         }
 
         // Everything below is bookkeeping; the announcer already acts on the new plan.
@@ -511,12 +1149,30 @@ impl Shell {
                     ready_nodes = alive.len(),
                     "membership not formed: liveness falls back on the Node Ready condition (slow failover)"
                 ),
+                AliveSource::Alone => tracing::warn!(
+                    ready_nodes = alive.len(),
+                    "no other speaker heard: keeping only this node's own addresses; another node's are taken over only once the API server shows it gone"
+                ),
+            }
+            if source == AliveSource::Alone
+                && self.alive_source == Some(AliveSource::Membership)
+                && self.had_peers
+            {
+                // Whatever this speaker concluded about the others while it heard nobody
+                // must not be gossiped once it hears them again. The renewed membership
+                // starts afresh, and so does the joining grace: the first peer heard back is
+                // not proof that the others are gone.
+                self.membership.renew();
+                self.had_peers = false;
+                self.seen.clear();
+                self.joining = true;
+                self.joining_until = tokio::time::Instant::now() + JOINING_GRACE;
             }
             self.alive_source = Some(source);
         }
         self.metrics
             .membership_formed
-            .set(i64::from(source == AliveSource::Membership));
+            .set(i64::from(source != AliveSource::NodeReady));
         self.metrics
             .membership_members
             .set(i64::try_from(self.view.alive.len()).unwrap_or(i64::MAX));
@@ -524,44 +1180,59 @@ impl Shell {
         let owners = address_owners(&next);
         let old: BTreeSet<&IpAddr> = self.plan.owned.keys().collect();
         let new: BTreeSet<&IpAddr> = next.owned.keys().collect();
-        let changes = old.symmetric_difference(&new).count();
+        let changed: BTreeSet<IpAddr> = old.symmetric_difference(&new).map(|ip| **ip).collect();
         self.metrics
             .ownership_changes
-            .inc_by(u64::try_from(changes).unwrap_or(u64::MAX));
-        let services_with = |ip: &IpAddr| -> String {
-            let keys: Vec<&str> = next
-                .services
-                .iter()
-                .chain(self.plan.services.iter())
-                .filter(|(_, s)| s.addresses.contains(ip))
-                .map(|(k, _)| k.as_str())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            keys.join(",")
-        };
-        for (ip, from) in failovers(&self.cfg.node_name, &self.owners, &owners, &alive) {
-            self.metrics.failover_detections.inc();
-            tracing::info!(service = %services_with(&ip), %ip, from = %from, "taking over: the previous owner's speaker is down");
-        }
-        for ip in new.difference(&old) {
-            tracing::info!(service = %services_with(ip), %ip, "this node now owns the address");
-        }
-        for ip in old.difference(&new) {
-            tracing::info!(service = %services_with(ip), %ip, "this node no longer owns the address");
-        }
-        for (key, sp) in &next.services {
-            if let Err(reason) = &sp.owner
-                && self.plan.services.get(key).map(|p| &p.owner) != Some(&sp.owner)
-            {
-                tracing::info!(service = %key, %reason, "not announced");
+            .inc_by(u64::try_from(changed.len()).unwrap_or(u64::MAX));
+        let failed_over = failovers(&self.cfg.node_name, &self.owners, &owners, &alive);
+        if !changed.is_empty() || !failed_over.is_empty() {
+            // One pass over the Services names every address that changed hands.
+            let mut names: BTreeMap<IpAddr, BTreeSet<&str>> = BTreeMap::new();
+            for (key, sp) in next.services.iter().chain(self.plan.services.iter()) {
+                for ip in sp.addresses.iter().filter(|ip| changed.contains(ip)) {
+                    names.entry(*ip).or_default().insert(key.as_str());
+                }
             }
+            let services_with = |ip: &IpAddr| -> String {
+                names
+                    .get(ip)
+                    .map(|k| k.iter().copied().collect::<Vec<_>>().join(","))
+                    .unwrap_or_default()
+            };
+            for (ip, from) in &failed_over {
+                self.metrics.failover_detections.inc();
+                tracing::info!(service = %services_with(ip), %ip, from = %from, "taking over: the previous owner's speaker is down");
+            }
+            for ip in new.difference(&old) {
+                tracing::info!(service = %services_with(ip), %ip, "this node now owns the address");
+            }
+            for ip in old.difference(&new) {
+                tracing::info!(service = %services_with(ip), %ip, "this node no longer owns the address");
+            }
+        }
+        let now = Instant::now();
+        for (key, sp) in &next.services {
+            match &sp.owner {
+                Err(reason) => {
+                    if self.plan.services.get(key).map(|p| &p.owner) != Some(&sp.owner) {
+                        tracing::info!(service = %key, %reason, "not announced");
+                    }
+                    self.no_owner_since.entry(key.clone()).or_insert(now);
+                }
+                Ok(_) => {
+                    self.no_owner_since.remove(key);
+                }
+            }
+        }
+        if self.no_owner_since.len() > next.services.len() {
+            self.no_owner_since
+                .retain(|k, _| next.services.contains_key(k));
         }
 
         self.services_of
             .retain(|ip, _| self.announced.contains_key(ip));
         for (key, sp) in &next.services {
-            for ip in &sp.addresses {
+            for ip in sp.addresses.iter().filter(|ip| next.owned.contains_key(ip)) {
                 self.services_of.entry(*ip).or_default().insert(key.clone());
             }
         }
@@ -574,35 +1245,153 @@ impl Shell {
         self.owners = owners;
         self.plan = next;
         self.write_conditions(&alive);
+        self.last_recompute = started.elapsed();
     }
 
+    /// Brings the Services' conditions in line with the plan: one pass over every Service,
+    /// writing only where the condition this speaker should write differs from the one the
+    /// Service carries (see the module docs).
     fn write_conditions(&mut self, alive: &BTreeSet<String>) {
+        if self.withdrawal.is_some() || !self.view_fresh() {
+            // A stale view writes nothing; what is queued is dropped, and re-derived once
+            // the view is fresh again.
+            self.writes.clear();
+            return;
+        }
         let me = self.cfg.node_name.clone();
-        let mut keep = BTreeSet::new();
+        let now = Instant::now();
+        let mut settle_at: Option<Instant> = None;
         for (key, sp) in &self.plan.services {
-            let Some((status, reason, message)) =
-                desired_condition(&me, key, sp, &self.announced, alive)
-            else {
+            let desired = match desired_condition(&me, key, sp, &self.announced, alive) {
+                Some(d) if d.is_observed(&sp.observed) => None,
+                Some(d) if !d.status => {
+                    // "Not announced" waits for this speaker's view to settle.
+                    let since = self.no_owner_since.get(key).copied().unwrap_or(now);
+                    let mut due = since + FALSE_SETTLE;
+                    if self.joining {
+                        due = due.max(self.joining_until.into_std());
+                    }
+                    if now < due {
+                        settle_at = Some(settle_at.map_or(due, |a| a.min(due)));
+                        None
+                    } else {
+                        Some(d)
+                    }
+                }
+                other => other,
+            };
+            let Some(desired) = desired else {
+                self.writes.drop_key(key);
+                self.sent.remove(key);
                 continue;
             };
-            keep.insert(key.clone());
-            if self.written.get(key) == Some(&(status, message.clone())) {
-                continue;
+            let mut overwritten = 0;
+            if let Some(s) = self.sent.get(key)
+                && s.desired == desired
+            {
+                match &s.result {
+                    // In flight, or written and the cache has not caught up yet.
+                    None => continue,
+                    Some(_) if s.against == sp.observed.resource_version => continue,
+                    // The cache moved on past our write and still differs: someone else
+                    // wrote. Write again, but slower each time it happens.
+                    Some(_) => {
+                        overwritten = s.overwritten + 1;
+                        let due = s.at + rewrite_backoff(s.overwritten);
+                        if now < due {
+                            settle_at = Some(settle_at.map_or(due, |a| a.min(due)));
+                            continue;
+                        }
+                    }
+                }
             }
             let Some((namespace, name)) = key.split_once('/') else {
                 continue;
             };
-            self.written.insert(key.clone(), (status, message.clone()));
-            let _ = self.reports.send(Report::Condition {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                status,
-                reason,
-                message,
+            let last_transition = match (&sp.observed.status, &sp.observed.last_transition) {
+                (Some(status), Some(t)) if *status == desired.status => serde_json::to_value(t)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned)),
+                _ => None,
+            }
+            .unwrap_or_else(|| {
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             });
+            self.write_id = self.write_id.wrapping_add(1);
+            self.sent.insert(
+                key.clone(),
+                Sent {
+                    id: self.write_id,
+                    desired: desired.clone(),
+                    against: sp.observed.resource_version.clone(),
+                    result: None,
+                    at: now,
+                    overwritten,
+                },
+            );
+            self.writes.put(
+                key.clone(),
+                Write {
+                    id: self.write_id,
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    desired,
+                    last_transition,
+                    resource_version: sp.observed.resource_version.clone(),
+                },
+            );
         }
-        // Forget what we no longer write, so that becoming the writer again writes anew.
-        self.written.retain(|k, _| keep.contains(k));
+        if self.sent.len() > self.plan.services.len() {
+            let services = &self.plan.services;
+            self.sent.retain(|k, _| services.contains_key(k));
+        }
+        if let Some(at) = settle_at {
+            self.retry_soon(tokio::time::Instant::from_std(at));
+        }
+    }
+
+    fn retry_soon(&mut self, at: tokio::time::Instant) {
+        self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
+    }
+
+    fn on_write_result(&mut self, key: String, id: u64, outcome: Outcome) {
+        let ours = self.sent.get(&key).is_some_and(|s| s.id == id);
+        match outcome {
+            Outcome::Written(rv) => {
+                self.metrics.condition_write("written");
+                tracing::debug!(service = %key, "condition written");
+                if ours && let Some(s) = self.sent.get_mut(&key) {
+                    s.result = Some(rv);
+                }
+            }
+            Outcome::Conflict => {
+                self.metrics.condition_write("conflict");
+                tracing::debug!(service = %key, "condition not written: the Service changed since; deciding again from the newer version");
+                if ours {
+                    self.sent.remove(&key);
+                }
+                self.retry_soon(tokio::time::Instant::now() + CONDITION_RETRY);
+            }
+            Outcome::Gone => {
+                if ours {
+                    self.sent.remove(&key);
+                }
+            }
+            Outcome::Failed(error) => {
+                self.metrics.condition_write("failed");
+                if ours {
+                    self.sent.remove(&key);
+                }
+                let (count, last) = &mut self.write_failures;
+                *count += 1;
+                if last.is_none_or(|t| t.elapsed() >= WRITE_FAILURE_LOG_EVERY) {
+                    tracing::warn!(service = %key, %error, failed = *count, "writing the Announced condition failed; will retry");
+                    *count = 0;
+                    *last = Some(Instant::now());
+                }
+                self.retry_soon(tokio::time::Instant::now() + CONDITION_RETRY);
+            }
+        }
     }
 
     fn service(&self, key: &str) -> Option<Arc<Service>> {
@@ -617,7 +1406,7 @@ impl Shell {
             let Some(svc) = self.service(key) else {
                 continue;
             };
-            let _ = self.reports.send(Report::Event {
+            let _ = self.events.send(EventReport {
                 reference: Box::new(service_reference(&svc)),
                 event: Event {
                     type_,
@@ -635,7 +1424,7 @@ impl Shell {
     /// The announcer's events are only triggers: its channel is bounded and drops under a
     /// burst (a thousand addresses at once), so the truth is read from
     /// [`Announcer::announced_on`].
-    fn sync_announced(&mut self, alive: &BTreeSet<String>) {
+    fn sync_announced(&mut self) {
         let me = self.cfg.node_name.clone();
         let now = self.announcer.announced_on();
         for (ip, interfaces) in &now {
@@ -662,7 +1451,9 @@ impl Shell {
         self.metrics
             .addresses_announced
             .set(i64::try_from(self.announced.len()).unwrap_or(i64::MAX));
-        self.write_conditions(alive);
+        let nodes = self.stores.nodes.state();
+        let (alive, _) = self.alive(&nodes);
+        self.write_conditions(&alive);
     }
 
     /// Handles one announcer event; returns whether the announced state may have changed.
@@ -696,6 +1487,13 @@ impl Shell {
             }
         }
     }
+
+    /// When the next recomputation for watched changes may run: at once after an idle
+    /// period, else a few times the last one's duration after it (see the module docs).
+    fn next_recompute(&self, last_end: tokio::time::Instant) -> tokio::time::Instant {
+        let gap = (self.last_recompute * RECOMPUTE_GAP_FACTOR).min(MAX_RECOMPUTE_GAP);
+        (last_end + gap).max(tokio::time::Instant::now())
+    }
 }
 
 /// Runs the speaker until `shutdown` completes, then stops answering, leaves the membership
@@ -708,10 +1506,12 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let notify = Arc::new(Notify::new());
-    let stores = Stores::start(&client, &notify);
+    let api = Arc::new(ApiHealth::new());
+    let stores = Stores::start(&client, &notify, &api);
+    let prober = tokio::spawn(probe_api(client.clone(), Arc::clone(&api)));
 
     // The announcer is needed by the metrics refresh; start it before serving.
-    let (announcer, mut events) = Announcer::start(cfg.announcer.clone()).await?;
+    let (announcer, mut events) = Announcer::start_dedicated(cfg.announcer.clone()).await?;
     let refresh: metrics::Refresh = {
         let announcer = announcer.clone();
         Arc::new(move |m: &Metrics| m.set_frames(frame_counts(&announcer)))
@@ -732,6 +1532,7 @@ pub async fn run(
         r = stores.wait_until_ready() => r?,
         () = &mut shutdown => {
             announcer.shutdown().await;
+            prober.abort();
             return Ok(());
         }
     }
@@ -754,54 +1555,99 @@ pub async fn run(
         cfg.node_name.clone(),
         SocketAddr::new(bind_ip, cfg.membership_port),
         SocketAddr::new(own_ip, cfg.membership_port),
-        cfg.key.clone(),
+        Vec::new(),
     );
+    mcfg.keys = cfg.keys.clone();
+    mcfg.key_file = cfg.key_file.clone();
     let initial_seeds = seeds(&nodes, &cfg.node_name, cfg.membership_port);
     mcfg.seeds = initial_seeds.clone();
     let (membership, mut view_rx) = Membership::start(mcfg).await?;
+    let mut states_rx = membership.states();
+    metrics.attach_membership(membership.stats_reader());
     tracing::info!(advertise = %SocketAddr::new(own_ip, cfg.membership_port), seeds = initial_seeds.len(), "membership started");
 
-    let (report_tx, report_rx) = mpsc::unbounded_channel();
-    let (failed_tx, mut failed_rx) = mpsc::unbounded_channel();
-    let reporter_task = tokio::spawn(reporter(
+    let (event_tx, event_rx) = mpsc::unbounded_channel();
+    let reporter_task = tokio::spawn(event_reporter(
         client.clone(),
         cfg.node_name.clone(),
-        report_rx,
-        failed_tx,
+        event_rx,
+    ));
+    let writes = Arc::new(PendingWrites::default());
+    let (result_tx, mut result_rx) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(condition_writer(
+        client.clone(),
+        Arc::clone(&writes),
+        result_tx,
     ));
 
+    let (resync_tx, mut resync_rx) = mpsc::unbounded_channel();
     let mut shell = Shell {
         cfg,
         stores,
         announcer,
         membership,
         metrics,
-        reports: report_tx,
+        health: Arc::clone(&health),
+        api,
+        events: event_tx,
+        writes,
         plan: Plan::default(),
         owners: BTreeMap::new(),
         alive_source: None,
         seeds: initial_seeds,
         announced: BTreeMap::new(),
+        by_address: BTreeMap::new(),
         services_of: BTreeMap::new(),
-        written: BTreeMap::new(),
+        sent: BTreeMap::new(),
+        write_id: 0,
+        no_owner_since: HashMap::new(),
         conflicts_reported: BTreeMap::new(),
         view: view_rx.borrow_and_update().clone(),
+        states: states_rx.borrow_and_update().clone(),
         seen: BTreeSet::new(),
         joining: true,
+        joining_until: tokio::time::Instant::now() + JOINING_GRACE,
+        withdrawal: None,
+        told: None,
+        fresh_peer_since: None,
+        api_was_fresh: true,
+        had_peers: false,
+        write_failures: (0, None),
+        retry_at: None,
+        last_recompute: Duration::ZERO,
+        client: client.clone(),
+        notify: Arc::clone(&notify),
+        needs_resync: false,
+        resyncing: None,
+        resync_generation: 0,
+        resync_done: resync_tx,
+        isolated: false,
+        api_was_reachable: true,
+        link_returned_at: None,
+        own_ip,
+        own_link_down_since: None,
     };
+
     let initial = shell.view.clone();
     shell.set_view(initial);
+    health.set_ready();
+    shell.metrics.in_election.set(1);
+    shell.judge();
     shell.recompute();
-    let joining_until = tokio::time::Instant::now() + JOINING_GRACE;
-    let mut retry_at: Option<tokio::time::Instant> = None;
-    health
-        .ready
-        .store(true, std::sync::atomic::Ordering::Relaxed);
     let mut views_open = true;
+    let mut states_open = true;
     let mut release_at = Some(tokio::time::Instant::now() + RELEASE_MEMORY_AFTER);
+    let mut recompute_at: Option<tokio::time::Instant> = None;
+    let mut last_recompute_end = tokio::time::Instant::now();
+    let mut links_rx = shell.announcer.links();
+    let mut links_open = true;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
 
     loop {
         let mut worked = true;
+        let mut recomputed = false;
         tokio::select! {
             // Biased: membership first, it is the failover path.
             biased;
@@ -812,10 +1658,54 @@ pub async fn run(
                     continue;
                 }
                 let view = view_rx.borrow_and_update().clone();
-                shell.set_view(view);
+                let joined = shell.set_view(view);
+                // Judged first: a speaker back from isolation with a stale view must step
+                // aside before it recomputes with its peers.
+                shell.judge();
                 shell.recompute();
+                recomputed = true;
+                if joined {
+                    // A peer came (back): clients may have been pointed elsewhere meanwhile.
+                    shell.announcer.reassert();
+                }
             }
-            () = notify.notified() => shell.recompute(),
+            changed = links_rx.changed(), if links_open => {
+                if changed.is_err() {
+                    links_open = false;
+                    continue;
+                }
+                let links = links_rx.borrow_and_update().clone();
+                if shell.on_links(&links) {
+                    shell.judge();
+                    shell.recompute();
+                    recomputed = true;
+                }
+            }
+            changed = states_rx.changed(), if states_open => {
+                if changed.is_err() {
+                    states_open = false;
+                    continue;
+                }
+                shell.states = states_rx.borrow_and_update().clone();
+                let (_, reassert) = shell.judge();
+                shell.recompute();
+                recomputed = true;
+                if reassert {
+                    shell.announcer.reassert();
+                }
+            }
+            () = notify.notified() => {
+                // Batched: see the module docs.
+                if recompute_at.is_none() {
+                    recompute_at = Some(shell.next_recompute(last_recompute_end));
+                }
+                worked = false;
+            }
+            () = tokio::time::sleep_until(recompute_at.unwrap_or_else(far)), if recompute_at.is_some() => {
+                recompute_at = None;
+                shell.recompute();
+                recomputed = true;
+            }
             Some(event) = events.recv() => {
                 // Drain what is already queued, then look at the announcer's state once.
                 let mut changed = shell.on_announcer_event(event);
@@ -823,32 +1713,52 @@ pub async fn run(
                     changed |= shell.on_announcer_event(event);
                 }
                 if changed {
-                    let (alive, _) = shell.alive(&shell.stores.nodes.state());
-                    shell.sync_announced(&alive);
+                    shell.sync_announced();
                 }
             }
-            Some(key) = failed_rx.recv() => {
-                // Forgotten as written, and written again shortly (the API server may be
-                // back before any watched object changes).
-                shell.written.remove(&key);
-                retry_at.get_or_insert_with(|| tokio::time::Instant::now() + CONDITION_RETRY);
+            Some(generation) = resync_rx.recv() => {
+                shell.finish_resync(generation);
+                let (_, reassert) = shell.judge();
+                shell.recompute();
+                recomputed = true;
+                if reassert {
+                    shell.announcer.reassert();
+                }
             }
-            () = tokio::time::sleep_until(retry_at.unwrap_or(joining_until)), if retry_at.is_some() => {
-                retry_at = None;
+            Some((key, id, outcome)) = result_rx.recv() => {
+                shell.on_write_result(key, id, outcome);
+            }
+            () = tokio::time::sleep_until(shell.retry_at.unwrap_or_else(far)), if shell.retry_at.is_some() => {
+                shell.retry_at = None;
                 let (alive, _) = shell.alive(&shell.stores.nodes.state());
                 shell.write_conditions(&alive);
             }
-            () = tokio::time::sleep_until(joining_until), if shell.joining => {
+            _ = tick.tick() => {
+                let (changed, reassert) = shell.judge();
+                if changed {
+                    shell.recompute();
+                    recomputed = true;
+                }
+                if reassert {
+                    shell.announcer.reassert();
+                }
+                worked = changed || reassert;
+            }
+            () = tokio::time::sleep_until(shell.joining_until), if shell.joining => {
                 shell.joining = false;
                 tracing::debug!("joining grace over: liveness from the membership alone");
                 shell.recompute();
+                recomputed = true;
             }
-            () = tokio::time::sleep_until(release_at.unwrap_or(joining_until)), if release_at.is_some() => {
+            () = tokio::time::sleep_until(release_at.unwrap_or_else(far)), if release_at.is_some() => {
                 release_at = None;
                 worked = false;
                 crate::heap::release_free_memory();
             }
             () = &mut shutdown => break,
+        }
+        if recomputed {
+            last_recompute_end = tokio::time::Instant::now();
         }
         if worked {
             release_at = Some(tokio::time::Instant::now() + RELEASE_MEMORY_AFTER);
@@ -856,12 +1766,17 @@ pub async fn run(
     }
 
     tracing::info!("shutting down: stop answering, then leave the membership");
-    health
-        .ready
-        .store(false, std::sync::atomic::Ordering::Relaxed);
+    health.set_not_ready("shutting down");
+    // Told first, so that even a peer that hears nobody else knows these addresses are free.
+    shell.membership.set_state(SpeakerState {
+        electable: false,
+        api_fresh: shell.view_fresh(),
+    });
     shell.announcer.clone().shutdown().await;
     shell.membership.leave(LEAVE_TIMEOUT).await;
     reporter_task.abort();
+    writer_task.abort();
+    prober.abort();
     tracing::info!("speaker stopped");
     Ok(())
 }
@@ -875,7 +1790,16 @@ mod tests {
         ServicePlan {
             addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
             owner: owner.map(str::to_owned),
+            observed: Observed::default(),
         }
+    }
+
+    fn desired(status: bool, reason: &'static str, message: &str) -> Option<Desired> {
+        Some(Desired {
+            status,
+            reason,
+            message: message.to_owned(),
+        })
     }
 
     #[test]
@@ -905,7 +1829,7 @@ mod tests {
         let announced = BTreeMap::from([(ip, vec!["eth0".to_owned()])]);
         assert_eq!(
             desired_condition("b", "ns/web", &owned, &announced, &alive),
-            Some((true, "Announced", "announced from b on eth0".to_owned()))
+            desired(true, "Announced", "announced from b on eth0")
         );
         assert_eq!(
             desired_condition("a", "ns/web", &owned, &announced, &alive),
@@ -922,11 +1846,46 @@ mod tests {
             .filter(|me| desired_condition(me, "ns/web", &none, &announced, &alive).is_some())
             .collect();
         assert_eq!(writers.len(), 1);
-        let (status, reason, message) =
-            desired_condition(writers[0], "ns/web", &none, &announced, &alive).unwrap();
-        assert!(!status);
-        assert_eq!(reason, "NoReadyEndpoints");
-        assert_eq!(message, "not announced: no ready endpoint");
+        let d = desired_condition(writers[0], "ns/web", &none, &announced, &alive).unwrap();
+        assert!(!d.status);
+        assert_eq!(d.reason, "NoReadyEndpoints");
+        assert_eq!(d.message, "not announced: no ready endpoint");
+
+        // The previous owner, still alive, retracts its own claim; nobody else writes.
+        let mut retract = none.clone();
+        retract.observed = Observed {
+            status: Some(true),
+            reason: "Announced".into(),
+            message: "announced from c on eth0".into(),
+            owner: Some("c".into()),
+            ..Observed::default()
+        };
+        let writers: Vec<&str> = ["a", "b", "c"]
+            .into_iter()
+            .filter(|me| desired_condition(me, "ns/web", &retract, &announced, &alive).is_some())
+            .collect();
+        assert_eq!(writers, ["c"]);
+        // Gone: the election among the alive decides, as before.
+        let without_c: BTreeSet<String> = ["a", "b"].iter().map(|s| (*s).to_owned()).collect();
+        let writers: Vec<&str> = ["a", "b"]
+            .into_iter()
+            .filter(|me| {
+                desired_condition(me, "ns/web", &retract, &announced, &without_c).is_some()
+            })
+            .collect();
+        assert_eq!(writers.len(), 1);
+        // Already said: every speaker sees it as observed, and nobody needs to write it.
+        let mut said = none.clone();
+        said.observed = Observed {
+            status: Some(false),
+            reason: "NoReadyEndpoints".into(),
+            message: "not announced: no ready endpoint".into(),
+            ..Observed::default()
+        };
+        for me in ["a", "b", "c"] {
+            let d = desired_condition(me, "ns/web", &said, &announced, &alive);
+            assert!(d.is_some_and(|d| d.is_observed(&said.observed)));
+        }
         let unassigned = sp(&[], Err(NoOwner::NoAddress));
         for me in ["a", "b", "c"] {
             assert_eq!(
@@ -934,6 +1893,63 @@ mod tests {
                 None
             );
         }
+    }
+
+    #[test]
+    fn withdraw_only_when_a_peer_keeps_a_fresh_view() {
+        let lost = |silent: u64, peer: Option<u64>, keyring: bool| {
+            withdrawal(WithdrawalInput {
+                api_silent_for: Duration::from_secs(silent),
+                api_loss_timeout: Duration::from_secs(30),
+                fresh_peer_for: peer.map(Duration::from_secs),
+                keyring_failing: keyring,
+                alone: false,
+                view_fresh: silent < 6,
+                isolated: false,
+                link_returned: false,
+            })
+        };
+        // The API server is gone for everybody: nobody withdraws, however long.
+        assert_eq!(lost(3600, None, false), None);
+        // Gone for this speaker only, but not for long enough.
+        assert_eq!(lost(29, Some(100), false), None);
+        // A peer only just reports a fresh view: it may be the API server coming back for all.
+        assert_eq!(lost(60, Some(1), false), None);
+        assert_eq!(
+            lost(60, Some(FRESH_PEER_SETTLE.as_secs()), false),
+            Some(Withdrawal::ApiLost {
+                silent: Duration::from_secs(60)
+            })
+        );
+        assert_eq!(lost(0, None, true), Some(Withdrawal::KeyringMismatch));
+        let text = lost(61, Some(60), false).unwrap().to_string();
+        assert!(text.contains("unreachable for 61 s"), "{text}");
+        // Back from an isolation with a stale view: steps aside as soon as it hears a peer
+        // with a fresh one, not before (alone, it keeps its own addresses).
+        let cut = |alone: bool, fresh: bool, peer: Option<u64>| {
+            withdrawal(WithdrawalInput {
+                api_silent_for: Duration::from_secs(1),
+                api_loss_timeout: Duration::from_secs(30),
+                fresh_peer_for: peer.map(Duration::from_secs),
+                keyring_failing: false,
+                alone,
+                view_fresh: fresh,
+                isolated: true,
+                link_returned: false,
+            })
+        };
+        // Alone with a fresh view: it knows what it owns (the conditions say so), it stays.
+        assert_eq!(cut(true, true, None), None);
+        // Alone and blind: cut off.
+        assert_eq!(cut(true, false, None), Some(Withdrawal::CutOff));
+        // Back among peers, still re-reading: steps aside if one of them knows better...
+        assert_eq!(
+            cut(false, false, Some(0)),
+            Some(Withdrawal::StaleAfterIsolation)
+        );
+        // ...and not if nobody does (the API server is gone for everybody).
+        assert_eq!(cut(false, false, None), None);
+        assert_eq!(cut(false, true, Some(0)), None);
     }
 
     #[test]

@@ -40,7 +40,8 @@ pub fn metadata<K: kube::Resource>(obj: &mut K) {
     m.annotations = None;
 }
 
-/// Keeps the class (`type`, `loadBalancerClass`), `externalTrafficPolicy` and the ingress IPs.
+/// Keeps the class (`type`, `loadBalancerClass`), `externalTrafficPolicy`, the ingress IPs and
+/// the speakers' own `lodestone.dev/Announced` condition (it names the current owner).
 pub fn service(svc: &mut Service) {
     meta(&mut svc.metadata);
     svc.metadata.labels = None;
@@ -57,9 +58,13 @@ pub fn service(svc: &mut Service) {
             entry.ip_mode = None;
             entry.ports = None;
         }
+        let conditions = s.conditions.and_then(|mut c| {
+            c.retain(|c| c.type_ == lodestone_crds::announced::CONDITION_TYPE);
+            (!c.is_empty()).then_some(c)
+        });
         ServiceStatus {
             load_balancer: lb,
-            conditions: None,
+            conditions,
         }
     });
 }
@@ -85,8 +90,8 @@ pub fn endpoint_slice(slice: &mut EndpointSlice) {
     }
 }
 
-/// Keeps the labels (node selectors, the exclusion label), the `Ready` condition and the
-/// `InternalIP` addresses.
+/// Keeps the labels (node selectors, the exclusion label), the `Ready` and `NetworkUnavailable`
+/// conditions and the `InternalIP` addresses.
 pub fn node(node: &mut Node) {
     meta(&mut node.metadata);
     node.spec = node.spec.take().map(|_| NodeSpec::default());
@@ -96,7 +101,7 @@ pub fn node(node: &mut Node) {
             a
         }),
         conditions: s.conditions.map(|mut c| {
-            c.retain(|c| c.type_ == "Ready");
+            c.retain(|c| c.type_ == "Ready" || c.type_ == "NetworkUnavailable");
             for c in &mut c {
                 // Ready/NotReady is what counts; the kubelet rewrites these every heartbeat.
                 c.message = None;
@@ -152,7 +157,10 @@ mod tests {
                     {"hostname": "lb.example.invalid"}
                 ]},
                 "conditions": [{"type": "lodestone.dev/Announced", "status": "True",
-                                "reason": "Announced", "message": "m",
+                                "reason": "Announced", "message": "announced from node-b on eth0",
+                                "lastTransitionTime": "2026-11-22T00:00:00Z"},
+                               {"type": "example.com/Other", "status": "True",
+                                "reason": "Other", "message": "not ours",
                                 "lastTransitionTime": "2026-11-22T00:00:00Z"}]
             }
         }))
@@ -202,6 +210,9 @@ mod tests {
                               {"type": "InternalIP", "address": ip}],
                 "conditions": [
                     {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory"},
+                    {"type": "NetworkUnavailable", "status": if name == "node-c" { "True" } else { "False" },
+                     "reason": "RouteCreated", "message": "routes",
+                     "lastTransitionTime": "2026-11-22T00:00:00Z"},
                     {"type": "Ready", "status": if ready { "True" } else { "False" },
                      "reason": "KubeletReady", "message": "kubelet is posting ready status",
                      "lastHeartbeatTime": "2026-11-22T00:00:00Z",
@@ -284,6 +295,10 @@ mod tests {
             plan::ingress_ips(&svc),
             vec!["198.51.100.1".parse::<std::net::IpAddr>().unwrap()]
         );
+        let conditions = svc.status.as_ref().unwrap().conditions.as_ref().unwrap();
+        assert_eq!(conditions.len(), 1, "only our own condition is kept");
+        assert_eq!(plan::observed(&svc).owner.as_deref(), Some("node-b"));
+        assert_eq!(plan::observed(&svc).resource_version.as_deref(), Some("42"));
 
         let mut slice = full_slice("web", &[("node-a", true, true, false)]);
         endpoint_slice(&mut slice);
@@ -302,7 +317,11 @@ mod tests {
         let status = n.status.as_ref().unwrap();
         assert!(status.images.is_none() && status.capacity.is_none());
         assert_eq!(status.addresses.as_ref().unwrap().len(), 1);
-        assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
+        assert_eq!(status.conditions.as_ref().unwrap().len(), 2);
+        assert!(!crate::eligibility::network_unavailable(&n));
+        let mut c = full_node("node-c", "192.0.2.3", true, &[]);
+        node(&mut c);
+        assert!(crate::eligibility::network_unavailable(&c));
     }
 
     proptest! {
@@ -348,9 +367,9 @@ mod tests {
             input.pools.push(Arc::new(pool));
             input.advertisements.push(Arc::new(advert));
             // Liveness from the Node Ready conditions, as before the membership forms.
-            let (alive, _) = plan::alive_set(None, &input.nodes);
+            let (alive, _) = plan::alive_set(names[me], None, &input.nodes);
             input.alive = alive;
-            let (alive_trimmed, _) = plan::alive_set(None, &trimmed(&input).nodes);
+            let (alive_trimmed, _) = plan::alive_set(names[me], None, &trimmed(&input).nodes);
             prop_assert_eq!(&alive_trimmed, &input.alive);
             prop_assert_eq!(plan::plan(&trimmed(&input)), plan::plan(&input));
             let me_before: BTreeSet<_> = input.nodes.iter().filter_map(|n| plan::internal_ip(n)).collect();

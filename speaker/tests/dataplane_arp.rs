@@ -4,11 +4,13 @@
 mod dataplane_support;
 
 use std::net::UdpSocket;
+use std::time::Duration;
 
 use dataplane_support::{RunningAnnouncer, arping_macs, fast_config, ip, wait_until};
 use ipnet::IpNet;
+use lodestone_harness::e2e::NeighProber;
 use lodestone_harness::netns::Topology;
-use lodestone_speaker::announcer::AnnouncerEvent;
+use lodestone_speaker::announcer::{AnnouncerConfig, AnnouncerEvent, LINK_DOWN_HOLDS};
 
 fn net(s: &str) -> Option<IpNet> {
     Some(s.parse().unwrap())
@@ -227,10 +229,95 @@ fn a_link_coming_back_up_gets_a_fresh_burst() {
     wait_until("withdrawn from the dead link", || {
         a.announcer.announced_on().is_empty()
     });
+    // Down long enough for the other speakers to have taken the address over: the link is
+    // held back until the shell confirms what this node owns.
+    std::thread::sleep(LINK_DOWN_HOLDS);
     node.link_up().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        a.announcer.announced_on().is_empty(),
+        "answering on a link back from a long outage before the shell confirmed"
+    );
+    assert_eq!(a.announcer.counters().gratuitous_arp_sent, 3);
+    a.announcer.reassert();
     a.wait_announced(vip);
     wait_until("second burst", || {
         a.announcer.counters().gratuitous_arp_sent == 6
+    });
+}
+
+#[test]
+fn a_held_link_is_used_again_without_a_confirmation_after_a_while() {
+    let topo = Topology::new().unwrap();
+    let node = topo.add_host("ldn", net("192.0.2.10/24"), None).unwrap();
+    let a = RunningAnnouncer::start(node.ns(), fast_config());
+    let vip = ip("192.0.2.100");
+    a.own(&[vip]);
+    a.wait_announced(vip);
+    wait_until("first burst", || {
+        a.announcer.counters().gratuitous_arp_sent == 3
+    });
+    node.link_down().unwrap();
+    wait_until("withdrawn from the dead link", || {
+        a.announcer.announced_on().is_empty()
+    });
+    std::thread::sleep(LINK_DOWN_HOLDS);
+    node.link_up().unwrap();
+    // A link the shell does not watch (it would have confirmed or withdrawn by now).
+    a.wait_announced(vip);
+    wait_until("a burst after the hold", || {
+        a.announcer.counters().gratuitous_arp_sent >= 6
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(a.announcer.counters().gratuitous_arp_sent, 6, "one burst");
+}
+
+#[test]
+fn reassert_and_refresh_repeat_the_burst_for_owned_addresses_only() {
+    let topo = Topology::new().unwrap();
+    let node = topo.add_host("ldn", net("192.0.2.10/24"), None).unwrap();
+    let client = topo.add_host("ldc", net("192.0.2.1/24"), None).unwrap();
+    let a = RunningAnnouncer::start(node.ns(), fast_config());
+    let (owned, other) = (ip("192.0.2.100"), ip("192.0.2.101"));
+    a.own(&[owned]);
+    a.wait_announced(owned);
+    wait_until("first burst", || {
+        a.announcer.counters().gratuitous_arp_sent == 3
+    });
+    // Watch the LAN: every announcement the node makes is for the owned address.
+    let prober = NeighProber::start(
+        &client,
+        std::net::Ipv4Addr::new(192, 0, 2, 1),
+        &[owned, other],
+        Duration::from_millis(50),
+    )
+    .unwrap();
+    a.announcer.reassert();
+    wait_until("a burst on request", || {
+        a.announcer.counters().gratuitous_arp_sent == 6
+    });
+    wait_until("the prober heard the announcements", || {
+        prober
+            .claims()
+            .iter()
+            .any(|c| c.ip == owned && c.round.is_none())
+    });
+    assert!(
+        prober.claims().iter().all(|c| c.ip != other),
+        "{:?}",
+        prober.claims()
+    );
+    drop(a);
+
+    let config = AnnouncerConfig {
+        refresh_interval: Some(Duration::from_millis(300)),
+        ..fast_config()
+    };
+    let b = RunningAnnouncer::start(node.ns(), config);
+    b.own(&[owned]);
+    b.wait_announced(owned);
+    wait_until("bursts repeated on their own", || {
+        b.announcer.counters().gratuitous_arp_sent >= 9
     });
 }
 

@@ -138,7 +138,9 @@ async fn local_policy_follows_the_ready_endpoint() {
     .await;
     assert_eq!(
         cond,
-        Some(("False".into(), "not announced: no ready endpoint".into()))
+        Some(("False".into(), "not announced: no ready endpoint".into())),
+        "{}",
+        lab.logs()
     );
 }
 

@@ -97,7 +97,13 @@ async fn three(tune: impl Fn(MembershipConfig) -> MembershipConfig) -> (Node, No
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_form_a_cluster() {
-    let (a, b, c) = three(|c| c).await;
+    let (mut a, mut b, mut c) = three(|c| c).await;
+    for node in [&mut a, &mut b, &mut c] {
+        wait_for(&mut node.view, "both peers authenticated", |v| {
+            v.authenticated_peers == 2 && !v.keyring_failing
+        })
+        .await;
+    }
     for node in [&a, &b, &c] {
         let stats = node.handle.stats();
         assert_eq!(stats.members, 3);
@@ -221,6 +227,38 @@ async fn without_the_key_a_speaker_cannot_join() {
     assert_eq!(intruder.handle.stats().datagrams_in, 0);
     // The cluster itself is untouched.
     assert_eq!(a.view.borrow().alive.len(), 3);
+    assert!(!intruder.view.borrow().keyring_failing);
+
+    // Once the cluster knows the intruder's node (its address becomes a seed), the cluster
+    // announces to it and the intruder learns that its key is the odd one out; the cluster,
+    // which still authenticates its own, does not conclude the same about itself.
+    a.handle.join(vec![intruder.addr()]);
+    wait_for(
+        &mut intruder.view,
+        "the intruder to see its key fail",
+        |v| v.keyring_failing && v.authenticated_peers == 0,
+    )
+    .await;
+    let view = a.view.borrow().clone();
+    assert!(
+        !view.keyring_failing && view.authenticated_peers == 2,
+        "{view:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_peers_decay_when_a_peer_goes_quiet() {
+    let (mut a, b, c) = three(|c| c).await;
+    wait_for(&mut a.view, "a to count both peers", |v| {
+        v.authenticated_peers == 2
+    })
+    .await;
+    drop(c);
+    drop(b);
+    wait_for(&mut a.view, "a to count nobody", |v| {
+        v.authenticated_peers == 0 && !v.keyring_failing
+    })
+    .await;
 }
 
 /// Build the datagram a SWIM member would send to `a` declaring `victim` down, and seal it
@@ -270,8 +308,8 @@ async fn without_the_key_nobody_can_be_evicted() {
     let socket = std::net::UdpSocket::bind(loopback()).unwrap();
 
     let forged = forged_eviction(
-        a.handle.identity(),
-        b.handle.identity(),
+        &a.handle.identity(),
+        &b.handle.identity(),
         OTHER_KEY,
         "intruder",
     );
@@ -284,13 +322,13 @@ async fn without_the_key_nobody_can_be_evicted() {
     assert!(a.view.borrow().alive.contains("node-b"));
     assert_eq!(b.handle.stats().rejoins, 0, "b was never declared down");
 
-    // Control: the very same message sealed with the cluster key does evict b (which then
-    // refutes by rejoining under a renewed identity). Without this, the check above could pass
-    // because the forged message was harmless anyway.
-    let genuine = forged_eviction(a.handle.identity(), b.handle.identity(), KEY, "insider");
+    // Control: the very same message sealed with the cluster key does evict b from a's view.
+    // Without this, the check above could pass because the forged message was harmless anyway.
+    // (b itself is not told: no courtesy "you are down" message, see MembershipConfig.)
+    let genuine = forged_eviction(&a.handle.identity(), &b.handle.identity(), KEY, "insider");
     socket.send_to(&genuine, a.addr()).unwrap();
-    wait_until("b to be declared down and rejoin", || {
-        b.handle.stats().rejoins > 0
+    wait_until("a to take b for gone", || {
+        !a.view.borrow().alive.contains("node-b")
     })
     .await;
 

@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 use super::forward::{Forwarder, forward_into, kubeconfig_via};
+use super::neigh_prober::NeighProber;
 use super::objects;
 use super::process::SpeakerProcess;
 use super::traffic::Responder;
@@ -54,6 +55,8 @@ pub struct Lab {
     pub nodes: Vec<LabNode>,
     /// The client namespace.
     pub client: Host,
+    /// The namespace of the independent neighbour prober (see [`Lab::neigh_prober`]).
+    pub prober_host: Option<Host>,
     /// The bridge.
     pub topology: Topology,
     /// The API server.
@@ -133,6 +136,7 @@ impl Lab {
             api_target: target,
             nodes: lab_nodes,
             client,
+            prober_host: None,
             topology,
             cluster,
             speaker_bin: speaker_bin.to_owned(),
@@ -157,6 +161,19 @@ impl Lab {
 
     /// Starts (or restarts) the speaker of `name` with `extra` arguments.
     pub fn start_speaker(&mut self, name: &str, extra: &[&str]) -> anyhow::Result<()> {
+        self.start_speaker_with(name, extra, &[], None)
+    }
+
+    /// Starts (or restarts) the speaker of `name` with `extra` arguments and environment; the
+    /// membership keyring comes from `key_file` (watched for changes by the speaker) when
+    /// given, else [`LAB_KEY`] through the environment.
+    pub fn start_speaker_with(
+        &mut self,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        key_file: Option<&Path>,
+    ) -> anyhow::Result<()> {
         let bin = self.speaker_bin.clone();
         let log = self.dir.path().join(format!("{name}.log"));
         let node = self.node_mut(name)?;
@@ -164,20 +181,39 @@ impl Lab {
         let kubeconfig = node.kubeconfig.to_string_lossy().into_owned();
         let rust_log = std::env::var("LODESTONE_E2E_LOG")
             .unwrap_or_else(|_| "info,lodestone_speaker=debug".into());
+        let key_path = key_file.map(|p| p.to_string_lossy().into_owned());
         let mut args = vec!["--node-name", name];
+        if let Some(path) = &key_path {
+            args.extend_from_slice(&["--memberlist-key-file", path]);
+        }
         args.extend_from_slice(extra);
+        let mut vars = vec![
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("RUST_LOG", rust_log.as_str()),
+        ];
+        if key_file.is_none() {
+            vars.push(("LODESTONE_MEMBERLIST_KEY", LAB_KEY));
+        }
+        vars.extend_from_slice(env);
         node.speaker = Some(SpeakerProcess::spawn(
             node.host.ns(),
             &bin,
             &args,
-            &[
-                ("KUBECONFIG", kubeconfig.as_str()),
-                ("LODESTONE_MEMBERLIST_KEY", LAB_KEY),
-                ("RUST_LOG", rust_log.as_str()),
-            ],
+            &vars,
             &log,
         )?);
         Ok(())
+    }
+
+    /// [`Lab::start_speaker`] with another membership key than the lab's (a node restarted
+    /// after the Secret changed, say).
+    pub fn start_speaker_with_key(
+        &mut self,
+        name: &str,
+        extra: &[&str],
+        key: &str,
+    ) -> anyhow::Result<()> {
+        self.start_speaker_with(name, extra, &[("LODESTONE_MEMBERLIST_KEY", key)], None)
     }
 
     /// Starts every node's speaker.
@@ -271,6 +307,63 @@ impl Lab {
         }
     }
 
+    /// Drops every packet between `name` and the API server, in both directions, as a broken
+    /// route or a firewall would: nothing is refused, connections just go silent.
+    pub fn blackhole_api(&self, name: &str) -> anyhow::Result<()> {
+        self.api_rules(name, "-I")
+    }
+
+    /// Ends [`Lab::blackhole_api`].
+    pub fn restore_api(&self, name: &str) -> anyhow::Result<()> {
+        self.api_rules(name, "-D")
+    }
+
+    fn api_rules(&self, name: &str, op: &str) -> anyhow::Result<()> {
+        let node = self.node(name)?;
+        let port = node.api_port.to_string();
+        let ns = node.host.ns();
+        ns.exec_ok(
+            "iptables",
+            &[
+                op, "OUTPUT", "-o", "lo", "-p", "tcp", "--dport", &port, "-j", "DROP",
+            ],
+        )?;
+        ns.exec_ok(
+            "iptables",
+            &[
+                op, "INPUT", "-i", "lo", "-p", "tcp", "--sport", &port, "-j", "DROP",
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Starts the independent neighbour prober (see [`NeighProber`]) for `addresses`, asking
+    /// every `interval` from a host of its own on the lab's LAN (`192.0.2.3`, `2001:db8::3`),
+    /// created on first use.
+    pub fn neigh_prober(
+        &mut self,
+        addresses: &[IpAddr],
+        interval: Duration,
+    ) -> anyhow::Result<NeighProber> {
+        if self.prober_host.is_none() {
+            self.prober_host = Some(self.topology.add_host(
+                "ldpr",
+                Some("192.0.2.3/24".parse::<IpNet>()?),
+                Some("2001:db8::3/64".parse::<IpNet>()?),
+            )?);
+        }
+        let host = self
+            .prober_host
+            .as_ref()
+            .context("the prober host was just created")?;
+        Ok(NeighProber::start(
+            host,
+            std::net::Ipv4Addr::new(192, 0, 2, 3),
+            addresses,
+            interval,
+        )?)
+    }
+
     /// Ends [`Lab::api_down`]: the forwarders listen again on the same ports.
     pub fn api_up(&mut self) -> anyhow::Result<()> {
         let target = self.api_target;
@@ -284,6 +377,44 @@ impl Lab {
 }
 
 impl Lab {
+    /// Waits until every running speaker is ready (`/readyz`: it has listed every watched kind
+    /// and applied its first plan), its membership is formed and it sees all running speakers.
+    /// Until then a speaker that is still starting cannot take over, and a peer it has not met
+    /// yet still counts as alive through its Node. The error carries the last state seen.
+    pub async fn wait_converged(&self, timeout: Duration) -> Result<(), String> {
+        use super::metrics::{self, SPEAKER_METRICS_PORT};
+        let speakers = self.nodes.iter().filter(|n| n.speaker.is_some()).count() as f64;
+        metrics::poll(
+            "every speaker ready and in one membership",
+            timeout,
+            || async {
+                let mut state = String::new();
+                let mut all = true;
+                for n in self.nodes.iter().filter(|n| n.speaker.is_some()) {
+                    let ns = n.host.ns();
+                    let ready = metrics::http_get(ns, SPEAKER_METRICS_PORT, "/readyz")
+                        .ok()
+                        .flatten()
+                        .map(|(code, _)| code);
+                    let body = metrics::scrape(ns, SPEAKER_METRICS_PORT)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
+                    let formed = metrics::gauge_in(&body, "lodestone_speaker_membership_formed");
+                    let members = metrics::gauge_in(&body, "lodestone_speaker_membership_members");
+                    all &= ready == Some(200) && formed == Some(1.0) && members == Some(speakers);
+                    state.push_str(&format!(
+                        "{}: readyz {ready:?}, formed {formed:?}, members {members:?}\n",
+                        n.name
+                    ));
+                }
+                if all { Ok(()) } else { Err(state) }
+            },
+        )
+        .await
+        .map_err(|e| format!("{e}\n{}", self.logs()))
+    }
+
     /// The lab's temporary directory (kubeconfigs and speaker logs); removed on drop.
     pub fn work_dir(&self) -> &Path {
         self.dir.path()

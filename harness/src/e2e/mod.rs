@@ -8,18 +8,24 @@
 //! - [`objects`]: Nodes, Services with status, EndpointSlices created by hand.
 //! - [`controller`]: the real controller binary in the root namespace.
 //! - [`metrics`]: a speaker's Prometheus metrics and probes, read inside its namespace.
+//! - [`flood`]: unauthenticated UDP at a fixed rate, as a hostile host would send.
 //! - [`logs`]: checking `--log-json` output: every line about an object names it.
+//! - [`neigh_prober`]: an independent ARP/NDP prober on the client's LAN recording who claims
+//!   each address, and when.
 
 pub mod controller;
+pub mod flood;
 pub mod forward;
 pub mod lab;
 pub mod logs;
 pub mod metrics;
+pub mod neigh_prober;
 pub mod objects;
 pub mod process;
 pub mod traffic;
 
 pub use controller::ControllerProcess;
 pub use forward::{Forwarder, forward_into, forward_out_of, kubeconfig_via};
+pub use neigh_prober::{AddressReport, Claim, NeighProber};
 pub use process::SpeakerProcess;
-pub use traffic::{Answer, Prober, Responder, runs};
+pub use traffic::{Answer, Prober, Responder, longest_gap, runs};

@@ -102,6 +102,38 @@ pub async fn register_node(
     Ok(created)
 }
 
+/// Sets one condition of a Node's status (`Ready`, `NetworkUnavailable`, ...), as the kubelet
+/// or a network plugin would; the other conditions stay.
+pub async fn set_node_condition(
+    client: &kube::Client,
+    name: &str,
+    type_: &str,
+    status: bool,
+) -> anyhow::Result<()> {
+    let api: Api<Node> = Api::all(client.clone());
+    let body = serde_json::json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+        "status": {"conditions": [{
+            "type": type_,
+            "status": if status { "True" } else { "False" },
+            "reason": "LodestoneE2e",
+            "message": "set by the test",
+            "lastHeartbeatTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "lastTransitionTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }]},
+    });
+    // A manager per condition type: an apply by the manager that registered the Node would
+    // drop the conditions it no longer lists.
+    let manager = format!("{MANAGER}-{}", type_.to_ascii_lowercase());
+    api.patch_status(
+        name,
+        &PatchParams::apply(&manager).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Replaces a Node's labels (merge patch: `None` values remove a label).
 pub async fn label_node(
     client: &kube::Client,

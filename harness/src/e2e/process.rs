@@ -38,6 +38,9 @@ impl SpeakerProcess {
             .args(["netns", "exec", ns.name()])
             .arg(binary)
             .args(args)
+            // The key a caller's own environment may hold must not override the one a test
+            // chose (a key file, or `env`).
+            .env_remove("LODESTONE_MEMBERLIST_KEY")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
@@ -53,6 +56,32 @@ impl SpeakerProcess {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// CPU time the process has used so far (user + system, from `/proc/PID/stat`).
+    pub fn cpu_time(&self) -> io::Result<std::time::Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the command name (which may contain spaces) start after the last ')';
+        // utime and stime are fields 14 and 15 of proc_pid_stat(5), so 12 and 13 from there.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| -> io::Result<u64> {
+            fields
+                .get(i)
+                .and_then(|f| f.parse().ok())
+                .ok_or_else(|| io::Error::other("malformed /proc/PID/stat"))
+        };
+        // SAFETY: sysconf only reads a configuration value.
+        let per_second = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+            v if v > 0 => v.unsigned_abs(),
+            _ => 100,
+        };
+        let total = ticks(11)? + ticks(12)?;
+        Ok(std::time::Duration::from_millis(
+            total.saturating_mul(1000) / per_second,
+        ))
     }
 
     /// Sends `signal` (e.g. `libc::SIGTERM`, `libc::SIGKILL`).

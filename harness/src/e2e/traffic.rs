@@ -259,6 +259,25 @@ fn unreachable_parse() -> NetnsError {
     }
 }
 
+/// The client-side outage over `[from, to]`: the longest time without an answer, counted
+/// from `from` (or the previous answer) to the next answer (or `to`), over answers to requests
+/// sent in that interval.
+pub fn longest_gap(answers: &[Answer], from: Instant, to: Instant) -> Duration {
+    let mut received: Vec<Instant> = answers
+        .iter()
+        .filter(|a| a.sent >= from && a.sent <= to)
+        .map(|a| a.received)
+        .collect();
+    received.sort();
+    let mut last = from;
+    let mut longest = Duration::ZERO;
+    for r in received {
+        longest = longest.max(r.saturating_duration_since(last));
+        last = last.max(r);
+    }
+    longest.max(to.saturating_duration_since(last))
+}
+
 /// Which answering node held the address at each moment: consecutive answers collapsed into
 /// runs `(node, first answer, last answer)`.
 pub fn runs(answers: &[Answer]) -> Vec<(String, Instant, Instant)> {
@@ -319,6 +338,27 @@ mod tests {
             .expect("an answer from node-x");
         assert!(got.received >= got.sent);
         assert_eq!(runs(&p.answers()).len(), 1);
+    }
+
+    #[test]
+    fn longest_gap_counts_from_the_edges() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let a = |sent: u64, received: u64| Answer {
+            sent: ms(sent),
+            received: ms(received),
+            node: "n".into(),
+        };
+        let answers = [a(0, 1), a(10, 11), a(20, 300), a(310, 311)];
+        assert_eq!(
+            longest_gap(&answers, ms(0), ms(320)),
+            Duration::from_millis(289)
+        );
+        assert_eq!(
+            longest_gap(&answers, ms(0), ms(1000)),
+            Duration::from_millis(689)
+        );
+        assert_eq!(longest_gap(&[], ms(0), ms(50)), Duration::from_millis(50));
     }
 
     fn p_start(p: &Prober) -> Instant {

@@ -20,17 +20,26 @@
 //!
 //! # Shape
 //!
-//! [`Membership::start`] binds the socket and spawns one task that owns foca, the socket and a
-//! timer queue. Every change foca reports is published on a [`tokio::sync::watch`] channel
-//! *before* the task does anything else, because that latency adds to failover time.
+//! [`Membership::start`] binds the socket and starts one OS thread, with its own single-threaded
+//! runtime, that owns foca, the socket and a timer queue. The speaker's main loop may be busy
+//! for a while (recomputing thousands of Services, writing conditions); the membership must
+//! still answer probes within milliseconds, or the others declare this node down. Every change
+//! foca reports is published on a [`tokio::sync::watch`] channel *before* the task does
+//! anything else, because that latency adds to failover time.
 //!
-//! - Identity ([`NodeId`]): node name + advertised socket address + a `bump` taken from the
-//!   clock at start. A restarted speaker has a larger bump, which wins foca's address conflict,
-//!   so it rejoins at once instead of waiting for its old identity to be forgotten; after a false
-//!   suspicion foca renews the identity (bump + 1) by itself.
-//! - Authentication ([`auth`]): every datagram is sealed with HMAC-SHA256 under the shared key,
-//!   with a per-sender boot + sequence number against replays. Datagrams that fail are dropped
-//!   and counted in [`MembershipStats`].
+//! - Identity ([`NodeId`], [`identity`]): node name + advertised socket address + a `bump`. A
+//!   restarted speaker must outrank its previous identity; the wall clock gives a first guess,
+//!   and when the clock went back, a peer that remembers the old identity hints its bump and
+//!   the speaker takes the next one. After a false suspicion foca renews the identity (bump +
+//!   1) by itself.
+//! - Authentication ([`auth`]): every datagram is sealed with HMAC-SHA256 under the primary key
+//!   of the keyring and accepted under any of its keys, with a random per-process boot number
+//!   and a sequence number against replays. The key file is read again every
+//!   [`MembershipConfig::key_reload_period`], so a rotated Secret takes effect without a
+//!   restart. Datagrams that fail are dropped, counted in [`MembershipStats`] by reason, and
+//!   logged at warn at most once per source address and reason every 10 s.
+//! - Load ([`health`]): timeouts stretch while this node's own timers run late (Lifeguard's
+//!   local health), and a suspect that keeps talking to us is given time to refute.
 //! - Joining: the shell passes seed addresses (the other nodes' IPs and this port). The task
 //!   announces to every seed that is not a live member, at start and every
 //!   [`MembershipConfig::seed_announce_period`], so a cluster forms from any one reachable seed
@@ -43,69 +52,32 @@
 //!   back on the Node `Ready` condition; the transition is logged.
 
 pub mod auth;
+pub mod health;
+pub mod identity;
+pub mod peers;
+pub mod ratelimit;
+pub mod state;
 mod task;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroUsize};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
+
+pub use auth::Keyring;
+pub use identity::NodeId;
 
 /// Largest datagram we send: stays under a 1500-byte Ethernet MTU with IP/UDP headers.
 pub const MAX_DATAGRAM: usize = 1400;
 
-/// One speaker as foca knows it.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct NodeId {
-    /// Kubernetes node name.
-    pub name: String,
-    /// Where the speaker receives membership datagrams.
-    pub addr: SocketAddr,
-    /// Grows across restarts; the higher bump wins when two identities share an address.
-    pub bump: u64,
-}
-
-impl std::fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{}#{}", self.name, self.addr, self.bump)
-    }
-}
-
-impl foca::Identity for NodeId {
-    // The socket address is what a seed is known by before we learn its name, and foca accepts
-    // an Announce addressed to any identity with our address.
-    type Addr = SocketAddr;
-
-    fn renew(&self) -> Option<Self> {
-        Some(Self {
-            bump: self.bump.wrapping_add(1),
-            ..self.clone()
-        })
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        self.bump > adversary.bump
-    }
-}
-
-impl NodeId {
-    /// A placeholder for a seed whose name is not known yet: only good as an Announce target.
-    fn seed(addr: SocketAddr) -> Self {
-        Self {
-            name: String::new(),
-            addr,
-            bump: 0,
-        }
-    }
-}
+/// Test-only: seconds added to the wall clock that gives a new process its first identity bump,
+/// to play a clock stepped back across a restart (`-300`: five minutes back). Read once at start.
+pub const CLOCK_OFFSET_ENV: &str = "LODESTONE_TEST_CLOCK_OFFSET_SECS";
 
 /// Settings of one speaker's membership. [`MembershipConfig::new`] gives LAN defaults tuned for
 /// sub-second detection.
@@ -117,8 +89,15 @@ pub struct MembershipConfig {
     pub bind: SocketAddr,
     /// Address the others reach us at (the node IP and the port).
     pub advertise: SocketAddr,
-    /// Shared secret from the Kubernetes Secret; at least [`auth::MIN_KEY_LEN`] bytes.
-    pub key: Vec<u8>,
+    /// The keyring from the Kubernetes Secret: the first key seals, every key is accepted;
+    /// each at least [`auth::MIN_KEY_LEN`] bytes (checked by [`Membership::start`]).
+    pub keys: Vec<Vec<u8>>,
+    /// The key file to read again every [`Self::key_reload_period`] (one key per line, first
+    /// primary); `None` when the keys do not come from a file.
+    pub key_file: Option<PathBuf>,
+    /// How often the key file is checked for a change. Default 2 s: the kubelet updates a
+    /// mounted Secret within about a minute, this adds little.
+    pub key_reload_period: Duration,
     /// Other speakers to announce to at start (see [`Membership::set_seeds`]).
     pub seeds: Vec<SocketAddr>,
     /// How often a random member is probed. Default 150 ms.
@@ -133,6 +112,21 @@ pub struct MembershipConfig {
     pub gossip_period: Duration,
     /// How often seeds that are not live members are announced to. Default 1 s.
     pub seed_announce_period: Duration,
+    /// How far back [`MembershipView::authenticated_peers`] and
+    /// [`MembershipView::keyring_failing`] look. Default 3 s: peers that are not members yet
+    /// announce to us every [`Self::seed_announce_period`], so a healthy peer is heard at least
+    /// twice in that time even before the cluster forms.
+    pub peer_window: Duration,
+    /// Longest a suspect that keeps talking to us, without refuting, is kept alive (see
+    /// [`health::suspicion_verdict`]). Default 1.2 s (four suspicion timeouts). A silent suspect
+    /// is declared down after [`Self::suspect_to_down_after`] as before.
+    pub suspect_max_wait: Duration,
+    /// Bytes of kernel receive buffer asked for, so a burst of garbage does not push out
+    /// the acks behind it. Default 4 MiB (the kernel caps it at `net.core.rmem_max`).
+    pub recv_buffer: usize,
+    /// The first identity bump; `None`: from the wall clock (see [`identity::initial_bump`],
+    /// shifted by [`CLOCK_OFFSET_ENV`] when set).
+    pub initial_bump: Option<u64>,
 }
 
 impl std::fmt::Debug for MembershipConfig {
@@ -142,7 +136,9 @@ impl std::fmt::Debug for MembershipConfig {
             .field("node_name", &self.node_name)
             .field("bind", &self.bind)
             .field("advertise", &self.advertise)
-            .field("key_len", &self.key.len())
+            .field("keys", &self.keys.len())
+            .field("key_file", &self.key_file)
+            .field("key_reload_period", &self.key_reload_period)
             .field("seeds", &self.seeds)
             .field("probe_period", &self.probe_period)
             .field("probe_rtt", &self.probe_rtt)
@@ -150,13 +146,17 @@ impl std::fmt::Debug for MembershipConfig {
             .field("indirect_probes", &self.indirect_probes)
             .field("gossip_period", &self.gossip_period)
             .field("seed_announce_period", &self.seed_announce_period)
+            .field("peer_window", &self.peer_window)
+            .field("suspect_max_wait", &self.suspect_max_wait)
+            .field("recv_buffer", &self.recv_buffer)
+            .field("initial_bump", &self.initial_bump)
             .finish()
     }
 }
 
 impl MembershipConfig {
-    /// LAN defaults: a dead member is suspected within a probe cycle or two and declared down
-    /// 300 ms later.
+    /// LAN defaults with the single key `key`: a dead member is suspected within a probe cycle
+    /// or two and declared down 300 ms later.
     pub fn new(
         node_name: impl Into<String>,
         bind: SocketAddr,
@@ -167,7 +167,9 @@ impl MembershipConfig {
             node_name: node_name.into(),
             bind,
             advertise,
-            key,
+            keys: vec![key],
+            key_file: None,
+            key_reload_period: Duration::from_secs(2),
             seeds: Vec::new(),
             probe_period: Duration::from_millis(150),
             probe_rtt: Duration::from_millis(50),
@@ -175,6 +177,10 @@ impl MembershipConfig {
             indirect_probes: 3,
             gossip_period: Duration::from_millis(100),
             seed_announce_period: Duration::from_secs(1),
+            peer_window: Duration::from_secs(3),
+            suspect_max_wait: Duration::from_millis(1200),
+            recv_buffer: 4 << 20,
+            initial_bump: None,
         }
     }
 
@@ -187,9 +193,11 @@ impl MembershipConfig {
         if self.suspect_to_down_after.is_zero()
             || self.gossip_period.is_zero()
             || self.seed_announce_period.is_zero()
+            || self.peer_window.is_zero()
+            || self.key_reload_period.is_zero()
         {
             return bad(
-                "suspect_to_down_after, gossip_period and seed_announce_period must be non-zero",
+                "suspect_to_down_after, gossip_period, seed_announce_period, peer_window and key_reload_period must be non-zero",
             );
         }
         let Some(indirect) = NonZeroUsize::new(self.indirect_probes) else {
@@ -209,7 +217,12 @@ impl MembershipConfig {
             suspect_to_down_after: self.suspect_to_down_after,
             remove_down_after: lan.remove_down_after,
             max_packet_size,
-            notify_down_members: true,
+            // No courtesy "you are down" message to a member declared down: a speaker whose own
+            // link is down declares everyone down, and the kernel holds those messages in its
+            // neighbour queue until the link returns, then delivers them to healthy peers,
+            // which foca obeys even from a member it considers gone. A member declared down
+            // learns it from its own failed probes instead (then it is alone and rejoins).
+            notify_down_members: false,
             periodic_announce: Some(foca::PeriodicParams {
                 frequency: Duration::from_secs(5),
                 num_members: NonZeroUsize::MIN,
@@ -234,60 +247,100 @@ pub struct MembershipView {
     /// A peer has answered at least once, or there are no peers to wait for. While false, the
     /// caller should decide liveness from the Node `Ready` condition instead.
     pub formed: bool,
+    /// Distinct peers (by node name, self excluded) from which an authenticated datagram was
+    /// accepted within the last [`MembershipConfig::peer_window`]. Zero while other speakers
+    /// exist means this one cannot currently prove it talks with anyone.
+    pub authenticated_peers: usize,
+    /// Datagrams arrive from other nodes' addresses (seeds) but none of them authenticates
+    /// (within [`MembershipConfig::peer_window`]): this speaker's keyring does not match the
+    /// cluster's, e.g. a restart after the Secret changed. Such a speaker should not decide
+    /// ownership on its own, since it sees everyone else as gone.
+    pub keyring_failing: bool,
     /// When this view was published.
     pub changed_at: Instant,
 }
 
-/// Counters for metrics and tests.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MembershipStats {
-    /// Alive members, self included.
-    pub members: usize,
-    /// Whether [`MembershipView::formed`] is true.
-    pub formed: bool,
-    /// Datagrams accepted and handed to foca.
-    pub datagrams_in: u64,
-    /// Datagrams sent.
-    pub datagrams_out: u64,
-    /// Datagrams dropped because the MAC was wrong (wrong key or tampering).
-    pub auth_failures: u64,
-    /// Authentic datagrams dropped as replays.
-    pub replays: u64,
-    /// Datagrams dropped as malformed (envelope or foca payload).
-    pub malformed: u64,
-    /// Sends the kernel refused.
-    pub send_errors: u64,
-    /// Times the others declared this speaker down and it rejoined under a renewed identity.
-    pub rejoins: u64,
-}
-
-#[derive(Default)]
-struct SharedStats {
-    members: AtomicUsize,
-    formed: AtomicBool,
-    datagrams_in: AtomicU64,
-    datagrams_out: AtomicU64,
-    auth_failures: AtomicU64,
-    replays: AtomicU64,
-    malformed: AtomicU64,
-    send_errors: AtomicU64,
-    rejoins: AtomicU64,
-}
-
-impl SharedStats {
-    fn snapshot(&self) -> MembershipStats {
-        let r = Ordering::Relaxed;
-        MembershipStats {
-            members: self.members.load(r),
-            formed: self.formed.load(r),
-            datagrams_in: self.datagrams_in.load(r),
-            datagrams_out: self.datagrams_out.load(r),
-            auth_failures: self.auth_failures.load(r),
-            replays: self.replays.load(r),
-            malformed: self.malformed.load(r),
-            send_errors: self.send_errors.load(r),
-            rejoins: self.rejoins.load(r),
+macro_rules! stats {
+    ($( $(#[$doc:meta])* $name:ident : $plain:ty => $atomic:ty ),* $(,)?) => {
+        /// Counters and gauges for metrics and tests.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct MembershipStats {
+            $( $(#[$doc])* pub $name: $plain, )*
         }
+
+        #[derive(Debug, Default)]
+        struct SharedStats {
+            $( $name: $atomic, )*
+        }
+
+        impl SharedStats {
+            fn snapshot(&self) -> MembershipStats {
+                MembershipStats { $( $name: self.$name.load(Ordering::Relaxed), )* }
+            }
+        }
+    };
+}
+
+stats! {
+    /// Alive members, self included.
+    members: usize => AtomicUsize,
+    /// Whether [`MembershipView::formed`] is true.
+    formed: bool => AtomicBool,
+    /// [`MembershipView::authenticated_peers`].
+    authenticated_peers: usize => AtomicUsize,
+    /// [`MembershipView::keyring_failing`].
+    keyring_failing: bool => AtomicBool,
+    /// Keys in the keyring.
+    keys: usize => AtomicUsize,
+    /// Local health multiplier: 1 healthy, up to 9 while this node's timers run late.
+    local_health: u32 => AtomicU32,
+    /// Datagrams accepted (authentic and not replayed).
+    datagrams_in: u64 => AtomicU64,
+    /// Of those, sealed with the primary key.
+    accepted_primary: u64 => AtomicU64,
+    /// Of those, sealed with another key of the keyring (a rotation in progress).
+    accepted_secondary: u64 => AtomicU64,
+    /// Datagrams sent.
+    datagrams_out: u64 => AtomicU64,
+    /// Datagrams dropped because no key verified them (another keyring, or forged).
+    auth_failures: u64 => AtomicU64,
+    /// Authentic datagrams dropped as replays.
+    replays: u64 => AtomicU64,
+    /// Datagrams dropped as malformed (envelope or SWIM payload).
+    malformed: u64 => AtomicU64,
+    /// Datagrams dropped for being larger than any speaker sends.
+    oversized: u64 => AtomicU64,
+    /// Sends the kernel refused.
+    send_errors: u64 => AtomicU64,
+    /// Times the others declared this speaker down and it rejoined under a renewed identity.
+    rejoins: u64 => AtomicU64,
+    /// Members this speaker saw go down (declared down, or left).
+    members_down: u64 => AtomicU64,
+    /// Times this speaker found a previous identity of its node still remembered and took one
+    /// above it (a restart with the clock behind).
+    identity_outranked: u64 => AtomicU64,
+    /// Identity hints sent to restarted peers that their old identity outranks.
+    hints_sent: u64 => AtomicU64,
+    /// Key file changes applied.
+    key_reloads: u64 => AtomicU64,
+    /// Key file changes refused (unreadable, or no valid keyring); the previous keys stay.
+    key_reload_failures: u64 => AtomicU64,
+    /// Suspicions this node raised that the suspect refuted in time (a probe answered late).
+    suspicions_refuted: u64 => AtomicU64,
+    /// Expired suspicions not turned into "down" because the suspect had spoken since.
+    suspicions_deferred: u64 => AtomicU64,
+    /// Probe periods in which this node's own timers fired late (the loop was starved).
+    late_timers: u64 => AtomicU64,
+}
+
+/// Reads a running membership's counters; cheap to clone and to keep after the handle.
+#[derive(Clone, Debug)]
+pub struct StatsReader(Arc<SharedStats>);
+
+impl StatsReader {
+    /// Current counters.
+    pub fn snapshot(&self) -> MembershipStats {
+        self.0.snapshot()
     }
 }
 
@@ -308,38 +361,53 @@ pub enum MembershipError {
     /// A timing or size setting is out of range.
     #[error("invalid membership config: {0}")]
     InvalidConfig(String),
+    /// The membership's thread could not be started.
+    #[error("starting the membership thread: {0}")]
+    Thread(std::io::Error),
 }
 
 enum Command {
     Announce(Vec<SocketAddr>),
     SetSeeds(Vec<SocketAddr>),
     Leave(oneshot::Sender<()>),
+    SetState(state::SpeakerState),
+    Renew,
 }
 
-/// Handle on a running membership task. Dropping it stops the task without a leave, as a crash
+/// Handle on a running membership. Dropping it stops the membership without a leave, as a crash
 /// would; call [`Membership::leave`] for a graceful exit.
 pub struct Membership {
-    identity: NodeId,
+    identity: Arc<Mutex<NodeId>>,
     local_addr: SocketAddr,
     commands: mpsc::UnboundedSender<Command>,
     stats: Arc<SharedStats>,
-    task: tokio::task::JoinHandle<()>,
+    states: watch::Receiver<state::States>,
+}
+
+/// The UDP socket, non-blocking, with the receive buffer asked for.
+fn bind(addr: SocketAddr, recv_buffer: usize) -> Result<std::net::UdpSocket, MembershipError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let err = |source| MembershipError::Bind { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    if let Err(error) = socket.set_recv_buffer_size(recv_buffer) {
+        tracing::debug!(%error, "membership: cannot enlarge the receive buffer");
+    }
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    Ok(socket.into())
 }
 
 impl Membership {
-    /// Bind the socket, start the task and announce to `cfg.seeds`.
+    /// Bind the socket, start the membership's thread and announce to `cfg.seeds`.
     pub async fn start(
         cfg: MembershipConfig,
     ) -> Result<(Membership, watch::Receiver<MembershipView>), MembershipError> {
         let foca_config = cfg.foca_config()?;
         let mut cfg = cfg;
-        let opener = auth::Opener::new(&cfg.key)?;
-        let socket = tokio::net::UdpSocket::bind(cfg.bind)
-            .await
-            .map_err(|source| MembershipError::Bind {
-                addr: cfg.bind,
-                source,
-            })?;
+        let keys = Keyring::new(cfg.keys.clone())?;
+        let opener = auth::Opener::new(&keys)?;
+        let socket = bind(cfg.bind, cfg.recv_buffer)?;
         let local_addr = socket
             .local_addr()
             .map_err(|source| MembershipError::Bind {
@@ -350,32 +418,46 @@ impl Membership {
         if cfg.advertise.port() == 0 {
             cfg.advertise.set_port(local_addr.port());
         }
+        let bump = cfg.initial_bump.unwrap_or_else(|| {
+            let offset = std::env::var(CLOCK_OFFSET_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            identity::initial_bump(SystemTime::now().duration_since(UNIX_EPOCH).ok(), offset)
+        });
         let identity = NodeId {
             name: cfg.node_name.clone(),
             addr: cfg.advertise,
-            bump: boot_number(),
+            bump,
         };
-        let sealer = auth::Sealer::new(&cfg.key, &cfg.node_name, identity.bump)?;
+        let sealer = auth::Sealer::new(keys.primary(), &cfg.node_name, auth::random_boot())?;
 
         let stats = Arc::new(SharedStats::default());
+        let shared_identity = Arc::new(Mutex::new(identity.clone()));
+        let (state_book, own_state, states) = state::StateBook::new(cfg.node_name.clone());
         let (commands, command_rx) = mpsc::unbounded_channel();
-        let (task, view_rx) = task::spawn(task::Parts {
+        let view_rx = task::spawn(task::Parts {
             cfg,
             foca_config,
-            identity: identity.clone(),
+            identity,
+            shared_identity: Arc::clone(&shared_identity),
             socket,
             sealer,
             opener,
+            keys,
             commands: command_rx,
             stats: Arc::clone(&stats),
-        });
+            state_book,
+            own_state,
+        })
+        .map_err(MembershipError::Thread)?;
         Ok((
             Membership {
-                identity,
+                identity: shared_identity,
                 local_addr,
                 commands,
                 stats,
-                task,
+                states,
             },
             view_rx,
         ))
@@ -393,14 +475,34 @@ impl Membership {
         let _ = self.commands.send(Command::SetSeeds(seeds));
     }
 
+    /// Tell the others this speaker's state (see [`state`]) now and keep repeating it.
+    pub fn set_state(&self, state: state::SpeakerState) {
+        let _ = self.commands.send(Command::SetState(state));
+    }
+
+    /// The states the speakers told (this one's included), by node name.
+    pub fn states(&self) -> watch::Receiver<state::States> {
+        self.states.clone()
+    }
+
+    /// Forget every conclusion about the others and rejoin under a renewed identity.
+    ///
+    /// For a speaker that just found itself alone: it declared every peer down while it could
+    /// not hear them (its own link was down, say). Gossiping those declarations once it hears
+    /// them again would make healthy speakers be taken for dead; a fresh start has nothing to
+    /// gossip, and its seeds bring it back in as soon as the network lets it.
+    pub fn renew(&self) {
+        let _ = self.commands.send(Command::Renew);
+    }
+
     /// Tell the others we are leaving, then stop. Waits at most `timeout` for the departure to
-    /// be sent. Afterwards the handle is inert: the task has stopped and the socket is closed.
+    /// be sent. Afterwards the membership has stopped and its socket is closed (or will be as
+    /// soon as its thread sees the handle dropped, should the departure take longer).
     pub async fn leave(&self, timeout: Duration) {
         let (done, done_rx) = oneshot::channel();
         if self.commands.send(Command::Leave(done)).is_ok() {
             let _ = tokio::time::timeout(timeout, done_rx).await;
         }
-        self.task.abort();
     }
 
     /// Current counters.
@@ -408,28 +510,21 @@ impl Membership {
         self.stats.snapshot()
     }
 
-    /// Our identity as the others see it.
-    pub fn identity(&self) -> &NodeId {
-        &self.identity
+    /// A reader of the counters that outlives borrowing the handle (for `/metrics`).
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader(Arc::clone(&self.stats))
+    }
+
+    /// Our identity as the others see it now (it changes on a rejoin or when outranked).
+    pub fn identity(&self) -> NodeId {
+        match self.identity.lock() {
+            Ok(id) => id.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// The address the socket is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
-    }
-}
-
-impl Drop for Membership {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A number that grows across restarts of a speaker: nanoseconds since the Unix epoch.
-fn boot_number() -> u64 {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(d) => u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
-        // A clock before 1970 is broken; any value works as long as it is not reused.
-        Err(_) => rand::random::<u64>() >> 1,
     }
 }
