@@ -338,9 +338,7 @@ impl Metrics {
         mm.members_down.inner().store(s.members_down, r);
         mm.rejoins.inner().store(s.rejoins, r);
         mm.identity_outranked.inner().store(s.identity_outranked, r);
-        mm.suspicions_refuted
-            .inner()
-            .store(s.suspicions_refuted, r);
+        mm.suspicions_refuted.inner().store(s.suspicions_refuted, r);
         mm.suspicions_deferred
             .inner()
             .store(s.suspicions_deferred, r);
