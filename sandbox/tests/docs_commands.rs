@@ -136,7 +136,11 @@ const PLAN: &[(&str, &str, How)] = &[
         How::Test("sandbox/tests/real_cluster.rs"),
     ),
     // docs/install.md
-    ("docs/install.md", "/dev/urandom", How::Install),
+    (
+        "docs/install.md",
+        "base64 > deploy/memberlist.key",
+        How::Install,
+    ),
     ("docs/install.md", "kubectl apply -k deploy/", How::Install),
     ("docs/install.md", "kubectl kustomize deploy/", How::Install),
     (
@@ -144,7 +148,43 @@ const PLAN: &[(&str, &str, How)] = &[
         "kubectl apply -k\n",
         How::NotRun("names the command in prose; `kubectl apply -k deploy/` on the same page runs"),
     ),
-    ("docs/install.md", "rollout restart", How::Install),
+    // The key rotation: the key file edits and the metrics check, step by step against real
+    // speakers whose Secret volume is updated as the kubelet does.
+    (
+        "docs/install.md",
+        "cp deploy/memberlist.key deploy/memberlist.old",
+        How::Test("speaker/tests/e2e_membership.rs"),
+    ),
+    (
+        "docs/install.md",
+        "base64 > deploy/memberlist.new",
+        How::Test("speaker/tests/e2e_membership.rs"),
+    ),
+    (
+        "docs/install.md",
+        "cat deploy/memberlist.old deploy/memberlist.new",
+        How::Test("speaker/tests/e2e_membership.rs"),
+    ),
+    (
+        "docs/install.md",
+        "membership_(keys|keyring_failing)",
+        How::Test("speaker/tests/e2e_membership.rs"),
+    ),
+    (
+        "docs/install.md",
+        "cat deploy/memberlist.new deploy/memberlist.old",
+        How::Test("speaker/tests/e2e_membership.rs"),
+    ),
+    (
+        "docs/install.md",
+        "cp deploy/memberlist.new deploy/memberlist.key",
+        How::Test("speaker/tests/e2e_membership.rs"),
+    ),
+    (
+        "docs/install.md",
+        "rm deploy/memberlist.old",
+        How::Test("speaker/tests/e2e_membership.rs"),
+    ),
     ("docs/install.md", "get deploy,ds,pods", How::Install),
     (
         "docs/install.md",
@@ -1027,7 +1067,7 @@ fn install_commands_run() {
     let install = docs::commands_of(page).expect("install.md");
     let key = install
         .iter()
-        .find(|c| c.text.contains("/dev/urandom"))
+        .find(|c| c.text.contains("base64 > deploy/memberlist.key"))
         .expect("the key command");
     run(key);
     let key_bytes = std::fs::read(cwd.join("deploy/memberlist.key")).expect("the key file");
@@ -1045,7 +1085,6 @@ fn install_commands_run() {
             && got.contains("daemonset.apps/lodestone-speaker"),
         "{got}"
     );
-    run(&doc(page, "rollout restart"));
     // A pool as the page's example makes one, so the uninstall has a finalizer to release.
     let pool = "apiVersion: lodestone.dev/v1alpha1\nkind: IPAddressPool\nmetadata:\n  name: default\n  finalizers: [lodestone.dev/pool-in-use]\nspec:\n  addresses: [192.0.2.240/28]\n";
     std::fs::write(cwd.join("pool.yaml"), pool).expect("write pool");
@@ -1117,7 +1156,7 @@ fn migration_commands_run() {
         let script = c.text.clone();
         if script.contains("kubectl apply -k deploy/") {
             // install.md's key first, as that page says.
-            sh_ok(&doc("docs/install.md", "/dev/urandom").text);
+            sh_ok(&doc("docs/install.md", "base64 > deploy/memberlist.key").text);
         }
         if script.contains("kubectl get svc -A") && controller.is_none() {
             controller = Some(

@@ -1,15 +1,16 @@
-//! The membership through real operations, with real speakers in node namespaces: a key
-//! rotation done the documented way, a restart with the clock stepped back, and an
+//! The membership through real operations, with real speakers in node namespaces: the key
+//! rotation of "docs/install.md", its commands read from the page, a restart with the clock stepped back, and an
 //! unauthenticated flood. The judges are the speakers' own metrics (nobody declared down) and
 //! the client's side (every address answered by exactly one MAC, `arping`).
 //!
 //! No durations are asserted: deadlines only turn a hang into a failure.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lodestone_crds::L2AdvertisementSpec;
+use lodestone_harness::docs;
 use lodestone_harness::e2e::flood::Flood;
 use lodestone_harness::e2e::lab::{self, Lab};
 use lodestone_harness::e2e::metrics::{self, SPEAKER_METRICS_PORT};
@@ -18,8 +19,6 @@ use lodestone_speaker::membership::CLOCK_OFFSET_ENV;
 
 const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
 const WAIT: Duration = Duration::from_secs(30);
-const OLD_KEY: &str = "the-old-membership-key-0123456789";
-const NEW_KEY: &str = "the-new-membership-key-9876543210";
 
 fn vips() -> Vec<IpAddr> {
     (100..106).map(|i| IpAddr::from([192, 0, 2, i])).collect()
@@ -162,13 +161,48 @@ fn assert_one_mac_each(lab: &Lab, when: &str) {
     }
 }
 
+/// Runs the command of docs/install.md containing `needle` in `dir` (which holds `deploy/`).
+fn run_documented(dir: &Path, needle: &str) -> String {
+    let c = docs::command("docs/install.md", needle).unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&c.text)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{c}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The documented metrics check, run from the client's namespace against `node`.
+fn documented_check(lab: &Lab, node: &str) -> String {
+    let c = docs::command("docs/install.md", "membership_(keys|keyring_failing)")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ip = lab.node(node).unwrap().ip4.to_string();
+    let script = c.text.replace("NODE_IP", &ip);
+    let out = lab.client.ns().exec("sh", &["-c", &script]).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The rotation of docs/install.md, its commands taken from the page and run as written (the
+/// `kubectl apply -k deploy/` between them is run by the install test in
+/// sandbox/tests/docs_commands.rs; here the kubelet's part follows it: each node's Secret volume
+/// gets the new file, one node after the other).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_rotation_done_as_documented_splits_nothing() {
     let mut lab = lab_with_services().await;
     let dir = lab.work_dir().to_owned();
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(repo.join("deploy")).unwrap();
+    run_documented(&repo, "base64 > deploy/memberlist.key");
+    let key_file = || std::fs::read_to_string(repo.join("deploy/memberlist.key")).unwrap();
     let mut volumes: Vec<SecretVolume> = NODES
         .iter()
-        .map(|n| SecretVolume::new(dir.join(format!("secret-{n}")), &format!("{OLD_KEY}\n")))
+        .map(|n| SecretVolume::new(dir.join(format!("secret-{n}")), &key_file()))
         .collect();
     for (n, v) in NODES.iter().zip(&volumes) {
         lab.start_speaker_with(n, &[], &[], Some(&v.key_file()))
@@ -180,22 +214,35 @@ async fn a_key_rotation_done_as_documented_splits_nothing() {
     let keys_are = |want: f64| {
         move |_: &str, body: &str| value(body, "lodestone_speaker_membership_keys", &[]) == want
     };
-    // 1. Add the new key as the second line. The kubelet updates nodes one after the other:
+    // 1. Add the new key after the old one. The kubelet updates nodes one after the other:
     // check the mixed state after the first one.
-    volumes[0].write(&format!("{OLD_KEY}\n{NEW_KEY}\n"));
+    run_documented(&repo, "cp deploy/memberlist.key deploy/memberlist.old");
+    run_documented(&repo, "base64 > deploy/memberlist.new");
+    run_documented(&repo, "cat deploy/memberlist.old deploy/memberlist.new");
+    assert_eq!(key_file().lines().count(), 2, "{}", key_file());
+    volumes[0].write(&key_file());
     wait_all(&lab, "node-a to hold two keys", |n, body| {
         n != "node-a" || value(body, "lodestone_speaker_membership_keys", &[]) == 2.0
     })
     .await;
     assert_one_mac_each(&lab, "one node with both keys");
     for v in &mut volumes[1..] {
-        v.write(&format!("{OLD_KEY}\n{NEW_KEY}\n"));
+        v.write(&key_file());
     }
     wait_all(&lab, "every node to hold two keys", keys_are(2.0)).await;
+    for n in NODES {
+        let shown = documented_check(&lab, n);
+        assert!(
+            shown.contains("lodestone_speaker_membership_keys 2")
+                && shown.contains("lodestone_speaker_membership_keyring_failing 0"),
+            "{n}: {shown}"
+        );
+    }
 
-    // 2. Make the new key primary, one node first: it seals with the new key, the others
+    // 2. Make the new key the first, one node first: it seals with the new key, the others
     // still with the old, and each accepts both.
-    volumes[0].write(&format!("{NEW_KEY}\n{OLD_KEY}\n"));
+    run_documented(&repo, "cat deploy/memberlist.new deploy/memberlist.old");
+    volumes[0].write(&key_file());
     wait_all(&lab, "node-b to hear node-a's new key", |n, body| {
         n != "node-b"
             || value(
@@ -208,10 +255,10 @@ async fn a_key_rotation_done_as_documented_splits_nothing() {
     assert_one_mac_each(&lab, "mixed primaries");
     assert_no_false_failure(&lab, "mixed primaries");
     for v in &mut volumes[1..] {
-        v.write(&format!("{NEW_KEY}\n{OLD_KEY}\n"));
+        v.write(&key_file());
     }
     // Every speaker now seals with the new key, so nobody hears the old one any more: the
-    // secondary counters stop moving.
+    // secondary counters stop moving, as the page says to wait for.
     let secondary = |lab: &Lab| -> Vec<f64> {
         NODES
             .iter()
@@ -238,9 +285,14 @@ async fn a_key_rotation_done_as_documented_splits_nothing() {
     outcome.unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
 
     // 3. Remove the old key.
+    let old = std::fs::read_to_string(repo.join("deploy/memberlist.old")).unwrap();
+    let new = std::fs::read_to_string(repo.join("deploy/memberlist.new")).unwrap();
+    run_documented(&repo, "cp deploy/memberlist.new deploy/memberlist.key");
     for v in &mut volumes {
-        v.write(&format!("{NEW_KEY}\n"));
+        v.write(&key_file());
     }
+    run_documented(&repo, "rm deploy/memberlist.old");
+    assert!(!repo.join("deploy/memberlist.old").exists());
     wait_all(&lab, "every node to hold only the new key", keys_are(1.0)).await;
     assert_one_mac_each(&lab, "after the rotation");
     assert_no_false_failure(&lab, "after the rotation");
@@ -258,7 +310,7 @@ async fn a_key_rotation_done_as_documented_splits_nothing() {
         let log = lab.node(n).unwrap().speaker.as_ref().unwrap().log();
         assert!(log.contains("keyring reloaded"), "{log}");
         assert!(
-            !log.contains(OLD_KEY) && !log.contains(NEW_KEY),
+            !log.contains(old.trim()) && !log.contains(new.trim()),
             "a key in the log"
         );
     }
@@ -281,6 +333,11 @@ async fn a_key_rotation_done_as_documented_splits_nothing() {
     })
     .await;
     outcome.unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    let shown = documented_check(&lab, "node-c");
+    assert!(
+        shown.contains("lodestone_speaker_membership_keyring_failing 1"),
+        "{shown}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

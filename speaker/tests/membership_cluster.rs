@@ -372,3 +372,89 @@ async fn works_over_ipv6() {
     wait_for(&mut a.view, "a to see b", |v| v.alive == both).await;
     wait_for(&mut b.view, "b to see a", |v| v.alive == both && v.formed).await;
 }
+
+/// The key file is read again while running: a valid keyring is used at once (the old key is
+/// still accepted, so nobody is cut off), an unusable one is refused and the keys in use stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_file_is_followed_and_bad_contents_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("key");
+    std::fs::write(&file, KEY).unwrap();
+    let (mut a, mut b, _c) = three(|mut cfg| {
+        if cfg.node_name == "node-a" {
+            cfg.key_file = Some(file.clone());
+            cfg.key_reload_period = Duration::from_millis(50);
+        }
+        cfg
+    })
+    .await;
+    let reloads = |n: &Node| {
+        (
+            n.handle.stats().key_reloads,
+            n.handle.stats().key_reload_failures,
+        )
+    };
+
+    // A key too short: refused, counted, nothing changes.
+    std::fs::write(&file, "short\n").unwrap();
+    wait_until("the short key to be refused", || reloads(&a) == (0, 1)).await;
+    assert_eq!(a.handle.stats().keys, 1);
+
+    // The new key first, the cluster's second: node-a now seals with a key only it holds, and
+    // the others (one key, the old one) reject it...
+    std::fs::write(&file, [OTHER_KEY, b"\n", KEY, b"\n"].concat()).unwrap();
+    wait_until("the keyring to be taken", || reloads(&a) == (1, 1)).await;
+    assert_eq!(a.handle.stats().keys, 2);
+    wait_until("node-b to reject node-a's new key", || {
+        b.handle.stats().auth_failures > 0
+    })
+    .await;
+    // ...while node-a still accepts theirs, under its second key.
+    wait_until("node-a to hear the old key", || {
+        a.handle.stats().accepted_secondary > 0
+    })
+    .await;
+
+    // Back to the cluster's key only: everyone hears everyone again.
+    std::fs::write(&file, KEY).unwrap();
+    wait_until("the old key back", || reloads(&a) == (2, 1)).await;
+    let all = names(&["node-a", "node-b", "node-c"]);
+    wait_for(&mut a.view, "a to see everyone", |v| v.alive == all).await;
+    wait_for(&mut b.view, "b to see everyone", |v| v.alive == all).await;
+}
+
+/// The replay protection does not order boots: a member restarted with a clock behind its
+/// previous life is heard, and outranks its old identity in the others' views.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_below_the_previous_identity_rejoins() {
+    let (mut a, mut b, c) = three(|c| c).await;
+    let old = c.handle.identity();
+    let port = c.addr();
+    drop(c);
+    let rest = names(&["node-a", "node-b"]);
+    wait_for(&mut a.view, "a to drop c", |v| v.alive == rest).await;
+    wait_for(&mut b.view, "b to drop c", |v| v.alive == rest).await;
+
+    // Five minutes of nanoseconds below the old identity, as after an NTP step back.
+    let mut cfg = config("node-c", KEY, vec![a.addr(), b.addr()]);
+    cfg.bind = port;
+    cfg.advertise = port;
+    cfg.initial_bump = Some(old.bump - 300_000_000_000);
+    let mut c = None;
+    for _ in 0..200 {
+        match Membership::start(cfg.clone()).await {
+            Ok((handle, view)) => {
+                c = Some(Node { handle, view });
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+    let mut c = c.expect("restarted member binds its old port");
+    let all = names(&["node-a", "node-b", "node-c"]);
+    wait_for(&mut a.view, "a to see c again", |v| v.alive == all).await;
+    wait_for(&mut b.view, "b to see c again", |v| v.alive == all).await;
+    wait_for(&mut c.view, "c to see everyone", |v| v.alive == all).await;
+    assert!(c.handle.stats().identity_outranked >= 1);
+    assert!(c.handle.identity().bump > old.bump);
+}

@@ -97,6 +97,7 @@ pub(super) fn spawn(parts: Parts) -> std::io::Result<watch::Receiver<MembershipV
         seed_ips: BTreeSet::new(),
         advertise: cfg.advertise,
         heard_peer: false,
+        dirty: true,
         peers: PeerTracker::new(cfg.peer_window),
         health: LocalHealth::new(),
         probe_rtt: cfg.probe_rtt,
@@ -196,6 +197,9 @@ struct State {
     seed_ips: BTreeSet<IpAddr>,
     advertise: SocketAddr,
     heard_peer: bool,
+    /// Something the view is made of may have changed since it was last published: building
+    /// it is skipped otherwise, so a flood of rejected datagrams costs no view per turn.
+    dirty: bool,
     peers: PeerTracker,
     health: LocalHealth,
     probe_rtt: Duration,
@@ -234,7 +238,9 @@ impl State {
             let next_timer = self.timers.peek().map(|Reverse(d)| d.at);
             tokio::select! {
                 biased;
-                command = commands.recv() => match command {
+                command = commands.recv() => {
+                    self.dirty = true;
+                    match command {
                     // The handle is gone: stop without a word, like a crash.
                     None => return,
                     Some(Command::Leave(done)) => {
@@ -257,12 +263,15 @@ impl State {
                     }
                     Some(Command::SetState(s)) => self.say_state(Some(s)),
                     Some(Command::Renew) => self.renew(),
-                },
+                }},
                 // Read below, once per turn whatever woke us.
                 _ = socket.readable() => {}
                 _ = sleep_until(next_timer), if next_timer.is_some() => {}
-                _ = seed_tick.tick() => self.announce_to_seeds(),
-                _ = peer_tick.tick() => {}
+                _ = seed_tick.tick() => {
+                    self.dirty = true;
+                    self.announce_to_seeds();
+                }
+                _ = peer_tick.tick() => self.dirty = true,
                 _ = key_tick.tick() => self.reload_keys(),
                 _ = state_tick.tick() => self.say_state(None),
             }
@@ -389,6 +398,7 @@ impl State {
             stats.accepted_secondary.fetch_add(1, Ordering::Relaxed);
         }
         self.peers.authenticated(opened.sender, now);
+        self.dirty = true;
         match opened.kind {
             KIND_SWIM => {
                 self.hint_if_outranked(opened.payload, now);
@@ -524,6 +534,7 @@ impl State {
             new = ?next,
             "membership: the cluster remembers this node with a larger bump (was the clock set back?); rejoining above it"
         );
+        self.dirty = true;
         if let Err(error) = self.foca.change_identity(next.clone(), &mut self.runtime) {
             tracing::warn!(%error, "membership: changing identity failed");
             return;
@@ -531,17 +542,22 @@ impl State {
         self.stats
             .identity_outranked
             .fetch_add(1, Ordering::Relaxed);
-        self.set_shared_identity(next);
         // Every peer, member or not, must learn the new identity now.
         for seed in self.seeds.clone() {
             self.announce(seed);
         }
     }
 
-    fn set_shared_identity(&self, id: NodeId) {
-        match self.shared_identity.lock() {
-            Ok(mut shared) => *shared = id,
-            Err(poisoned) => *poisoned.into_inner() = id,
+    /// Show the handle foca's identity as it is now (renewals and outranking change it, in
+    /// whatever order their notifications arrive).
+    fn sync_shared_identity(&self) {
+        let current = self.foca.identity();
+        let mut shared = match self.shared_identity.lock() {
+            Ok(shared) => shared,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if *shared != *current {
+            *shared = current.clone();
         }
     }
 
@@ -679,6 +695,7 @@ impl State {
     /// then send, then arm timers.
     async fn flush(&mut self, socket: &UdpSocket) {
         while let Some(notification) = self.runtime.to_notify() {
+            self.dirty = true;
             match notification {
                 OwnedNotification::Defunct => {
                     tracing::warn!("this speaker was declared down by the others")
@@ -689,7 +706,6 @@ impl State {
                         ?id,
                         "declared down by the others; rejoined with a new identity"
                     );
-                    self.set_shared_identity(id);
                 }
                 OwnedNotification::MemberDown(id) => {
                     self.stats.members_down.fetch_add(1, Ordering::Relaxed);
@@ -709,8 +725,11 @@ impl State {
                 other => tracing::debug!(notification = ?other, "membership notification"),
             }
         }
-        // Also covers seed changes, which alter `formed` without a foca notification.
-        self.publish();
+        if std::mem::take(&mut self.dirty) {
+            self.sync_shared_identity();
+            // Also covers seed changes, which alter `formed` without a foca notification.
+            self.publish();
+        }
 
         while let Some((dst, data)) = self.runtime.to_send() {
             let datagram = self.sealer.seal(&data);
