@@ -469,11 +469,17 @@ async fn serves_clients_through_faults_and_follows_local_endpoints() {
     }
     // deploy/admission.yaml: the speakers wrote their condition above, yet their ServiceAccount
     // cannot move the Service's traffic elsewhere.
+    // Server-side apply, as the speaker writes (kubectl patch would need a get the speaker lacks).
     let forged = shell.try_run(
-        "kubectl --as=system:serviceaccount:lodestone-system:lodestone-speaker \
-           --as-group=system:serviceaccounts --as-group=system:serviceaccounts:lodestone-system \
-           patch svc web --subresource=status --type=merge \
-           -p '{\"status\":{\"loadBalancer\":{\"ingress\":[{\"ip\":\"203.0.113.66\"}]}}}'",
+        "kubectl --as=system:serviceaccount:lodestone-system:lodestone-speaker \\
+           --as-group=system:serviceaccounts --as-group=system:serviceaccounts:lodestone-system \\
+           apply --server-side --force-conflicts --field-manager=lodestone-speaker \\
+           --subresource=status -f - <<'EOF'
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+status: {loadBalancer: {ingress: [{ip: 203.0.113.66}]}}
+EOF",
     );
     assert!(
         !forged.ok && forged.stderr.contains("may not change status.loadBalancer"),
