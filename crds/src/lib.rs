@@ -8,10 +8,12 @@
 
 pub mod addresses;
 pub mod class;
+pub mod heap;
 mod l2advertisement;
 mod pool;
 pub mod reference;
 pub mod selector;
+pub mod trim;
 
 pub use l2advertisement::{L2Advertisement, L2AdvertisementSpec};
 pub use pool::{
