@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::pools::{self, PoolEval};
 use crate::service::{self, ClassFilter};
 use crate::status::{self, AssignedCondition, DesiredStatus, FIELD_MANAGER};
+use crate::trim;
 
 /// Event reasons on Services.
 pub mod reasons {
@@ -78,14 +79,20 @@ fn start_watches(client: &Client, tx: mpsc::UnboundedSender<Signal>) -> Stores {
     let (services, svc_writer) = reflector::store::<Service>();
     let (pools, pool_writer) = reflector::store::<IPAddressPool>();
     let (namespaces, ns_writer) = reflector::store::<Namespace>();
-    spawn_watch(client, svc_writer, tx.clone(), |ev| match ev {
-        watcher::Event::Apply(s) | watcher::Event::Delete(s) => {
-            Some(Signal::Service(service::key_of(s)))
-        }
-        watcher::Event::InitDone => Some(Signal::AllServices),
-        _ => None,
-    });
-    spawn_watch(client, pool_writer, tx.clone(), |ev| match ev {
+    spawn_watch(
+        client,
+        svc_writer,
+        trim::service,
+        tx.clone(),
+        |ev| match ev {
+            watcher::Event::Apply(s) | watcher::Event::Delete(s) => {
+                Some(Signal::Service(service::key_of(s)))
+            }
+            watcher::Event::InitDone => Some(Signal::AllServices),
+            _ => None,
+        },
+    );
+    spawn_watch(client, pool_writer, trim::pool, tx.clone(), |ev| match ev {
         watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone => {
             Some(Signal::Pools)
         }
@@ -93,7 +100,7 @@ fn start_watches(client: &Client, tx: mpsc::UnboundedSender<Signal>) -> Stores {
     });
     // Namespace labels feed namespace selectors: re-evaluate every Service. Services that
     // already hold a valid address keep it, so this is cheap and moves nothing.
-    spawn_watch(client, ns_writer, tx, |ev| match ev {
+    spawn_watch(client, ns_writer, trim::namespace, tx, |ev| match ev {
         watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone => {
             Some(Signal::AllServices)
         }
@@ -107,11 +114,11 @@ fn start_watches(client: &Client, tx: mpsc::UnboundedSender<Signal>) -> Stores {
 }
 
 /// Watch every `K` into `writer`'s cache and turn each event into a signal for the decision
-/// task. Cached objects drop `managedFields`, which nothing here reads and which are most of
-/// their size.
+/// task. Cached objects keep only what the controller reads ([`trim`]).
 fn spawn_watch<K>(
     client: &Client,
     writer: reflector::store::Writer<K>,
+    trim: fn(&mut K),
     tx: mpsc::UnboundedSender<Signal>,
     signal: fn(&watcher::Event<K>) -> Option<Signal>,
 ) where
@@ -125,7 +132,7 @@ fn spawn_watch<K>(
 {
     let stream = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
         .default_backoff()
-        .modify(|o| o.managed_fields_mut().clear())
+        .modify(trim)
         .reflect(writer);
     tokio::spawn(async move {
         futures::pin_mut!(stream);
@@ -159,6 +166,8 @@ pub async fn run(
     stores.pools.wait_until_ready().await?;
     stores.namespaces.wait_until_ready().await?;
     info!("caches synced");
+    // The initial lists were decoded whole and trimmed; a standby replica keeps only the caches.
+    lodestone_crds::heap::release_free_memory();
 
     let writer = Writer {
         client: client.clone(),
@@ -194,8 +203,14 @@ pub async fn run(
             "ready: existing addresses reserved, new ones assigned"
         );
 
+        // The first pass decoded and trimmed every Service: hand the peak back once idle.
+        let mut worked = true;
         loop {
             tokio::select! {
+                () = tokio::time::sleep(RELEASE_MEMORY_AFTER), if worked => {
+                    worked = false;
+                    lodestone_crds::heap::release_free_memory();
+                }
                 changed = leader.changed() => {
                     changed?;
                     if !*leader.borrow_and_update() {
@@ -213,6 +228,7 @@ pub async fn run(
                     let started = std::time::Instant::now();
                     state.process(batch);
                     metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+                    worked = true;
                 }
                 Some(done) = done_rx.recv() => state.write_done(done),
             }
@@ -684,6 +700,8 @@ struct Writer {
 }
 
 const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// Freed memory goes back to the system once the decision loop has been idle this long.
+const RELEASE_MEMORY_AFTER: Duration = Duration::from_secs(5);
 
 impl Writer {
     fn leading(&self) -> bool {
