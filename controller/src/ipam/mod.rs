@@ -289,15 +289,14 @@ fn no_pool_message(reasons: &[(String, String)]) -> String {
     format!("no pool may serve this Service ({})", parts.join("; "))
 }
 
-/// Usage of one pool.
+/// Usage of one pool: counts only, cheap enough to take after every change (the holders
+/// themselves are [`Ipam::pool_holders`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PoolStats {
     /// Held addresses of the pool, IPv4 and IPv6.
     pub assigned: [u128; 2],
     /// Addresses the pool could still hand out, IPv4 and IPv6 (saturating).
     pub available: [u128; 2],
-    /// Every held address of the pool with each holder, ascending by address.
-    pub in_use: Vec<(IpAddr, ServiceKey)>,
 }
 
 fn fam_index(f: IpFamily) -> usize {
@@ -318,9 +317,9 @@ impl PoolStats {
         self.available[fam_index(family)]
     }
 
-    /// `(address, holder)` pairs.
-    pub fn holders(&self) -> impl Iterator<Item = (IpAddr, &ServiceKey)> {
-        self.in_use.iter().map(|(ip, k)| (*ip, k))
+    /// Whether any address of the pool is held.
+    pub fn in_use(&self) -> bool {
+        self.assigned.iter().any(|n| *n > 0)
     }
 }
 
@@ -539,7 +538,8 @@ impl Ipam {
         self.holders.get(&ip).cloned().unwrap_or_default()
     }
 
-    /// Usage of a pool by name; `None` if there is no such pool.
+    /// Usage of a pool by name; `None` if there is no such pool. Walks the pool's held
+    /// addresses without copying any.
     pub fn pool_stats(&self, pool: &str) -> Option<PoolStats> {
         let p = self.pools.iter().find(|p| p.name == pool)?;
         let mut stats = PoolStats::default();
@@ -549,16 +549,30 @@ impl Ipam {
             let avoid = p.avoid_buggy_ips && r.family() == IpFamily::V4;
             let usable = r.len() - if avoid { count_buggy(a, b) } else { 0 };
             let mut held_usable = 0u128;
-            for (ip, keys) in self.holders.range(r.start()..=r.end()) {
+            for ip in self.holders.range(r.start()..=r.end()).map(|(ip, _)| ip) {
                 stats.assigned[fi] += 1;
                 if !(avoid && is_buggy(*ip)) {
                     held_usable += 1;
                 }
-                stats.in_use.extend(keys.iter().map(|k| (*ip, k.clone())));
             }
             stats.available[fi] = stats.available[fi].saturating_add(usable - held_usable);
         }
         Some(stats)
+    }
+
+    /// Every held address of a pool with each holder, ascending by address (empty for an
+    /// unknown pool). A copy of each key: for a pool being deleted, whose status lists them.
+    pub fn pool_holders(&self, pool: &str) -> Vec<(IpAddr, ServiceKey)> {
+        let Some(p) = self.pools.iter().find(|p| p.name == pool) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for r in p.addresses.ranges() {
+            for (ip, keys) in self.holders.range(r.start()..=r.end()) {
+                out.extend(keys.iter().map(|k| (*ip, k.clone())));
+            }
+        }
+        out
     }
 
     /// Pairs of pools (names in order) that share at least one address.
@@ -574,6 +588,11 @@ impl Ipam {
         }
         out.sort();
         out
+    }
+
+    /// How many Services hold addresses.
+    pub fn assigned_services(&self) -> usize {
+        self.records.len()
     }
 
     /// Every assignment, in Service-key order.

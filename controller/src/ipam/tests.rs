@@ -755,16 +755,19 @@ fn pool_stats_count_and_list_holders() {
     assert_eq!(s.assigned(IpFamily::V4), 1);
     assert_eq!(s.available(IpFamily::V4), 253);
     assert_eq!(s.available(IpFamily::V6), (1u128 << 64) - 1);
+    assert!(s.in_use());
     assert_eq!(
-        s.holders()
-            .map(|(ip, k)| (ip, k.clone()))
-            .collect::<Vec<_>>(),
+        i.pool_holders("p"),
         vec![
             (ip("192.0.2.1"), a.key.clone()),
             (ip("2001:db8::"), a.key.clone())
         ]
     );
     assert!(i.pool_stats("nope").is_none());
+    assert!(i.pool_holders("nope").is_empty());
+    i.release(&a.key);
+    assert!(!i.pool_stats("p").unwrap().in_use());
+    assert!(i.pool_holders("p").is_empty());
 }
 
 #[test]
