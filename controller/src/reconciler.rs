@@ -249,6 +249,8 @@ struct State {
     stores_services: Store<Service>,
     stores_pools: Store<IPAddressPool>,
     stores_namespaces: Store<Namespace>,
+    /// Labels of the namespaces seen since the last pass over every Service.
+    ns_labels: HashMap<String, Arc<BTreeMap<String, String>>>,
     evals: BTreeMap<String, PoolEval>,
     /// Desired status being written, so a burst of events does not write the same thing twice.
     inflight: HashMap<ServiceKey, DesiredStatus>,
@@ -327,6 +329,7 @@ impl State {
             stores_services: stores.services.clone(),
             stores_pools: stores.pools.clone(),
             stores_namespaces: stores.namespaces.clone(),
+            ns_labels: HashMap::new(),
             evals: BTreeMap::new(),
             inflight: HashMap::new(),
             last_failure: HashMap::new(),
@@ -342,7 +345,8 @@ impl State {
         let mut services = state.stores_services.state();
         services.sort_by_key(|s| service::key_of(s));
         let mut reserved = 0usize;
-        for svc in services.iter().filter(|s| state.class.is_ours(s)) {
+        let class = state.class.clone();
+        for svc in services.iter().filter(|s| class.is_ours(s)) {
             let held = status::ingress_ips(svc);
             if held.is_empty() {
                 continue;
@@ -368,11 +372,20 @@ impl State {
         state
     }
 
-    fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
-        self.stores_namespaces
-            .get(&ObjectRef::new(ns))
-            .and_then(|n| n.metadata.labels.clone())
-            .unwrap_or_default()
+    /// A namespace's labels, one shared map per namespace for every request made in it (the
+    /// IPAM keeps each holder's request). Emptied whenever namespaces may have changed.
+    fn namespace_labels(&mut self, ns: &str) -> Arc<BTreeMap<String, String>> {
+        if let Some(labels) = self.ns_labels.get(ns) {
+            return labels.clone();
+        }
+        let labels: Arc<BTreeMap<String, String>> = Arc::new(
+            self.stores_namespaces
+                .get(&ObjectRef::new(ns))
+                .and_then(|n| n.metadata.labels.clone())
+                .unwrap_or_default(),
+        );
+        self.ns_labels.insert(ns.to_string(), labels.clone());
+        labels
     }
 
     /// Re-read every pool into the IPAM. `None` when no pool changed in a way that matters to
@@ -403,6 +416,8 @@ impl State {
     }
 
     fn full_pass(&mut self) {
+        // Namespace changes come as a pass over every Service: read their labels afresh.
+        self.ns_labels.clear();
         let mut keys: BTreeSet<ServiceKey> = self
             .stores_services
             .state()

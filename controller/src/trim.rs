@@ -26,13 +26,21 @@ fn read_annotations() -> impl Iterator<Item = &'static str> {
 }
 
 /// Keeps the class, the address request (annotations, `loadBalancerIP`, families), what sharing
-/// compares (ports and protocols, traffic policy, pod selector), the labels pools select on,
+/// compares (ports and protocols, traffic policy, pod selector: only for a Service that asks to
+/// share), the labels pools select on,
 /// `generation` (the condition's `observedGeneration`), and in the status the ingress and our
 /// own condition.
 pub fn service(svc: &mut Service) {
     unread_metadata(&mut svc.metadata);
     let keep: Vec<&str> = read_annotations().collect();
     keep_annotations(&mut svc.metadata, &keep);
+    // Ports and the pod selector are compared only between Services sharing an address, which
+    // takes a sharing key on both (ipam `compatible`): without the annotation they go too.
+    let may_share = svc.metadata.annotations.as_ref().is_some_and(|a| {
+        annotations::ALLOW_SHARED_IP
+            .iter()
+            .any(|k| a.contains_key(*k))
+    });
     svc.spec = svc.spec.take().map(|s| ServiceSpec {
         type_: s.type_,
         load_balancer_class: s.load_balancer_class,
@@ -40,8 +48,8 @@ pub fn service(svc: &mut Service) {
         ip_families: s.ip_families,
         ip_family_policy: s.ip_family_policy,
         external_traffic_policy: s.external_traffic_policy,
-        selector: s.selector,
-        ports: s.ports.map(|ports| {
+        selector: s.selector.filter(|_| may_share),
+        ports: s.ports.filter(|_| may_share).map(|ports| {
             ports
                 .into_iter()
                 .map(|p| ServicePort {
@@ -88,13 +96,15 @@ pub fn pool(pool: &mut lodestone_crds::IPAddressPool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipam::{Ipam, PoolConfig};
+    use crate::ipam::{FamilyPolicy, Ipam, PoolConfig, Protocol, ServiceKey, ServiceRequest};
     use crate::service::{ClassFilter, hold_request, request_for};
     use crate::status::{AssignedCondition, DesiredStatus, apply_body, ingress_ips, is_current};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use lodestone_crds::addresses::IpFamily;
     use proptest::prelude::*;
     use serde_json::{Value, json};
     use std::collections::BTreeMap;
+    use std::sync::Arc;
 
     /// A Service as the API server returns it, with everything the controller never reads.
     fn full_service(annotations: Value, spec: Value, status: Value) -> Service {
@@ -192,6 +202,14 @@ mod tests {
         assert_eq!(conditions[0].type_, ADDRESS_ASSIGNED);
         assert_eq!(ingress_ips(&t), ingress_ips(&svc));
 
+        let plain = trimmed(&full_service(json!({}), json!({}), json!({})));
+        let spec = plain.spec.as_ref().unwrap();
+        assert!(
+            spec.ports.is_none() && spec.selector.is_none(),
+            "no sharing, no ports"
+        );
+        assert!(plain.metadata.annotations.is_none());
+
         let mut ns: Namespace = serde_json::from_value(json!({
             "metadata": {"name": "team", "labels": {"env": "prod"},
                          "annotations": {"a": "b"}, "managedFields": []},
@@ -226,16 +244,41 @@ mod tests {
         ]
     }
 
+    /// The request as the IPAM reads it: ports and the pod selector only with a sharing key.
+    fn as_read(mut r: ServiceRequest) -> ServiceRequest {
+        if r.sharing_key.is_none() {
+            r.ports.clear();
+            r.pod_selector.clear();
+        }
+        r
+    }
+
     /// Every decision the controller takes about a Service, as comparable data.
-    fn decisions(svc: &Service, ns_labels: &BTreeMap<String, String>) -> Value {
+    fn decisions(svc: &Service, ns_labels: &Arc<BTreeMap<String, String>>) -> Value {
         let now = Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap());
         let class = ClassFilter::default();
         let mut ipam = Ipam::new();
         ipam.set_pools(pools());
+        // Another Service holds 192.0.2.3 under the sharing key "key" (port 80/TCP, Local,
+        // pods app=web): asking for that address with that key is decided on the ports, the
+        // traffic policy and the pod selector.
+        let holder = ServiceRequest {
+            key: ServiceKey::new("default", "holder"),
+            labels: BTreeMap::new(),
+            namespace_labels: ns_labels.clone(),
+            families: FamilyPolicy::SingleStack(IpFamily::V4),
+            requested: vec!["192.0.2.3".parse().unwrap()],
+            pool: None,
+            sharing_key: Some("key".into()),
+            ports: vec![(8080, Protocol::Tcp)],
+            traffic_local: true,
+            pod_selector: BTreeMap::from([("app".into(), "web".into())]),
+        };
+        ipam.assign(&holder).unwrap();
         let held = ingress_ips(svc);
-        let hold = hold_request(svc, ns_labels, &held);
+        let hold = as_read(hold_request(svc, ns_labels, &held));
         let reserved = format!("{:?}", ipam.reserve(&hold, &held));
-        let request = request_for(svc, ns_labels);
+        let request = request_for(svc, ns_labels).map(as_read);
         let assigned = request.as_ref().ok().map(|r| ipam.assign(r));
         let desired = DesiredStatus {
             ips: held.clone(),
@@ -280,6 +323,8 @@ mod tests {
             class in prop_oneof![Just(None), Just(Some("lodestone.dev/lb")), Just(Some("other/lb"))],
             type_ in prop_oneof![Just("LoadBalancer"), Just("ClusterIP")],
             local in any::<bool>(),
+            port in prop_oneof![Just(80), Just(8080)],
+            selector_app in prop_oneof![Just("web"), Just("api")],
             held in prop_oneof![Just(vec![]), Just(vec!["192.0.2.1"]),
                                 Just(vec!["198.51.100.2", "2001:db8::2"]), Just(vec!["203.0.113.1"])],
             condition in prop_oneof![Just(None), Just(Some("True")), Just(Some("False"))],
@@ -289,6 +334,8 @@ mod tests {
             let mut spec = json!({
                 "type": type_, "ipFamilies": families, "ipFamilyPolicy": policy,
                 "externalTrafficPolicy": if local { "Local" } else { "Cluster" },
+                "ports": [{"name": "p", "port": port, "protocol": "TCP", "targetPort": 1}],
+                "selector": {"app": selector_app},
             });
             if let Some(ip) = lb_ip {
                 spec["loadBalancerIP"] = json!(ip);
@@ -312,7 +359,7 @@ mod tests {
             if !front {
                 svc.metadata.labels = None;
             }
-            let ns_labels = BTreeMap::from([("env".to_string(), "prod".to_string())]);
+            let ns_labels = Arc::new(BTreeMap::from([("env".to_string(), "prod".to_string())]));
             prop_assert_eq!(decisions(&trimmed(&svc), &ns_labels), decisions(&svc, &ns_labels));
         }
     }

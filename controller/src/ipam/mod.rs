@@ -40,6 +40,7 @@ mod runs;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use lodestone_crds::addresses::{IpFamily, PoolAddresses, ip_from_key, ip_key};
@@ -143,8 +144,9 @@ pub struct ServiceRequest {
     pub key: ServiceKey,
     /// The Service's labels (for `serviceSelectors`).
     pub labels: BTreeMap<String, String>,
-    /// Its namespace's labels (for `namespaceSelectors`).
-    pub namespace_labels: BTreeMap<String, String>,
+    /// Its namespace's labels (for `namespaceSelectors`), shared by every request of the
+    /// namespace: the IPAM keeps each holder's request, and 10,000 copies of one map add up.
+    pub namespace_labels: Arc<BTreeMap<String, String>>,
     /// Families wanted.
     pub families: FamilyPolicy,
     /// Requested addresses, at most one per family.
@@ -614,10 +616,34 @@ impl Ipam {
             self.occupy(*ip, &req.key, req.sharing_key.as_deref());
         }
         let assignment = Assignment { pool, addresses };
+        // Ports and the pod selector are read only when another Service asks to share the
+        // address, which `compatible` refuses before reading them unless both have a sharing
+        // key: without one, the record does not keep them.
+        let shares = req.sharing_key.is_some();
+        let kept = ServiceRequest {
+            key: req.key.clone(),
+            labels: req.labels.clone(),
+            namespace_labels: req.namespace_labels.clone(),
+            families: req.families,
+            requested: req.requested.clone(),
+            pool: req.pool.clone(),
+            sharing_key: req.sharing_key.clone(),
+            ports: if shares {
+                req.ports.clone()
+            } else {
+                Vec::new()
+            },
+            traffic_local: req.traffic_local,
+            pod_selector: if shares {
+                req.pod_selector.clone()
+            } else {
+                BTreeMap::new()
+            },
+        };
         self.records.insert(
             req.key.clone(),
             Record {
-                req: req.clone(),
+                req: kept,
                 assignment: assignment.clone(),
             },
         );

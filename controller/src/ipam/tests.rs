@@ -29,7 +29,7 @@ fn req(ns: &str, name: &str) -> ServiceRequest {
     ServiceRequest {
         key: ServiceKey::new(ns, name),
         labels: BTreeMap::new(),
-        namespace_labels: BTreeMap::new(),
+        namespace_labels: Default::default(),
         families: FamilyPolicy::SingleStack(IpFamily::V4),
         requested: vec![],
         pool: None,
@@ -119,7 +119,7 @@ fn selectors_and_namespaces_must_all_match_any_within_a_list() {
     let mut i = ipam(vec![p, fallback]);
 
     let mut ok = req("team-b", "web");
-    ok.namespace_labels = labels(&[("tier", "silver")]);
+    ok.namespace_labels = labels(&[("tier", "silver")]).into();
     ok.labels = labels(&[("expose", "yes")]);
     assert_eq!(i.assign(&ok).unwrap().pool, "restricted");
 
@@ -128,7 +128,7 @@ fn selectors_and_namespaces_must_all_match_any_within_a_list() {
     assert_eq!(i.assign(&wrong_ns).unwrap().pool, "fallback");
     let mut wrong_ns_labels = ok.clone();
     wrong_ns_labels.key.name = "web2".into();
-    wrong_ns_labels.namespace_labels = labels(&[("tier", "bronze")]);
+    wrong_ns_labels.namespace_labels = labels(&[("tier", "bronze")]).into();
     assert_eq!(i.assign(&wrong_ns_labels).unwrap().pool, "fallback");
     let mut wrong_svc_labels = ok.clone();
     wrong_svc_labels.key.name = "web3".into();
