@@ -21,7 +21,7 @@ fn request(n: usize, family: IpFamily) -> ServiceRequest {
     ServiceRequest {
         key: ServiceKey::new("bench", format!("svc-{n}")),
         labels: BTreeMap::new(),
-        namespace_labels: BTreeMap::new(),
+        namespace_labels: Default::default(),
         families: FamilyPolicy::SingleStack(family),
         requested: vec![],
         pool: None,

@@ -3,7 +3,8 @@
 //! - [`ipam`]: the pure allocation core (plain data in, decisions out).
 //! - [`service`], [`pools`], [`status`]: pure translations between Kubernetes objects and the
 //!   IPAM's plain data (requests, pool configurations, the status to show).
-//! - [`reconciler`]: the I/O shell: watches in, server-side applies and Events out.
+//! - [`reconciler`]: the I/O shell: watches in, server-side applies and Events out; [`trim`]
+//!   decides what its caches keep of each object.
 //! - [`metrics`]: Prometheus metrics and the probe endpoints.
 
 pub mod ipam;
@@ -12,3 +13,4 @@ pub mod pools;
 pub mod reconciler;
 pub mod service;
 pub mod status;
+pub mod trim;

@@ -64,10 +64,22 @@ fn init_logging(json: bool) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before the runtime starts its threads: the arena limit applies to threads yet to allocate.
+    let heap_tuned = lodestone_crds::heap::limit_fragmentation();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(controller(heap_tuned))
+}
+
+async fn controller(heap_tuned: bool) -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_json);
+    if !heap_tuned {
+        warn!("the allocator refused the fragmentation limits; memory may stay at its peak");
+    }
     let client = Client::try_default()
         .await
         .context("connecting to the API server (in-cluster config or KUBECONFIG)")?;

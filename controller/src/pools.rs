@@ -5,6 +5,7 @@
 //! them and it hands out nothing new until it is fixed. The same holds for a pool being deleted.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use lodestone_crds::addresses::{self, IpFamily};
@@ -13,7 +14,7 @@ use lodestone_crds::{
     condition_types as types, selector,
 };
 
-use crate::ipam::{PoolConfig, PoolStats};
+use crate::ipam::{PoolConfig, PoolStats, ServiceKey};
 
 /// What the controller makes of one pool object.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,11 +113,13 @@ fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condit
     }
 }
 
-/// The status the pool should show. `overlaps_with` names the other pools sharing addresses with
-/// it; `existing` keeps condition transition times stable.
+/// The status the pool should show. `holders` are its held addresses and their Services (read
+/// only while the pool is being deleted); `overlaps_with` names the other pools sharing
+/// addresses with it; `existing` keeps condition transition times stable.
 pub fn desired_status(
     eval: &PoolEval,
     stats: Option<&PoolStats>,
+    holders: &[(IpAddr, ServiceKey)],
     overlaps_with: &[String],
     existing: Option<&IPAddressPoolStatus>,
     now: &Time,
@@ -134,8 +137,8 @@ pub fn desired_status(
         st.assigned = saturate(a4.saturating_add(a6));
         st.available = saturate(v4.saturating_add(v6));
         if eval.terminating {
-            st.in_use = stats
-                .holders()
+            st.in_use = holders
+                .iter()
                 .map(|(ip, svc)| AddressUse {
                     address: ip.to_string(),
                     service: svc.to_string(),
@@ -274,7 +277,7 @@ mod tests {
         let c = e.config.as_ref().unwrap();
         assert_eq!(c.priority, Some(5));
         assert!(c.accepts_new);
-        let st = desired_status(&e, None, &[], None, &now());
+        let st = desired_status(&e, None, &[], &[], None, &now());
         let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.status, "True");
         assert_eq!(ready.observed_generation, Some(2));
@@ -302,7 +305,7 @@ mod tests {
             .expect("the valid entry is kept for existing holders");
         assert!(!c.accepts_new);
         assert!(c.addresses.contains("192.0.2.2".parse().unwrap()));
-        let st = desired_status(&e, None, &[], None, &now());
+        let st = desired_status(&e, None, &[], &[], None, &now());
         let invalid = st.conditions.iter().find(|c| c.type_ == "Invalid").unwrap();
         assert_eq!(invalid.status, "True");
         assert!(invalid.message.contains("spec.addresses[1]"));
@@ -318,7 +321,7 @@ mod tests {
         );
         let e = evaluate(&p);
         assert_eq!(e.problems.len(), 1, "{:?}", e.problems);
-        let st = desired_status(&e, None, &[], None, &now());
+        let st = desired_status(&e, None, &[], &[], None, &now());
         let invalid = st.conditions.iter().find(|c| c.type_ == "Invalid").unwrap();
         assert_eq!(invalid.reason, reasons::INVALID_SELECTOR);
     }
@@ -330,9 +333,9 @@ mod tests {
             "metadata": {"name": "blue"}, "spec": {"addresses": ["192.0.2.0/30"]}}),
         );
         let e = evaluate(&p);
-        let first = desired_status(&e, None, &[], None, &now());
+        let first = desired_status(&e, None, &[], &[], None, &now());
         let later = Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap());
-        let second = desired_status(&e, None, &["red".to_string()], Some(&first), &later);
+        let second = desired_status(&e, None, &[], &["red".to_string()], Some(&first), &later);
         let ov = second
             .conditions
             .iter()

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::pools::{self, PoolEval};
 use crate::service::{self, ClassFilter};
 use crate::status::{self, AssignedCondition, DesiredStatus, FIELD_MANAGER};
+use crate::trim;
 
 /// Event reasons on Services.
 pub mod reasons {
@@ -78,14 +79,20 @@ fn start_watches(client: &Client, tx: mpsc::UnboundedSender<Signal>) -> Stores {
     let (services, svc_writer) = reflector::store::<Service>();
     let (pools, pool_writer) = reflector::store::<IPAddressPool>();
     let (namespaces, ns_writer) = reflector::store::<Namespace>();
-    spawn_watch(client, svc_writer, tx.clone(), |ev| match ev {
-        watcher::Event::Apply(s) | watcher::Event::Delete(s) => {
-            Some(Signal::Service(service::key_of(s)))
-        }
-        watcher::Event::InitDone => Some(Signal::AllServices),
-        _ => None,
-    });
-    spawn_watch(client, pool_writer, tx.clone(), |ev| match ev {
+    spawn_watch(
+        client,
+        svc_writer,
+        trim::service,
+        tx.clone(),
+        |ev| match ev {
+            watcher::Event::Apply(s) | watcher::Event::Delete(s) => {
+                Some(Signal::Service(service::key_of(s)))
+            }
+            watcher::Event::InitDone => Some(Signal::AllServices),
+            _ => None,
+        },
+    );
+    spawn_watch(client, pool_writer, trim::pool, tx.clone(), |ev| match ev {
         watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone => {
             Some(Signal::Pools)
         }
@@ -93,7 +100,7 @@ fn start_watches(client: &Client, tx: mpsc::UnboundedSender<Signal>) -> Stores {
     });
     // Namespace labels feed namespace selectors: re-evaluate every Service. Services that
     // already hold a valid address keep it, so this is cheap and moves nothing.
-    spawn_watch(client, ns_writer, tx, |ev| match ev {
+    spawn_watch(client, ns_writer, trim::namespace, tx, |ev| match ev {
         watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone => {
             Some(Signal::AllServices)
         }
@@ -107,11 +114,11 @@ fn start_watches(client: &Client, tx: mpsc::UnboundedSender<Signal>) -> Stores {
 }
 
 /// Watch every `K` into `writer`'s cache and turn each event into a signal for the decision
-/// task. Cached objects drop `managedFields`, which nothing here reads and which are most of
-/// their size.
+/// task. Cached objects keep only what the controller reads ([`trim`]).
 fn spawn_watch<K>(
     client: &Client,
     writer: reflector::store::Writer<K>,
+    trim: fn(&mut K),
     tx: mpsc::UnboundedSender<Signal>,
     signal: fn(&watcher::Event<K>) -> Option<Signal>,
 ) where
@@ -125,7 +132,7 @@ fn spawn_watch<K>(
 {
     let stream = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
         .default_backoff()
-        .modify(|o| o.managed_fields_mut().clear())
+        .modify(trim)
         .reflect(writer);
     tokio::spawn(async move {
         futures::pin_mut!(stream);
@@ -159,6 +166,8 @@ pub async fn run(
     stores.pools.wait_until_ready().await?;
     stores.namespaces.wait_until_ready().await?;
     info!("caches synced");
+    // The initial lists were decoded whole and trimmed; a standby replica keeps only the caches.
+    lodestone_crds::heap::release_free_memory();
 
     let writer = Writer {
         client: client.clone(),
@@ -167,6 +176,7 @@ pub async fn run(
         metrics: metrics.clone(),
         retry: tx.clone(),
         pools: stores.pools.clone(),
+        pool_writes: Arc::default(),
     };
 
     loop {
@@ -194,8 +204,14 @@ pub async fn run(
             "ready: existing addresses reserved, new ones assigned"
         );
 
+        // The first pass decoded and trimmed every Service: hand the peak back once idle.
+        let mut worked = true;
         loop {
             tokio::select! {
+                () = tokio::time::sleep(RELEASE_MEMORY_AFTER), if worked => {
+                    worked = false;
+                    lodestone_crds::heap::release_free_memory();
+                }
                 changed = leader.changed() => {
                     changed?;
                     if !*leader.borrow_and_update() {
@@ -213,6 +229,7 @@ pub async fn run(
                     let started = std::time::Instant::now();
                     state.process(batch);
                     metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+                    worked = true;
                 }
                 Some(done) = done_rx.recv() => state.write_done(done),
             }
@@ -232,6 +249,8 @@ struct State {
     stores_services: Store<Service>,
     stores_pools: Store<IPAddressPool>,
     stores_namespaces: Store<Namespace>,
+    /// Labels of the namespaces seen since the last pass over every Service.
+    ns_labels: HashMap<String, Arc<BTreeMap<String, String>>>,
     evals: BTreeMap<String, PoolEval>,
     /// Desired status being written, so a burst of events does not write the same thing twice.
     inflight: HashMap<ServiceKey, DesiredStatus>,
@@ -310,6 +329,7 @@ impl State {
             stores_services: stores.services.clone(),
             stores_pools: stores.pools.clone(),
             stores_namespaces: stores.namespaces.clone(),
+            ns_labels: HashMap::new(),
             evals: BTreeMap::new(),
             inflight: HashMap::new(),
             last_failure: HashMap::new(),
@@ -325,7 +345,8 @@ impl State {
         let mut services = state.stores_services.state();
         services.sort_by_key(|s| service::key_of(s));
         let mut reserved = 0usize;
-        for svc in services.iter().filter(|s| state.class.is_ours(s)) {
+        let class = state.class.clone();
+        for svc in services.iter().filter(|s| class.is_ours(s)) {
             let held = status::ingress_ips(svc);
             if held.is_empty() {
                 continue;
@@ -351,11 +372,20 @@ impl State {
         state
     }
 
-    fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
-        self.stores_namespaces
-            .get(&ObjectRef::new(ns))
-            .and_then(|n| n.metadata.labels.clone())
-            .unwrap_or_default()
+    /// A namespace's labels, one shared map per namespace for every request made in it (the
+    /// IPAM keeps each holder's request). Emptied whenever namespaces may have changed.
+    fn namespace_labels(&mut self, ns: &str) -> Arc<BTreeMap<String, String>> {
+        if let Some(labels) = self.ns_labels.get(ns) {
+            return labels.clone();
+        }
+        let labels: Arc<BTreeMap<String, String>> = Arc::new(
+            self.stores_namespaces
+                .get(&ObjectRef::new(ns))
+                .and_then(|n| n.metadata.labels.clone())
+                .unwrap_or_default(),
+        );
+        self.ns_labels.insert(ns.to_string(), labels.clone());
+        labels
     }
 
     /// Re-read every pool into the IPAM. `None` when no pool changed in a way that matters to
@@ -386,6 +416,8 @@ impl State {
     }
 
     fn full_pass(&mut self) {
+        // Namespace changes come as a pass over every Service: read their labels afresh.
+        self.ns_labels.clear();
         let mut keys: BTreeSet<ServiceKey> = self
             .stores_services
             .state()
@@ -584,7 +616,7 @@ impl State {
         let metrics = self.writer.metrics.clone();
         metrics
             .services_assigned
-            .set(i64::try_from(self.ipam.assignments().count()).unwrap_or(i64::MAX));
+            .set(i64::try_from(self.ipam.assigned_services()).unwrap_or(i64::MAX));
         let mut reported = BTreeSet::new();
         let mut overlaps: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (a, b) in self.ipam.overlaps() {
@@ -603,18 +635,26 @@ impl State {
                 }
                 reported.insert(name.clone());
             }
+            let holders = if eval.terminating {
+                self.ipam.pool_holders(&name)
+            } else {
+                Vec::new()
+            };
             let desired = pools::desired_status(
                 eval,
                 stats.as_ref(),
+                &holders,
                 overlaps.get(&name).map(Vec::as_slice).unwrap_or(&[]),
                 pool.status.as_ref(),
                 &now(),
             );
-            if !pools::status_is_current(pool.status.as_ref(), &desired) {
+            if pools::status_is_current(pool.status.as_ref(), &desired) {
+                self.writer.pool_status_current(&name);
+            } else {
                 self.writer.pool_status(&name, &desired);
             }
             let has_finalizer = pool.finalizers().iter().any(|f| f == POOL_FINALIZER);
-            let in_use = stats.as_ref().is_some_and(|s| s.holders().next().is_some());
+            let in_use = stats.as_ref().is_some_and(|s| s.in_use());
             if !eval.terminating && !has_finalizer {
                 self.writer.pool_finalizer(&name, true);
             } else if eval.terminating && has_finalizer && !in_use {
@@ -681,9 +721,68 @@ struct Writer {
     retry: mpsc::UnboundedSender<Signal>,
     /// The pool cache, to tell a pool that is gone from a write that failed.
     pools: Store<IPAddressPool>,
+    /// Pool status writes in flight or cooling down ([`PoolWrites`]).
+    pool_writes: Arc<Mutex<PoolWrites<lodestone_crds::IPAddressPoolStatus>>>,
+}
+
+/// Which pool statuses to write, and when. Usage counts change with every assignment: at most
+/// one status write per pool is in flight or cooling down ([`POOL_STATUS_INTERVAL`]), and the
+/// statuses wanted meanwhile replace each other, so a burst of 10,000 assignments costs a few
+/// writes per pool instead of one per decision (those writes took as much of etcd's time as the
+/// Services themselves). Pure bookkeeping; [`Writer::pool_status`] does the writing.
+#[derive(Debug)]
+struct PoolWrites<S> {
+    /// Pools with a write in flight or cooling down, with the status queued after it.
+    busy: HashMap<String, Option<S>>,
+}
+
+impl<S> Default for PoolWrites<S> {
+    fn default() -> Self {
+        PoolWrites {
+            busy: HashMap::new(),
+        }
+    }
+}
+
+impl<S> PoolWrites<S> {
+    /// `status` is wanted: `Some` to write it now, `None` when it waits for the write before it
+    /// (replacing any status queued earlier).
+    fn want(&mut self, pool: &str, status: S) -> Option<S> {
+        match self.busy.get_mut(pool) {
+            Some(queued) => {
+                *queued = Some(status);
+                None
+            }
+            None => {
+                self.busy.insert(pool.to_string(), None);
+                Some(status)
+            }
+        }
+    }
+
+    /// The write in flight and its interval are over: the status to write next, if one was
+    /// queued; otherwise the pool is idle again.
+    fn finished(&mut self, pool: &str) -> Option<S> {
+        let next = self.busy.get_mut(pool).and_then(Option::take);
+        if next.is_none() {
+            self.busy.remove(pool);
+        }
+        next
+    }
+
+    /// The pool already shows what is wanted: a status still queued is stale.
+    fn current(&mut self, pool: &str) {
+        if let Some(queued) = self.busy.get_mut(pool) {
+            *queued = None;
+        }
+    }
 }
 
 const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// Freed memory goes back to the system once the decision loop has been idle this long.
+const RELEASE_MEMORY_AFTER: Duration = Duration::from_secs(5);
+/// Least time between two status writes of one pool.
+const POOL_STATUS_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Writer {
     fn leading(&self) -> bool {
@@ -756,31 +855,60 @@ impl Writer {
         });
     }
 
+    fn pool_writes(
+        &self,
+    ) -> std::sync::MutexGuard<'_, PoolWrites<lodestone_crds::IPAddressPoolStatus>> {
+        self.pool_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Write a pool's status now, or once the write in flight and its interval are over (only
+    /// the newest status wanted by then is written).
     fn pool_status(&self, name: &str, status: &lodestone_crds::IPAddressPoolStatus) {
+        let Some(mut status) = self.pool_writes().want(name, status.clone()) else {
+            return;
+        };
+        let name = name.to_string();
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                this.write_pool_status(&name, &status).await;
+                tokio::time::sleep(POOL_STATUS_INTERVAL).await;
+                match this.pool_writes().finished(&name) {
+                    Some(next) => status = next,
+                    None => return,
+                }
+            }
+        });
+    }
+
+    /// The pool already shows what is wanted: a status queued behind a write in flight is stale.
+    fn pool_status_current(&self, name: &str) {
+        self.pool_writes().current(name);
+    }
+
+    async fn write_pool_status(&self, name: &str, status: &lodestone_crds::IPAddressPoolStatus) {
         let body = json!({
             "apiVersion": "lodestone.dev/v1alpha1",
             "kind": "IPAddressPool",
             "metadata": {"name": name},
             "status": status,
         });
-        let name = name.to_string();
-        let this = self.clone();
-        tokio::spawn(async move {
-            let Ok(_permit) = this.permits.acquire().await else {
-                return;
-            };
-            if !this.leading() {
-                return;
-            }
-            let api: Api<IPAddressPool> = Api::all(this.client.clone());
-            let params = PatchParams::apply(FIELD_MANAGER).force();
-            let result = api.patch_status(&name, &params, &Patch::Apply(&body)).await;
-            this.metrics.write(result.is_ok());
-            if let Err(e) = result {
-                warn!(pool = %name, error = %e, "writing pool status failed; will retry");
-                this.retry_later(Signal::Pools);
-            }
-        });
+        let Ok(_permit) = self.permits.acquire().await else {
+            return;
+        };
+        if !self.leading() {
+            return;
+        }
+        let api: Api<IPAddressPool> = Api::all(self.client.clone());
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let result = api.patch_status(name, &params, &Patch::Apply(&body)).await;
+        self.metrics.write(result.is_ok());
+        if let Err(e) = result {
+            warn!(pool = %name, error = %e, "writing pool status failed; will retry");
+            self.retry_later(Signal::Pools);
+        }
     }
 
     /// Own (or give up) our finalizer with server-side apply: finalizers are a set, so other
@@ -881,5 +1009,46 @@ impl Writer {
             tokio::time::sleep(RETRY_AFTER).await;
             let _ = tx.send(sig);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_writes_one_at_a_time_newest_wins() {
+        let mut w = PoolWrites::default();
+        assert_eq!(
+            w.want("blue", 1),
+            Some(1),
+            "an idle pool is written at once"
+        );
+        assert_eq!(w.want("blue", 2), None, "queued behind the write in flight");
+        assert_eq!(w.want("blue", 3), None);
+        assert_eq!(
+            w.want("red", 9),
+            Some(9),
+            "pools do not wait for each other"
+        );
+        assert_eq!(
+            w.finished("blue"),
+            Some(3),
+            "only the newest queued status is written"
+        );
+        assert_eq!(w.want("blue", 4), None, "still busy with 3");
+        w.current("blue");
+        assert_eq!(
+            w.finished("blue"),
+            None,
+            "a status the pool already shows is dropped"
+        );
+        assert_eq!(w.want("blue", 5), Some(5), "idle again");
+        assert_eq!(w.finished("blue"), None);
+        assert_eq!(w.finished("red"), None);
+        assert!(w.busy.is_empty());
+        w.current("gone");
+        assert_eq!(w.finished("gone"), None);
+        assert!(w.busy.is_empty());
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use lodestone_crds::addresses::IpFamily;
@@ -227,7 +228,7 @@ fn protocol(p: Option<&str>) -> Protocol {
 /// Build the IPAM request for a Service that [`ClassFilter::is_ours`].
 pub fn request_for(
     svc: &Service,
-    namespace_labels: &BTreeMap<String, String>,
+    namespace_labels: &Arc<BTreeMap<String, String>>,
 ) -> Result<ServiceRequest, RequestError> {
     let empty = BTreeMap::new();
     let annotations = svc.metadata.annotations.as_ref().unwrap_or(&empty);
@@ -273,7 +274,7 @@ pub fn request_for(
 /// [`request_for`] then decides whether the Service's wishes changed.
 pub fn hold_request(
     svc: &Service,
-    namespace_labels: &BTreeMap<String, String>,
+    namespace_labels: &Arc<BTreeMap<String, String>>,
     held: &[IpAddr],
 ) -> ServiceRequest {
     let families = family_policy(svc, held).unwrap_or_else(|_| {
@@ -456,9 +457,9 @@ mod tests {
             json!({"lodestone.dev/loadBalancerIPs": "garbage", "lodestone.dev/address-pool": "red"}),
             json!({"ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "PreferDualStack"}),
         );
-        assert!(request_for(&s, &BTreeMap::new()).is_err());
+        assert!(request_for(&s, &Default::default()).is_err());
         let held: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()];
-        let r = hold_request(&s, &BTreeMap::new(), &held);
+        let r = hold_request(&s, &Default::default(), &held);
         assert!(r.requested.is_empty());
         assert_eq!(r.pool, None);
         assert_eq!(r.families, FamilyPolicy::PreferDualStack(IpFamily::V4));
@@ -471,7 +472,7 @@ mod tests {
             json!({"externalTrafficPolicy": "Local", "selector": {"app": "web"},
                    "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53}]}),
         );
-        let r = request_for(&s, &BTreeMap::new()).unwrap();
+        let r = request_for(&s, &Default::default()).unwrap();
         assert_eq!(r.key.to_string(), "default/web");
         assert_eq!(r.pool.as_deref(), Some("blue"));
         assert_eq!(r.sharing_key.as_deref(), Some("k1"));

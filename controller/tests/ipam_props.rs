@@ -136,7 +136,7 @@ fn arb_request() -> impl Strategy<Value = ServiceRequest> {
                     } else {
                         BTreeMap::new()
                     },
-                    namespace_labels: BTreeMap::new(),
+                    namespace_labels: Default::default(),
                     families,
                     requested: if requested.len() > 1 && requested[0] == requested[1] {
                         vec![]
@@ -473,7 +473,7 @@ proptest! {
         let req = |n: usize| ServiceRequest {
             key: ServiceKey::new("ns", format!("s{n}")),
             labels: BTreeMap::new(),
-            namespace_labels: BTreeMap::new(),
+            namespace_labels: Default::default(),
             families: FamilyPolicy::SingleStack(IpFamily::V4),
             requested: vec![],
             pool: None,

@@ -10,10 +10,12 @@ pub mod addresses;
 pub mod announced;
 pub mod class;
 pub mod events;
+pub mod heap;
 mod l2advertisement;
 mod pool;
 pub mod reference;
 pub mod selector;
+pub mod trim;
 
 pub use l2advertisement::{L2Advertisement, L2AdvertisementSpec, crd as l2advertisement_crd};
 pub use pool::{

@@ -40,6 +40,7 @@ mod runs;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use lodestone_crds::addresses::{IpFamily, PoolAddresses, ip_from_key, ip_key};
@@ -143,8 +144,9 @@ pub struct ServiceRequest {
     pub key: ServiceKey,
     /// The Service's labels (for `serviceSelectors`).
     pub labels: BTreeMap<String, String>,
-    /// Its namespace's labels (for `namespaceSelectors`).
-    pub namespace_labels: BTreeMap<String, String>,
+    /// Its namespace's labels (for `namespaceSelectors`), shared by every request of the
+    /// namespace: the IPAM keeps each holder's request, and 10,000 copies of one map add up.
+    pub namespace_labels: Arc<BTreeMap<String, String>>,
     /// Families wanted.
     pub families: FamilyPolicy,
     /// Requested addresses, at most one per family.
@@ -289,15 +291,14 @@ fn no_pool_message(reasons: &[(String, String)]) -> String {
     format!("no pool may serve this Service ({})", parts.join("; "))
 }
 
-/// Usage of one pool.
+/// Usage of one pool: counts only, cheap enough to take after every change (the holders
+/// themselves are [`Ipam::pool_holders`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PoolStats {
     /// Held addresses of the pool, IPv4 and IPv6.
     pub assigned: [u128; 2],
     /// Addresses the pool could still hand out, IPv4 and IPv6 (saturating).
     pub available: [u128; 2],
-    /// Every held address of the pool with each holder, ascending by address.
-    pub in_use: Vec<(IpAddr, ServiceKey)>,
 }
 
 fn fam_index(f: IpFamily) -> usize {
@@ -318,9 +319,9 @@ impl PoolStats {
         self.available[fam_index(family)]
     }
 
-    /// `(address, holder)` pairs.
-    pub fn holders(&self) -> impl Iterator<Item = (IpAddr, &ServiceKey)> {
-        self.in_use.iter().map(|(ip, k)| (*ip, k))
+    /// Whether any address of the pool is held.
+    pub fn in_use(&self) -> bool {
+        self.assigned.iter().any(|n| *n > 0)
     }
 }
 
@@ -539,7 +540,8 @@ impl Ipam {
         self.holders.get(&ip).cloned().unwrap_or_default()
     }
 
-    /// Usage of a pool by name; `None` if there is no such pool.
+    /// Usage of a pool by name; `None` if there is no such pool. Walks the pool's held
+    /// addresses without copying any.
     pub fn pool_stats(&self, pool: &str) -> Option<PoolStats> {
         let p = self.pools.iter().find(|p| p.name == pool)?;
         let mut stats = PoolStats::default();
@@ -549,16 +551,30 @@ impl Ipam {
             let avoid = p.avoid_buggy_ips && r.family() == IpFamily::V4;
             let usable = r.len() - if avoid { count_buggy(a, b) } else { 0 };
             let mut held_usable = 0u128;
-            for (ip, keys) in self.holders.range(r.start()..=r.end()) {
+            for ip in self.holders.range(r.start()..=r.end()).map(|(ip, _)| ip) {
                 stats.assigned[fi] += 1;
                 if !(avoid && is_buggy(*ip)) {
                     held_usable += 1;
                 }
-                stats.in_use.extend(keys.iter().map(|k| (*ip, k.clone())));
             }
             stats.available[fi] = stats.available[fi].saturating_add(usable - held_usable);
         }
         Some(stats)
+    }
+
+    /// Every held address of a pool with each holder, ascending by address (empty for an
+    /// unknown pool). A copy of each key: for a pool being deleted, whose status lists them.
+    pub fn pool_holders(&self, pool: &str) -> Vec<(IpAddr, ServiceKey)> {
+        let Some(p) = self.pools.iter().find(|p| p.name == pool) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for r in p.addresses.ranges() {
+            for (ip, keys) in self.holders.range(r.start()..=r.end()) {
+                out.extend(keys.iter().map(|k| (*ip, k.clone())));
+            }
+        }
+        out
     }
 
     /// Pairs of pools (names in order) that share at least one address.
@@ -574,6 +590,11 @@ impl Ipam {
         }
         out.sort();
         out
+    }
+
+    /// How many Services hold addresses.
+    pub fn assigned_services(&self) -> usize {
+        self.records.len()
     }
 
     /// Every assignment, in Service-key order.
@@ -595,10 +616,34 @@ impl Ipam {
             self.occupy(*ip, &req.key, req.sharing_key.as_deref());
         }
         let assignment = Assignment { pool, addresses };
+        // Ports and the pod selector are read only when another Service asks to share the
+        // address, which `compatible` refuses before reading them unless both have a sharing
+        // key: without one, the record does not keep them.
+        let shares = req.sharing_key.is_some();
+        let kept = ServiceRequest {
+            key: req.key.clone(),
+            labels: req.labels.clone(),
+            namespace_labels: req.namespace_labels.clone(),
+            families: req.families,
+            requested: req.requested.clone(),
+            pool: req.pool.clone(),
+            sharing_key: req.sharing_key.clone(),
+            ports: if shares {
+                req.ports.clone()
+            } else {
+                Vec::new()
+            },
+            traffic_local: req.traffic_local,
+            pod_selector: if shares {
+                req.pod_selector.clone()
+            } else {
+                BTreeMap::new()
+            },
+        };
         self.records.insert(
             req.key.clone(),
             Record {
-                req: req.clone(),
+                req: kept,
                 assignment: assignment.clone(),
             },
         );

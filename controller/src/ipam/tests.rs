@@ -29,7 +29,7 @@ fn req(ns: &str, name: &str) -> ServiceRequest {
     ServiceRequest {
         key: ServiceKey::new(ns, name),
         labels: BTreeMap::new(),
-        namespace_labels: BTreeMap::new(),
+        namespace_labels: Default::default(),
         families: FamilyPolicy::SingleStack(IpFamily::V4),
         requested: vec![],
         pool: None,
@@ -119,7 +119,7 @@ fn selectors_and_namespaces_must_all_match_any_within_a_list() {
     let mut i = ipam(vec![p, fallback]);
 
     let mut ok = req("team-b", "web");
-    ok.namespace_labels = labels(&[("tier", "silver")]);
+    ok.namespace_labels = labels(&[("tier", "silver")]).into();
     ok.labels = labels(&[("expose", "yes")]);
     assert_eq!(i.assign(&ok).unwrap().pool, "restricted");
 
@@ -128,7 +128,7 @@ fn selectors_and_namespaces_must_all_match_any_within_a_list() {
     assert_eq!(i.assign(&wrong_ns).unwrap().pool, "fallback");
     let mut wrong_ns_labels = ok.clone();
     wrong_ns_labels.key.name = "web2".into();
-    wrong_ns_labels.namespace_labels = labels(&[("tier", "bronze")]);
+    wrong_ns_labels.namespace_labels = labels(&[("tier", "bronze")]).into();
     assert_eq!(i.assign(&wrong_ns_labels).unwrap().pool, "fallback");
     let mut wrong_svc_labels = ok.clone();
     wrong_svc_labels.key.name = "web3".into();
@@ -755,16 +755,19 @@ fn pool_stats_count_and_list_holders() {
     assert_eq!(s.assigned(IpFamily::V4), 1);
     assert_eq!(s.available(IpFamily::V4), 253);
     assert_eq!(s.available(IpFamily::V6), (1u128 << 64) - 1);
+    assert!(s.in_use());
     assert_eq!(
-        s.holders()
-            .map(|(ip, k)| (ip, k.clone()))
-            .collect::<Vec<_>>(),
+        i.pool_holders("p"),
         vec![
             (ip("192.0.2.1"), a.key.clone()),
             (ip("2001:db8::"), a.key.clone())
         ]
     );
     assert!(i.pool_stats("nope").is_none());
+    assert!(i.pool_holders("nope").is_empty());
+    i.release(&a.key);
+    assert!(!i.pool_stats("p").unwrap().in_use());
+    assert!(i.pool_holders("p").is_empty());
 }
 
 #[test]
