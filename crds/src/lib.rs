@@ -8,6 +8,7 @@
 
 pub mod addresses;
 pub mod class;
+pub mod events;
 mod l2advertisement;
 mod pool;
 pub mod reference;
