@@ -587,6 +587,7 @@ mod tests {
                 addresses: addrs.iter().map(|a| (*a).into()).collect(),
                 auto_assign: true,
                 avoid_buggy_ips: false,
+                allow_link_local: false,
                 service_allocation: None,
             },
         ))
