@@ -4,10 +4,12 @@
 //! - [`service`], [`pools`], [`status`]: pure translations between Kubernetes objects and the
 //!   IPAM's plain data (requests, pool configurations, the status to show).
 //! - [`reconciler`]: the I/O shell: watches in, server-side applies and Events out.
+//! - [`nodes`]: the Nodes' own addresses, which are never handed out.
 //! - [`metrics`]: Prometheus metrics and the probe endpoints.
 
 pub mod ipam;
 pub mod metrics;
+pub mod nodes;
 pub mod pools;
 pub mod reconciler;
 pub mod service;
