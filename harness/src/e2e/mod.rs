@@ -20,6 +20,6 @@ pub mod process;
 pub mod traffic;
 
 pub use controller::ControllerProcess;
-pub use forward::{Forwarder, forward_into, kubeconfig_via};
+pub use forward::{Forwarder, forward_into, forward_out_of, kubeconfig_via};
 pub use process::SpeakerProcess;
 pub use traffic::{Answer, Prober, Responder, runs};
