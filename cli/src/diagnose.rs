@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use lodestone_crds::addresses::{self, IpFamily};
 use lodestone_crds::{IPAddressPool, L2Advertisement, selector};
 use serde::Serialize;
 
@@ -93,9 +94,12 @@ fn ingress_ips(svc: &Service) -> Vec<String> {
 
 /// The pool named by an AddressAssigned message (`192.0.2.1, 2001:db8::1 from pool blue`).
 pub fn pool_of_message(message: &str) -> Option<String> {
+    // The name is the word after the first " from pool "; a warning may follow it
+    // (`192.0.2.1 from pool blue; warning: ...`).
     message
-        .rsplit_once(" from pool ")
-        .map(|(_, p)| p.trim().to_string())
+        .split_once(" from pool ")
+        .and_then(|(_, rest)| rest.split([';', ' ']).next())
+        .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty())
 }
 
@@ -204,6 +208,20 @@ fn or_none(v: &[String]) -> String {
     }
 }
 
+/// `used/total` for one family of a pool. The status counts saturate at 2^63-1 (a /64 has
+/// 2^64 addresses), so the total is summed in 128 bits, and once `available` is saturated it is
+/// the size of the pool's own `entries` instead, exact whatever the pool.
+pub fn usage(assigned: i64, available: i64, entries: &[String], family: IpFamily) -> String {
+    let summed = i128::from(assigned) + i128::from(available);
+    if available == i64::MAX
+        && let Ok(pool) = addresses::parse_pool(entries)
+        && pool.has_family(family)
+    {
+        return format!("{assigned}/{}", pool.len(family));
+    }
+    format!("{assigned}/{summed}")
+}
+
 /// The `status` tables.
 pub fn render_status(s: &Status) -> String {
     let pools: Vec<Vec<String>> = s
@@ -213,8 +231,18 @@ pub fn render_status(s: &Status) -> String {
             vec![
                 p.name.clone(),
                 p.addresses.join(","),
-                format!("{}/{}", p.assigned_ipv4, p.assigned_ipv4 + p.available_ipv4),
-                format!("{}/{}", p.assigned_ipv6, p.assigned_ipv6 + p.available_ipv6),
+                usage(
+                    p.assigned_ipv4,
+                    p.available_ipv4,
+                    &p.addresses,
+                    IpFamily::V4,
+                ),
+                usage(
+                    p.assigned_ipv6,
+                    p.available_ipv6,
+                    &p.addresses,
+                    IpFamily::V6,
+                ),
                 or_none(&p.conditions),
             ]
         })
@@ -561,11 +589,19 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
                         if holds_it { Ok } else { Info },
                         &src,
                         format!(
-                            "serves this Service: IPv4 {}/{} used, IPv6 {}/{} used",
-                            st.assigned_ipv4,
-                            st.assigned_ipv4 + st.available_ipv4,
-                            st.assigned_ipv6,
-                            st.assigned_ipv6 + st.available_ipv6
+                            "serves this Service: IPv4 {} used, IPv6 {} used",
+                            usage(
+                                st.assigned_ipv4,
+                                st.available_ipv4,
+                                &p.spec.addresses,
+                                IpFamily::V4
+                            ),
+                            usage(
+                                st.assigned_ipv6,
+                                st.available_ipv6,
+                                &p.spec.addresses,
+                                IpFamily::V6
+                            ),
                         ),
                     ));
                 }
@@ -829,6 +865,13 @@ mod tests {
         );
         assert_eq!(pool_of_message("no pool"), None);
         assert_eq!(
+            pool_of_message(
+                "192.0.2.1 from pool blue; warning: keeping 192.0.2.1 although pool blue is gone"
+            )
+            .as_deref(),
+            Some("blue")
+        );
+        assert_eq!(
             node_of_message("announced from node-b on eth0, eth1").as_deref(),
             Some("node-b")
         );
@@ -873,6 +916,29 @@ mod tests {
         assert!(text.contains("blue   192.0.2.0/30   1/4"), "{text}");
         assert!(text.contains("node-b"), "{text}");
         assert!(text.lines().all(|l| !l.ends_with(' ')), "{text:?}");
+    }
+
+    /// A /64 used to show `1/-9223372036854775808`: the saturated count plus one wrapped.
+    #[test]
+    fn huge_pools_count_without_overflow() {
+        let v6 = ["2001:db8::/64".to_string()];
+        assert_eq!(
+            usage(1, i64::MAX, &v6, IpFamily::V6),
+            "1/18446744073709551616"
+        );
+        assert_eq!(
+            usage(i64::MAX, i64::MAX, &[], IpFamily::V6),
+            format!("{}/{}", i64::MAX, 2 * i128::from(i64::MAX))
+        );
+        assert_eq!(usage(1, 3, &["192.0.2.0/30".into()], IpFamily::V4), "1/4");
+        let pools = [pool(
+            "big",
+            json!({"addresses": ["2001:db8::/64"]}),
+            json!({"assigned": 1, "available": i64::MAX, "assignedIPv6": 1, "availableIPv6": i64::MAX}),
+        )];
+        let text = render_status(&status(&pools, &[]));
+        assert!(text.contains("1/18446744073709551616"), "{text}");
+        assert!(!text.contains("/-"), "{text}");
     }
 
     #[test]

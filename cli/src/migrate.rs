@@ -562,7 +562,16 @@ fn convert_pool(
 
     // The API server accepts these, but the controller reports them on the pool and hands out
     // nothing from it until they are fixed: say so now, while the user is looking.
-    if let Err(errors) = lodestone_crds::addresses::parse_pool(&pool.spec.addresses) {
+    // Entries MetalLB hands out but Lodestone refuses (0.0.0.0/0, loopback, link-local...) too.
+    let mut errors = lodestone_crds::addresses::parse_pool(&pool.spec.addresses)
+        .err()
+        .unwrap_or_default();
+    errors.extend(lodestone_crds::addresses::refused_entries(
+        &pool.spec.addresses,
+        pool.spec.allow_link_local,
+    ));
+    errors.sort_by_key(|e| e.index);
+    {
         for e in errors {
             warnings.push(Warning {
                 kind: WarningKind::Invalid,
@@ -1139,6 +1148,34 @@ mod tests {
             only[0]["spec"].get("serviceAllocation").is_none(),
             "nothing left to say: {}",
             only[0]
+        );
+    }
+
+    /// MetalLB hands out whatever a pool holds; Lodestone refuses special-purpose and giant
+    /// entries, so the migration says which, while the user is looking.
+    #[test]
+    fn entries_lodestone_refuses_are_warned_about() {
+        let (out, warnings) = migrate_pools(vec![pool(
+            "m",
+            "everything",
+            json!({"addresses": ["192.0.2.0/28", "0.0.0.0/0", "169.254.0.0/24"]}),
+        )]);
+        assert_eq!(out.len(), 1, "migrated, to be fixed");
+        let texts: Vec<&str> = warnings.iter().map(|w| w.message.as_str()).collect();
+        assert!(
+            texts.iter().any(|t| t
+                .starts_with(r#"spec.addresses[1] "0.0.0.0/0": spans more addresses than a /8"#)),
+            "{texts:#?}"
+        );
+        assert!(
+            texts.iter().any(|t| t
+                .starts_with(r#"spec.addresses[2] "169.254.0.0/24": overlaps 169.254.0.0/16"#)
+                && t.contains("allowLinkLocal")),
+            "{texts:#?}"
+        );
+        assert!(
+            texts.iter().all(|t| !t.starts_with("spec.addresses[0]")),
+            "{texts:#?}"
         );
     }
 

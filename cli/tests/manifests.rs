@@ -264,6 +264,7 @@ fn rbac_grants_exactly_what_the_programs_call() {
             ("", "services", &["list", "watch"]),
             ("", "services/status", &["patch"]),
             ("", "namespaces", &["list", "watch"]),
+            ("", "nodes", &["list", "watch"]),
             (
                 "lodestone.dev",
                 "ipaddresspools",

@@ -92,6 +92,7 @@ async fn speaker_rbac_is_exactly_what_the_speaker_calls() {
                     addresses: vec![POOL_V4.into()],
                     auto_assign: true,
                     avoid_buggy_ips: false,
+                    allow_link_local: false,
                     service_allocation: None,
                 },
             ),

@@ -360,3 +360,59 @@ fn documented_commands_print_what_the_page_shows(bin: &Path, kubeconfig: &Path) 
         plugin_outputs[3]
     );
 }
+
+/// A connection that fails says why: the TLS or socket error kube keeps several causes down
+/// (it used to print only `client error (Connect)`), the server, and a hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_connection_names_its_cause() {
+    let cluster = TestCluster::start().await.unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_lodestonectl"));
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = lodestone_harness::tls::serving_cert("someone-else", "elsewhere").unwrap();
+    let wrong_ca = dir.path().join("wrong-ca");
+    std::fs::write(
+        &wrong_ca,
+        lodestone_harness::cluster::kubeconfig_yaml(&cluster.url(), &stranger.ca_pem, "t"),
+    )
+    .unwrap();
+    let (success, _, stderr) = run(bin, &wrong_ca, &["status"]);
+    assert!(!success);
+    eprintln!("{stderr}");
+    assert!(
+        stderr.starts_with(
+            "error: listing IPAddressPools: cannot talk to the API server at https://127.0.0.1:"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("invalid peer certificate: UnknownIssuer"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("certificate-authority"), "{stderr}");
+    assert_eq!(
+        stderr.matches("client error (Connect)").count(),
+        1,
+        "{stderr}"
+    );
+
+    // Nothing listening: the refused connection is named.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let closed = dir.path().join("closed");
+    std::fs::write(
+        &closed,
+        lodestone_harness::cluster::kubeconfig_yaml(
+            &format!("https://127.0.0.1:{port}"),
+            &stranger.ca_pem,
+            "t",
+        ),
+    )
+    .unwrap();
+    let (success, _, stderr) = run(bin, &closed, &["why", "web"]);
+    assert!(!success);
+    eprintln!("{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert!(!stderr.contains("certificate-authority"), "{stderr}");
+}

@@ -12,6 +12,8 @@
 //! | `status_writes_total{result}` | counter | status and Event writes, `ok` or `error` |
 //! | `reconcile_duration_seconds` | histogram | time to decide one batch of changes |
 //! | `leader` | gauge | 1 while this replica holds the Lease |
+//! | `pool_kind_served` | gauge | 1 while the API server serves IPAddressPools (0: CRD missing, decisions on hold) |
+//! | `services_held_without_pool` | gauge | Services keeping an address whose pool vanished without releasing it |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +47,9 @@ pub struct Metrics {
     /// Seconds spent deciding one batch of changes.
     pub reconcile_duration: Histogram,
     leader_gauge: Gauge,
+    pool_kind_served: Gauge,
+    /// Services keeping an address of a pool that vanished without releasing it.
+    pub services_held_without_pool: Gauge,
     /// Caches synced and, when leading, the first full pass decided.
     ready: AtomicBool,
     /// This replica holds the Lease. Checked before every write.
@@ -109,8 +114,22 @@ impl Metrics {
             "1 while this replica holds the Lease",
             leader_gauge.clone(),
         );
+        let pool_kind_served = Gauge::default();
+        registry.register(
+            "pool_kind_served",
+            "1 while the API server serves IPAddressPools; 0 while it answers 404 (CRD missing) and decisions are on hold",
+            pool_kind_served.clone(),
+        );
+        let services_held_without_pool = Gauge::default();
+        registry.register(
+            "services_held_without_pool",
+            "Services keeping an address whose pool vanished without releasing it",
+            services_held_without_pool.clone(),
+        );
         Metrics {
             registry,
+            pool_kind_served,
+            services_held_without_pool,
             pool_in_use,
             pool_available,
             allocation_failures,
@@ -163,6 +182,10 @@ impl Metrics {
     pub fn set_leader(&self, leader: bool) {
         self.leader.store(leader, Ordering::SeqCst);
         self.leader_gauge.set(i64::from(leader));
+    }
+
+    pub fn set_pool_kind_served(&self, served: bool) {
+        self.pool_kind_served.set(i64::from(served));
     }
 
     pub fn is_leader(&self) -> bool {

@@ -22,13 +22,15 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use lodestone_crds::addresses::IpFamily;
+use lodestone_crds::events::{self, error_chain, log_text};
 use lodestone_crds::{IPAddressPool, POOL_FINALIZER};
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::ipam::{Assignment, Ipam, ServiceKey};
+use crate::ipam::{AllocError, Assignment, Ipam, PoolConfig, ServiceKey};
 use crate::metrics::Metrics;
+use crate::nodes::NodeAddresses;
 use crate::pools::{self, PoolEval};
 use crate::service::{self, ClassFilter};
 use crate::status::{self, AssignedCondition, DesiredStatus, FIELD_MANAGER};
@@ -39,6 +41,9 @@ pub mod reasons {
     pub const IP_ALLOCATED: &str = "IPAllocated";
     pub const IP_RELEASED: &str = "IPReleased";
     pub const ALLOCATION_FAILED: &str = "AllocationFailed";
+    /// A Service keeps an address nobody would be given today (a Node's, in a refused entry, or
+    /// of a pool that vanished without releasing it).
+    pub const IP_KEPT: &str = "IPKept";
 }
 
 /// How the shell behaves.
@@ -66,12 +71,16 @@ enum Signal {
     Service(ServiceKey),
     AllServices,
     Pools,
+    /// The API server answers 404 for IPAddressPools: the CRD is not installed (any more).
+    PoolKindMissing,
+    Nodes,
 }
 
 struct Stores {
     services: Store<Service>,
     pools: Store<IPAddressPool>,
     namespaces: Store<Namespace>,
+    nodes: watch::Receiver<Option<Arc<NodeAddresses>>>,
 }
 
 /// Start the watches that feed `tx` and keep the caches warm, whether or not we lead.
@@ -100,16 +109,56 @@ fn start_watches(client: &Client, tx: mpsc::UnboundedSender<Signal>) -> Stores {
     });
     // Namespace labels feed namespace selectors: re-evaluate every Service. Services that
     // already hold a valid address keep it, so this is cheap and moves nothing.
-    spawn_watch(client, ns_writer, trim::namespace, tx, |ev| match ev {
-        watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone => {
-            Some(Signal::AllServices)
+    spawn_watch(
+        client,
+        ns_writer,
+        trim::namespace,
+        tx.clone(),
+        |ev| match ev {
+            watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone => {
+                Some(Signal::AllServices)
+            }
+            _ => None,
+        },
+    );
+    let nodes = crate::nodes::spawn_watch(client);
+    let mut changed = nodes.clone();
+    tokio::spawn(async move {
+        while changed.changed().await.is_ok() {
+            if tx.send(Signal::Nodes).is_err() {
+                return;
+            }
         }
-        _ => None,
     });
     Stores {
         services,
         pools,
         namespaces,
+        nodes,
+    }
+}
+
+/// Say clearly when a kind is not served at all (its CRD is not installed): the decision task
+/// then holds still instead of taking an empty cache for "no pools".
+fn watch_failed<K: Resource<DynamicType = ()>>(
+    e: &watcher::Error,
+    tx: &mpsc::UnboundedSender<Signal>,
+) {
+    let kind = K::kind(&());
+    let not_found = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 404,
+        watcher::Error::WatchError(s) => s.code == 404,
+        _ => false,
+    };
+    if not_found {
+        warn!(%kind, error = %error_chain(e), "the API server does not serve this kind (is its CRD installed?); holding every address as it is until it is back");
+        if kind == IPAddressPool::kind(&()) {
+            let _ = tx.send(Signal::PoolKindMissing);
+        }
+    } else {
+        warn!(%kind, error = %error_chain(e), "watch failed; retrying");
     }
 }
 
@@ -145,7 +194,7 @@ fn spawn_watch<K>(
                         return;
                     }
                 }
-                Err(e) => warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying"),
+                Err(e) => watch_failed::<K>(&e, &tx),
             }
         }
     });
@@ -161,10 +210,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let stores = start_watches(&client, tx.clone());
-    info!("waiting for the Service, IPAddressPool and Namespace caches");
+    info!("waiting for the Service, IPAddressPool, Namespace and Node caches");
     stores.services.wait_until_ready().await?;
     stores.pools.wait_until_ready().await?;
+    metrics.set_pool_kind_served(true);
     stores.namespaces.wait_until_ready().await?;
+    stores.nodes.clone().wait_for(Option::is_some).await?;
     info!("caches synced");
     // The initial lists were decoded whole and trimmed; a standby replica keeps only the caches.
     lodestone_crds::heap::release_free_memory();
@@ -252,6 +303,14 @@ struct State {
     /// Labels of the namespaces seen since the last pass over every Service.
     ns_labels: HashMap<String, Arc<BTreeMap<String, String>>>,
     evals: BTreeMap<String, PoolEval>,
+    /// Pools gone from the API while Services still hold addresses from them (their finalizer
+    /// was bypassed), kept as they were, shrunk to what is held: see [`pools::vanished`].
+    vanished: BTreeMap<String, PoolConfig>,
+    /// The IPAddressPool kind is not served (404): no decisions until it is back.
+    pool_kind_missing: bool,
+    nodes: watch::Receiver<Option<Arc<NodeAddresses>>>,
+    /// The last warning announced per Service about an address it keeps, see [`reasons::IP_KEPT`].
+    last_warning: HashMap<ServiceKey, String>,
     /// Desired status being written, so a burst of events does not write the same thing twice.
     inflight: HashMap<ServiceKey, DesiredStatus>,
     /// The last failure announced per Service, so an Event is sent when it changes, not per pass.
@@ -289,6 +348,7 @@ impl Failure {
                 E::PoolNotEligible { .. } => "PoolNotEligible",
                 E::FamilyUnavailable { .. } => "FamilyUnavailable",
                 E::SharingConflict { .. } => "SharingConflict",
+                E::NodeAddress { .. } => "NodeAddress",
                 E::InvalidRequest(_) => "InvalidRequest",
             },
         }
@@ -331,6 +391,10 @@ impl State {
             stores_namespaces: stores.namespaces.clone(),
             ns_labels: HashMap::new(),
             evals: BTreeMap::new(),
+            vanished: BTreeMap::new(),
+            pool_kind_missing: false,
+            nodes: stores.nodes.clone(),
+            last_warning: HashMap::new(),
             inflight: HashMap::new(),
             last_failure: HashMap::new(),
             moved_because: HashMap::new(),
@@ -340,12 +404,14 @@ impl State {
             writer,
             done,
         };
+        state.load_node_addresses();
         state.load_pools();
         // Reserve every address already in a Service's status before assigning anything.
         let mut services = state.stores_services.state();
         services.sort_by_key(|s| service::key_of(s));
         let mut reserved = 0usize;
         let class = state.class.clone();
+        let mut orphans: Vec<(Arc<Service>, Vec<IpAddr>, String)> = Vec::new();
         for svc in services.iter().filter(|s| class.is_ours(s)) {
             let held = status::ingress_ips(svc);
             if held.is_empty() {
@@ -356,8 +422,17 @@ impl State {
             let req = service::hold_request(svc, &ns_labels, &held);
             match state.ipam.reserve(&req, &held) {
                 Ok(_) => reserved += 1,
+                // Its pool is gone (or no pool exists at all, which cannot be told from the
+                // kind being gone): hold on to the address rather than hand out another.
+                Err(AllocError::AddressInNoPool { .. } | AllocError::UnknownPool { .. })
+                    if state.evals.is_empty()
+                        || status::pool_of(svc).is_some_and(|p| !state.evals.contains_key(&p)) =>
+                {
+                    let pool = status::pool_of(svc).unwrap_or_else(|| "(unknown)".to_string());
+                    orphans.push((svc.clone(), held, pool));
+                }
                 Err(e) => {
-                    warn!(service = %key, held = %ips_text(&held), error = %e, "cannot keep the address in the Service's status");
+                    warn!(service = %key, held = %ips_text(&held), error = %log_text(&e.to_string()), "cannot keep the address in the Service's status");
                     state.moved_because.insert(
                         key,
                         format!(
@@ -368,8 +443,84 @@ impl State {
                 }
             }
         }
+        if !orphans.is_empty() {
+            let mut held: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+            for (_, ips, pool) in &orphans {
+                held.entry(pool.clone())
+                    .or_default()
+                    .extend(ips.iter().copied());
+            }
+            for (name, ips) in &held {
+                if let Some(p) = pools::vanished_pool(name, ips, None) {
+                    warn!(pool = %name, addresses = %ips.len(), "Services hold addresses of a pool that does not exist; keeping them until a pool containing them exists again");
+                    state.vanished.insert(name.clone(), p);
+                }
+            }
+            state.apply_pools();
+            for (svc, ips, _) in orphans {
+                let key = service::key_of(&svc);
+                let ns_labels = state.namespace_labels(&key.namespace);
+                let req = service::hold_request(&svc, &ns_labels, &ips);
+                if let Err(e) = state.ipam.reserve(&req, &ips) {
+                    warn!(service = %key, held = %ips_text(&ips), error = %log_text(&e.to_string()), "cannot keep the address in the Service's status");
+                } else {
+                    reserved += 1;
+                }
+            }
+        }
         info!(reserved, "reserved addresses found in Service status");
         state
+    }
+
+    fn load_node_addresses(&mut self) {
+        let nodes = self.nodes.borrow_and_update().clone().unwrap_or_default();
+        self.ipam.set_node_addresses((*nodes).clone());
+    }
+
+    /// Give the IPAM the pools: the real ones and the vanished ones.
+    fn apply_pools(&mut self) -> Vec<(ServiceKey, Vec<IpAddr>)> {
+        let configs = self
+            .evals
+            .values()
+            .filter_map(|e| e.config.clone())
+            .chain(self.vanished.values().cloned())
+            .collect();
+        self.ipam.set_pools(configs)
+    }
+
+    /// Forget vanished pools nobody holds an address from any more (their Services let go, or
+    /// moved, address unchanged, to a pool that contains it). True if any went.
+    fn prune_vanished(&mut self) -> bool {
+        let empty: Vec<String> = self
+            .vanished
+            .keys()
+            .filter(|name| !self.ipam.pool_in_use(name))
+            .cloned()
+            .collect();
+        for name in &empty {
+            info!(pool = %name, "no Service holds an address of the vanished pool any more; forgetting it");
+            self.vanished.remove(name);
+        }
+        if !empty.is_empty() {
+            // Nobody holds an address from these, so this displaces nobody.
+            self.apply_pools();
+        }
+        !empty.is_empty()
+    }
+
+    /// Why `a` is kept although nobody would be given it today, if it is.
+    fn hold_warning(&self, a: &Assignment) -> Option<String> {
+        let refused = self
+            .evals
+            .get(&a.pool)
+            .map(|e| e.refused.as_slice())
+            .unwrap_or(&[]);
+        pools::hold_warning(
+            a,
+            self.vanished.contains_key(&a.pool),
+            |ip| self.ipam.node_of(ip),
+            refused,
+        )
     }
 
     /// A namespace's labels, one shared map per namespace for every request made in it (the
@@ -405,14 +556,25 @@ impl State {
         }
         self.evals = evals;
         for e in self.evals.values().filter(|e| !e.problems.is_empty()) {
-            warn!(pool = %e.name, problems = %e.problems.join("; "), "IPAddressPool is invalid");
+            warn!(pool = %e.name, problems = %log_text(&e.problems.join("; ")), "IPAddressPool is invalid");
         }
-        let configs = self
-            .evals
-            .values()
-            .filter_map(|e| e.config.clone())
-            .collect();
-        Some(self.ipam.set_pools(configs))
+        let present: BTreeSet<String> = self.evals.keys().cloned().collect();
+        let vanished = pools::vanished(
+            self.ipam.pools(),
+            &present,
+            self.ipam.assignments().map(|(_, a)| a),
+        );
+        let vanished: BTreeMap<String, PoolConfig> =
+            vanished.into_iter().map(|p| (p.name.clone(), p)).collect();
+        for (name, p) in &vanished {
+            if !self.vanished.contains_key(name) {
+                warn!(pool = %name, addresses = %p.addresses.len(IpFamily::V4).saturating_add(p.addresses.len(IpFamily::V6)), "the pool is gone but Services still hold its addresses (its finalizer was removed or the IPAddressPool CRD deleted); keeping them until a pool containing them exists again");
+            }
+        }
+        self.vanished = vanished;
+        let displaced = self.apply_pools();
+        self.prune_vanished();
+        Some(displaced)
     }
 
     fn full_pass(&mut self) {
@@ -442,8 +604,36 @@ impl State {
                     services.insert(k);
                 }
                 Signal::AllServices => all = true,
-                Signal::Pools => pools = true,
+                Signal::Pools => {
+                    pools = true;
+                    if std::mem::take(&mut self.pool_kind_missing) {
+                        info!("IPAddressPools are served again; deciding again");
+                        self.writer.metrics.set_pool_kind_served(true);
+                        self.writer.metrics.set_ready(true);
+                        all = true;
+                    }
+                }
+                Signal::PoolKindMissing => {
+                    if !self.pool_kind_missing {
+                        warn!(
+                            "IPAddressPools are not served (404: the CRD is not installed); holding every Service's address and deciding nothing until they are back"
+                        );
+                        self.pool_kind_missing = true;
+                        self.writer.metrics.set_pool_kind_served(false);
+                        self.writer.metrics.set_ready(false);
+                        self.writer.probe_pool_kind();
+                    }
+                }
+                Signal::Nodes => {
+                    self.load_node_addresses();
+                    all = true;
+                }
             }
+        }
+        if self.pool_kind_missing {
+            // The pool cache is stale or empty for a reason that is not the user's: change
+            // nothing. Everything is decided afresh once the kind is served again.
+            return;
         }
         if pools {
             // Finalizers and status may need attention even when allocation does not.
@@ -528,6 +718,19 @@ impl State {
         let desired = match result {
             Ok(a) => {
                 self.last_failure.remove(key);
+                let warning = self.hold_warning(&a);
+                match &warning {
+                    Some(w) if self.last_warning.get(key) != Some(w) => {
+                        warn!(service = %key, "{}", log_text(w));
+                        self.writer
+                            .event(&svc, EventType::Warning, reasons::IP_KEPT, w.clone());
+                        self.last_warning.insert(key.clone(), w.clone());
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.last_warning.remove(key);
+                    }
+                }
                 if prev.as_ref() != Some(&a) {
                     self.pools_dirty = true;
                     // A Service that moved (new request) freed its old addresses.
@@ -542,11 +745,11 @@ impl State {
                     if let Some(why) = self.moved_because.remove(key) {
                         note.push_str(&format!(" because {why}"));
                     }
-                    info!(service = %key, "{note}");
+                    info!(service = %key, "{}", log_text(&note));
                     self.writer
                         .event(&svc, EventType::Normal, reasons::IP_ALLOCATED, note);
                 }
-                assigned_status(&a)
+                assigned_status(&a, warning.as_deref())
             }
             Err(f) => {
                 // A refused wish must not cost the Service what it already holds: the IPAM let
@@ -565,7 +768,7 @@ impl State {
                     None => f.message(),
                 };
                 if self.last_failure.get(key) != Some(&message) {
-                    warn!(service = %key, reason = f.reason(), "{message}");
+                    warn!(service = %key, reason = f.reason(), "{}", log_text(&message));
                     self.writer.metrics.allocation_failed(f.reason());
                     self.writer.event(
                         &svc,
@@ -595,6 +798,7 @@ impl State {
 
     fn forget(&mut self, key: &ServiceKey) {
         self.inflight.remove(key);
+        self.last_warning.remove(key);
         self.last_failure.remove(key);
         self.moved_because.remove(key);
     }
@@ -613,13 +817,28 @@ impl State {
             return;
         }
         self.pools_dirty = false;
+        self.prune_vanished();
         let metrics = self.writer.metrics.clone();
         metrics
             .services_assigned
             .set(i64::try_from(self.ipam.assigned_services()).unwrap_or(i64::MAX));
+        let held_without_pool = self
+            .ipam
+            .assignments()
+            .filter(|(_, a)| self.vanished.contains_key(&a.pool))
+            .count();
+        metrics
+            .services_held_without_pool
+            .set(i64::try_from(held_without_pool).unwrap_or(i64::MAX));
         let mut reported = BTreeSet::new();
         let mut overlaps: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (a, b) in self.ipam.overlaps() {
+        let real = |n: &String| self.evals.contains_key(n);
+        for (a, b) in self
+            .ipam
+            .overlaps()
+            .into_iter()
+            .filter(|(a, b)| real(a) && real(b))
+        {
             overlaps.entry(a.clone()).or_default().push(b.clone());
             overlaps.entry(b).or_default().push(a);
         }
@@ -654,7 +873,9 @@ impl State {
                 self.writer.pool_status(&name, &desired);
             }
             let has_finalizer = pool.finalizers().iter().any(|f| f == POOL_FINALIZER);
-            let in_use = stats.as_ref().is_some_and(|s| s.in_use());
+            // Only this pool's own assignments: a Service holding an address it shares with an
+            // overlapping pool, assigned from that one, does not keep it from going.
+            let in_use = self.ipam.pool_in_use(&name);
             if !eval.terminating && !has_finalizer {
                 self.writer.pool_finalizer(&name, true);
             } else if eval.terminating && has_finalizer && !in_use {
@@ -685,27 +906,18 @@ impl EventType {
     }
 }
 
-/// The API server refuses Event notes over 1 kB.
-fn truncate_note(mut note: String) -> String {
-    const MAX: usize = 1024;
-    if note.len() > MAX {
-        let mut cut = MAX - 3;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-        note.push_str("...");
+fn assigned_status(a: &Assignment, warning: Option<&str>) -> DesiredStatus {
+    let mut message = format!("{} from pool {}", ips_text(&a.addresses), a.pool);
+    if let Some(w) = warning {
+        message.push_str("; warning: ");
+        message.push_str(w);
     }
-    note
-}
-
-fn assigned_status(a: &Assignment) -> DesiredStatus {
     DesiredStatus {
         ips: a.addresses.clone(),
         condition: AssignedCondition {
             assigned: true,
             reason: "Assigned".into(),
-            message: format!("{} from pool {}", ips_text(&a.addresses), a.pool),
+            message,
         },
     }
 }
@@ -826,7 +1038,7 @@ impl Writer {
             let _ = done.send(WriteDone::Service { key: key.clone() });
             this.metrics.write(result.is_ok());
             if let Err(e) = result {
-                warn!(service = %key, error = %e, "writing Service status failed; will retry");
+                warn!(service = %key, error = %log_text(&error_chain(&e)), "writing Service status failed; will retry");
                 this.retry_later(Signal::Service(key));
             }
         });
@@ -849,7 +1061,7 @@ impl Writer {
                 .patch_status(&key.name, &params, &Patch::Apply(&body))
                 .await
             {
-                warn!(service = %key, error = %e, "removing our status from the Service failed; will retry");
+                warn!(service = %key, error = %log_text(&error_chain(&e)), "removing our status from the Service failed; will retry");
                 this.retry_later(Signal::Service(key));
             }
         });
@@ -906,7 +1118,7 @@ impl Writer {
         let result = api.patch_status(name, &params, &Patch::Apply(&body)).await;
         self.metrics.write(result.is_ok());
         if let Err(e) = result {
-            warn!(pool = %name, error = %e, "writing pool status failed; will retry");
+            warn!(pool = %name, error = %log_text(&error_chain(&e)), "writing pool status failed; will retry");
             self.retry_later(Signal::Pools);
         }
     }
@@ -945,7 +1157,7 @@ impl Writer {
                     debug!(pool = %name, "the pool is already gone; no finalizer to update");
                 }
                 Err(e) => {
-                    warn!(pool = %name, error = %e, "updating the pool finalizer failed; will retry");
+                    warn!(pool = %name, error = %log_text(&error_chain(&e)), "updating the pool finalizer failed; will retry");
                     this.retry_later(Signal::Pools);
                 }
             }
@@ -988,7 +1200,7 @@ impl Writer {
                     .into(),
                 ),
                 reason: Some(reason.into()),
-                note: Some(truncate_note(note)),
+                note: Some(events::event_note(&note).into_owned()),
                 type_: Some(type_.word().into()),
                 regarding: Some(reference),
                 reporting_controller: Some(FIELD_MANAGER.into()),
@@ -998,7 +1210,30 @@ impl Writer {
             let api: Api<k8s_openapi::api::events::v1::Event> =
                 Api::namespaced(this.client.clone(), &namespace);
             if let Err(e) = api.create(&Default::default(), &event).await {
-                warn!(service = %format!("{namespace}/{name}"), %reason, error = %e, "publishing an Event failed");
+                warn!(service = %format!("{namespace}/{name}"), %reason, error = %log_text(&error_chain(&e)), "publishing an Event failed");
+            }
+        });
+    }
+
+    /// While IPAddressPools are not served, ask now and then whether they are again. The watch
+    /// would say so only with the next pool event: it resumes where it was when the CRD went
+    /// and a re-created, empty kind sends nothing.
+    fn probe_pool_kind(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let api: Api<IPAddressPool> = Api::all(this.client.clone());
+            loop {
+                tokio::time::sleep(RETRY_AFTER).await;
+                match api.list(&kube::api::ListParams::default().limit(1)).await {
+                    Ok(_) => {
+                        let _ = this.retry.send(Signal::Pools);
+                        return;
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => {
+                        debug!(error = %log_text(&error_chain(&e)), "asking whether IPAddressPools are served failed");
+                    }
+                }
             }
         });
     }

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use lodestone_crds::events;
 use serde_json::{Value, json};
 
 /// The condition type on `Service.status.conditions` owned by the controller.
@@ -47,6 +48,14 @@ pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
         .unwrap_or_default()
 }
 
+/// The pool our `Assigned` condition names (`ADDR from pool NAME[; ...]`), if it says so.
+pub fn pool_of(svc: &Service) -> Option<String> {
+    let c = assigned_condition(svc).filter(|c| c.status == "True")?;
+    let (_, rest) = c.message.split_once(" from pool ")?;
+    let name = rest.split([';', ' ']).next()?.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
 /// Our condition on the Service, if present.
 pub fn assigned_condition(svc: &Service) -> Option<&Condition> {
     svc.status
@@ -78,7 +87,7 @@ pub fn is_current(svc: &Service, desired: &DesiredStatus) -> bool {
     let cond_ok = assigned_condition(svc).is_some_and(|c| {
         c.status == status_word(desired.condition.assigned)
             && c.reason == desired.condition.reason
-            && c.message == desired.condition.message
+            && c.message == events::condition_message(&desired.condition.message)
             && c.observed_generation == svc.metadata.generation
     });
     ingress_ok && cond_ok
@@ -96,7 +105,8 @@ pub fn apply_body(svc: &Service, desired: &DesiredStatus, now: &Time) -> Value {
         "type": ADDRESS_ASSIGNED,
         "status": status,
         "reason": desired.condition.reason,
-        "message": desired.condition.message,
+        // A message built from user input (a 200 KB annotation) must not make the write fail.
+        "message": events::condition_message(&desired.condition.message),
         "lastTransitionTime": transition,
     });
     if let Some(generation) = svc.metadata.generation {
@@ -189,6 +199,55 @@ mod tests {
             flipped["status"]["conditions"][0]["lastTransitionTime"],
             json!(later)
         );
+    }
+
+    /// A message over the API's limit is written cut, and the cut message counts as current, so
+    /// it is written once and not again on every pass.
+    #[test]
+    fn long_messages_are_cut_and_then_current() {
+        let mut svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default", "generation": 1},
+        }))
+        .unwrap();
+        let mut d = desired(&[]);
+        d.condition.assigned = false;
+        d.condition.message = format!(
+            "annotation x: {:?} is not an IP address",
+            "9".repeat(200_000)
+        );
+        let body = apply_body(&svc, &d, &now());
+        let written = body["status"]["conditions"][0]["message"].as_str().unwrap();
+        assert!(
+            written.len() <= events::CONDITION_MESSAGE_MAX,
+            "{}",
+            written.len()
+        );
+        assert!(written.starts_with("annotation x: \"999"));
+        svc.status = serde_json::from_value(body["status"].clone()).unwrap();
+        assert!(is_current(&svc, &d));
+    }
+
+    #[test]
+    fn pool_is_read_back_from_the_message() {
+        let mut svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+        }))
+        .unwrap();
+        for (message, pool) in [
+            ("192.0.2.1 from pool blue", Some("blue")),
+            (
+                "192.0.2.1 from pool blue; warning: pool blue is gone",
+                Some("blue"),
+            ),
+            ("192.0.2.1, 2001:db8::1 from pool dual-1", Some("dual-1")),
+            ("no free IPv4 address left in pool(s) blue", None),
+        ] {
+            let mut d = desired(&["192.0.2.1"]);
+            d.condition.message = message.into();
+            svc.status =
+                serde_json::from_value(apply_body(&svc, &d, &now())["status"].clone()).unwrap();
+            assert_eq!(pool_of(&svc).as_deref(), pool, "{message}");
+        }
     }
 
     #[test]

@@ -502,3 +502,148 @@ proptest! {
         prop_assert_eq!(held.len(), count);
     }
 }
+
+/// Entries near and in every refused block, and plain ones, from which random pools are made.
+const ENTRIES: [&str; 16] = [
+    "0.0.0.0/30",
+    "127.0.0.0/30",
+    "169.254.0.0/30",
+    "224.0.0.0/30",
+    "255.255.255.252/30",
+    "126.255.255.254-127.0.0.1",
+    "192.0.2.0/30",
+    "198.51.100.0/30",
+    "0.0.0.0/0",
+    "10.0.0.0/7",
+    "::/126",
+    "fe80::/126",
+    "ff02::/126",
+    "2001:db8::/126",
+    "2001:db8:1::/63",
+    "2001:db8:2::/126",
+];
+
+/// Node addresses, some inside the plain entries.
+const NODE_ADDRESSES: [&str; 6] = [
+    "192.0.2.0",
+    "192.0.2.2",
+    "198.51.100.3",
+    "2001:db8::1",
+    "169.254.0.1",
+    "10.0.0.0",
+];
+
+fn arb_lodestone_pools() -> impl Strategy<Value = Vec<lodestone_crds::IPAddressPool>> {
+    let pool = (
+        proptest::sample::subsequence(ENTRIES.to_vec(), 1..4),
+        any::<bool>(),
+        any::<bool>(),
+    );
+    proptest::collection::vec(pool, 1..4).prop_map(|pools| {
+        pools
+            .into_iter()
+            .enumerate()
+            .map(|(i, (entries, link_local, avoid))| {
+                serde_json::from_value(serde_json::json!({
+                    "apiVersion": "lodestone.dev/v1alpha1", "kind": "IPAddressPool",
+                    "metadata": {"name": format!("p{i}")},
+                    "spec": {"addresses": entries, "allowLinkLocal": link_local, "avoidBuggyIPs": avoid},
+                }))
+                .expect("pool object")
+            })
+            .collect()
+    })
+}
+
+fn arb_asking() -> impl Strategy<Value = ServiceRequest> {
+    let wanted: Vec<IpAddr> = NODE_ADDRESSES
+        .iter()
+        .chain(&[
+            "127.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "ff02::1",
+            "192.0.2.1",
+        ])
+        .map(|s| s.parse().unwrap())
+        .collect();
+    (
+        0..SERVICES,
+        0u8..6,
+        proptest::option::weighted(0.4, proptest::sample::select(wanted)),
+        proptest::option::weighted(0.2, 0..3usize),
+    )
+        .prop_map(|(svc, pol, requested, pool)| {
+            let primary = match requested {
+                Some(IpAddr::V6(_)) => IpFamily::V6,
+                Some(IpAddr::V4(_)) => IpFamily::V4,
+                None if pol % 2 == 0 => IpFamily::V4,
+                None => IpFamily::V6,
+            };
+            ServiceRequest {
+                key: key(svc),
+                labels: BTreeMap::new(),
+                namespace_labels: Default::default(),
+                families: match pol / 2 {
+                    0 => FamilyPolicy::SingleStack(primary),
+                    1 => FamilyPolicy::PreferDualStack(primary),
+                    _ => FamilyPolicy::RequireDualStack(primary),
+                },
+                requested: requested.into_iter().collect(),
+                pool: pool.map(|p| format!("p{p}")),
+                sharing_key: None,
+                ports: vec![(80, Protocol::Tcp)],
+                traffic_local: false,
+                pod_selector: BTreeMap::new(),
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Whatever the pools and requests: no address handed out is a Node's, in a special-purpose
+    /// block (link-local only from a pool that allows it), or in an entry larger than the bound.
+    #[test]
+    fn never_hands_out_a_node_address_or_a_refused_one(
+        objects in arb_lodestone_pools(),
+        nodes in proptest::sample::subsequence(NODE_ADDRESSES.to_vec(), 0..6),
+        asks in proptest::collection::vec((arb_asking(), any::<bool>()), 1..30),
+    ) {
+        use lodestone_controller::pools;
+        use lodestone_crds::addresses::{SpecialKind, special_block_of};
+        let evals: Vec<pools::PoolEval> = objects.iter().map(pools::evaluate).collect();
+        let mut ipam = Ipam::new();
+        ipam.set_node_addresses(nodes.iter().map(|n| (n.parse().unwrap(), format!("node-{n}"))).collect());
+        ipam.set_pools(evals.iter().filter_map(|e| e.config.clone()).collect());
+        for (ask, release) in asks {
+            if release {
+                ipam.release(&ask.key);
+            }
+            let result = ipam.assign(&ask);
+            if let (Err(e), Some(r)) = (&result, ask.requested.first())
+                && ipam.node_of(*r).is_some()
+            {
+                let is_node_error = matches!(e, AllocError::NodeAddress { .. });
+                prop_assert!(is_node_error, "{} asked for a Node address: {}", ask.key, e);
+            }
+            for (k, a) in ipam.assignments() {
+                let eval = evals.iter().find(|e| e.name == a.pool).expect("a real pool");
+                prop_assert!(eval.accepts_new(), "{} got {:?} from a pool that refuses: {:?}", k, a, eval.problems);
+                for ip in &a.addresses {
+                    prop_assert!(ipam.node_of(*ip).is_none(), "{} got Node address {}", k, ip);
+                    let allowed = match special_block_of(*ip) {
+                        None => true,
+                        Some((SpecialKind::LinkLocal, _)) => objects
+                            .iter()
+                            .any(|o| o.metadata.name.as_deref() == Some(&a.pool) && o.spec.allow_link_local),
+                        Some(_) => false,
+                    };
+                    prop_assert!(allowed, "{} got special-purpose address {}", k, ip);
+                }
+            }
+        }
+    }
+}

@@ -5,6 +5,12 @@
 //! (`192.0.2.10-192.0.2.20`). A CIDR includes its network and broadcast addresses (a `/30` is four
 //! addresses, as in MetalLB); `avoidBuggyIPs` is what keeps `.0` and `.255` out of use.
 //!
+//! Parsing says whether an entry is well-formed. Whether a well-formed entry may be handed out is
+//! a separate question ([`refusals`], [`refused_entries`]): a pool must not reach into
+//! special-purpose blocks (unspecified, loopback, link-local unless allowed, multicast, broadcast)
+//! nor be larger than a /8 (IPv4) or a /64 (IPv6). The two are kept apart so that a pool refused
+//! for what it holds still parses: Services that already hold its addresses keep them.
+//!
 //! Addresses are also given an ordering key, a `u128` per family ([`ip_key`], [`ip_from_key`]),
 //! which the IPAM and the speaker use for range arithmetic.
 
@@ -175,6 +181,171 @@ pub enum AddressError {
         /// The other entry as written.
         other_entry: String,
     },
+    /// The entry reaches into a block of special-purpose addresses no pool may hand out.
+    #[error("overlaps {block}: {}", kind.why())]
+    SpecialPurpose {
+        /// What the block is.
+        kind: SpecialKind,
+        /// The whole block, not only the part the entry covers.
+        block: AddressRange,
+    },
+    /// The entry holds more addresses than the largest block a pool may have.
+    #[error(
+        "spans more addresses than a /{max_prefix}, the largest {family} entry a pool may have"
+    )]
+    TooLarge {
+        /// The family of the entry.
+        family: IpFamily,
+        /// The shortest prefix allowed for the family.
+        max_prefix: u8,
+    },
+}
+
+/// A kind of special-purpose addresses (RFC 6890) that must never be a Service's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SpecialKind {
+    /// `0.0.0.0/8`: "this host on this network" (RFC 1122), only ever a source.
+    ThisNetwork,
+    /// `::`: the unspecified address.
+    Unspecified,
+    /// `127.0.0.0/8`, `::1`.
+    Loopback,
+    /// `169.254.0.0/16`, `fe80::/10`: valid on one link only, and where cloud metadata services
+    /// live (169.254.169.254). Allowed by a pool's `allowLinkLocal`.
+    LinkLocal,
+    /// `224.0.0.0/4`, `ff00::/8`.
+    Multicast,
+    /// `255.255.255.255`: the limited broadcast address.
+    Broadcast,
+}
+
+impl SpecialKind {
+    /// Why such an address cannot be a Service's, in words for a pool condition.
+    pub fn why(self) -> &'static str {
+        match self {
+            SpecialKind::ThisNetwork => {
+                "\"this network\" addresses, 0.0.0.0 among them, are never a destination"
+            }
+            SpecialKind::Unspecified => "the unspecified address is never a destination",
+            SpecialKind::Loopback => "loopback addresses never leave a host",
+            SpecialKind::LinkLocal => {
+                "link-local addresses are refused unless the pool sets allowLinkLocal: true"
+            }
+            SpecialKind::Multicast => "multicast addresses name groups of hosts, not one",
+            SpecialKind::Broadcast => {
+                "the limited broadcast address reaches every host on the link"
+            }
+        }
+    }
+}
+
+/// The shortest IPv4 prefix a pool entry may have: a /8 (16,777,216 addresses) is the largest
+/// block ever run as one network (10.0.0.0/8); anything larger spans special-purpose blocks and
+/// the public Internet, and is a typo or `0.0.0.0/0`.
+pub const MAX_PREFIX_V4: u8 = 8;
+/// The shortest IPv6 prefix a pool entry may have: a /64 is one IPv6 subnet (RFC 4291), the most
+/// one link can hold, and 2^64 addresses are more than any cluster needs.
+pub const MAX_PREFIX_V6: u8 = 64;
+
+impl IpFamily {
+    /// The shortest prefix a pool entry of this family may have.
+    pub fn max_entry_prefix(self) -> u8 {
+        match self {
+            IpFamily::V4 => MAX_PREFIX_V4,
+            IpFamily::V6 => MAX_PREFIX_V6,
+        }
+    }
+}
+
+/// Every special-purpose block, IPv4 first, each in ascending order.
+fn special_blocks() -> [(SpecialKind, AddressRange); 9] {
+    let v4 = |a: [u8; 4], b: [u8; 4]| AddressRange {
+        start: IpAddr::V4(Ipv4Addr::from(a)),
+        end: IpAddr::V4(Ipv4Addr::from(b)),
+    };
+    let v6 = |a: u128, b: u128| AddressRange {
+        start: IpAddr::V6(Ipv6Addr::from(a)),
+        end: IpAddr::V6(Ipv6Addr::from(b)),
+    };
+    [
+        (
+            SpecialKind::ThisNetwork,
+            v4([0, 0, 0, 0], [0, 255, 255, 255]),
+        ),
+        (
+            SpecialKind::Loopback,
+            v4([127, 0, 0, 0], [127, 255, 255, 255]),
+        ),
+        (
+            SpecialKind::LinkLocal,
+            v4([169, 254, 0, 0], [169, 254, 255, 255]),
+        ),
+        (
+            SpecialKind::Multicast,
+            v4([224, 0, 0, 0], [239, 255, 255, 255]),
+        ),
+        (SpecialKind::Broadcast, v4([255; 4], [255; 4])),
+        (SpecialKind::Unspecified, v6(0, 0)),
+        (SpecialKind::Loopback, v6(1, 1)),
+        (
+            SpecialKind::LinkLocal,
+            v6(0xfe80 << 112, (0xfebf << 112) | ((1u128 << 112) - 1)),
+        ),
+        (SpecialKind::Multicast, v6(0xff << 120, u128::MAX)),
+    ]
+}
+
+/// The special-purpose block `ip` lies in, if any.
+pub fn special_block_of(ip: IpAddr) -> Option<(SpecialKind, AddressRange)> {
+    special_blocks().into_iter().find(|(_, b)| b.contains(ip))
+}
+
+/// Whether a range holds more addresses than a pool entry of its family may.
+fn too_large(family: IpFamily, start_key: u128, end_key: u128) -> bool {
+    let host_bits = family.bits() - family.max_entry_prefix();
+    // More than 2^host_bits addresses: the span (count - 1) is at least 2^host_bits.
+    end_key - start_key >= 1u128 << host_bits
+}
+
+/// Why a well-formed range must not be in a pool: too large, or overlapping special-purpose
+/// blocks (link-local ones allowed when `allow_link_local`). Empty when it may.
+pub fn refusals(range: &AddressRange, allow_link_local: bool) -> Vec<AddressError> {
+    let mut out = Vec::new();
+    let (s, e) = range.keys();
+    if too_large(range.family(), s, e) {
+        out.push(AddressError::TooLarge {
+            family: range.family(),
+            max_prefix: range.family().max_entry_prefix(),
+        });
+    }
+    for (kind, block) in special_blocks() {
+        if kind == SpecialKind::LinkLocal && allow_link_local {
+            continue;
+        }
+        if block.overlaps(range) {
+            out.push(AddressError::SpecialPurpose { kind, block });
+        }
+    }
+    out
+}
+
+/// Every refusal of every well-formed entry of a pool (entries that do not parse are
+/// [`parse_pool`]'s to report), in entry order.
+pub fn refused_entries(entries: &[String], allow_link_local: bool) -> Vec<EntryError> {
+    entries
+        .iter()
+        .enumerate()
+        .filter_map(|(index, entry)| Some((index, entry, parse_entry(entry).ok()?)))
+        .flat_map(|(index, entry, range)| {
+            refusals(&range, allow_link_local)
+                .into_iter()
+                .map(move |error| EntryError {
+                    index,
+                    entry: entry.clone(),
+                    error,
+                })
+        })
+        .collect()
 }
 
 /// An inclusive range of addresses of one family, `start <= end`.
@@ -322,7 +493,7 @@ pub fn parse_entry(entry: &str) -> Result<AddressRange, AddressError> {
         if b.is_empty() {
             return Err(AddressError::MissingRangeBound { side: "last" });
         }
-        return AddressRange::new(parse_ip(a)?, parse_ip(b)?);
+        return entry_range(parse_ip(a)?, parse_ip(b)?);
     }
     let Some((addr, prefix)) = entry.split_once('/') else {
         let ip = parse_ip(entry)?;
@@ -366,7 +537,23 @@ pub fn parse_entry(entry: &str) -> Result<AddressRange, AddressError> {
     let end = ip_from_key(family, key | host_mask).ok_or_else(|| AddressError::NotAnAddress {
         text: entry.to_owned(),
     })?;
-    AddressRange::new(ip, end)
+    entry_range(ip, end)
+}
+
+/// [`AddressRange::new`] for an entry: a giant such as `::/0` also covers the IPv4-mapped block,
+/// but its size is what is wrong with it, so that is what it is told.
+fn entry_range(start: IpAddr, end: IpAddr) -> Result<AddressRange, AddressError> {
+    AddressRange::new(start, end).map_err(|e| {
+        let family = IpFamily::of(start);
+        if e == AddressError::Ipv4Mapped && too_large(family, ip_key(start), ip_key(end)) {
+            AddressError::TooLarge {
+                family,
+                max_prefix: family.max_entry_prefix(),
+            }
+        } else {
+            e
+        }
+    })
 }
 
 /// A bad entry of `spec.addresses`, with its position.
@@ -706,7 +893,14 @@ mod tests {
             ("192.0.2.0/24-192.0.2.5", E::CidrAndRange),
             ("::ffff:192.0.2.1/128", E::Ipv4Mapped),
             ("::ffff:0:0/96", E::Ipv4Mapped),
-            ("::/0", E::Ipv4Mapped),
+            (
+                "::/0",
+                E::TooLarge {
+                    family: IpFamily::V6,
+                    max_prefix: 64,
+                },
+            ),
+            ("::/64", E::Ipv4Mapped),
             ("::ffff:192.0.2.1-::ffff:192.0.2.9", E::Ipv4Mapped),
         ];
         for (entry, want) in cases {
@@ -862,6 +1056,130 @@ mod tests {
             ip_key(ip("2001:db8::1")),
             0x2001_0db8_0000_0000_0000_0000_0000_0001
         );
+    }
+
+    /// Every dangerous kind of entry, with the exact sentences the pool condition shows.
+    #[test]
+    fn dangerous_entries_are_refused_with_exact_messages() {
+        const THIS_NET: &str = "overlaps 0.0.0.0/8: \"this network\" addresses, 0.0.0.0 among them, are never a destination";
+        const LOOP4: &str = "overlaps 127.0.0.0/8: loopback addresses never leave a host";
+        const LL4: &str = "overlaps 169.254.0.0/16: link-local addresses are refused unless the pool sets allowLinkLocal: true";
+        const MC4: &str = "overlaps 224.0.0.0/4: multicast addresses name groups of hosts, not one";
+        const BC: &str = "overlaps 255.255.255.255/32: the limited broadcast address reaches every host on the link";
+        const BIG4: &str = "spans more addresses than a /8, the largest IPv4 entry a pool may have";
+        const UNSPEC6: &str = "overlaps ::/128: the unspecified address is never a destination";
+        const LOOP6: &str = "overlaps ::1/128: loopback addresses never leave a host";
+        const LL6: &str = "overlaps fe80::/10: link-local addresses are refused unless the pool sets allowLinkLocal: true";
+        const MC6: &str = "overlaps ff00::/8: multicast addresses name groups of hosts, not one";
+        const BIG6: &str =
+            "spans more addresses than a /64, the largest IPv6 entry a pool may have";
+        let cases: &[(&str, bool, &[&str])] = &[
+            ("0.0.0.0/0", false, &[BIG4, THIS_NET, LOOP4, LL4, MC4, BC]),
+            ("0.0.0.0/0", true, &[BIG4, THIS_NET, LOOP4, MC4, BC]),
+            ("0.0.0.0/32", false, &[THIS_NET]),
+            ("0.1.2.0/24", false, &[THIS_NET]),
+            ("127.0.0.1/32", false, &[LOOP4]),
+            ("126.255.255.250-127.0.0.3", false, &[LOOP4]),
+            ("169.254.169.254/32", false, &[LL4]),
+            ("169.254.169.254/32", true, &[]),
+            ("224.0.0.1/32", false, &[MC4]),
+            ("239.255.255.255/32", false, &[MC4]),
+            ("255.255.255.255/32", false, &[BC]),
+            ("255.255.255.0/24", false, &[BC]),
+            ("128.0.0.0/2", false, &[BIG4, LL4]),
+            ("2.0.0.0/7", false, &[BIG4]),
+            ("10.0.0.0-11.0.0.0", false, &[BIG4]),
+            ("::/128", false, &[UNSPEC6]),
+            ("::1/128", false, &[LOOP6]),
+            ("::/127", false, &[UNSPEC6, LOOP6]),
+            ("fe80::/64", false, &[LL6]),
+            ("fe80::/64", true, &[]),
+            ("febf:ffff::1/128", false, &[LL6]),
+            ("ff02::1/128", false, &[MC6]),
+            ("2001:db8::/63", false, &[BIG6]),
+            // What stays allowed: the largest blocks, neighbours of the refused ones, and the
+            // blocks this list does not refuse (240.0.0.0/4 below broadcast, fec0::/10).
+            ("10.0.0.0/8", false, &[]),
+            ("1.0.0.0-1.255.255.255", false, &[]),
+            ("126.255.255.255/32", false, &[]),
+            ("128.0.0.0/32", false, &[]),
+            ("169.253.255.255/32", false, &[]),
+            ("169.255.0.0/16", false, &[]),
+            ("223.255.255.255/32", false, &[]),
+            ("240.0.0.1/32", false, &[]),
+            ("255.255.255.254/32", false, &[]),
+            ("::2/128", false, &[]),
+            ("fe7f::1/128", false, &[]),
+            ("fec0::1/128", false, &[]),
+            ("feff::1/128", false, &[]),
+            ("2001:db8::/64", false, &[]),
+            ("192.0.2.0/24", false, &[]),
+        ];
+        for (entry, allow_ll, want) in cases {
+            let range = parse_entry(entry).unwrap_or_else(|e| panic!("{entry}: {e}"));
+            let got: Vec<String> = refusals(&range, *allow_ll)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(got, *want, "{entry} (allowLinkLocal: {allow_ll})");
+        }
+    }
+
+    #[test]
+    fn refused_entries_name_the_entry_and_skip_malformed_ones() {
+        let entries: Vec<String> = ["192.0.2.0/28", "banana", "127.0.0.1/32", "ff02::1/128"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let got: Vec<String> = refused_entries(&entries, false)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                r#"spec.addresses[2] "127.0.0.1/32": overlaps 127.0.0.0/8: loopback addresses never leave a host"#,
+                r#"spec.addresses[3] "ff02::1/128": overlaps ff00::/8: multicast addresses name groups of hosts, not one"#,
+            ]
+        );
+        // ::/0 does not parse (it covers the IPv4-mapped block) and says why in plain words.
+        assert_eq!(
+            parse_entry("::/0").unwrap_err().to_string(),
+            "spans more addresses than a /64, the largest IPv6 entry a pool may have"
+        );
+    }
+
+    /// Ranges near the edges of the special-purpose blocks.
+    fn arb_edge_range() -> impl Strategy<Value = AddressRange> {
+        let edges: Vec<AddressRange> = special_blocks().iter().map(|(_, b)| *b).collect();
+        (
+            proptest::sample::select(edges),
+            any::<bool>(),
+            -40i64..40,
+            0u64..80,
+        )
+            .prop_filter_map("inside the family", |(b, at_end, off, len)| {
+                let family = b.family();
+                let edge = if at_end { b.keys().1 } else { b.keys().0 } as i128;
+                let s = u128::try_from(edge + i128::from(off)).ok()?;
+                let e = s.checked_add(u128::from(len))?;
+                AddressRange::new(ip_from_key(family, s)?, ip_from_key(family, e)?).ok()
+            })
+    }
+
+    proptest! {
+        /// A range is refused for a special-purpose block exactly when one of its addresses
+        /// lies in one.
+        #[test]
+        fn refused_exactly_when_an_address_is_special(r in prop_oneof![arb_edge_range(), arb_range()], allow_ll in any::<bool>()) {
+            let refused = refusals(&r, allow_ll)
+                .iter()
+                .any(|e| matches!(e, AddressError::SpecialPurpose { .. }));
+            let special = r.iter().any(|ip| {
+                special_block_of(ip).is_some_and(|(k, _)| !(allow_ll && k == SpecialKind::LinkLocal))
+            });
+            prop_assert_eq!(refused, special, "{}", r);
+        }
     }
 
     fn arb_range() -> impl Strategy<Value = AddressRange> {

@@ -21,6 +21,8 @@ pub mod condition_reasons {
     pub const ADDRESSES_VALID: &str = "AddressesValid";
     pub const INVALID_ADDRESSES: &str = "InvalidAddresses";
     pub const INVALID_SELECTOR: &str = "InvalidSelector";
+    /// Every problem is an entry the pool may not hand out (special-purpose or too large).
+    pub const REFUSED_ADDRESSES: &str = "RefusedAddresses";
     pub const NO_OVERLAP: &str = "NoOverlap";
     pub const OVERLAPS_POOL: &str = "OverlapsPool";
     pub const TERMINATING: &str = "Terminating";
@@ -75,6 +77,12 @@ pub struct IPAddressPoolSpec {
     /// Never hand out addresses ending in `.0` or `.255` (some clients drop them).
     #[serde(default, rename = "avoidBuggyIPs")]
     pub avoid_buggy_ips: bool,
+
+    /// Allow link-local addresses (`169.254.0.0/16`, `fe80::/10`) in `addresses`. Refused by
+    /// default: such an address is valid on one link only, and `169.254.169.254` is where cloud
+    /// instances fetch their credentials.
+    #[serde(default)]
+    pub allow_link_local: bool,
 
     /// Which Services the pool serves, and in which order pools are tried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,6 +174,7 @@ mod tests {
             serde_json::from_value(json!({"addresses": ["192.0.2.0/28"]})).unwrap();
         assert!(s.auto_assign);
         assert!(!s.avoid_buggy_ips);
+        assert!(!s.allow_link_local);
         assert_eq!(s.service_allocation, None);
     }
 

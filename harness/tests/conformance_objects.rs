@@ -114,6 +114,7 @@ fn pool(name: &str, addresses: &[&str]) -> IPAddressPool {
             addresses: addresses.iter().map(|a| a.to_string()).collect(),
             auto_assign: true,
             avoid_buggy_ips: false,
+            allow_link_local: false,
             service_allocation: None,
         },
     );

@@ -499,6 +499,7 @@ impl Sandbox {
             addresses: vec![pool_range()],
             auto_assign: true,
             avoid_buggy_ips: false,
+            allow_link_local: false,
             service_allocation: None,
         };
         pools

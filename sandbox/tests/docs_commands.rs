@@ -87,6 +87,13 @@ const PLAN: &[(&str, &str, How)] = &[
         "involvedObject.name=NAME",
         How::Sandbox,
     ),
+    (
+        "docs/addresses.md",
+        "lodestonectl migrate-metallb\n",
+        How::NotRun(
+            "names the command in prose; cli/src/migrate.rs entries_lodestone_refuses_are_warned_about checks the warning",
+        ),
+    ),
     // docs/announcing.md
     (
         "docs/announcing.md",

@@ -41,6 +41,7 @@ async fn pool_and_advert(client: &kube::Client, addresses: Vec<String>) -> anyho
         addresses,
         auto_assign: true,
         avoid_buggy_ips: false,
+        allow_link_local: false,
         service_allocation: None,
     };
     pools

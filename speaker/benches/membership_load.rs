@@ -130,6 +130,7 @@ async fn create_services(client: &kube::Client, n: u64) -> anyhow::Result<()> {
         addresses: vec!["2001:db8:1::/112".into()],
         auto_assign: true,
         avoid_buggy_ips: false,
+        allow_link_local: false,
         service_allocation: None,
     };
     pools

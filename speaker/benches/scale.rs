@@ -123,6 +123,7 @@ async fn run() -> anyhow::Result<()> {
                     addresses: vec!["192.0.2.100-192.0.2.101".into(), "2001:db8:1::/116".into()],
                     auto_assign: true,
                     avoid_buggy_ips: false,
+                    allow_link_local: false,
                     service_allocation: None,
                 },
             ),

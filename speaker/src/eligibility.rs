@@ -874,6 +874,7 @@ mod tests {
                 addresses: addresses.iter().map(|s| s.to_string()).collect(),
                 auto_assign: true,
                 avoid_buggy_ips: false,
+                allow_link_local: false,
                 service_allocation: None,
             },
         )

@@ -366,7 +366,6 @@ pub fn plan(input: &PlanInput) -> Plan {
     let pools: Vec<PoolView<'_>> = input
         .pools
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter_map(|p| {
             // An invalid pool serves nothing; the controller reports it on the pool.
             let addresses = parse_pool(&p.spec.addresses).ok()?;
@@ -694,6 +693,7 @@ mod tests {
                 addresses: addrs.iter().map(|a| (*a).into()).collect(),
                 auto_assign: true,
                 avoid_buggy_ips: false,
+                allow_link_local: false,
                 service_allocation: None,
             },
         ))
@@ -738,6 +738,19 @@ mod tests {
                 assert_eq!(p.owned_services(me).collect::<Vec<_>>(), ["default/web"]);
             }
         }
+    }
+
+    /// A pool being deleted (held by the controller's finalizer while Services use it) is
+    /// announced until it is gone: dropping it took every address down at once (issue 14).
+    #[test]
+    fn a_terminating_pool_stays_announced() {
+        let mut input = base("node-a");
+        let mut p = (*input.pools[0]).clone();
+        p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
+        input.pools = vec![Arc::new(p)];
+        assert!(owner_of(&plan(&input), "web").is_ok());
     }
 
     #[test]

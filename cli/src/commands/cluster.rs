@@ -2,9 +2,14 @@
 //! `--context`, `-n/--namespace`.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use lodestone_crds::events::error_chain;
+
+/// The API server this run talks to, for error messages.
+static SERVER: OnceLock<String> = OnceLock::new();
 
 /// Output formats of the cluster commands.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,9 +58,53 @@ impl KubeArgs {
             .namespace
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
+        let _ = SERVER.set(config.cluster_url.to_string());
         let client = kube::Client::try_from(config).context("building the API client")?;
         Ok((client, namespace))
     }
+}
+
+/// An error as one line for people. kube's own text for a failed connection is only
+/// `client error (Connect)`, with the reason (an unknown certificate authority, a refused
+/// connection) several causes down: every cause is named once, with the server and a hint.
+pub fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = match cause.downcast_ref::<kube::Error>() {
+            Some(kube::Error::Api(s)) if s.code == 404 => format!(
+                "the API server does not serve it (404 {}); are Lodestone's CRDs installed (kubectl apply -f deploy/crds/)?",
+                s.message
+            ),
+            Some(kube::Error::Api(s)) => {
+                format!(
+                    "the API server answered {} {}: {}",
+                    s.code, s.reason, s.message
+                )
+            }
+            Some(k) => {
+                let chain = error_chain(k);
+                let mut part = format!(
+                    "cannot talk to the API server{}: {chain}",
+                    SERVER.get().map(|s| format!(" at {s}")).unwrap_or_default()
+                );
+                if chain.contains("certificate") {
+                    part.push_str(
+                        " (does the kubeconfig's certificate-authority belong to this server?)",
+                    );
+                }
+                part
+            }
+            None => cause.to_string(),
+        };
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+        if cause.downcast_ref::<kube::Error>().is_some() {
+            break;
+        }
+    }
+    text
 }
 
 /// Print `value` as JSON or YAML, or `table` for [`Output::Table`].

@@ -29,7 +29,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         let pools = Api::<IPAddressPool>::all(client.clone())
             .list(&ListParams::default())
             .await
-            .context("listing IPAddressPools (are Lodestone's CRDs installed?)")?
+            .context("listing IPAddressPools")?
             .items;
         let services: Api<Service> = if args.kube.namespace.is_some() {
             Api::namespaced(client, &namespace)

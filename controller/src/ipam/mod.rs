@@ -27,6 +27,12 @@
 //! - **Uniqueness.** An address is held by one Service unless sharing allows more; an address in
 //!   two overlapping pools is still one address. `avoidBuggyIPs` addresses are never handed out
 //!   from a pool that avoids them.
+//! - **Node addresses** ([`Ipam::set_node_addresses`]) are never handed out, nor granted when
+//!   asked for; a Service that already holds one keeps it (the caller warns about it).
+//! - **Pool of record.** A held address in two pools belongs to the pool it came from while that
+//!   pool may still hand out addresses; when that pool stops (being deleted, invalid) and another
+//!   pool containing the address may, the holding moves there, address unchanged, so a pool being
+//!   deleted waits only for Services nothing else can take over.
 //!
 //! # Complexity
 //!
@@ -265,6 +271,14 @@ pub enum AllocError {
         /// The missing family.
         family: IpFamily,
     },
+    /// The address is a Node's own address.
+    #[error("address {address} is the address of Node {node}; it is never given to a Service")]
+    NodeAddress {
+        /// The address.
+        address: IpAddr,
+        /// The Node that has it.
+        node: String,
+    },
     /// The address is held under sharing rules this Service does not meet.
     #[error("address {address} is in use by {with} and cannot be shared: {why}")]
     SharingConflict {
@@ -374,6 +388,8 @@ pub struct Ipam {
     used_v6: Runs,
     /// Addresses held under each sharing key.
     shared: BTreeMap<String, BTreeSet<IpAddr>>,
+    /// Addresses of Nodes, with a Node that has each: never handed out.
+    node_addresses: BTreeMap<IpAddr, String>,
 }
 
 impl Default for Ipam {
@@ -393,7 +409,24 @@ impl Ipam {
             used_v4_avoid: Runs::new(IpFamily::V4.max_key()),
             used_v6: Runs::new(IpFamily::V6.max_key()),
             shared: BTreeMap::new(),
+            node_addresses: BTreeMap::new(),
         }
+    }
+
+    /// Replace the set of Node addresses (each with a Node that has it). They are never handed
+    /// out from now on; Services already holding one keep it.
+    pub fn set_node_addresses(&mut self, addresses: BTreeMap<IpAddr, String>) {
+        self.node_addresses = addresses;
+    }
+
+    /// The Node that has `ip` as its address, if any.
+    pub fn node_of(&self, ip: IpAddr) -> Option<&str> {
+        self.node_addresses.get(&ip).map(String::as_str)
+    }
+
+    /// The pools in allocation order.
+    pub fn pools(&self) -> &[PoolConfig] {
+        &self.pools
     }
 
     /// Replace the pool set. Returns the Services whose held addresses are no longer inside any
@@ -557,7 +590,14 @@ impl Ipam {
                     held_usable += 1;
                 }
             }
-            stats.available[fi] = stats.available[fi].saturating_add(usable - held_usable);
+            // Node addresses are not available either, unless already counted as held or avoided.
+            let nodes_unusable = self
+                .node_addresses
+                .range(r.start()..=r.end())
+                .filter(|(ip, _)| !(self.holders.contains_key(*ip) || avoid && is_buggy(**ip)))
+                .count() as u128;
+            stats.available[fi] = stats.available[fi]
+                .saturating_add(usable - held_usable - nodes_unusable.min(usable - held_usable));
         }
         Some(stats)
     }
@@ -571,10 +611,33 @@ impl Ipam {
         let mut out = Vec::new();
         for r in p.addresses.ranges() {
             for (ip, keys) in self.holders.range(r.start()..=r.end()) {
-                out.extend(keys.iter().map(|k| (*ip, k.clone())));
+                out.extend(
+                    keys.iter()
+                        .filter(|k| self.holds_from(k, pool))
+                        .map(|k| (*ip, k.clone())),
+                );
             }
         }
         out
+    }
+
+    /// Whether any Service holds an address assigned from `pool` (an address it shares with an
+    /// overlapping pool, held from that one, does not count): what its finalizer waits for.
+    pub fn pool_in_use(&self, pool: &str) -> bool {
+        let Some(p) = self.pools.iter().find(|p| p.name == pool) else {
+            return false;
+        };
+        p.addresses.ranges().iter().any(|r| {
+            self.holders
+                .range(r.start()..=r.end())
+                .any(|(_, keys)| keys.iter().any(|k| self.holds_from(k, pool)))
+        })
+    }
+
+    fn holds_from(&self, k: &ServiceKey, pool: &str) -> bool {
+        self.records
+            .get(k)
+            .is_some_and(|rec| rec.assignment.pool == pool)
     }
 
     /// Pairs of pools (names in order) that share at least one address.
@@ -810,8 +873,16 @@ impl Ipam {
                 }
             }
         }
-        if let Some(p) = prefer
-            && let Some(idx) = ok.iter().find(|i| self.pools[**i].name == p)
+        // The pool of record while it may hand out addresses, else one that may, else the pool
+        // of record, else any: a holding leaves a pool being deleted (or invalid) for another
+        // pool with the same address, so the deletion need not wait for it.
+        let is_prefer = |i: &usize| prefer.is_some_and(|p| self.pools[*i].name == p);
+        let accepting = |i: &usize| self.pools[*i].accepts_new;
+        if let Some(idx) = ok
+            .iter()
+            .find(|i| is_prefer(i) && accepting(i))
+            .or_else(|| ok.iter().find(|i| accepting(i)))
+            .or_else(|| ok.iter().find(|i| is_prefer(i)))
         {
             return Ok(*idx);
         }
@@ -909,6 +980,16 @@ impl Ipam {
 
     /// A fresh allocation for `req` (which holds nothing). Pure: reads state only.
     fn allocate(&self, req: &ServiceRequest) -> Result<(usize, Vec<IpAddr>), AllocError> {
+        if let Some((ip, node)) = req
+            .requested
+            .iter()
+            .find_map(|ip| Some((*ip, self.node_of(*ip)?)))
+        {
+            return Err(AllocError::NodeAddress {
+                address: ip,
+                node: node.to_string(),
+            });
+        }
         let explicit = req.pool.is_some() || !req.requested.is_empty();
         let candidates: Vec<usize> = if let Some(name) = &req.pool {
             let idx = self
@@ -1056,6 +1137,7 @@ impl Ipam {
                 IpFamily::of(*ip) == family
                     && pool.addresses.contains(*ip)
                     && !(avoid && is_buggy(*ip))
+                    && !self.node_addresses.contains_key(ip)
                     && self.check_sharing(req, *ip).is_ok()
             });
             if found.is_some() {
@@ -1068,14 +1150,21 @@ impl Ipam {
             .iter()
             .filter(|r| r.family() == family)
         {
-            let (a, b) = r.keys();
-            let free = match family {
+            let (mut a, b) = r.keys();
+            // Each Node address found free is stepped over; there are few, so this stays cheap.
+            while let Some(k) = match family {
                 IpFamily::V4 if avoid => self.used_v4_avoid.first_free(a, b, buggy_key),
                 IpFamily::V4 => self.used_v4.first_free(a, b, no_filler),
                 IpFamily::V6 => self.used_v6.first_free(a, b, no_filler),
-            };
-            if let Some(k) = free {
-                return ip_from_key(family, k);
+            } {
+                let ip = ip_from_key(family, k)?;
+                if !self.node_addresses.contains_key(&ip) {
+                    return Some(ip);
+                }
+                if k == b {
+                    break;
+                }
+                a = k + 1;
             }
         }
         None

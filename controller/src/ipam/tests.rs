@@ -842,3 +842,122 @@ fn keys_policies_and_protocols_display() {
         ["TCP", "UDP", "SCTP"]
     );
 }
+
+fn nodes(pairs: &[(&str, &str)]) -> BTreeMap<IpAddr, String> {
+    pairs.iter().map(|(a, n)| (ip(a), n.to_string())).collect()
+}
+
+#[test]
+fn node_addresses_are_skipped_refused_and_kept_by_holders() {
+    let mut i = ipam(vec![pool("p", &["192.0.2.0/29", "2001:db8::/126"])]);
+    // A Service took 192.0.2.1 before a Node with that address joined.
+    let mut early = req("ns", "early");
+    early.requested = ips(&["192.0.2.1"]);
+    got(&mut i, &early);
+    i.set_node_addresses(nodes(&[
+        ("192.0.2.0", "node-a"),
+        ("192.0.2.1", "node-b"),
+        ("192.0.2.3", "node-c"),
+        ("2001:db8::", "node-a"),
+    ]));
+    assert_eq!(i.node_of(ip("192.0.2.3")), Some("node-c"));
+    // Lowest free, stepping over Node addresses (and the held one).
+    assert_eq!(got(&mut i, &req("ns", "a")), ips(&["192.0.2.2"]));
+    assert_eq!(got(&mut i, &req("ns", "b")), ips(&["192.0.2.4"]));
+    let mut v6 = req("ns", "v6");
+    v6.families = FamilyPolicy::SingleStack(IpFamily::V6);
+    assert_eq!(got(&mut i, &v6), ips(&["2001:db8::1"]));
+    // Asking for a Node's address is refused and says whose it is.
+    let mut ask = req("ns", "ask");
+    ask.requested = ips(&["192.0.2.3"]);
+    let err = i.assign(&ask).unwrap_err();
+    assert_eq!(
+        err,
+        AllocError::NodeAddress {
+            address: ip("192.0.2.3"),
+            node: "node-c".into()
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "address 192.0.2.3 is the address of Node node-c; it is never given to a Service"
+    );
+    // The early holder keeps its address, on assign as on a restart's reserve.
+    assert_eq!(got(&mut i, &early), ips(&["192.0.2.1"]));
+    assert!(i.reserve(&early, &ips(&["192.0.2.1"])).is_ok());
+    // Node addresses are not counted as available: 8 - 3 held - 2 unheld Node addresses.
+    let s = i.pool_stats("p").unwrap();
+    assert_eq!(s.available(IpFamily::V4), 3);
+    assert_eq!(s.available(IpFamily::V6), 2);
+    // Exhaustion never falls back to a Node address.
+    for n in 0..3 {
+        got(&mut i, &req("ns", &format!("fill{n}")));
+    }
+    assert!(matches!(
+        i.assign(&req("ns", "more")),
+        Err(AllocError::PoolExhausted { .. })
+    ));
+    for (_, a) in i.assignments().filter(|(k, _)| k.name != "early") {
+        for ip in &a.addresses {
+            assert!(i.node_of(*ip).is_none(), "{ip} is a Node's");
+        }
+    }
+}
+
+#[test]
+fn a_node_address_at_the_end_of_a_range_ends_the_search() {
+    let mut i = ipam(vec![pool("p", &["192.0.2.0/31", "198.51.100.7/32"])]);
+    i.set_node_addresses(nodes(&[("192.0.2.1", "n"), ("198.51.100.7", "n")]));
+    assert_eq!(got(&mut i, &req("ns", "a")), ips(&["192.0.2.0"]));
+    assert!(i.assign(&req("ns", "b")).is_err());
+}
+
+/// Deleting one of two overlapping pools waits only for its own Services: a holder of a shared
+/// address moves to the other pool (same address) when its own pool stops handing out.
+#[test]
+fn a_terminating_pool_lists_only_its_own_holders_and_hands_shared_ones_over() {
+    let mut a = pool("a", &["192.0.2.0/30"]);
+    a.priority = Some(1);
+    let b = pool("b", &["192.0.2.2-192.0.2.5"]);
+    let mut i = ipam(vec![a.clone(), b.clone()]);
+    // From a: .0 .1 .2 .3; from b: .4 (the shared .2 and .3 were taken from a).
+    for n in 0..5 {
+        got(&mut i, &req("ns", &format!("s{n}")));
+    }
+    let holders = |i: &Ipam, p: &str| -> Vec<String> {
+        i.pool_holders(p)
+            .into_iter()
+            .map(|(ip, k)| format!("{ip}={}", k.name))
+            .collect()
+    };
+    assert_eq!(holders(&i, "b"), ["192.0.2.4=s4"]);
+    assert_eq!(holders(&i, "a").len(), 4);
+    // Pool a is being deleted: s2 and s3 move to b with their addresses; s0 and s1 stay.
+    let mut a_gone = a.clone();
+    a_gone.accepts_new = false;
+    assert!(i.set_pools(vec![a_gone, b.clone()]).is_empty());
+    assert_eq!(holders(&i, "a"), ["192.0.2.0=s0", "192.0.2.1=s1"]);
+    assert_eq!(
+        holders(&i, "b"),
+        ["192.0.2.2=s2", "192.0.2.3=s3", "192.0.2.4=s4"]
+    );
+    assert_eq!(
+        i.assignment(&ServiceKey::new("ns", "s2"))
+            .unwrap()
+            .addresses,
+        ips(&["192.0.2.2"])
+    );
+    // Pool b's deletion does not wait for a's holders either.
+    let mut b_gone = b;
+    b_gone.accepts_new = false;
+    assert!(i.set_pools(vec![a, b_gone]).is_empty());
+    assert_eq!(holders(&i, "b"), ["192.0.2.4=s4"]);
+    // What the finalizer asks agrees with the holders listed.
+    assert!(i.pool_in_use("a") && i.pool_in_use("b"));
+    i.release(&ServiceKey::new("ns", "s4"));
+    assert!(
+        !i.pool_in_use("b"),
+        "b's range still holds a's s2, s3; they do not keep b"
+    );
+    assert!(i.pool_in_use("a"));
+}

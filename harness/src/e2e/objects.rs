@@ -35,6 +35,7 @@ pub async fn lab_pool_and_advert(
         addresses: vec![POOL_V4.into(), POOL_V6.into()],
         auto_assign: true,
         avoid_buggy_ips: false,
+        allow_link_local: false,
         service_allocation: None,
     };
     Api::<IPAddressPool>::all(client.clone())

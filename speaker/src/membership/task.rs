@@ -306,13 +306,13 @@ impl State {
         // A new instance, not `change_identity`: that keeps the member list and the updates
         // waiting to be gossiped, which are exactly the stale "down" verdicts to forget.
         self.foca = Foca::with_custom_broadcast(
-            renewed.clone(),
+            renewed,
             self.foca_config.clone(),
             SmallRng::seed_from_u64(rand::random()),
             PostcardCodec,
             self.state_book.clone(),
         );
-        self.set_shared_identity(renewed);
+        self.sync_shared_identity();
         self.timers.clear();
         while self.runtime.to_send().is_some() {}
         while self.runtime.to_schedule().is_some() {}
