@@ -1,18 +1,23 @@
 //! Lodestone's API types, shared by the controller and the speaker.
 //!
-//! Both resources are cluster-scoped and live in `lodestone.dev/v1alpha1`. Their shape follows
+//! Every resource is cluster-scoped and live in `lodestone.dev/v1alpha1`. Their shape follows
 //! MetalLB's `metallb.io/v1beta1` types closely so that migrating users recognise every field.
 //!
 //! The CRD YAML under `deploy/crds/` is generated from these types by
 //! `cargo run -p lodestone-crds --example crdgen`; a test fails when it drifts.
 
 pub mod addresses;
+pub mod bgp;
 pub mod class;
 mod l2advertisement;
 mod pool;
 pub mod reference;
 pub mod selector;
 
+pub use bgp::{
+    BGPAdvertisement, BGPAdvertisementSpec, BGPPeer, BGPPeerSpec, BGPPeerStatus, BGPSessionStatus,
+    BfdSettings, PasswordSecret,
+};
 pub use l2advertisement::{L2Advertisement, L2AdvertisementSpec};
 pub use pool::{
     AddressUse, IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, POOL_FINALIZER,
@@ -29,7 +34,12 @@ pub fn all_crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
-    vec![IPAddressPool::crd(), L2Advertisement::crd()]
+    vec![
+        IPAddressPool::crd(),
+        L2Advertisement::crd(),
+        BGPPeer::crd(),
+        BGPAdvertisement::crd(),
+    ]
 }
 
 /// The file name under `deploy/crds/` for a CRD, `<group>_<plural>.yaml` as controller-gen names them.
