@@ -53,6 +53,9 @@ struct Args {
     /// Pause between two of them, in milliseconds.
     #[arg(long, default_value_t = 500)]
     gratuitous_interval_ms: u64,
+    /// The speaker's namespace: BGP password Secrets are read from it.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "lodestone-system")]
+    namespace: String,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -130,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
             exclude: args.interface_exclude.clone(),
             ..AnnouncerConfig::default()
         },
+        namespace: args.namespace.clone(),
     };
     run(client, cfg, shutdown_signal()).await?;
     Ok(())

@@ -15,6 +15,12 @@
 //! | `addresses_announced` | gauge | addresses this node announces now |
 //! | `membership_members` | gauge | alive speakers, this one included |
 //! | `membership_formed` | gauge | 1 when liveness comes from membership, 0 on the Node Ready fallback |
+//! | `bgp_sessions_established` | gauge | BGP sessions in state Established |
+//! | `bgp_prefixes_advertised` | gauge | prefixes advertised, summed over sessions |
+//! | `bgp_malformed_messages_total` | counter | malformed BGP messages received (each answered with a NOTIFICATION) |
+//! | `bgp_notifications_sent_total` | counter | BGP NOTIFICATIONs sent |
+//! | `bgp_notifications_received_total` | counter | BGP NOTIFICATIONs received |
+//! | `bgp_updates_sent_total` | counter | BGP UPDATE messages sent |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,6 +83,8 @@ pub struct Metrics {
     pub membership_members: Gauge,
     /// 1 when membership is formed.
     pub membership_formed: Gauge,
+    /// BGP mode's metrics (`bgp_*`).
+    pub bgp: crate::bgp::BgpMetrics,
 }
 
 impl Default for Metrics {
@@ -101,6 +109,7 @@ impl Metrics {
             addresses_announced: Gauge::default(),
             membership_members: Gauge::default(),
             membership_formed: Gauge::default(),
+            bgp: crate::bgp::BgpMetrics::default(),
         };
         registry.register(
             "requests_seen",
@@ -152,6 +161,7 @@ impl Metrics {
             "1 when liveness comes from the membership, 0 while falling back on Node Ready",
             m.membership_formed.clone(),
         );
+        m.bgp.register(&mut registry);
         // Touch the labelled series so that they are exported at zero from the start.
         for p in ["arp", "ndp"] {
             let _ = m.requests_seen.get_or_create(&protocol(p));

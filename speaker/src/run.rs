@@ -77,6 +77,8 @@ pub struct SpeakerConfig {
     pub health_addr: SocketAddr,
     /// Announcer settings.
     pub announcer: AnnouncerConfig,
+    /// The speaker's namespace, where BGP password Secrets live.
+    pub namespace: String,
 }
 
 /// Why the speaker stopped.
@@ -107,7 +109,7 @@ pub enum RunError {
 /// Starts a reflector for `K`; every change wakes `notify`. Errors are logged and retried with
 /// backoff while the store keeps its content. `trim` drops what the speaker never reads before
 /// an object enters the store (see [`crate::trim`]).
-fn watch_kind<K>(
+pub(crate) fn watch_kind<K>(
     client: &Client,
     kind: &'static str,
     notify: Arc<Notify>,
@@ -440,6 +442,7 @@ struct Shell {
     membership: Membership,
     metrics: Arc<Metrics>,
     reports: mpsc::UnboundedSender<Report>,
+    bgp: crate::bgp::Bgp,
     plan: Plan,
     owners: BTreeMap<IpAddr, String>,
     alive_source: Option<AliveSource>,
@@ -497,6 +500,7 @@ impl Shell {
         if next.owned != self.plan.owned || next.services != self.plan.services {
             self.announcer.set_services(next.services_by_address());
         }
+        self.bgp.update(&input);
 
         // Everything below is bookkeeping; the announcer already acts on the new plan.
         if self.alive_source != Some(source) {
@@ -706,6 +710,13 @@ pub async fn run(
     let health = Arc::new(Health::default());
     let notify = Arc::new(Notify::new());
     let stores = Stores::start(&client, &notify);
+    let bgp = crate::bgp::Bgp::start(
+        &client,
+        &notify,
+        &cfg.node_name,
+        &cfg.namespace,
+        metrics.bgp.clone(),
+    );
 
     // The announcer is needed by the metrics refresh; start it before serving.
     let (announcer, mut events) = Announcer::start(cfg.announcer.clone()).await?;
@@ -774,6 +785,7 @@ pub async fn run(
         membership,
         metrics,
         reports: report_tx,
+        bgp,
         plan: Plan::default(),
         owners: BTreeMap::new(),
         alive_source: None,
@@ -856,6 +868,7 @@ pub async fn run(
     health
         .ready
         .store(false, std::sync::atomic::Ordering::Relaxed);
+    shell.bgp.shutdown().await;
     shell.announcer.clone().shutdown().await;
     shell.membership.leave(LEAVE_TIMEOUT).await;
     reporter_task.abort();
