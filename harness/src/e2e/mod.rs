@@ -8,6 +8,7 @@
 //! - [`objects`]: Nodes, Services with status, EndpointSlices created by hand.
 //! - [`controller`]: the real controller binary in the root namespace.
 //! - [`metrics`]: a speaker's Prometheus metrics and probes, read inside its namespace.
+//! - [`router`]: FRR and BIRD as BGP peers in a namespace, their FIB, flows over ECMP.
 //! - [`logs`]: checking `--log-json` output: every line about an object names it.
 
 pub mod controller;
@@ -17,6 +18,7 @@ pub mod logs;
 pub mod metrics;
 pub mod objects;
 pub mod process;
+pub mod router;
 pub mod traffic;
 
 pub use controller::ControllerProcess;

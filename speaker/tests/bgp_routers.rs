@@ -1,0 +1,352 @@
+//! BGP mode against real routers: FRR and BIRD 2 (Debian's packages) in a router namespace on
+//! the lab's segment, configured exactly as `docs/bgp.md` shows, with the Lodestone objects of
+//! the same page; three real speakers in node namespaces; a client that reaches the Service
+//! addresses through the router.
+//!
+//! Checked in the router's own RIB (`vtysh`, `birdc`) and FIB (`ip route`), and with traffic:
+//! flows spread over the nodes (ECMP), and move when a node's link is cut (BFD, then hold
+//! time), when a speaker stops (withdraw + Cease), and when the only endpoint moves under
+//! `externalTrafficPolicy: Local`. Times are printed, never asserted (the machine is shared);
+//! `cargo bench -p lodestone-speaker --bench bgp` measures them properly.
+//!
+//! Needs root and the `frr` and `bird2` packages; skips with a message when they are missing.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use lodestone_crds::{BGPAdvertisement, BGPPeer, IPAddressPool};
+use lodestone_harness::docs;
+use lodestone_harness::e2e::lab::{Lab, PROBE_PORT};
+use lodestone_harness::e2e::router::{self, Router};
+use lodestone_harness::e2e::{Prober, objects};
+
+const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
+const WAIT: Duration = Duration::from_secs(30);
+
+fn vip4() -> IpAddr {
+    "203.0.113.10".parse().unwrap()
+}
+
+fn vip6() -> IpAddr {
+    "2001:db8:f::10".parse().unwrap()
+}
+
+fn node_ip(lab: &Lab, name: &str) -> IpAddr {
+    lab.node(name).unwrap().ip4
+}
+
+fn installed(what: &str, bin: &str) -> bool {
+    let ok = std::path::Path::new(bin).exists();
+    if !ok {
+        eprintln!("skipped: {what} is not installed ({bin} missing); apt-get install frr bird2");
+    }
+    ok
+}
+
+/// The Lodestone objects of `docs/bgp.md`, created as the page shows them.
+async fn apply_docs_objects(client: &kube::Client) {
+    let yaml = docs::blocks("docs/bgp.md", "yaml").unwrap().join("---\n");
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+    let pp = PostParams::default();
+    for d in docs.into_iter().filter(|d| !d.is_null()) {
+        match d["kind"].as_str() {
+            Some("IPAddressPool") => {
+                Api::<IPAddressPool>::all(client.clone())
+                    .create(&pp, &serde_json::from_value(d).unwrap())
+                    .await
+                    .unwrap();
+            }
+            Some("BGPPeer") => {
+                Api::<BGPPeer>::all(client.clone())
+                    .create(&pp, &serde_json::from_value(d).unwrap())
+                    .await
+                    .unwrap();
+            }
+            Some("BGPAdvertisement") => {
+                Api::<BGPAdvertisement>::all(client.clone())
+                    .create(&pp, &serde_json::from_value(d).unwrap())
+                    .await
+                    .unwrap();
+            }
+            other => panic!("unexpected {other:?} in docs/bgp.md"),
+        }
+    }
+}
+
+/// The lab, a router on its segment at 192.0.2.1 / 2001:db8::1, the client routing the
+/// Service addresses through it, the docs' objects, a Cluster-policy Service with endpoints on
+/// every node, and every speaker started.
+async fn bgp_lab(
+    start_router: impl FnOnce(lodestone_harness::netns::Host) -> anyhow::Result<Router>,
+) -> (Lab, Router) {
+    let nodes: Vec<(&str, &[(&str, &str)])> = NODES.iter().map(|n| (*n, &[][..])).collect();
+    let mut lab = Lab::start(
+        &lodestone_crds::all_crds(),
+        &nodes,
+        &[vip4(), vip6()],
+        env!("CARGO_BIN_EXE_lodestone-speaker").as_ref(),
+    )
+    .await
+    .unwrap();
+    let host = lab
+        .topology
+        .add_host(
+            "ldrt",
+            Some("192.0.2.1/24".parse().unwrap()),
+            Some("2001:db8::1/64".parse().unwrap()),
+        )
+        .unwrap();
+    let router = start_router(host).unwrap();
+    let c = lab.client.ns();
+    router::ignore_redirects(c).unwrap();
+    c.exec_ok(
+        "ip",
+        &["route", "add", "203.0.113.0/24", "via", "192.0.2.1"],
+    )
+    .unwrap();
+    c.exec_ok(
+        "ip",
+        &[
+            "-6",
+            "route",
+            "add",
+            "2001:db8:f::/120",
+            "via",
+            "2001:db8::1",
+        ],
+    )
+    .unwrap();
+    let client = lab.cluster.client();
+    apply_docs_objects(&client).await;
+    objects::create_lb_service(&client, "default", "web", &[vip4(), vip6()], false)
+        .await
+        .unwrap();
+    let all: Vec<(&str, bool)> = NODES.iter().map(|n| (*n, true)).collect();
+    objects::set_endpoints(&client, "default", "web", &all)
+        .await
+        .unwrap();
+    lab.start_all_speakers(&[]).unwrap();
+    (lab, router)
+}
+
+fn hops(fib: &BTreeMap<String, Vec<IpAddr>>, prefix: &str) -> Vec<IpAddr> {
+    fib.get(prefix).cloned().unwrap_or_default()
+}
+
+fn wait_hops(lab: &Lab, router: &Router, prefix: &str, want: &[IpAddr]) -> Duration {
+    let start = Instant::now();
+    let mut want = want.to_vec();
+    want.sort();
+    if let Err(e) = router.wait_fib(WAIT, |f| hops(f, prefix) == want) {
+        panic!("{prefix} never had next hops {want:?}: {e}\n{}", lab.logs());
+    }
+    start.elapsed()
+}
+
+/// The node a single client flow lands on, then how long that flow goes unanswered after
+/// `fail` runs, until another node answers it.
+fn flow_failover(lab: &Lab, fail: impl FnOnce(&str)) -> (String, Duration) {
+    let prober = Prober::start(
+        lab.client.ns(),
+        vip4(),
+        PROBE_PORT,
+        Duration::from_millis(5),
+    )
+    .unwrap();
+    let first = prober
+        .wait_for(WAIT, |p| p.answers().last().cloned())
+        .unwrap_or_else(|| panic!("the flow is never answered\n{}", lab.logs()));
+    let victim = first.node.clone();
+    let t0 = Instant::now();
+    fail(&victim);
+    let moved = prober
+        .wait_for(WAIT, |p| p.first_not_from_since(&victim, t0))
+        .unwrap_or_else(|| panic!("the flow never moved off {victim}\n{}", lab.logs()));
+    (victim, moved.received.duration_since(t0))
+}
+
+async fn session_states(client: &kube::Client) -> BTreeMap<String, (String, i64)> {
+    let peer = Api::<BGPPeer>::all(client.clone())
+        .get("router")
+        .await
+        .unwrap();
+    peer.status
+        .unwrap_or_default()
+        .sessions
+        .into_iter()
+        .map(|s| (s.node, (s.state, s.advertised_prefixes)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frr_learns_spreads_and_fails_over() {
+    if !installed("FRR", "/usr/lib/frr/bgpd") {
+        return;
+    }
+    let conf = docs::blocks("docs/bgp.md", "frr").unwrap().concat();
+    let (mut lab, router) = bgp_lab(|host| Router::frr(host, &conf)).await;
+    let all: Vec<IpAddr> = NODES.iter().map(|n| node_ip(&lab, n)).collect();
+    let all6: Vec<IpAddr> = lab.nodes.iter().map(|n| n.ip6).collect();
+
+    // Every node's route, in the RIB with the advertisement's communities and in the FIB as
+    // one multipath route per address family.
+    let learnt = wait_hops(&lab, &router, "203.0.113.10/32", &all);
+    wait_hops(&lab, &router, "2001:db8:f::10/128", &all6);
+    eprintln!("FRR installed 3 paths {learnt:?} after the speakers started");
+    let rib = router
+        .vtysh("show bgp ipv4 unicast 203.0.113.10/32 json")
+        .unwrap();
+    assert!(rib.contains("65000:100"), "{rib}");
+    assert!(rib.contains("64512:1:2"), "{rib}");
+    let summary = router.vtysh("show bgp summary").unwrap();
+    assert_eq!(summary.matches("192.0.2.1").count() >= 3, true, "{summary}");
+
+    // Flows spread over every node.
+    let spread = router::spread(lab.client.ns(), vip4(), PROBE_PORT, 60).unwrap();
+    assert!(
+        NODES.iter().all(|n| spread.get(*n).is_some_and(|c| *c > 0)),
+        "{spread:?}"
+    );
+    let spread6 = router::spread(lab.client.ns(), vip6(), PROBE_PORT, 60).unwrap();
+    assert!(
+        NODES
+            .iter()
+            .all(|n| spread6.get(*n).is_some_and(|c| *c > 0)),
+        "{spread6:?}"
+    );
+    eprintln!("60 flows: IPv4 {spread:?}, IPv6 {spread6:?}");
+
+    // Each node reports its session on the peer.
+    let client = lab.cluster.client();
+    let mut states = BTreeMap::new();
+    for _ in 0..200 {
+        states = session_states(&client).await;
+        if states.len() == 3 && states.values().all(|(s, p)| s == "Established" && *p == 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        states.len() == 3 && states.values().all(|(s, p)| s == "Established" && *p == 2),
+        "{states:?}"
+    );
+
+    // A node's link cut: BFD takes its route away, the flow moves.
+    let (victim, gap) = flow_failover(&lab, |n| lab.node(n).unwrap().host.link_down().unwrap());
+    let rest: Vec<IpAddr> = NODES
+        .iter()
+        .filter(|n| **n != victim)
+        .map(|n| node_ip(&lab, n))
+        .collect();
+    wait_hops(&lab, &router, "203.0.113.10/32", &rest);
+    eprintln!("link of {victim} cut with BFD: the flow was unanswered for {gap:?}");
+    lab.node(&victim).unwrap().host.link_up().unwrap();
+    wait_hops(&lab, &router, "203.0.113.10/32", &all);
+
+    // A speaker stopped: it withdraws and says goodbye with a Cease.
+    let (victim, gap) = flow_failover(&lab, |n| lab.signal_speaker(n, libc::SIGTERM).unwrap());
+    let rest: Vec<IpAddr> = NODES
+        .iter()
+        .filter(|n| **n != victim)
+        .map(|n| node_ip(&lab, n))
+        .collect();
+    wait_hops(&lab, &router, "203.0.113.10/32", &rest);
+    lab.wait_speaker_exit(&victim, WAIT).unwrap();
+    let logs = router.logs();
+    assert!(logs.contains("Administrative Shutdown"), "{logs}");
+    eprintln!("speaker of {victim} stopped: the flow was unanswered for {gap:?}");
+    lab.start_speaker(&victim, &[]).unwrap();
+    wait_hops(&lab, &router, "203.0.113.10/32", &all);
+
+    // Local policy: only the node with the endpoint advertises; the route follows it.
+    objects::set_endpoints(&client, "default", "web", &[("node-b", true)])
+        .await
+        .unwrap();
+    let api: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), "default");
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"externalTrafficPolicy": "Local"}})),
+    )
+    .await
+    .unwrap();
+    wait_hops(&lab, &router, "203.0.113.10/32", &[node_ip(&lab, "node-b")]);
+    let t0 = Instant::now();
+    objects::set_endpoints(&client, "default", "web", &[("node-c", true)])
+        .await
+        .unwrap();
+    wait_hops(&lab, &router, "203.0.113.10/32", &[node_ip(&lab, "node-c")]);
+    eprintln!(
+        "endpoint moved from node-b to node-c under Local: FIB followed in {:?}",
+        t0.elapsed()
+    );
+    let spread = router::spread(lab.client.ns(), vip4(), PROBE_PORT, 20).unwrap();
+    assert_eq!(spread.keys().collect::<Vec<_>>(), ["node-c"], "{spread:?}");
+
+    // Without BFD, the hold time (3 s, from the router's `timers 1 3`) takes a dead node out.
+    let all_endpoints: Vec<(&str, bool)> = NODES.iter().map(|n| (*n, true)).collect();
+    objects::set_endpoints(&client, "default", "web", &all_endpoints)
+        .await
+        .unwrap();
+    Api::<BGPPeer>::all(client.clone())
+        .patch(
+            "router",
+            &PatchParams::default(),
+            &Patch::Json::<()>(
+                serde_json::from_value(serde_json::json!([{"op": "remove", "path": "/spec/bfd"}]))
+                    .unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+    // The sessions restart without BFD; wait until they are back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_hops(&lab, &router, "203.0.113.10/32", &all);
+    let (victim, gap) = flow_failover(&lab, |n| lab.node(n).unwrap().host.link_down().unwrap());
+    eprintln!("link of {victim} cut without BFD: the flow was unanswered for {gap:?}");
+    lab.node(&victim).unwrap().host.link_up().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bird_learns_spreads_and_withdraws() {
+    if !installed("BIRD", "/usr/sbin/bird") {
+        return;
+    }
+    let conf = docs::blocks("docs/bgp.md", "bird").unwrap().concat();
+    let (mut lab, router) = bgp_lab(|host| Router::bird(host, &conf)).await;
+    let all: Vec<IpAddr> = NODES.iter().map(|n| node_ip(&lab, n)).collect();
+    let all6: Vec<IpAddr> = lab.nodes.iter().map(|n| n.ip6).collect();
+    wait_hops(&lab, &router, "203.0.113.10/32", &all);
+    wait_hops(&lab, &router, "2001:db8:f::10/128", &all6);
+    let rib = router.birdc("show route 203.0.113.10/32 all").unwrap();
+    assert!(rib.contains("(65000,100)"), "{rib}");
+    assert!(rib.contains("(64512, 1, 2)"), "{rib}");
+    let spread = router::spread(lab.client.ns(), vip4(), PROBE_PORT, 60).unwrap();
+    assert!(
+        NODES.iter().all(|n| spread.get(*n).is_some_and(|c| *c > 0)),
+        "{spread:?}"
+    );
+
+    let (victim, gap) = flow_failover(&lab, |n| lab.node(n).unwrap().host.link_down().unwrap());
+    let rest: Vec<IpAddr> = NODES
+        .iter()
+        .filter(|n| **n != victim)
+        .map(|n| node_ip(&lab, n))
+        .collect();
+    wait_hops(&lab, &router, "203.0.113.10/32", &rest);
+    eprintln!("BIRD, link of {victim} cut with BFD: the flow was unanswered for {gap:?}");
+    lab.node(&victim).unwrap().host.link_up().unwrap();
+    wait_hops(&lab, &router, "203.0.113.10/32", &all);
+
+    let (victim, gap) = flow_failover(&lab, |n| lab.signal_speaker(n, libc::SIGTERM).unwrap());
+    let rest: Vec<IpAddr> = NODES
+        .iter()
+        .filter(|n| **n != victim)
+        .map(|n| node_ip(&lab, n))
+        .collect();
+    wait_hops(&lab, &router, "203.0.113.10/32", &rest);
+    lab.wait_speaker_exit(&victim, WAIT).unwrap();
+    eprintln!("BIRD, speaker of {victim} stopped: the flow was unanswered for {gap:?}");
+}
