@@ -140,7 +140,17 @@ fn wait_hops(lab: &Lab, router: &Router, prefix: &str, want: &[IpAddr]) -> Durat
     let mut want = want.to_vec();
     want.sort();
     if let Err(e) = router.wait_fib(WAIT, |f| hops(f, prefix) == want) {
-        panic!("{prefix} never had next hops {want:?}: {e}\n{}", lab.logs());
+        for n in &lab.nodes {
+            if let Some(sp) = &n.speaker {
+                let log = sp.log();
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("bgp") || l.contains("bfd"))
+                    .collect();
+                eprintln!("==== {} BGP/BFD ====\n{}", n.name, lines.join("\n"));
+            }
+        }
+        panic!("{prefix} never had next hops {want:?}: {e}");
     }
     start.elapsed()
 }
@@ -165,6 +175,28 @@ fn flow_failover(lab: &Lab, fail: impl FnOnce(&str)) -> (String, Duration) {
         .wait_for(WAIT, |p| p.first_not_from_since(&victim, t0))
         .unwrap_or_else(|| panic!("the flow never moved off {victim}\n{}", lab.logs()));
     (victim, moved.received.duration_since(t0))
+}
+
+/// Until every node reports BFD Up (the docs' peer asks for BFD; it starts slowly, one
+/// packet a second, RFC 5880 6.8.3).
+async fn wait_bfd_up(lab: &Lab, router: &Router, client: &kube::Client) {
+    for _ in 0..300 {
+        let peer = Api::<BGPPeer>::all(client.clone())
+            .get("router")
+            .await
+            .unwrap();
+        let sessions = peer.status.unwrap_or_default().sessions;
+        if sessions.len() == NODES.len() && sessions.iter().all(|s| s.bfd.as_deref() == Some("Up"))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "BFD never came up: {}\n{}",
+        router.vtysh("show bfd peers brief").unwrap_or_default(),
+        lab.logs()
+    );
 }
 
 async fn session_states(client: &kube::Client) -> BTreeMap<String, (String, i64)> {
@@ -234,6 +266,7 @@ async fn frr_learns_spreads_and_fails_over() {
     );
 
     // A node's link cut: BFD takes its route away, the flow moves.
+    wait_bfd_up(&lab, &router, &client).await;
     let (victim, gap) = flow_failover(&lab, |n| lab.node(n).unwrap().host.link_down().unwrap());
     let rest: Vec<IpAddr> = NODES
         .iter()

@@ -288,6 +288,12 @@ async fn run_session(
                     tracing::info!(from = %from, to = %s.state(), "BFD session changed state");
                     let _ = state.send(s.state());
                 }
+                // Up (or the peer asking for more) shortens the interval: the next packet is
+                // due by the new one, not by what was planned at the old rate, or the peer's
+                // detection time runs out first.
+                if let Some(interval) = s.tx_interval() {
+                    next_tx = next_tx.min(Instant::now() + jittered(interval, detect_mult));
+                }
             }
             () = tokio::time::sleep_until(next_tx), if tx_enabled => {
                 send(&s.packet());
