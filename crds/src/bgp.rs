@@ -43,16 +43,7 @@ pub const DEFAULT_PASSWORD_KEY: &str = "password";
     printcolumn(name = "Address", type_ = "string", json_path = ".spec.peerAddress"),
     printcolumn(name = "Peer ASN", type_ = "integer", json_path = ".spec.peerASN"),
     printcolumn(name = "My ASN", type_ = "integer", json_path = ".spec.myASN"),
-    printcolumn(
-        name = "Nodes",
-        type_ = "string",
-        json_path = ".status.sessions[*].node"
-    ),
-    printcolumn(
-        name = "States",
-        type_ = "string",
-        json_path = ".status.sessions[*].state"
-    ),
+    printcolumn(name = "Sessions", type_ = "string", json_path = ".status.summary"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -205,6 +196,11 @@ fn default_detect_multiplier() -> u8 {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct BGPPeerStatus {
+    /// How many of the nodes' sessions are established, e.g. `2/3 Established` (what
+    /// `kubectl get bgppeers` shows). Written by one of the peer's nodes, chosen as the owner
+    /// of an address is, so that the speakers do not write it in turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
     /// One entry per node that peers with this router; each node's speaker writes its own
     /// entry (server-side apply, field manager `lodestone-speaker/<node>`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -113,6 +113,22 @@ const PLAN: &[(&str, &str, How)] = &[
         How::Sandbox,
     ),
     ("docs/announcing.md", "/metrics", How::Sandbox),
+    // docs/bgp.md
+    (
+        "docs/bgp.md",
+        "kubectl get bgppeers",
+        How::Test("cli/tests/status_why.rs"),
+    ),
+    (
+        "docs/bgp.md",
+        "kubectl get bgppeer router -o yaml",
+        How::Test("cli/tests/status_why.rs"),
+    ),
+    (
+        "docs/bgp.md",
+        "lodestonectl status",
+        How::Test("cli/tests/status_why.rs"),
+    ),
     // docs/install.md
     ("docs/install.md", "/dev/urandom", How::Install),
     ("docs/install.md", "kubectl apply -k deploy/", How::Install),

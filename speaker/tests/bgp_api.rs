@@ -106,11 +106,17 @@ async fn bgp_crds_are_accepted_validated_and_carry_per_node_status() {
     );
 
     // Two speakers, each applying only its own entry, under its own field manager.
+    // node-b also writes the summary (it is the designated writer in this story).
     for (node, state) in [("node-a", "Established"), ("node-b", "Active")] {
+        let mut status =
+            json!({"sessions": [{"node": node, "state": state, "advertisedPrefixes": 2}]});
+        if node == "node-b" {
+            status["summary"] = "1/2 Established".into();
+        }
         let body = json!({
             "apiVersion": "lodestone.dev/v1alpha1", "kind": "BGPPeer",
             "metadata": {"name": "tor"},
-            "status": {"sessions": [{"node": node, "state": state, "advertisedPrefixes": 2}]},
+            "status": status,
         });
         peers
             .patch_status(
@@ -148,11 +154,11 @@ async fn bgp_crds_are_accepted_validated_and_carry_per_node_status() {
 
     let table = kubectl(&cluster, &["get", "bgppeers"]).await;
     let header = table.lines().next().unwrap_or_default();
-    for column in ["ADDRESS", "PEER ASN", "MY ASN", "NODES", "STATES"] {
+    for column in ["ADDRESS", "PEER ASN", "MY ASN", "SESSIONS"] {
         assert!(header.contains(column), "{table}");
     }
     let row = table.lines().nth(1).unwrap_or_default();
-    for cell in ["192.0.2.1", "64500", "4200000001", "node-b", "Active"] {
+    for cell in ["192.0.2.1", "64500", "4200000001", "1/2 Established"] {
         assert!(row.contains(cell), "{table}");
     }
 }

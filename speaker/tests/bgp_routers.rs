@@ -250,12 +250,22 @@ async fn frr_learns_spreads_and_fails_over() {
     );
     eprintln!("60 flows: IPv4 {spread:?}, IPv6 {spread6:?}");
 
-    // Each node reports its session on the peer.
+    // Each node reports its session on the peer; one of them the summary.
     let client = lab.cluster.client();
     let mut states = BTreeMap::new();
+    let mut summary = None;
     for _ in 0..200 {
         states = session_states(&client).await;
-        if states.len() == 3 && states.values().all(|(s, p)| s == "Established" && *p == 2) {
+        summary = Api::<BGPPeer>::all(client.clone())
+            .get("router")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.summary);
+        if states.len() == 3
+            && states.values().all(|(s, p)| s == "Established" && *p == 2)
+            && summary.as_deref() == Some("3/3 Established")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -264,6 +274,7 @@ async fn frr_learns_spreads_and_fails_over() {
         states.len() == 3 && states.values().all(|(s, p)| s == "Established" && *p == 2),
         "{states:?}"
     );
+    assert_eq!(summary.as_deref(), Some("3/3 Established"));
 
     // A node's link cut: BFD takes its route away, the flow moves.
     wait_bfd_up(&lab, &router, &client).await;
@@ -287,8 +298,8 @@ async fn frr_learns_spreads_and_fails_over() {
         .collect();
     wait_hops(&lab, &router, "203.0.113.10/32", &rest);
     lab.wait_speaker_exit(&victim, WAIT).unwrap();
-    let logs = router.logs();
-    assert!(logs.contains("Administrative Shutdown"), "{logs}");
+    let log = router.log("bgpd");
+    assert!(log.contains("Administrative Shutdown"), "{log}");
     eprintln!("speaker of {victim} stopped: the flow was unanswered for {gap:?}");
     lab.start_speaker(&victim, &[]).unwrap();
     wait_hops(&lab, &router, "203.0.113.10/32", &all);

@@ -211,6 +211,11 @@ impl Router {
         Ok(self.host.ns().exec_ok("birdc", &args)?)
     }
 
+    /// The whole log of one daemon (`bgpd`, `bfdd`, `zebra`), empty when it has none.
+    pub fn log(&self, daemon: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{daemon}.log"))).unwrap_or_default()
+    }
+
     /// Whatever the daemon logged, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();

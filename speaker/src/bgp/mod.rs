@@ -31,6 +31,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use lodestone_crds::bgp::PasswordSecret;
 use lodestone_crds::{BGPAdvertisement, BGPPeer, BGPSessionStatus};
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -194,6 +195,20 @@ struct Wanted {
     spec: SessionSpec,
     password: Option<PasswordSecret>,
     routes: Arc<Routes>,
+    /// `status.summary` to write, when this node is the one that writes it.
+    summary: Option<String>,
+}
+
+/// The node that writes a peer's `status.summary`: the election winner among the alive nodes
+/// the peer selects, so that every speaker agrees on one writer.
+pub fn summary_writer<'a>(peer: &str, nodes: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    crate::election::owner(&format!("bgppeer/{peer}"), nodes)
+}
+
+/// `2/3 Established`, from the sessions the peer's status holds.
+pub fn summary(sessions: &[BGPSessionStatus]) -> String {
+    let up = sessions.iter().filter(|s| s.state == "Established").count();
+    format!("{up}/{} Established", sessions.len())
 }
 
 enum ToManager {
@@ -285,6 +300,20 @@ impl Bgp {
             ) else {
                 continue;
             };
+            let candidates: Vec<&str> = input
+                .nodes
+                .iter()
+                .filter(|n| {
+                    n.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| input.alive.contains(n))
+                })
+                .filter(|n| routes::peer_selects_node(peer, n, &mut Vec::new()))
+                .filter_map(|n| n.metadata.name.as_deref())
+                .collect();
+            let summary = (summary_writer(&name, candidates) == Some(self.node.as_str()))
+                .then(|| summary(&peer.status.clone().unwrap_or_default().sessions));
             match session_spec(peer, node) {
                 Ok((spec, password)) => {
                     wanted.insert(
@@ -293,6 +322,7 @@ impl Bgp {
                             spec,
                             password,
                             routes: Arc::new(routes),
+                            summary,
                         },
                     );
                 }
@@ -365,16 +395,20 @@ fn status_entry(node: &str, r: &Report, since: &str) -> BGPSessionStatus {
     }
 }
 
-/// Writes each peer's entry for this node (or removes it: `None`), latest value only, retrying
+/// What this node writes on one peer's status: its session entry and, if it is the writer,
+/// the summary. `None` for both removes what it wrote.
+type StatusWrite = (Option<BGPSessionStatus>, Option<String>);
+
+/// Writes each peer's entry for this node (or removes it), latest value only, retrying
 /// failures; never blocks the sessions.
 async fn status_writer(
     client: Client,
     node: String,
-    mut rx: mpsc::UnboundedReceiver<(String, Option<BGPSessionStatus>)>,
+    mut rx: mpsc::UnboundedReceiver<(String, StatusWrite)>,
 ) {
     let api: Api<BGPPeer> = Api::all(client);
     let params = PatchParams::apply(&field_manager(&node)).force();
-    let mut pending: BTreeMap<String, Option<BGPSessionStatus>> = BTreeMap::new();
+    let mut pending: BTreeMap<String, StatusWrite> = BTreeMap::new();
     loop {
         if pending.is_empty() {
             match rx.recv().await {
@@ -389,12 +423,16 @@ async fn status_writer(
         }
         let mut failed = BTreeMap::new();
         for (peer, s) in std::mem::take(&mut pending) {
-            let sessions: Vec<&BGPSessionStatus> = s.iter().collect();
+            let sessions: Vec<&BGPSessionStatus> = s.0.iter().collect();
+            let mut status = serde_json::json!({"sessions": sessions});
+            if let Some(summary) = &s.1 {
+                status["summary"] = summary.clone().into();
+            }
             let body = serde_json::json!({
                 "apiVersion": "lodestone.dev/v1alpha1",
                 "kind": "BGPPeer",
                 "metadata": {"name": peer},
-                "status": {"sessions": sessions},
+                "status": status,
             });
             match api.patch_status(&peer, &params, &Patch::Apply(&body)).await {
                 Ok(_) => {}
@@ -472,8 +510,10 @@ struct Manager {
     sessions: BTreeMap<String, (Wanted, SessionHandle)>,
     wanted: BTreeMap<String, Wanted>,
     reports_tx: mpsc::UnboundedSender<Report>,
-    status_tx: mpsc::UnboundedSender<(String, Option<BGPSessionStatus>)>,
+    status_tx: mpsc::UnboundedSender<(String, StatusWrite)>,
     since: BTreeMap<String, (fsm::State, String)>,
+    /// The last entry and summary sent per peer.
+    written: BTreeMap<String, StatusWrite>,
     listener: Option<(PassiveKeys, crate::interfaces::AbortOnDrop<()>)>,
     accepted_tx: mpsc::UnboundedSender<(TcpStream, SocketAddr)>,
 }
@@ -505,7 +545,8 @@ impl Manager {
                     .await;
                 if removed {
                     self.since.remove(&name);
-                    let _ = self.status_tx.send((name, None));
+                    self.written.remove(&name);
+                    let _ = self.status_tx.send((name, (None, None)));
                 }
             }
         }
@@ -521,6 +562,8 @@ impl Manager {
                     handle.send(Command::Routes(Arc::clone(&w.routes)));
                     old.routes = Arc::clone(&w.routes);
                 }
+                old.summary = w.summary.clone();
+                self.write_status(&name, None);
             } else {
                 let mut spec = w.spec.clone();
                 if let Some(secret) = &w.password {
@@ -624,7 +667,20 @@ impl Manager {
             }
         };
         let entry = status_entry(&self.node, &r, &since);
-        let _ = self.status_tx.send((r.peer_name, Some(entry)));
+        self.write_status(&r.peer_name, Some(entry));
+    }
+
+    /// Sends this node's entry (the new one, or the last one) and its summary, if either
+    /// changed.
+    fn write_status(&mut self, peer: &str, entry: Option<BGPSessionStatus>) {
+        let last = self.written.get(peer).cloned().unwrap_or_default();
+        let entry = entry.or(last.0.clone());
+        let summary = self.wanted.get(peer).and_then(|w| w.summary.clone());
+        let now = (entry, summary);
+        if now != last && now.0.is_some() {
+            self.written.insert(peer.to_owned(), now.clone());
+            let _ = self.status_tx.send((peer.to_owned(), now));
+        }
     }
 
     async fn shutdown(&mut self) {
@@ -666,6 +722,7 @@ async fn manager(
         reports_tx,
         status_tx,
         since: BTreeMap::new(),
+        written: BTreeMap::new(),
         listener: None,
         accepted_tx,
     };
