@@ -394,3 +394,310 @@ async fn bird_learns_spreads_and_withdraws() {
     lab.wait_speaker_exit(&victim, WAIT).unwrap();
     eprintln!("BIRD, speaker of {victim} stopped: the flow was unanswered for {gap:?}");
 }
+
+/// The second FRR setup: iBGP (LOCAL_PREF is sent), one node with a TCP MD5 password read from
+/// a Secret, one passive node the router connects to.
+const FRR_IBGP: &str = "frr defaults datacenter
+hostname router
+!
+router bgp 64512
+ bgp router-id 192.0.2.1
+ bgp log-neighbor-changes
+ no bgp ebgp-requires-policy
+ neighbor 192.0.2.11 remote-as 64512
+ neighbor 192.0.2.11 password lodestone-md5
+ neighbor 192.0.2.12 remote-as 64512
+ neighbor 192.0.2.12 timers connect 1
+ !
+ address-family ipv4 unicast
+  maximum-paths ibgp 8
+ exit-address-family
+!
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frr_ibgp_with_md5_and_a_passive_node() {
+    if !installed("FRR", "/usr/lib/frr/bgpd") {
+        return;
+    }
+    let nodes: [(&str, &[(&str, &str)]); 2] = [
+        ("node-a", &[("bgp", "md5")]),
+        ("node-b", &[("bgp", "passive")]),
+    ];
+    let mut lab = Lab::start(
+        &lodestone_crds::all_crds(),
+        &nodes,
+        &[vip4()],
+        env!("CARGO_BIN_EXE_lodestone-speaker").as_ref(),
+    )
+    .await
+    .unwrap();
+    let host = lab
+        .topology
+        .add_host("ldrt", Some("192.0.2.1/24".parse().unwrap()), None)
+        .unwrap();
+    let router = Router::frr(host, FRR_IBGP).unwrap();
+    let client = lab.cluster.client();
+    let objects: Vec<serde_json::Value> =
+        vec![serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "router-md5", "namespace": "lodestone-system"},
+            "type": "kubernetes.io/basic-auth",
+            "data": {"password": "bG9kZXN0b25lLW1kNQ=="}})];
+    // The lab's API server has lodestone-system already.
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(objects[0].clone()).unwrap();
+    Api::namespaced(client.clone(), "lodestone-system")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let pool: IPAddressPool = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "routed"}, "spec": {"addresses": ["203.0.113.0/24"]}}))
+    .unwrap();
+    Api::<IPAddressPool>::all(client.clone())
+        .create(&PostParams::default(), &pool)
+        .await
+        .unwrap();
+    for (name, spec) in [
+        (
+            "md5",
+            serde_json::json!({"myASN": 64512, "peerASN": 64512, "peerAddress": "192.0.2.1",
+            "passwordSecret": {"name": "router-md5"},
+            "nodeSelectors": [{"matchLabels": {"bgp": "md5"}}]}),
+        ),
+        (
+            "passive",
+            serde_json::json!({"myASN": 64512, "peerASN": 64512, "peerAddress": "192.0.2.1",
+            "passive": true, "nodeSelectors": [{"matchLabels": {"bgp": "passive"}}]}),
+        ),
+    ] {
+        let peer: BGPPeer =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))
+                .unwrap();
+        Api::<BGPPeer>::all(client.clone())
+            .create(&PostParams::default(), &peer)
+            .await
+            .unwrap();
+    }
+    let adv: BGPAdvertisement = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "routed"}, "spec": {"localPref": 250, "communities": ["no-export"]}}))
+    .unwrap();
+    Api::<BGPAdvertisement>::all(client.clone())
+        .create(&PostParams::default(), &adv)
+        .await
+        .unwrap();
+    objects::create_lb_service(&client, "default", "web", &[vip4()], false)
+        .await
+        .unwrap();
+    objects::set_endpoints(
+        &client,
+        "default",
+        "web",
+        &[("node-a", true), ("node-b", true)],
+    )
+    .await
+    .unwrap();
+    lab.start_all_speakers(&[]).unwrap();
+
+    wait_hops(
+        &lab,
+        &router,
+        "203.0.113.10/32",
+        &[node_ip(&lab, "node-a"), node_ip(&lab, "node-b")],
+    );
+    let rib = router
+        .vtysh("show bgp ipv4 unicast 203.0.113.10/32 json")
+        .unwrap();
+    assert!(rib.contains("\"locPrf\":250"), "{rib}");
+    assert!(rib.contains("noExport"), "{rib}");
+    let md5 = router.vtysh("show bgp neighbors 192.0.2.11").unwrap();
+    assert!(md5.contains("Established"), "{md5}");
+    // The passive node never connects: the router's side is the one that opened the session.
+    let passive = router.vtysh("show bgp neighbors 192.0.2.12 json").unwrap();
+    assert!(
+        passive.contains("\"bgpState\":\"Established\""),
+        "{passive}"
+    );
+    assert!(
+        passive.contains("\"portForeign\":179"),
+        "the router connected to the node's port 179: {passive}"
+    );
+}
+
+/// A router that is the test itself: malformed messages get the NOTIFICATION RFC 4271 asks for,
+/// are counted, and the speaker neither crashes nor stops trying; ROUTE-REFRESH resends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_answered_counted_and_survived() {
+    use lodestone_harness::e2e::metrics::{self, SPEAKER_METRICS_PORT};
+    use lodestone_speaker::bgp::wire::{self, Decoder, Family, Message, OpenParams};
+    use std::io::{Read, Write};
+
+    let mut lab = Lab::start(
+        &lodestone_crds::all_crds(),
+        &[("node-a", &[][..])],
+        &[vip4()],
+        env!("CARGO_BIN_EXE_lodestone-speaker").as_ref(),
+    )
+    .await
+    .unwrap();
+    let host = lab
+        .topology
+        .add_host("ldrt", Some("192.0.2.1/24".parse().unwrap()), None)
+        .unwrap();
+    let listener = host
+        .ns()
+        .run_in(|| std::net::TcpListener::bind("192.0.2.1:179"))
+        .unwrap()
+        .unwrap();
+    let client = lab.cluster.client();
+    let pool: IPAddressPool = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "routed"}, "spec": {"addresses": ["203.0.113.0/24"]}}))
+    .unwrap();
+    Api::<IPAddressPool>::all(client.clone())
+        .create(&PostParams::default(), &pool)
+        .await
+        .unwrap();
+    let peer: BGPPeer = serde_json::from_value(serde_json::json!({"metadata": {"name": "fake"},
+        "spec": {"myASN": 64512, "peerASN": 64500, "peerAddress": "192.0.2.1", "connectTime": "2s"}})).unwrap();
+    Api::<BGPPeer>::all(client.clone())
+        .create(&PostParams::default(), &peer)
+        .await
+        .unwrap();
+    let adv: BGPAdvertisement =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "all"}, "spec": {}}))
+            .unwrap();
+    Api::<BGPAdvertisement>::all(client.clone())
+        .create(&PostParams::default(), &adv)
+        .await
+        .unwrap();
+    objects::create_lb_service(&client, "default", "web", &[vip4()], false)
+        .await
+        .unwrap();
+    objects::set_endpoints(&client, "default", "web", &[("node-a", true)])
+        .await
+        .unwrap();
+    lab.start_all_speakers(&[]).unwrap();
+
+    /// Reads messages until `want` matches one (or the connection ends); returns them all.
+    fn read_until(
+        s: &mut std::net::TcpStream,
+        want: impl Fn(&[u8], &Message) -> bool,
+    ) -> Vec<(Vec<u8>, Message)> {
+        let d = Decoder { asn4: true };
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    continue;
+                }
+                Err(_) => break,
+            }
+            loop {
+                let before = buf.clone();
+                match d.decode(&mut buf) {
+                    Ok(Some(m)) => {
+                        let frame = before[..before.len() - buf.len()].to_vec();
+                        let done = want(&frame, &m);
+                        out.push((frame, m));
+                        if done {
+                            return out;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+        out
+    }
+    let establish =
+        |listener: &std::net::TcpListener| -> (std::net::TcpStream, Vec<(Vec<u8>, Message)>) {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let got = read_until(&mut s, |_, m| matches!(m, Message::Open(_)));
+            assert!(
+                matches!(got.last(), Some((_, Message::Open(o))) if o.asn == 64512),
+                "{got:?}"
+            );
+            let open = wire::open(&OpenParams {
+                asn: 64500,
+                hold_time: 30,
+                bgp_id: "192.0.2.1".parse().unwrap(),
+                families: vec![Family::Ipv4, Family::Ipv6],
+            })
+            .unwrap();
+            s.write_all(&open).unwrap();
+            s.write_all(&wire::keepalive()).unwrap();
+            // Its KEEPALIVE, then its routes: an UPDATE announcing the Service's /32.
+            let got = read_until(&mut s, |f, m| {
+                matches!(m, Message::Update)
+                    && wire::parse_update_prefixes(f, true).is_ok_and(|(a, _)| !a.is_empty())
+            });
+            (s, got)
+        };
+
+    // Round 1: a proper session, then a ROUTE-REFRESH: the route comes again.
+    let (mut s, got) = establish(&listener);
+    assert!(
+        got.iter().any(|(f, m)| matches!(m, Message::Update)
+            && wire::parse_update_prefixes(f, true).unwrap().0
+                == ["203.0.113.10/32".parse::<ipnet::IpNet>().unwrap()]),
+        "{got:?}\n{}",
+        lab.logs()
+    );
+    s.write_all(&wire::route_refresh(Family::Ipv4)).unwrap();
+    let again = read_until(&mut s, |f, m| {
+        matches!(m, Message::Update)
+            && wire::parse_update_prefixes(f, true).is_ok_and(|(a, _)| !a.is_empty())
+    });
+    assert!(
+        !again.is_empty(),
+        "no UPDATE after ROUTE-REFRESH\n{}",
+        lab.logs()
+    );
+
+    // An UPDATE whose attribute length runs past the message: UPDATE Message Error.
+    let mut bad = wire::keepalive();
+    bad[16..18].copy_from_slice(&27u16.to_be_bytes());
+    bad[18] = 2;
+    bad.extend_from_slice(&[0, 0, 0, 200, 0x40, 1, 1, 0]);
+    s.write_all(&bad).unwrap();
+    let got = read_until(&mut s, |_, m| matches!(m, Message::Notification(_)));
+    assert!(
+        matches!(got.last(), Some((_, Message::Notification(n))) if n.code == 3),
+        "{got:?}\n{}",
+        lab.logs()
+    );
+
+    // Round 2: it comes back; a broken marker gets Connection Not Synchronized.
+    let (mut s, _) = establish(&listener);
+    let mut bad = wire::keepalive();
+    bad[0] = 0;
+    s.write_all(&bad).unwrap();
+    let got = read_until(&mut s, |_, m| matches!(m, Message::Notification(_)));
+    assert!(
+        matches!(got.last(), Some((_, Message::Notification(n))) if (n.code, n.subcode) == (1, 1)),
+        "{got:?}"
+    );
+
+    // Counted, and the speaker is still running (and connecting again).
+    let ns = lab.node("node-a").unwrap().host.ns();
+    let body = metrics::scrape(ns, SPEAKER_METRICS_PORT)
+        .unwrap()
+        .unwrap_or_default();
+    assert_eq!(
+        metrics::value_in(&body, "lodestone_speaker_bgp_malformed_messages_total", &[]),
+        Some(2.0),
+        "{body}"
+    );
+    let (_s, _) = establish(&listener);
+    let node = lab.nodes.iter_mut().find(|n| n.name == "node-a").unwrap();
+    assert!(node.speaker.as_mut().unwrap().try_wait().unwrap().is_none());
+}
