@@ -340,3 +340,41 @@ pub fn spread(
     })??;
     Ok(counts)
 }
+
+/// The lab ([`crate::e2e::lab::Lab`]) with a router on its segment at 192.0.2.1 and
+/// 2001:db8::1, started by `start_router`, and a client that reaches 203.0.113.0/24 and
+/// 2001:db8:f::/64 (the routed Service ranges of the BGP tests) through it, ignoring
+/// redirects. Speakers are not started.
+pub async fn lab_with_router(
+    nodes: &[(&str, &[(&str, &str)])],
+    vips: &[IpAddr],
+    speaker_bin: &Path,
+    start_router: impl FnOnce(Host) -> anyhow::Result<Router>,
+) -> anyhow::Result<(crate::e2e::lab::Lab, Router)> {
+    let lab =
+        crate::e2e::lab::Lab::start(&lodestone_crds::all_crds(), nodes, vips, speaker_bin).await?;
+    let host = lab.topology.add_host(
+        "ldrt",
+        Some("192.0.2.1/24".parse()?),
+        Some("2001:db8::1/64".parse()?),
+    )?;
+    let router = start_router(host)?;
+    let c = lab.client.ns();
+    ignore_redirects(c)?;
+    c.exec_ok(
+        "ip",
+        &["route", "add", "203.0.113.0/24", "via", "192.0.2.1"],
+    )?;
+    c.exec_ok(
+        "ip",
+        &[
+            "-6",
+            "route",
+            "add",
+            "2001:db8:f::/64",
+            "via",
+            "2001:db8::1",
+        ],
+    )?;
+    Ok((lab, router))
+}
