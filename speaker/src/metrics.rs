@@ -312,20 +312,25 @@ mod tests {
         }
     }
 
-    /// The metrics table of docs/announcing.md lists exactly the names the registry exposes.
+    /// The metrics tables of docs/announcing.md and docs/bgp.md list exactly the names the
+    /// registry exposes.
     #[test]
     fn every_exposed_name_is_documented_and_back() {
         let exposed = lodestone_harness::e2e::metrics::exposed_names(&Metrics::new().render());
-        let documented = lodestone_harness::e2e::metrics::documented_names(
+        let mut documented = lodestone_harness::e2e::metrics::documented_names(
             include_str!("../../docs/announcing.md"),
             "lodestone_speaker_",
         );
+        documented.extend(lodestone_harness::e2e::metrics::documented_names(
+            include_str!("../../docs/bgp.md"),
+            "lodestone_speaker_",
+        ));
         // Every registered metric is in the exposition (split so this line does not count).
-        let registered = include_str!("metrics.rs")
-            .matches(concat!("registry", ".register("))
-            .count();
+        let needle = concat!("registry", ".register(");
+        let registered = include_str!("metrics.rs").matches(needle).count()
+            + include_str!("bgp/mod.rs").matches(needle).count();
         assert_eq!(exposed.len(), registered, "{exposed:?}");
-        assert_eq!(exposed, documented, "registry vs docs/announcing.md");
+        assert_eq!(exposed, documented, "registry vs docs/announcing.md and docs/bgp.md");
     }
 
     #[tokio::test]
