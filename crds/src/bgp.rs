@@ -196,8 +196,8 @@ fn default_detect_multiplier() -> u8 {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct BGPPeerStatus {
-    /// How many of the nodes' sessions are established, e.g. `2/3 Established` (what
-    /// `kubectl get bgppeers` shows). Written by one of the peer's nodes, chosen as the owner
+    /// How many of the nodes' sessions are established, e.g. `2/3 Established` (the
+    /// `Sessions` column). Written by one of the peer's nodes, chosen as the owner
     /// of an address is, so that the speakers do not write it in turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
