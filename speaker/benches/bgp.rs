@@ -13,8 +13,9 @@
 //! - learning: three speakers established with FRR and nothing to advertise; a BGPAdvertisement
 //!   appears for 1,000 Services (IPv6 addresses, endpoints on every node); time until FRR's
 //!   kernel FIB holds all 1,000 routes with 3 next hops each.
-//! - memory: then a second peer (BIRD) is added: every node holds 2 sessions with 1,000 routes
-//!   each; VmRSS of one speaker (the release build, as `cargo bench` builds it).
+//! - memory: then a second peer (BIRD, with BFD as `docs/bgp.md` configures it) is added:
+//!   every node holds 2 sessions with 1,000 routes each; VmRSS of one speaker (the release
+//!   build, as `cargo bench` builds it).
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -261,7 +262,8 @@ async fn scale() -> anyhow::Result<()> {
     create::<BGPPeer>(
         &client,
         serde_json::json!({"metadata": {"name": "router2"}, "spec": {"myASN": 64512, "peerASN": 64500,
-            "peerAddress": "192.0.2.3"}}),
+            "peerAddress": "192.0.2.3",
+            "bfd": {"receiveInterval": 100, "transmitInterval": 100, "detectMultiplier": 3}}}),
     )
     .await?;
     let t = Instant::now();

@@ -330,7 +330,10 @@ mod tests {
         let registered = include_str!("metrics.rs").matches(needle).count()
             + include_str!("bgp/mod.rs").matches(needle).count();
         assert_eq!(exposed.len(), registered, "{exposed:?}");
-        assert_eq!(exposed, documented, "registry vs docs/announcing.md and docs/bgp.md");
+        assert_eq!(
+            exposed, documented,
+            "registry vs docs/announcing.md and docs/bgp.md"
+        );
     }
 
     #[tokio::test]
