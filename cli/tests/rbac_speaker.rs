@@ -10,7 +10,8 @@
 //! `get`), whose session state the speaker writes on the peer's status. The audit log is then
 //! checked as for the controller.
 //!
-//! Needs root (network namespaces), as the speaker's e2e tests do.
+//! Needs root (network namespaces), as the speaker's e2e tests do. Only the embedded server keeps
+//! an audit log; under the envtest switch this test is skipped, as `rbac_controller` is.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -47,6 +48,10 @@ fn audit(lab: &Lab) -> Vec<lodestone_harness::apiserver::rbac::AuditEntry> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speaker_rbac_is_exactly_what_the_speaker_calls() {
+    if lodestone_harness::cluster::RealAssets::from_env().is_some() {
+        eprintln!("skipped: a real kube-apiserver keeps no audit log this test can read");
+        return;
+    }
     let vip: IpAddr = "192.0.2.120".parse().unwrap();
     let mut lab = Lab::start(
         &lodestone_crds::all_crds(),

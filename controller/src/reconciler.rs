@@ -841,7 +841,10 @@ impl Writer {
             let now = k8s_openapi::jiff::Timestamp::now();
             let event = k8s_openapi::api::events::v1::Event {
                 metadata: kube::api::ObjectMeta {
-                    generate_name: Some(format!("{name}.")),
+                    name: Some(lodestone_crds::events::event_name(
+                        &name,
+                        now.as_nanosecond(),
+                    )),
                     namespace: Some(namespace.clone()),
                     ..Default::default()
                 },
@@ -867,7 +870,7 @@ impl Writer {
             let api: Api<k8s_openapi::api::events::v1::Event> =
                 Api::namespaced(this.client.clone(), &namespace);
             if let Err(e) = api.create(&Default::default(), &event).await {
-                debug!(service = %format!("{namespace}/{name}"), error = %e, "publishing an Event failed");
+                warn!(service = %format!("{namespace}/{name}"), %reason, error = %e, "publishing an Event failed");
             }
         });
     }

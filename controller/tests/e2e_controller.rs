@@ -613,10 +613,21 @@ async fn two_replicas_one_leader_and_a_clean_takeover() {
         .spec
         .and_then(|s| s.holder_identity)
         .expect("someone holds the Lease");
-    // Only the leader writes: every Event so far comes from it.
+    env.wait_event("default", "first", "IPAllocated", "").await;
+    // Only the leader writes: every controller Event so far comes from it. (Other reporters may
+    // write Events too: kube-apiserver builds post their own in `default`.)
     let events: kube::Api<k8s_openapi::api::events::v1::Event> =
         kube::Api::namespaced(env.client.clone(), "default");
-    for ev in events.list(&Default::default()).await.unwrap().items {
+    let ours: Vec<_> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|ev| ev.reporting_controller.as_deref() == Some("lodestone-controller"))
+        .collect();
+    assert!(!ours.is_empty(), "no Event from the controller");
+    for ev in ours {
         assert_eq!(ev.reporting_instance.as_deref(), Some(holder.as_str()));
     }
     // kill -9 the leader; the standby takes over, keeps what exists and serves what is new.
@@ -670,6 +681,32 @@ async fn probes_and_metrics_follow_services() {
     c.wait_metric(in_use, "3").await;
     c.wait_metric("lodestone_controller_services_assigned", "3")
         .await;
+}
+
+/// Text logs written to a file (as `kubectl logs` reads them: not a terminal) carry no colour
+/// escape codes, only the words.
+#[tokio::test]
+async fn text_logs_off_a_terminal_have_no_colour_codes() {
+    let env = env().await;
+    env.pool("blue", json!({"addresses": ["192.0.2.0/31"]}))
+        .await;
+    let c = env.controller(&["--leader-elect=false"]);
+    env.service("default", "web", json!({}), json!({})).await;
+    env.wait_ingress("default", "web", |i| !i.is_empty()).await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !c.log().contains("default/web") && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let log = c.log();
+    assert!(
+        log.contains("default/web"),
+        "no line about the Service:\n{log}"
+    );
+    assert!(!log.contains('\u{1b}'), "escape codes in the log: {log:?}");
+    assert!(
+        log.lines().any(|l| l.contains(" INFO ")),
+        "levels as plain words: {log}"
+    );
 }
 
 /// With `--log-json` every line is JSON, and every line about a Service or a pool names it in

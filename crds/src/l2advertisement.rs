@@ -1,3 +1,6 @@
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSON,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -43,14 +46,70 @@ pub struct L2AdvertisementSpec {
     pub node_selectors: Vec<LabelSelector>,
 
     /// Interfaces to announce on. Empty means every suitable interface (see docs/announcing.md).
+    // Bounded so kube-apiserver's CEL cost estimator accepts the rule (see IPAddressPool's
+    // addresses); Linux names are at most 15 bytes (IFNAMSIZ - 1). The rule repeats the length
+    // limits so that `validate_cel` alone (lodestonectl migrate-metallb) catches them too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(validation = kube::core::Rule::new("self.all(i, i.size() >= 1 && i.size() <= 15 && !i.contains('/') && !i.contains(' '))").message("interface names are 1 to 15 characters without '/' or spaces"))]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 15)))]
     pub interfaces: Vec<String>,
+}
+
+/// The CRD as installed: `L2Advertisement::crd()` with `spec` optional, defaulting to `{}`.
+///
+/// kube's derive always makes `spec` required, but an advertisement with no spec at all is the
+/// simplest useful one (every pool, from every node: see docs/install.md), and MetalLB accepts it
+/// too. The API server stores the default, so every reader still gets a `spec`.
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = <L2Advertisement as kube::CustomResourceExt>::crd();
+    for version in &mut crd.spec.versions {
+        let Some(root) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        if let Some(required) = root.required.as_mut() {
+            required.retain(|r| r != "spec");
+            if required.is_empty() {
+                root.required = None;
+            }
+        }
+        if let Some(spec) = root.properties.as_mut().and_then(|p| p.get_mut("spec")) {
+            spec.default = Some(JSON(serde_json::json!({})));
+        }
+    }
+    crd
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spec_is_optional_and_defaults_to_everything() {
+        let crd = crd();
+        let root = crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .unwrap();
+        assert!(
+            !root.required.iter().flatten().any(|r| r == "spec"),
+            "{:?}",
+            root.required
+        );
+        let spec = &root.properties.as_ref().unwrap()["spec"];
+        assert_eq!(spec.default, Some(JSON(serde_json::json!({}))));
+        // What the server stores for a bare advertisement reads back as "every pool, every node".
+        let stored: L2Advertisement = serde_json::from_value(serde_json::json!({
+            "apiVersion": "lodestone.dev/v1alpha1", "kind": "L2Advertisement",
+            "metadata": {"name": "default"}, "spec": {}
+        }))
+        .unwrap();
+        assert_eq!(stored.spec, L2AdvertisementSpec::default());
+    }
 
     #[test]
     fn interface_names_are_checked() {

@@ -9,6 +9,7 @@
 pub mod addresses;
 pub mod bgp;
 pub mod class;
+pub mod events;
 mod l2advertisement;
 mod pool;
 pub mod reference;
@@ -18,7 +19,7 @@ pub use bgp::{
     BGPAdvertisement, BGPAdvertisementSpec, BGPPeer, BGPPeerSpec, BGPPeerStatus, BGPSessionStatus,
     BfdSettings, PasswordSecret,
 };
-pub use l2advertisement::{L2Advertisement, L2AdvertisementSpec};
+pub use l2advertisement::{L2Advertisement, L2AdvertisementSpec, crd as l2advertisement_crd};
 pub use pool::{
     AddressUse, IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, POOL_FINALIZER,
     ServiceAllocation, condition_reasons, condition_types,
@@ -29,14 +30,15 @@ pub const GROUP: &str = "lodestone.dev";
 /// The served and stored version.
 pub const VERSION: &str = "v1alpha1";
 
-/// Every CRD Lodestone defines, in the order they are written to `deploy/crds/`.
+/// Every CRD Lodestone defines, in the order they are written to `deploy/crds/`. Install these,
+/// not the derive's `crd()`s: [`l2advertisement_crd`] makes `spec` optional.
 pub fn all_crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
     vec![
         IPAddressPool::crd(),
-        L2Advertisement::crd(),
+        l2advertisement_crd(),
         BGPPeer::crd(),
         BGPAdvertisement::crd(),
     ]

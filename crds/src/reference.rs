@@ -29,6 +29,12 @@ pub fn reference_markdown(crds: &[CustomResourceDefinition]) -> String {
          from the Rust types; see [Addresses](addresses.md) and [Announcing](announcing.md) for \
          what the fields do.\n",
     );
+    out.push_str(
+        "\nEvery list and string a CEL rule reads is bounded (`max items`, `each item: max \
+         length`): kube-apiserver estimates a rule's worst-case cost from those bounds when the \
+         CRD is installed and refuses a CRD whose rules could exceed its budget, so the bounds \
+         are part of the API. They are far above what a pool or an advertisement needs.\n",
+    );
     for crd in crds {
         for version in &crd.spec.versions {
             render_version(&mut out, crd, version);
@@ -243,6 +249,12 @@ pub fn validation(prop: &JSONSchemaProps) -> Vec<String> {
             None => v.push(format!("list type {}", code(t))),
         }
     }
+    // Bounds on the items of a list of scalars (a list of objects gets its own section).
+    if let Some(item) = single_items(prop).filter(|i| nested_object(i).is_none()) {
+        for rule in validation(item) {
+            v.push(format!("each item: {rule}"));
+        }
+    }
     for rule in prop.x_kubernetes_validations.iter().flatten() {
         let message = rule
             .message
@@ -350,10 +362,7 @@ mod tests {
             row.contains("min items: 1") && row.contains("max items: 1024"),
             "{row}"
         );
-        assert!(
-            row.contains("\"an address entry is at most 100 characters\""),
-            "{row}"
-        );
+        assert!(row.contains("each item: max length: 100"), "{row}");
         // `||` in a rule must be escaped or the table splits into extra columns.
         assert!(row.contains("isCIDR(a) \\|\\| ("), "{row}");
         assert!(md.contains("| Assigned | `.status.assigned` | integer |"));

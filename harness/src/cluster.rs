@@ -131,7 +131,7 @@ impl ApiserverFiles {
     }
 }
 
-/// kube-apiserver's command line (as known to work with kube-apiserver 1.32 and etcd 3.4).
+/// kube-apiserver's command line (as known to work with kube-apiserver 1.32 and etcd 3.5).
 pub fn kube_apiserver_args(
     files: &ApiserverFiles,
     etcd_url: &str,
@@ -148,7 +148,10 @@ pub fn kube_apiserver_args(
         format!("--tls-private-key-file={}", p(&files.serving_key)),
         format!("--client-ca-file={}", p(&files.ca_cert)),
         format!("--token-auth-file={}", p(&files.token_file)),
-        "--service-cluster-ip-range=10.96.0.0/12".to_string(),
+        format!(
+            "--service-cluster-ip-range={}",
+            crate::apiserver::services::SERVICE_CIDRS.join(",")
+        ),
         "--authorization-mode=RBAC".to_string(),
         "--service-account-issuer=https://kubernetes.default.svc".to_string(),
         format!("--service-account-key-file={}", p(&files.sa_pub)),
@@ -756,7 +759,10 @@ mod tests {
             ("--tls-private-key-file", "/d/apiserver.key"),
             ("--client-ca-file", "/d/ca.crt"),
             ("--token-auth-file", "/d/tokens.csv"),
-            ("--service-cluster-ip-range", "10.96.0.0/12"),
+            (
+                "--service-cluster-ip-range",
+                "10.96.0.0/12,2001:db8:10:96::/108",
+            ),
             ("--authorization-mode", "RBAC"),
             ("--service-account-issuer", "https://kubernetes.default.svc"),
             ("--service-account-key-file", "/d/sa.pub"),

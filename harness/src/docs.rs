@@ -9,7 +9,9 @@
 //! - in prose: an inline code span that starts with a program a reader runs (`kubectl …`,
 //!   `lodestonectl …`, `cargo …`, `ip …`, `arping …`, `curl …`, `ndisc6 …`, `mdbook …`).
 //!
-//! Other blocks (YAML, PromQL, diagrams) are not commands.
+//! Other blocks (YAML, PromQL, diagrams) are not commands. The YAML blocks (fenced `yaml` or
+//! `yml`) are examples of objects, read by [`yaml_blocks_in`] so a test can apply each to an API
+//! server.
 
 use std::path::{Path, PathBuf};
 
@@ -208,6 +210,63 @@ pub fn commands_in(file: &str, text: &str) -> Vec<DocCommand> {
     out
 }
 
+/// One fenced YAML block of the documentation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocYaml {
+    /// Path relative to the repository root, e.g. `docs/install.md`.
+    pub file: String,
+    /// 1-based line of the block's first line (after the fence).
+    pub line: usize,
+    /// The block's text, as a reader would copy it.
+    pub text: String,
+}
+
+impl std::fmt::Display for DocYaml {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// The YAML blocks of one Markdown text.
+pub fn yaml_blocks_in(file: &str, text: &str) -> Vec<DocYaml> {
+    let mut out = Vec::new();
+    let mut open: Option<DocYaml> = None;
+    let mut other = false;
+    for (i, raw) in text.lines().enumerate() {
+        if let Some(lang) = raw.trim_start().strip_prefix("```") {
+            if let Some(block) = open.take() {
+                out.push(block);
+            } else if other {
+                other = false;
+            } else if matches!(lang.trim(), "yaml" | "yml") {
+                open = Some(DocYaml {
+                    file: file.to_owned(),
+                    line: i + 2,
+                    text: String::new(),
+                });
+            } else {
+                other = true;
+            }
+            continue;
+        }
+        if let Some(block) = open.as_mut() {
+            block.text.push_str(raw);
+            block.text.push('\n');
+        }
+    }
+    out
+}
+
+/// Every YAML block of the documentation, in file order.
+pub fn all_yaml_blocks() -> std::io::Result<Vec<DocYaml>> {
+    let mut out = Vec::new();
+    for file in doc_files()? {
+        let text = std::fs::read_to_string(repo_root().join(&file))?;
+        out.extend(yaml_blocks_in(&file, &text));
+    }
+    Ok(out)
+}
+
 /// Programs whose inline mentions in prose are commands.
 const PROGRAMS: &[&str] = &[
     "kubectl",
@@ -299,6 +358,25 @@ not a command
             Some("POOL  ADDRESSES\nblue  192.0.2.0/30\n")
         );
         assert_eq!(got[5].output.as_deref(), Some("hi\n"));
+    }
+
+    #[test]
+    fn yaml_blocks_are_found_with_their_lines() {
+        let got = yaml_blocks_in("p.md", PAGE);
+        assert_eq!(
+            got,
+            [DocYaml {
+                file: "p.md".into(),
+                line: 20,
+                text: "kind: Pool\n".into()
+            }]
+        );
+        // A fence inside another block's text does not open a YAML block.
+        let nested = "```sh\necho\n```\n```yml\na: 1\n---\nb: 2\n```\n";
+        let got = yaml_blocks_in("q.md", nested);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].text, "a: 1\n---\nb: 2\n");
+        assert_eq!(got[0].line, 5);
     }
 
     #[test]

@@ -63,7 +63,8 @@ where
 #[tokio::test]
 async fn services_create_get_list_watch() {
     let (_s, client) = server().await;
-    let api: Api<Service> = Api::namespaced(client.clone(), "default");
+    // Not `default`: it holds the API server's own `kubernetes` Service.
+    let api: Api<Service> = Api::namespaced(client.clone(), "kube-public");
     let list = api.list(&ListParams::default()).await.unwrap();
     assert!(list.items.is_empty());
     let rv = list.metadata.resource_version.unwrap();
@@ -98,10 +99,16 @@ async fn services_create_get_list_watch() {
         created.metadata.resource_version
     );
     let all: Api<Service> = Api::all(client.clone());
-    assert_eq!(
-        all.list(&ListParams::default()).await.unwrap().items.len(),
-        1
-    );
+    let mut every: Vec<String> = all
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()))
+        .collect();
+    every.sort();
+    assert_eq!(every, ["default/kubernetes", "kube-public/web"]);
 
     let mut changed = got.clone();
     changed
@@ -328,11 +335,15 @@ async fn generate_name_and_label_selectors() {
     };
     assert_eq!(names("app=web").await.len(), 2);
     assert_eq!(names("app==db").await, vec!["db"]);
-    assert_eq!(names("app!=web").await, vec!["bare", "db"]);
+    // `default/kubernetes`, the API server's own Service, has no `app` label.
+    assert_eq!(names("app!=web").await, vec!["bare", "db", "kubernetes"]);
     assert_eq!(names("app in (db, nope)").await, vec!["db"]);
-    assert_eq!(names("app notin (web)").await, vec!["bare", "db"]);
+    assert_eq!(
+        names("app notin (web)").await,
+        vec!["bare", "db", "kubernetes"]
+    );
     assert_eq!(names("app").await.len(), 3);
-    assert_eq!(names("!app").await, vec!["bare"]);
+    assert_eq!(names("!app").await, vec!["bare", "kubernetes"]);
     assert_eq!(names("app=web,tier=front").await.len(), 2);
     let by_name = api
         .list(&ListParams::default().fields("metadata.name=db"))

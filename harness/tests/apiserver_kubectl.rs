@@ -1,6 +1,7 @@
 //! The real kubectl (/usr/bin/kubectl, or $KUBECTL) against the embedded server: CRDs from the
 //! generated YAML, printer columns, client-side apply (strategic merge patch), server-side
-//! apply, `get -o yaml`, `get -w`, and server-side validation errors.
+//! apply, `get -o yaml`, `get -w`, server-side validation errors, and every YAML example of the
+//! documentation applied as written.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -471,5 +472,112 @@ async fn recorded_events_show_in_kubectl_get_events_and_describe() {
     assert!(
         described.contains("no IPAddressPool serves this Service"),
         "{described}"
+    );
+}
+
+/// The top-level keys of a `# deploy/kustomization.yaml` fragment in the docs, written over a
+/// copy of `deploy/` (with a membership key, as docs/install.md says), rendered with
+/// `kubectl kustomize`.
+async fn render_with_fragment(k: &Kubectl, fragment: &serde_json::Value) -> String {
+    let deploy = lodestone_harness::docs::repo_root().join("deploy");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("crds")).unwrap();
+    for sub in ["", "crds"] {
+        for entry in std::fs::read_dir(deploy.join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                std::fs::copy(&path, dir.path().join(sub).join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    std::fs::write(
+        dir.path().join("memberlist.key"),
+        "a-test-key-of-enough-bytes\n",
+    )
+    .unwrap();
+    let path = dir.path().join("kustomization.yaml");
+    let mut kustomization: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for (key, value) in fragment.as_object().unwrap() {
+        kustomization[key] = value.clone();
+    }
+    std::fs::write(&path, kustomization.to_string()).unwrap();
+    k.ok(&["kustomize", dir.path().to_str().unwrap()]).await
+}
+
+/// Every YAML example in the documentation is accepted as written: each block is applied with
+/// `kubectl apply -f` after the CRDs (and deleted again, so examples do not meet), and a
+/// fragment of `deploy/kustomization.yaml` renders with the images it names. A new block that is
+/// neither fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_yaml_example_in_the_docs_is_accepted() {
+    let (_c, k, dir) = setup().await;
+    let blocks = lodestone_harness::docs::all_yaml_blocks().unwrap();
+    let mut objects = 0;
+    let mut fragments = 0;
+    for (i, block) in blocks.iter().enumerate() {
+        if block.text.starts_with("# deploy/kustomization.yaml\n") {
+            let fragment: serde_json::Value =
+                serde_saphyr::from_str(&block.text).unwrap_or_else(|e| panic!("{block}: {e}"));
+            let out = render_with_fragment(&k, &fragment).await;
+            for image in fragment["images"].as_array().unwrap() {
+                let want = format!(
+                    "image: {}:{}",
+                    image["newName"].as_str().unwrap(),
+                    image["newTag"].as_str().unwrap()
+                );
+                assert!(out.contains(&want), "{block}: no {want:?} in the rendering");
+            }
+            fragments += 1;
+            continue;
+        }
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&block.text)
+            .unwrap_or_else(|e| panic!("{block}: not YAML: {e}"));
+        for doc in &docs {
+            assert!(
+                doc.get("apiVersion").is_some() && doc.get("kind").is_some(),
+                "{block}: a YAML example that is neither an object nor a known fragment:\n{}",
+                block.text
+            );
+        }
+        let file = write(dir.path(), &format!("example-{i}.yaml"), &block.text);
+        let file = file.to_str().unwrap();
+        let (ok, out, err) = k.run(&["apply", "-f", file]).await;
+        assert!(ok, "{block} is refused:\n{err}\n{out}\n{}", block.text);
+        k.ok(&["delete", "-f", file]).await;
+        objects += docs.len();
+    }
+    // install.md's pool and advertisement, addresses.md's pool, lodestonectl.md's output.
+    assert!(objects >= 4, "only {objects} objects found in {blocks:?}");
+    assert_eq!(fragments, 1, "install.md's image override");
+}
+
+/// `lodestone-apiserver` with its log in a file (not a terminal) writes no colour escape codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lodestone_apiserver_logs_plain_text_off_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let log_path = dir.path().join("apiserver.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lodestone-apiserver"))
+        .args(["--kubeconfig", kubeconfig.to_str().unwrap()])
+        .env("LODESTONE_APISERVER_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !kubeconfig.exists() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let k = Kubectl::new(&kubeconfig);
+    k.ok(&["get", "namespaces"]).await;
+    child.kill().await.unwrap();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(!text.trim().is_empty(), "nothing logged");
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape codes in the log: {text:?}"
     );
 }

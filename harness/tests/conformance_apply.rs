@@ -360,10 +360,14 @@ async fn service_status_conditions_are_owned_per_entry() {
     assert_eq!(s.name_any(), "lb");
 }
 
-/// Service status conditions are `metav1.Condition`s and validated as such: a status outside
-/// True/False/Unknown, a missing reason or lastTransitionTime is 422 naming the entry's field.
+/// Service status conditions are `metav1.Condition`s. The servers differ here, on purpose (see
+/// "Known differences" in `harness/src/apiserver`): kube-apiserver 1.32 does not validate them on
+/// Services, and stores a status outside True/False/Unknown, a missing reason or a missing
+/// lastTransitionTime as sent (200); the embedded server holds them to metav1's rules and answers
+/// 422 naming the entry's field, so no test can pass with a condition that clients reading
+/// `metav1.Condition`s would reject.
 #[tokio::test]
-async fn invalid_service_conditions_are_422() {
+async fn invalid_service_conditions_are_422_on_the_embedded_server_only() {
     let c = TestCluster::start().await.unwrap();
     let api: Api<Service> = Api::namespaced(c.client(), "default");
     let svc: Service = serde_json::from_value(json!({
@@ -387,14 +391,41 @@ async fn invalid_service_conditions_are_422() {
         (no_reason, "status.conditions[0].reason"),
         (no_time, "status.conditions[0].lastTransitionTime"),
     ] {
-        let e = api_err(apply_conditions(&api, "conformance-speaker", vec![cond], true).await);
-        assert_eq!(
-            (e.code, e.reason.as_str()),
-            (422, "Invalid"),
-            "{field}: {}",
-            e.message
-        );
-        assert!(e.message.contains(field), "{field}: {}", e.message);
+        if c.is_embedded() {
+            let result =
+                apply_conditions(&api, "conformance-speaker", vec![cond.clone()], true).await;
+            let e = api_err(result);
+            assert_eq!(
+                (e.code, e.reason.as_str()),
+                (422, "Invalid"),
+                "{field}: {}",
+                e.message
+            );
+            assert!(e.message.contains(field), "{field}: {}", e.message);
+        } else {
+            // Raw: k8s-openapi's Condition cannot even be decoded without a reason.
+            let body = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb"},
+                "status": {"conditions": [cond.clone()]}});
+            let req = http::Request::patch(
+                "/api/v1/namespaces/default/services/lb/status?fieldManager=conformance-speaker&force=true",
+            )
+            .header("Content-Type", "application/apply-patch+yaml")
+            .body(body.to_string().into_bytes())
+            .unwrap();
+            let text = c
+                .client()
+                .request_text(req)
+                .await
+                .unwrap_or_else(|e| panic!("{field}: kube-apiserver refused: {e}"));
+            // Stored (a missing reason reads back as "", Go's zero value).
+            let stored: Value = serde_json::from_str(&text).unwrap();
+            let got = &stored["status"]["conditions"][0];
+            assert_eq!(
+                (&got["type"], &got["status"]),
+                (&cond["type"], &cond["status"]),
+                "{field}: {got}"
+            );
+        }
     }
     apply_conditions(&api, "conformance-speaker", vec![good], true)
         .await

@@ -341,14 +341,47 @@ async fn custom_resource_status_isolation_and_generation() {
     assert_eq!(l.status.as_ref().unwrap().assigned, 4);
     assert!(!l.labels().contains_key("via-status"), "{:?}", l.labels());
 
-    // Deleting a custom resource answers with the deleted object (kube-apiserver's custom
-    // resource store returns it), unlike most built-in kinds, which answer with a Status.
-    let gone = api.delete("gen", &DeleteParams::default()).await.unwrap();
-    let obj = gone
+    // Deleting a custom resource that is held by a finalizer answers with the object, now
+    // carrying its deletionTimestamp; once it is really gone, the answer is a Status naming it
+    // (kube-apiserver 1.32: 200 with `status: Success` and details {name, group, kind: plural,
+    // uid}), as for most built-in kinds.
+    let mut held = l.clone();
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    api.replace("gen", &PostParams::default(), &held)
+        .await
+        .unwrap();
+    let pending = api.delete("gen", &DeleteParams::default()).await.unwrap();
+    let obj = pending
         .left()
-        .expect("the deleted custom resource is returned");
+        .expect("the custom resource, still held, is returned");
     assert_eq!(obj.name_any(), "gen");
+    assert!(obj.metadata.deletion_timestamp.is_some());
+    api.patch(
+        "gen",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
     assert_eq!(api_err(api.get("gen").await).code, 404);
+    api.create(&PostParams::default(), &pool("gen2", &["192.0.2.16/28"]))
+        .await
+        .unwrap();
+    let (code, status) = raw(
+        &c,
+        "DELETE",
+        "/apis/lodestone.dev/v1alpha1/ipaddresspools/gen2",
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(status["kind"], "Status", "{status}");
+    assert_eq!(status["status"], "Success", "{status}");
+    assert_eq!(status["details"]["name"], "gen2", "{status}");
+    assert_eq!(status["details"]["group"], "lodestone.dev", "{status}");
+    assert_eq!(status["details"]["kind"], "ipaddresspools", "{status}");
+    assert!(status["details"]["uid"].is_string(), "{status}");
+    assert_eq!(api_err(api.get("gen2").await).code, 404);
 }
 
 /// "Finalizers": delete sets deletionTimestamp and leaves the object while finalizers remain;
@@ -1445,4 +1478,223 @@ async fn events_and_endpoint_slices_are_validated() {
             .any(|c| c["field"] == "addressType"),
         "{s}"
     );
+}
+
+fn events_v1(meta: Value) -> Value {
+    json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": meta,
+        "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "lodestone.dev/test",
+        "reportingInstance": "conformance", "action": "Test", "reason": "Tested", "type": "Normal",
+        "regarding": {"apiVersion": "v1", "kind": "Service", "namespace": "default", "name": "web"}})
+}
+
+fn cause_fields(s: &Value) -> Vec<(String, String)> {
+    s["details"]["causes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                c["field"].as_str().unwrap_or_default().to_owned(),
+                c["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// "Names": a `generateName` is validated as a name prefix of the kind (so it may end in '-' but
+/// not in '.'), and events.k8s.io Events, unlike core ones, need DNS-subdomain names. Every
+/// Event Lodestone wrote was refused on kube-apiserver for `generateName: "<service>."`.
+#[tokio::test]
+async fn generate_name_is_a_name_prefix_and_event_names_are_subdomains() {
+    let c = TestCluster::start().await.unwrap();
+    let events = "/apis/events.k8s.io/v1/namespaces/default/events";
+    let (code, s) = raw(
+        &c,
+        "POST",
+        events,
+        Some(events_v1(json!({"generateName": "web."}))),
+    )
+    .await;
+    assert_eq!((code, s["reason"].as_str()), (422, Some("Invalid")), "{s}");
+    let causes = cause_fields(&s);
+    assert!(
+        causes.iter().any(|(f, m)| f == "metadata.generateName"
+            && m.starts_with(
+                "Invalid value: \"web.\": a lowercase RFC 1123 subdomain must consist of"
+            )),
+        "{s}"
+    );
+    for bad in ["Web.1", "web_1", "web..1", "web."] {
+        let (code, s) = raw(&c, "POST", events, Some(events_v1(json!({"name": bad})))).await;
+        assert_eq!(code, 422, "{bad}: {s}");
+        assert!(
+            cause_fields(&s).iter().any(|(f, _)| f == "metadata.name"),
+            "{s}"
+        );
+    }
+    // How the controller and the speaker name their Events.
+    let name = lodestone_crds::events::event_name("web", 1_764_720_000_123_456_789);
+    let (code, s) = raw(&c, "POST", events, Some(events_v1(json!({"name": name})))).await;
+    assert_eq!(code, 201, "{s}");
+    assert_eq!(s["metadata"]["name"], name.as_str());
+    let (code, s) = raw(
+        &c,
+        "POST",
+        events,
+        Some(events_v1(json!({"generateName": "web-"}))),
+    )
+    .await;
+    assert_eq!(code, 201, "{s}");
+
+    // The core API keeps its legacy rule: a trailing dot and upper case are accepted there.
+    let core = json!({"apiVersion": "v1", "kind": "Event", "metadata": {"generateName": "web."},
+        "involvedObject": {"kind": "Service", "namespace": "default", "name": "web"},
+        "reason": "Tested", "type": "Normal", "firstTimestamp": "2026-01-01T00:00:00Z"});
+    let (code, s) = raw(&c, "POST", "/api/v1/namespaces/default/events", Some(core)).await;
+    assert_eq!(code, 201, "{s}");
+
+    // Other kinds: a ConfigMap prefix follows the subdomain rule, a Service's the DNS-1035 one.
+    let (code, s) = raw(
+        &c,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "gen."}}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 422, "{s}");
+    assert!(
+        cause_fields(&s)
+            .iter()
+            .any(|(f, _)| f == "metadata.generateName"),
+        "{s}"
+    );
+    let mut svc = serde_json::to_value(lb_service("x")).unwrap();
+    svc["metadata"] = json!({"generateName": "web."});
+    let (code, s) = raw(&c, "POST", "/api/v1/namespaces/default/services", Some(svc)).await;
+    assert_eq!(code, 422, "{s}");
+    assert!(
+        cause_fields(&s)
+            .iter()
+            .any(|(f, m)| f == "metadata.generateName" && m.contains("DNS-1035")),
+        "{s}"
+    );
+}
+
+fn probe_crd(spec_schema: Value) -> Value {
+    json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "probes.conformance.example.com"},
+        "spec": {"group": "conformance.example.com", "scope": "Cluster",
+            "names": {"kind": "Probe", "plural": "probes", "singular": "probe", "listKind": "ProbeList"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": spec_schema}}}}]}})
+}
+
+/// Every message of a 422: the causes' messages with their fields, and the Status message.
+fn all_messages(s: &Value) -> String {
+    let mut out = s["message"].as_str().unwrap_or_default().to_owned();
+    for (f, m) in cause_fields(s) {
+        out.push_str(&format!("\n{f}: {m}"));
+    }
+    out
+}
+
+/// "CustomResourceDefinition validation": a schema must be structural (every field typed, no
+/// types inside junctors), and its CEL rules must fit the static cost budget, which kube-apiserver
+/// estimates from maxItems, maxProperties and maxLength. The paths differ between the servers
+/// (kube-apiserver reports `spec.validation.openAPIV3Schema...` for a single version), so the
+/// test reads the part from `openAPIV3Schema` on.
+#[tokio::test]
+async fn crds_must_be_structural_and_their_rules_within_the_cost_budget() {
+    let c = TestCluster::start().await.unwrap();
+    let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+    let refused = [
+        (
+            json!({"type": "object", "properties": {"x": {"description": "untyped"}}}),
+            "openAPIV3Schema.properties[spec].properties[x].type: Required value: must not be empty for specified object fields",
+        ),
+        (
+            json!({"type": "object", "properties": {"x": {"type": "array", "items": {}}}}),
+            "openAPIV3Schema.properties[spec].properties[x].items.type: Required value: must not be empty for specified array items",
+        ),
+        (
+            json!({"type": "object", "properties": {"x": {"type": "string", "anyOf": [{"type": "string"}]}}}),
+            "openAPIV3Schema.properties[spec].properties[x].anyOf[0].type: Forbidden: must be empty to be structural",
+        ),
+        // A rule over strings without maxLength: each is taken to be as long as a request.
+        (
+            json!({"type": "object", "properties": {"l": {"type": "array", "maxItems": 1024,
+                "items": {"type": "string"},
+                "x-kubernetes-validations": [{"rule": "self.all(a, isCIDR(a))"}]}}}),
+            "openAPIV3Schema.properties[spec].properties[l].x-kubernetes-validations[0].rule: Forbidden: estimated rule cost exceeds budget by factor of 32.2x (try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)",
+        ),
+        // A list without maxItems: as many items as fit in a request.
+        (
+            json!({"type": "object", "properties": {"l": {"type": "array",
+                "items": {"type": "string", "maxLength": 100},
+                "x-kubernetes-validations": [{"rule": "self.all(a, self.exists(b, a == b))"}]}}}),
+            "openAPIV3Schema.properties[spec].properties[l].x-kubernetes-validations[0].rule: Forbidden: estimated rule cost exceeds budget by factor of more than 100x",
+        ),
+        // Bounded, but still over: 1,118 items compared pairwise.
+        (
+            json!({"type": "object", "properties": {"l": {"type": "array", "maxItems": 1118,
+                "items": {"type": "string", "maxLength": 10},
+                "x-kubernetes-validations": [{"rule": "self.all(a, self.exists_one(b, a == b))"}]}}}),
+            "x-kubernetes-validations[0].rule: Forbidden: estimated rule cost exceeds budget by factor of 1.000610x",
+        ),
+    ];
+    for (schema, want) in refused {
+        let (code, s) = raw(&c, "POST", crds, Some(probe_crd(schema.clone()))).await;
+        assert_eq!(
+            (code, s["reason"].as_str()),
+            (422, Some("Invalid")),
+            "{schema}: {s}"
+        );
+        let got = all_messages(&s);
+        assert!(got.contains(want), "{schema}: wanted {want:?} in\n{got}");
+    }
+    // The same rules with bounds are accepted (one item fewer for the pairwise one).
+    let accepted = [
+        json!({"type": "object", "properties": {"l": {"type": "array", "maxItems": 1024,
+            "items": {"type": "string", "maxLength": 100},
+            "x-kubernetes-validations": [{"rule": "self.all(a, isCIDR(a))"}]}}}),
+        json!({"type": "object", "properties": {"l": {"type": "array", "maxItems": 1117,
+            "items": {"type": "string", "maxLength": 10},
+            "x-kubernetes-validations": [{"rule": "self.all(a, self.exists_one(b, a == b))"}]}}}),
+    ];
+    for schema in accepted {
+        let (code, s) = raw(
+            &c,
+            "POST",
+            &format!("{crds}?dryRun=All"),
+            Some(probe_crd(schema.clone())),
+        )
+        .await;
+        assert_eq!(code, 201, "{schema}: {s}");
+    }
+    // Lodestone's own CRDs fit (they did not, before their lists and strings were bounded).
+    c.apply_crds(&lodestone_crds::all_crds()).await.unwrap();
+}
+
+/// An L2Advertisement with no spec at all (the install example) is accepted and stored with
+/// `spec: {}`, which reads as "every pool, from every node".
+#[tokio::test]
+async fn an_advertisement_without_spec_is_accepted_and_defaulted() {
+    let c = cluster_with_crds().await;
+    let (code, s) = raw(
+        &c,
+        "POST",
+        "/apis/lodestone.dev/v1alpha1/l2advertisements",
+        Some(
+            json!({"apiVersion": "lodestone.dev/v1alpha1", "kind": "L2Advertisement",
+            "metadata": {"name": "default"}}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 201, "{s}");
+    assert_eq!(s["spec"], json!({}));
+    let api: Api<lodestone_crds::L2Advertisement> = Api::all(c.client());
+    let stored = api.get("default").await.unwrap();
+    assert_eq!(stored.spec, lodestone_crds::L2AdvertisementSpec::default());
 }

@@ -429,12 +429,7 @@ impl Sandbox {
             .push(sandbox.lab.cluster.kubeconfig_path().to_owned());
         report.temp_paths.push(sandbox.lab.work_dir().to_owned());
         report.namespaces = sandbox.namespaces();
-        let url = sandbox
-            .lab
-            .cluster
-            .server()
-            .map(|s| s.url())
-            .unwrap_or_default();
+        let url = sandbox.lab.cluster.url();
         story.say(format!("API server up at {url}, Lodestone's CRDs applied"));
         story.say(format!(
             "network: bridge in {}, client 192.0.2.2 in {}",

@@ -21,9 +21,13 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lodestone_harness::docs::{self, DocCommand};
+
+#[allow(dead_code)]
+mod common;
+use common::{checkout, doc, eventually, sh};
 use regex::Regex;
 
 /// How a documented command is proven.
@@ -58,7 +62,7 @@ const PLAN: &[(&str, &str, How)] = &[
         "README.md",
         "TEST_ASSET_KUBE_APISERVER=/path/to/kube-apiserver",
         How::NotRun(
-            "needs a kube-apiserver binary, which cannot be installed here; the switch is tested with stand-in processes in harness/src/cluster.rs",
+            "placeholder paths; .ci/run runs the same switch with the kit's kube-apiserver and etcd 3.5 over the binaries that use TestCluster, and harness/src/cluster.rs tests it with stand-in processes",
         ),
     ),
     ("README.md", "cargo nextest run --workspace", How::Ci),
@@ -128,6 +132,19 @@ const PLAN: &[(&str, &str, How)] = &[
         "docs/bgp.md",
         "lodestonectl status",
         How::Test("cli/tests/status_why.rs"),
+    ),
+    // docs/testing.md: the real cluster
+    (
+        "docs/testing.md",
+        "--test real_cluster",
+        How::NotRun(
+            "a placeholder path; CI runs the same test binary with LODESTONE_K8S_BIN set, through the README's `cargo nextest run --workspace`",
+        ),
+    ),
+    (
+        "docs/testing.md",
+        "--bin lodestone-clusterlab",
+        How::Test("sandbox/tests/real_cluster.rs"),
     ),
     // docs/install.md
     ("docs/install.md", "/dev/urandom", How::Install),
@@ -468,73 +485,9 @@ fn bin_dir() -> PathBuf {
     dir
 }
 
-/// The outcome of one shell command.
-struct Ran {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn expect_ok(self, what: &str) -> String {
-        assert!(
-            self.ok,
-            "{what} failed:\nstdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-        self.stdout
-    }
-}
-
-/// Runs `script` with `sh -c` in `cwd`, with `PATH` led by `bin_dir` and `KUBECONFIG` set.
-fn sh(script: &str, cwd: &Path, bin_dir: &Path, kubeconfig: &Path) -> Ran {
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    eprintln!("$ {script}");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(cwd)
-        .env("PATH", path)
-        .env("KUBECONFIG", kubeconfig)
-        .stdin(Stdio::null())
-        .output()
-        .expect("sh runs");
-    let ran = Ran {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    eprint!("{}{}", ran.stdout, ran.stderr);
-    ran
-}
-
-/// The documented command, found by its plan needle.
-fn doc(file: &str, needle: &str) -> DocCommand {
-    docs::command(file, needle).unwrap_or_else(|e| panic!("{e}"))
-}
-
 /// The words of a line, for comparing a transcript's header with real output.
 fn words(line: &str) -> Vec<&str> {
     line.split_whitespace().collect()
-}
-
-/// Polls `f` until it gives `Some`; a deadline only turns a hang into a failure.
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -575,6 +528,9 @@ impl KeptSandbox {
                 }
             });
         }
+        // Only the readers hold senders now: when the sandbox exits, both streams end and the
+        // loop below stops at once instead of waiting out its deadline.
+        drop(tx);
         let mut kept = KeptSandbox {
             child,
             hints: Vec::new(),
@@ -601,8 +557,16 @@ impl KeptSandbox {
                 }
             }
         }
+        let mut exited = None;
+        for _ in 0..50 {
+            exited = kept.child.try_wait().ok().flatten();
+            if exited.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         panic!(
-            "the sandbox never printed its hints; hints so far: {:?}",
+            "the sandbox never printed its hints (exit: {exited:?}; its output is above); hints so far: {:?}",
             kept.hints
         );
     }
@@ -1037,25 +1001,6 @@ impl Drop for ApiServer {
 }
 
 /// A user's checkout: `deploy/` (with `deploy/crds/`) copied into a temp dir.
-fn checkout() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let src = docs::repo_root().join("deploy");
-    copy_dir(&src, &dir.path().join("deploy"));
-    dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("readable dir").flatten() {
-        let path = e.path();
-        if path.is_dir() {
-            copy_dir(&path, &to.join(e.file_name()));
-        } else if e.file_name() != "memberlist.key" {
-            std::fs::copy(&path, to.join(e.file_name())).expect("copy");
-        }
-    }
-}
-
 #[test]
 fn install_commands_run() {
     let bins = bin_dir();

@@ -387,7 +387,10 @@ fn k8s_event(event: &Event, regarding: ObjectReference, node: &str, now: Timesta
         .unwrap_or_else(|| FIELD_MANAGER.into());
     K8sEvent {
         metadata: ObjectMeta {
-            generate_name: Some(format!("{name}.")),
+            name: Some(lodestone_crds::events::event_name(
+                &name,
+                now.as_nanosecond(),
+            )),
             namespace: regarding.namespace.clone(),
             ..ObjectMeta::default()
         },
@@ -1002,7 +1005,8 @@ mod tests {
             secondary: None,
         };
         let e = k8s_event(&event, reference.clone(), "node-a", Timestamp::UNIX_EPOCH);
-        assert_eq!(e.metadata.generate_name.as_deref(), Some("web."));
+        assert_eq!(e.metadata.name.as_deref(), Some("web.0"));
+        assert_eq!(e.metadata.generate_name, None);
         assert_eq!(e.metadata.namespace.as_deref(), Some("shop"));
         assert_eq!(e.type_.as_deref(), Some("Warning"));
         assert_eq!(e.reason.as_deref(), Some("AddressConflict"));

@@ -248,6 +248,8 @@ async fn one_owner_answers_and_failover_follows() {
     lab.wait_speaker_exit(&owner, WAIT).unwrap();
     let log = lab.node(&owner).unwrap().speaker.as_ref().unwrap().log();
     assert!(log.contains("speaker stopped"), "{log}");
+    // Its text log went to a file, not a terminal: no colour escape codes.
+    assert!(!log.contains('\u{1b}'), "escape codes in the log: {log:?}");
 
     // The prober saw one owner at a time, in the order the stages imply.
     let owners = check_one_owner_at_a_time(&prober.answers());

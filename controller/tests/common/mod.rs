@@ -227,7 +227,8 @@ pub fn ingress(svc: &Service) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Every Service's addresses, by `namespace/name`.
+/// Every LoadBalancer Service's addresses, by `namespace/name` (not the API server's own
+/// `default/kubernetes`, or any other Service the controller leaves alone).
 pub async fn all_ingress(client: &Client) -> BTreeMap<String, Vec<String>> {
     let api: Api<Service> = Api::all(client.clone());
     let list = api
@@ -236,6 +237,11 @@ pub async fn all_ingress(client: &Client) -> BTreeMap<String, Vec<String>> {
         .expect("list services");
     list.items
         .iter()
+        .filter(|s| {
+            s.spec
+                .as_ref()
+                .is_some_and(|spec| spec.type_.as_deref() == Some("LoadBalancer"))
+        })
         .map(|s| {
             (
                 format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()),

@@ -186,6 +186,21 @@ impl State {
                 let _ = st.create(&def, None, obj, &ctx);
             }
         }
+        // kube-apiserver keeps `default/kubernetes`, a ClusterIP Service with the first address
+        // of the service range; a test listing every Service must see it here too.
+        if let Some(def) = st.registry.lookup("", "v1", "services") {
+            let first = services::first_address(&st.ranges.v4);
+            let obj = json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "kubernetes",
+                             "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                "spec": {"type": "ClusterIP", "clusterIP": first, "clusterIPs": [first],
+                         "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                         "sessionAffinity": "None",
+                         "ports": [{"name": "https", "port": 443, "protocol": "TCP",
+                                    "targetPort": 443}]}});
+            // Cannot fail: fresh store, a free address of the range.
+            let _ = st.create(&def, Some("default"), obj, &ctx);
+        }
         st
     }
 
@@ -574,8 +589,9 @@ impl State {
         } else {
             def.kind.as_str()
         };
-        if let Some(c) = validation::validate_name(kind_rule, &name) {
-            return Err(ApiError::invalid(&def.group, &def.kind, &name, vec![c]));
+        let causes = validation::validate_names(&def.group, kind_rule, &name, &generate);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(&def.group, &def.kind, &name, causes));
         }
         let key = Self::key(def, ns.as_deref(), &name);
         if self.store.get(&key).is_some() {

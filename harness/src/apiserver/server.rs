@@ -818,9 +818,13 @@ fn resource(
             match res {
                 Deleted::Pending(o) => Ok(json_response(StatusCode::OK, &present(&def, o))),
                 Deleted::Gone(o) => {
-                    let returns_object = def.crd.is_some()
-                        || (def.group.is_empty()
-                            && matches!(def.kind.as_str(), "Service" | "Pod" | "Namespace"));
+                    // As kube-apiserver: the stores of these kinds return the deleted object;
+                    // the rest, custom resources included, a Status. (A CRD always goes through
+                    // its finalizer there, answered with the object.)
+                    let returns_object = (def.group.is_empty()
+                        && matches!(def.kind.as_str(), "Service" | "Pod" | "Namespace"))
+                        || (def.group == "apiextensions.k8s.io"
+                            && def.kind == "CustomResourceDefinition");
                     if returns_object {
                         Ok(json_response(StatusCode::OK, &present(&def, o)))
                     } else {

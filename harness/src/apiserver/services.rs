@@ -21,15 +21,29 @@ pub struct ServiceRanges {
     pub node_ports: (u16, u16),
 }
 
+/// The service address ranges (IPv4, IPv6) of both test API servers: the embedded one, and a
+/// real kube-apiserver started by the harness (`--service-cluster-ip-range`), so IPv6 and
+/// dual-stack Services behave alike on either. The IPv6 range is a documentation prefix away
+/// from the 2001:db8::/64 the network labs use; kube-apiserver's default allocator takes at most
+/// a /108 for IPv6.
+pub const SERVICE_CIDRS: [&str; 2] = ["10.96.0.0/12", "2001:db8:10:96::/108"];
+
 impl Default for ServiceRanges {
     fn default() -> Self {
         ServiceRanges {
-            v4: "10.96.0.0/12".parse().unwrap_or_else(|_| unreachable!()),
-            v6: "fd00:10:96::/108"
-                .parse()
-                .unwrap_or_else(|_| unreachable!()),
+            v4: SERVICE_CIDRS[0].parse().unwrap_or_else(|_| unreachable!()),
+            v6: SERVICE_CIDRS[1].parse().unwrap_or_else(|_| unreachable!()),
             node_ports: (30000, 32767),
         }
+    }
+}
+
+/// The first host address of `range` (`10.96.0.1` for `10.96.0.0/12`): kube-apiserver's own
+/// `kubernetes` Service takes it.
+pub fn first_address(range: &IpNet) -> String {
+    match range.network() {
+        IpAddr::V4(a) => std::net::Ipv4Addr::from(u32::from(a).wrapping_add(1)).to_string(),
+        IpAddr::V6(a) => std::net::Ipv6Addr::from(u128::from(a).wrapping_add(1)).to_string(),
     }
 }
 

@@ -34,6 +34,15 @@ fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }
 
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?` without the length limit (reported on its own).
+fn is_dns1123_label_chars(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
 fn is_label_value_chars(s: &str) -> bool {
     s.bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
@@ -41,19 +50,76 @@ fn is_label_value_chars(s: &str) -> bool {
         && s.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
-/// The name rule kube-apiserver applies to a kind.
-pub fn validate_name(kind: &str, name: &str) -> Option<Cause> {
-    let field = "metadata.name";
-    match kind {
-        "Service" => {
-            let ok = is_dns1123_label(name) && name.starts_with(|c: char| c.is_ascii_lowercase());
-            (!ok).then(|| invalid(field, name, format!("a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '{DNS1035_LABEL_FMT}')")))
+/// Problems with `name` under the rule kube-apiserver applies to objects of `group`/`kind`, as
+/// its `NameIsDNSSubdomain`-style functions list them (one cause per message). `prefix`: it is a
+/// `generateName`, whose trailing '-' is allowed (but not a trailing '.': "web." is refused).
+/// `kind` is empty for custom resources (always a DNS subdomain).
+pub fn name_problems(group: &str, kind: &str, name: &str, prefix: bool) -> Vec<String> {
+    // kube masks one trailing '-' of a prefix (`maskTrailingDash`), since a suffix follows.
+    let masked;
+    let name = match name.strip_suffix('-') {
+        Some(rest) if prefix && name.len() > 1 => {
+            masked = format!("{rest}a");
+            masked.as_str()
         }
-        "Namespace" => (!is_dns1123_label(name)).then(|| invalid(field, name, format!("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '{DNS1123_LABEL_FMT}')"))),
-        // Event names carry timestamps and dots; kube only requires a path segment.
-        "Event" => (name.contains('/') || name == "." || name == "..").then(|| invalid(field, name, "may not contain '/'".into())),
-        _ => (!is_dns1123_subdomain(name)).then(|| invalid(field, name, format!("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '{DNS1123_SUBDOMAIN_FMT}')"))),
+        _ => name,
+    };
+    let mut out = Vec::new();
+    match (group, kind) {
+        ("", "Service") => {
+            if name.len() > 63 {
+                out.push("must be no more than 63 characters".to_string());
+            }
+            if !(is_dns1123_label_chars(name) && name.starts_with(|c: char| c.is_ascii_lowercase()))
+            {
+                out.push(format!("a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '{DNS1035_LABEL_FMT}')"));
+            }
+        }
+        ("", "Namespace") => {
+            if name.len() > 63 {
+                out.push("must be no more than 63 characters".to_string());
+            }
+            if !is_dns1123_label_chars(name) {
+                out.push(format!("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '{DNS1123_LABEL_FMT}')"));
+            }
+        }
+        // Core Events keep the legacy rule (a path segment), events.k8s.io ones do not.
+        ("", "Event") => {
+            if name == "." || name == ".." {
+                out.push(format!("may not be '{name}'"));
+            }
+            for bad in ["/", "%"] {
+                if name.contains(bad) {
+                    out.push(format!("may not contain '{bad}'"));
+                }
+            }
+        }
+        _ => {
+            if name.len() > 253 {
+                out.push("must be no more than 253 characters".to_string());
+            }
+            if !name.split('.').all(is_dns1123_label_chars) {
+                out.push(format!("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '{DNS1123_SUBDOMAIN_FMT}')"));
+            }
+        }
     }
+    out
+}
+
+/// `metadata.name` and `metadata.generateName` of a new object, as kube-apiserver's
+/// `ValidateObjectMeta` checks them: the generated `name` and the `generateName` prefix each
+/// against the kind's rule ([`name_problems`]).
+pub fn validate_names(group: &str, kind: &str, name: &str, generate_name: &str) -> Vec<Cause> {
+    let mut out = Vec::new();
+    if !generate_name.is_empty() {
+        for why in name_problems(group, kind, generate_name, true) {
+            out.push(invalid("metadata.generateName", generate_name, why));
+        }
+    }
+    for why in name_problems(group, kind, name, false) {
+        out.push(invalid("metadata.name", name, why));
+    }
+    out
 }
 
 fn qualified_name_problem(key: &str) -> Option<String> {
@@ -412,19 +478,56 @@ mod tests {
 
     #[test]
     fn names_per_kind() {
-        assert!(validate_name("Service", "web").is_none());
-        assert!(validate_name("Service", "1web").is_some());
-        assert!(validate_name("Service", "a.b").is_some());
-        assert!(validate_name("ConfigMap", "a.b").is_none());
-        assert!(validate_name("ConfigMap", "A").is_some());
-        assert!(validate_name("Namespace", "a.b").is_some());
-        assert!(validate_name("Event", "web.17a8b3c").is_none());
-        let c = validate_name("Service", "Web").unwrap();
+        let ok = |g: &str, k: &str, n: &str| name_problems(g, k, n, false).is_empty();
+        assert!(ok("", "Service", "web"));
+        assert!(!ok("", "Service", "1web"));
+        assert!(!ok("", "Service", "a.b"));
+        assert!(ok("", "ConfigMap", "a.b"));
+        assert!(!ok("", "ConfigMap", "A"));
+        assert!(!ok("", "Namespace", "a.b"));
+        assert!(ok("", "Event", "web.17a8b3c"));
+        assert!(
+            ok("", "Event", "Web_1.x"),
+            "core Events keep the legacy rule"
+        );
+        assert!(ok("events.k8s.io", "Event", "web.17a8b3c"));
+        assert!(!ok("events.k8s.io", "Event", "Web.1"));
+        assert!(!ok("lodestone.dev", "", "a..b"));
+        assert!(!ok("", "ConfigMap", &"a".repeat(254)));
+        let c = validate_names("", "Service", "Web", "").remove(0);
         assert_eq!(c.field, "metadata.name");
         assert!(
             c.message
                 .starts_with("Invalid value: \"Web\": a DNS-1035 label")
         );
+    }
+
+    #[test]
+    fn generate_name_may_end_in_a_dash_but_not_a_dot() {
+        assert!(validate_names("events.k8s.io", "Event", "web-x7k2p", "web-").is_empty());
+        let causes = validate_names("events.k8s.io", "Event", "web.x7k2p", "web.");
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(causes[0].field, "metadata.generateName");
+        assert!(
+            causes[0].message.starts_with(
+                "Invalid value: \"web.\": a lowercase RFC 1123 subdomain must consist of"
+            ),
+            "{}",
+            causes[0].message
+        );
+        assert!(validate_names("", "Service", "web-abcde", "web-").is_empty());
+        assert_eq!(validate_names("", "Service", "web.abcde", "web.").len(), 2);
+        // Core Events take a trailing dot (client-go's old recorders rely on it).
+        assert!(validate_names("", "Event", "web.x7k2p", "web.").is_empty());
+    }
+
+    proptest! {
+        /// A name that passes is what kube's regexes accept (the length rule aside).
+        #[test]
+        fn subdomain_rule_matches_the_regex(n in "[a-z0-9.-]{1,20}") {
+            let re = regex::Regex::new(&format!("^{DNS1123_SUBDOMAIN_FMT}$")).unwrap();
+            prop_assert_eq!(name_problems("", "ConfigMap", &n, false).is_empty(), re.is_match(&n));
+        }
     }
 
     #[test]

@@ -1,9 +1,13 @@
-//! A TCP relay from a namespace's loopback to an address in the root namespace.
+//! TCP relays across network namespaces.
 //!
-//! The embedded API server listens on the root namespace's 127.0.0.1, which a process inside a
-//! node namespace cannot reach. The listening socket is created by a thread that entered the
-//! namespace ([`Netns::run_in`]); a socket keeps the namespace it was created in, so accepting
-//! and the outbound connections then run on ordinary (root-namespace) threads.
+//! - [`forward_into`]: from a namespace's loopback to an address in the root namespace. The
+//!   embedded API server listens on the root namespace's 127.0.0.1, which a process inside a node
+//!   namespace cannot reach. The listening socket is created by a thread that entered the
+//!   namespace ([`Netns::run_in`]); a socket keeps the namespace it was created in, so accepting
+//!   and the outbound connections then run on ordinary (root-namespace) threads.
+//! - [`forward_out_of`]: the other way, from the root namespace's loopback to an address inside
+//!   a namespace (the real-cluster lab's kube-apiserver listens on its bridge address, inside the
+//!   lab's namespace): each outbound socket is created by a thread inside the namespace.
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -12,7 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::netns::{Netns, NetnsError};
+use crate::netns::{Netns, NetnsError, run_in_named};
+
+/// Opens the outbound half of a relayed connection.
+type Connect = Box<dyn Fn() -> io::Result<TcpStream> + Send>;
 
 /// How often the accept loop checks whether it should stop.
 const POLL: Duration = Duration::from_millis(20);
@@ -27,7 +34,8 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// The port listened on inside the namespace (useful when 0 was asked for).
+    /// The port listened on (inside the namespace for [`forward_into`], on the root
+    /// namespace's loopback for [`forward_out_of`]).
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -85,7 +93,53 @@ pub fn forward_into(
         let conns = Arc::clone(&conns);
         std::thread::Builder::new()
             .name(format!("forward-{port}"))
-            .spawn(move || accept_loop(listener, target, &stop, &conns))
+            // This thread is in the root namespace, so the outbound sockets are too.
+            .spawn(move || {
+                accept_loop(
+                    listener,
+                    Box::new(move || TcpStream::connect(target)),
+                    &stop,
+                    &conns,
+                )
+            })
+            .map_err(io_err("spawning the forwarder thread"))?
+    };
+    Ok(Forwarder {
+        port,
+        stop,
+        conns,
+        accept: Some(accept),
+    })
+}
+
+/// Relays connections to the root namespace's `127.0.0.1:<any free port>` to `target` as seen
+/// from inside the namespace named `ns` (which must outlive the forwarder).
+pub fn forward_out_of(ns: &str, target: SocketAddr) -> Result<Forwarder, NetnsError> {
+    let io_err = |context: &str| {
+        let context = format!("{context} (towards {target} in {ns})");
+        move |source: io::Error| NetnsError::Io { context, source }
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(io_err("binding the forwarder"))?;
+    let port = listener
+        .local_addr()
+        .map_err(io_err("reading the forwarder's address"))?
+        .port();
+    listener
+        .set_nonblocking(true)
+        .map_err(io_err("making the forwarder non-blocking"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let name = ns.to_owned();
+    let connect: Connect = Box::new(move || {
+        run_in_named(&name, move || TcpStream::connect(target))
+            .map_err(|e| io::Error::other(e.to_string()))?
+    });
+    let accept = {
+        let stop = Arc::clone(&stop);
+        let conns = Arc::clone(&conns);
+        std::thread::Builder::new()
+            .name(format!("forward-out-{port}"))
+            .spawn(move || accept_loop(listener, connect, &stop, &conns))
             .map_err(io_err("spawning the forwarder thread"))?
     };
     Ok(Forwarder {
@@ -98,7 +152,7 @@ pub fn forward_into(
 
 fn accept_loop(
     listener: TcpListener,
-    target: SocketAddr,
+    connect: Connect,
     stop: &AtomicBool,
     conns: &Mutex<Vec<TcpStream>>,
 ) {
@@ -106,8 +160,7 @@ fn accept_loop(
         match listener.accept() {
             Ok((inner, _)) => {
                 let _ = inner.set_nonblocking(false);
-                // This thread is in the root namespace, so the outbound socket is too.
-                let Ok(outer) = TcpStream::connect(target) else {
+                let Ok(outer) = connect() else {
                     let _ = inner.shutdown(Shutdown::Both);
                     continue;
                 };
@@ -227,5 +280,37 @@ mod tests {
             !after,
             "the listener is closed when the forwarder is dropped"
         );
+    }
+
+    #[test]
+    fn relays_from_the_root_loopback_into_a_namespace() {
+        let ns = Netns::new("ldfo").unwrap();
+        // An echo server on the namespace's loopback, unreachable from the root namespace.
+        let server = ns
+            .run_in(|| TcpListener::bind("127.0.0.1:0"))
+            .unwrap()
+            .unwrap();
+        let target = server.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in server.incoming() {
+                let Ok(mut s) = s else { return };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let fwd = forward_out_of(ns.name(), target).unwrap();
+        let mut s = TcpStream::connect(("127.0.0.1", fwd.port())).unwrap();
+        s.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hello");
+        drop(s);
+        drop(fwd);
     }
 }

@@ -63,11 +63,10 @@ pub struct Lab {
     dir: tempfile::TempDir,
 }
 
+/// The API server's port on 127.0.0.1: the embedded server and a real kube-apiserver both
+/// listen there, so either can be forwarded into the nodes.
 fn server_port(cluster: &TestCluster) -> anyhow::Result<u16> {
-    let url = cluster
-        .server()
-        .context("the lab needs the embedded API server")?
-        .url();
+    let url = cluster.url();
     let port = url
         .rsplit(':')
         .next()
@@ -93,10 +92,7 @@ impl Lab {
             .await
             .context("applying Lodestone's CRDs")?;
         let target = SocketAddr::from(([127, 0, 0, 1], server_port(&cluster)?));
-        let kubeconfig_yaml = cluster
-            .server()
-            .context("the lab needs the embedded API server")?
-            .kubeconfig_yaml();
+        let kubeconfig_yaml = cluster.kubeconfig_yaml();
         let topology = Topology::new()?;
         let dir = tempfile::Builder::new()
             .prefix("lodestone-lab-")

@@ -22,6 +22,6 @@ pub mod router;
 pub mod traffic;
 
 pub use controller::ControllerProcess;
-pub use forward::{Forwarder, forward_into, kubeconfig_via};
+pub use forward::{Forwarder, forward_into, forward_out_of, kubeconfig_via};
 pub use process::SpeakerProcess;
 pub use traffic::{Answer, Prober, Responder, runs};

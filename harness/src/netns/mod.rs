@@ -247,24 +247,7 @@ impl Netns {
         F: FnOnce() -> R + Send,
         R: Send,
     {
-        let path = format!("/var/run/netns/{}", self.name);
-        let file = File::open(&path).map_err(|source| NetnsError::Io {
-            context: format!("opening {path}"),
-            source,
-        })?;
-        std::thread::scope(|scope| {
-            let handle = scope.spawn(move || -> Result<R> {
-                enter(&file).map_err(|source| NetnsError::Io {
-                    context: format!("setns into {path}"),
-                    source,
-                })?;
-                Ok(f())
-            });
-            match handle.join() {
-                Ok(result) => result,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        })
+        run_in_named(&self.name, f)
     }
 
     /// Like [`Netns::run_in`] but in the background: starts `f` on a new OS thread inside
@@ -319,6 +302,33 @@ impl Netns {
     }
 }
 
+/// [`Netns::run_in`] for a namespace known only by its name (`/run/netns/<name>`), such as one
+/// a recorded lab created: runs `f` on a fresh OS thread inside it and returns its result.
+pub fn run_in_named<F, R>(name: &str, f: F) -> Result<R>
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
+    let path = format!("/var/run/netns/{name}");
+    let file = File::open(&path).map_err(|source| NetnsError::Io {
+        context: format!("opening {path}"),
+        source,
+    })?;
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(move || -> Result<R> {
+            enter(&file).map_err(|source| NetnsError::Io {
+                context: format!("setns into {path}"),
+                source,
+            })?;
+            Ok(f())
+        });
+        match handle.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
 /// Moves the calling thread into the network namespace behind `ns_file`.
 ///
 /// std has no `setns`, and `nix` is not a dependency; this is the one libc call needed.
@@ -337,6 +347,13 @@ fn enter(ns_file: &File) -> io::Result<()> {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // Someone else may have removed it already (the real-cluster lab's ledger does).
+        if !std::path::Path::new("/var/run/netns")
+            .join(&self.name)
+            .exists()
+        {
+            return;
+        }
         self.kill_everything_inside();
         if let Err(e) = run("ip", &["netns", "del", &self.name]) {
             eprintln!(

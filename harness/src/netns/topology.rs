@@ -140,6 +140,34 @@ impl Host {
         .map(drop)
     }
 
+    /// Cuts the host off the segment without it noticing: its port leaves the bridge, so frames
+    /// go nowhere, but both ends of the cable stay up (no carrier loss, unlike
+    /// [`Host::link_down`]). What a failed switch port or a partition looks like.
+    pub fn partition(&self) -> Result<()> {
+        super::run(
+            "ip",
+            &["-n", &self.switch, "link", "set", &self.port, "nomaster"],
+        )
+        .map(drop)
+    }
+
+    /// Ends [`Host::partition`]: the port joins the bridge again.
+    pub fn heal(&self) -> Result<()> {
+        super::run(
+            "ip",
+            &[
+                "-n",
+                &self.switch,
+                "link",
+                "set",
+                &self.port,
+                "master",
+                BRIDGE,
+            ],
+        )
+        .map(drop)
+    }
+
     /// Plugs the cable back in (switch side up); returns once both ends are operational.
     pub fn link_up(&self) -> Result<()> {
         super::run("ip", &["-n", &self.switch, "link", "set", &self.port, "up"])?;

@@ -8,6 +8,7 @@
 //! errors they would see against a real cluster.
 
 pub mod apply;
+pub mod cel_cost;
 mod fieldset;
 mod lists;
 pub mod schema;

@@ -1,6 +1,7 @@
 //! Structural schemas of custom resources: the structural check a CRD must pass, pruning of
 //! unknown fields, defaulting, and validation with kube-apiserver's messages (OpenAPI value
-//! validations, list-type invariants, and `x-kubernetes-validations` CEL rules via `kube-cel`).
+//! validations, list-type invariants, and `x-kubernetes-validations` CEL rules via `kube-cel`,
+//! whose static cost must fit kube-apiserver's budget: [`super::cel_cost`]).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -511,6 +512,10 @@ impl StructuralSchema {
         check_defaults(&root, "openAPIV3Schema", &mut errs);
         let cel = kube_cel::compile_schema(openapi_v3_schema);
         collect_cel_errors(&cel, "openAPIV3Schema", &mut errs);
+        if errs.is_empty() {
+            // As kube-apiserver, only a schema that is otherwise valid gets its rules costed.
+            errs.extend(super::cel_cost::cost_errors(openapi_v3_schema));
+        }
         if errs.is_empty() {
             Ok(StructuralSchema { root, cel })
         } else {
@@ -1347,7 +1352,9 @@ mod tests {
                     "replicas": {"type": "integer",
                                  "x-kubernetes-validations": [
                                      {"rule": "self >= oldSelf", "message": "may not shrink"},
-                                     {"rule": "self != 13", "messageExpression": "'unlucky ' + string(self)",
+                                     // Not `'unlucky ' + string(self)`: a string of unknown
+                                     // length, over the cost budget (kube-apiserver says so too).
+                                     {"rule": "self != 13", "messageExpression": "'unlucky ' + (self == 13 ? '13' : 'number')",
                                       "reason": "FieldValueForbidden"}]}
                 }, "x-kubernetes-validations": [{"rule": "self.mode != 'b' || has(self.name)"}]}
             }

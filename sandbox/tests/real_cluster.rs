@@ -1,0 +1,688 @@
+//! The real-cluster suite: Lodestone installed as `docs/install.md` says, on a real multi-node
+//! Kubernetes (`lodestone_harness::clusterlab`: kube-apiserver, controller-manager, scheduler,
+//! etcd; per node containerd, kubelet, kube-proxy in iptables mode; a client on the LAN), and
+//! judged from that client: HTTP through ARP/NDP and kube-proxy, the cluster's own view with
+//! kubectl, and the API server's audit log.
+//!
+//! Needs `LODESTONE_K8S_BIN` (a directory of Kubernetes server binaries, see docs/testing.md);
+//! without it every test says so in one loud line and passes, so a machine without the binaries
+//! can run the rest of the suite. CI always sets it. The images run Lodestone's release binaries:
+//! from `LODESTONE_IMAGE_BINARIES` (a directory holding `lodestone-controller` and
+//! `lodestone-speaker`, e.g. the static musl build) or else built here with `cargo build
+//! --release`. Each test brings up its own lab (about 10-20 s), so they run one at a time
+//! (`.config/nextest.toml`). Client-side outages are printed, never asserted against a time.
+
+#[allow(dead_code)]
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{checkout, doc, eventually_within, sh};
+use lodestone_harness::clusterlab::probe::{HttpProber, outage};
+use lodestone_harness::clusterlab::{ClusterLab, K8S_BIN_VAR, LabOptions, images};
+use lodestone_harness::docs;
+
+const CONTROLLER_IMAGE: &str = "lab.local/lodestone/controller";
+const SPEAKER_IMAGE: &str = "lab.local/lodestone/speaker";
+const TAG: &str = "test";
+/// How long a step of a real cluster may take before a test gives up (a hang, not a timing).
+const PATIENCE: Duration = Duration::from_secs(180);
+
+/// The lab's options, or `None` after one loud line when the binaries are not there.
+fn options_or_skip(test: &str) -> Option<LabOptions> {
+    match LabOptions::from_env() {
+        Ok(Some(o)) => Some(o),
+        Ok(None) => {
+            eprintln!(
+                "SKIPPED {test}: {K8S_BIN_VAR} is not set, so no real cluster can be started (see docs/testing.md)"
+            );
+            None
+        }
+        Err(e) => panic!("{K8S_BIN_VAR} is set but unusable: {e:#}"),
+    }
+}
+
+fn repo_root() -> PathBuf {
+    docs::repo_root()
+}
+
+/// The directory holding release builds of both programs.
+fn release_binaries() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LODESTONE_IMAGE_BINARIES").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    // Cargo is incremental: this is a no-op when the release build is current.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(repo_root())
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "lodestone-controller",
+            "-p",
+            "lodestone-speaker",
+        ])
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the release binaries failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("release")
+}
+
+/// OCI archives of the controller and speaker images, written into `dir`.
+fn lodestone_images(dir: &Path) -> Vec<PathBuf> {
+    let bins = release_binaries();
+    let mut out = Vec::new();
+    for (bin, reference) in [
+        ("lodestone-controller", CONTROLLER_IMAGE),
+        ("lodestone-speaker", SPEAKER_IMAGE),
+    ] {
+        let path = bins.join(bin);
+        assert!(path.is_file(), "{} is missing", path.display());
+        let archive = dir.join(format!("{bin}.tar"));
+        images::binary_image(&format!("{reference}:{TAG}"), &path)
+            .and_then(|img| img.write_archive(&archive))
+            .unwrap_or_else(|e| panic!("image of {}: {e}", path.display()));
+        out.push(archive);
+    }
+    out
+}
+
+/// A lab with Lodestone's images imported on every node; `None` when skipped.
+async fn lab_with_images(test: &str, work: &Path) -> Option<ClusterLab> {
+    let mut opts = options_or_skip(test)?;
+    opts.images = lodestone_images(work);
+    Some(ClusterLab::start(opts).await.expect("the lab starts"))
+}
+
+/// Points the checkout's kustomization at the lab's images, as docs/install.md shows
+/// (`images:` with `newName` and `newTag`), and changes nothing else.
+fn use_lab_images(checkout: &Path) {
+    let path = checkout.join("deploy/kustomization.yaml");
+    let text = std::fs::read_to_string(&path).expect("kustomization.yaml");
+    let start = text.find("\nimages:\n").expect("an images: block") + 1;
+    let rest = &text[start..];
+    let end = rest
+        .find("\n\n")
+        .map(|e| start + e + 1)
+        .unwrap_or(text.len());
+    let block = format!(
+        "images:\n  - name: ghcr.io/lodestone-lb/controller\n    newName: {CONTROLLER_IMAGE}\n    newTag: {TAG}\n  - name: ghcr.io/lodestone-lb/speaker\n    newName: {SPEAKER_IMAGE}\n    newTag: {TAG}\n"
+    );
+    let page = std::fs::read_to_string(repo_root().join("docs/install.md")).expect("install.md");
+    assert!(
+        page.contains("newName:") && page.contains("newTag:"),
+        "docs/install.md no longer shows the images override this test applies"
+    );
+    std::fs::write(&path, format!("{}{block}{}", &text[..start], &text[end..]))
+        .expect("write kustomization");
+}
+
+/// A shell in the checkout with the lab's kubeconfig.
+struct Shell<'a> {
+    lab: &'a ClusterLab,
+    cwd: &'a Path,
+}
+
+impl Shell<'_> {
+    fn ok(&self, script: &str) -> String {
+        let kc = self.lab.kubeconfig_path();
+        sh(script, self.cwd, Path::new("/nonexistent"), &kc).expect_ok(script)
+    }
+
+    fn try_run(&self, script: &str) -> common::Ran {
+        let kc = self.lab.kubeconfig_path();
+        sh(script, self.cwd, Path::new("/nonexistent"), &kc)
+    }
+
+    fn doc(&self, page: &str, needle: &str) -> String {
+        let c = doc(page, needle);
+        let kc = self.lab.kubeconfig_path();
+        sh(&c.text, self.cwd, Path::new("/nonexistent"), &kc).expect_ok(&c.to_string())
+    }
+}
+
+/// docs/install.md's install steps, as written, then waits for both workloads to be ready.
+fn install(shell: &Shell<'_>) {
+    let page = "docs/install.md";
+    shell.doc(page, "/dev/urandom");
+    use_lab_images(shell.cwd);
+    let rendered = shell.doc(page, "kubectl kustomize deploy/");
+    assert!(
+        rendered.contains(&format!("image: {SPEAKER_IMAGE}:{TAG}")),
+        "{rendered}"
+    );
+    shell.doc(page, "kubectl apply -k deploy/");
+    shell.ok(
+        "kubectl -n lodestone-system rollout status deployment/lodestone-controller --timeout=180s",
+    );
+    shell.ok(
+        "kubectl -n lodestone-system rollout status daemonset/lodestone-speaker --timeout=180s",
+    );
+    let got = shell.doc(page, "get deploy,ds,pods");
+    assert!(
+        got.contains("deployment.apps/lodestone-controller")
+            && got.contains("daemonset.apps/lodestone-speaker"),
+        "{got}"
+    );
+}
+
+/// The YAML blocks of a docs page, in order.
+fn yaml_blocks(page: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(repo_root().join(page)).expect("page");
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in text.lines() {
+        match (&mut cur, line.trim_start()) {
+            (None, l) if l.starts_with("```yaml") => cur = Some(String::new()),
+            (Some(b), l) if l.starts_with("```") => {
+                out.push(std::mem::take(b));
+                cur = None;
+            }
+            (Some(b), _) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The address `jsonpath` gives for Service `name` once it has one of each family asked for.
+fn wait_ingress(shell: &Shell<'_>, ns: &str, name: &str, families: usize) -> Vec<IpAddr> {
+    eventually_within(
+        &format!("{ns}/{name} gets {families} address(es)"),
+        PATIENCE,
+        || {
+            let out = shell.try_run(&format!(
+            "kubectl -n {ns} get service {name} -o jsonpath='{{.status.loadBalancer.ingress[*].ip}}'"
+        ));
+            let ips: Vec<IpAddr> = out
+                .stdout
+                .split_whitespace()
+                .filter_map(|s| s.parse().ok())
+                .collect();
+            (ips.len() >= families).then_some(ips)
+        },
+    )
+}
+
+const WEB: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      topologySpreadConstraints:
+        - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: web}}}
+      terminationGracePeriodSeconds: 2
+      containers:
+        - name: web
+          image: lab.local/web:1.0
+          ports: [{containerPort: 8080, name: http}]
+          env:
+            - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+            - {name: NODE_NAME, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
+          readinessProbe: {httpGet: {path: /, port: http}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: LoadBalancer
+  ipFamilyPolicy: PreferDualStack
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+"#;
+
+/// The node whose MAC answers ARP (IPv4) or NDP (IPv6) for `ip` from the client, when exactly
+/// one does.
+fn owner(lab: &ClusterLab, ip: IpAddr) -> Option<String> {
+    let macs = match ip {
+        IpAddr::V4(_) => lodestone_harness::e2e::lab::arping_macs(&lab.client, ip, 2).ok()?,
+        IpAddr::V6(_) => {
+            let out = lab
+                .client
+                .ns()
+                .exec("ndisc6", &["-r", "2", "-w", "500", &ip.to_string(), "eth0"])
+                .ok()?;
+            lodestone_harness::e2e::lab::parse_macs(&String::from_utf8_lossy(&out.stdout))
+        }
+    };
+    match macs.as_slice() {
+        [one] => lab.node_by_mac(one).map(|n| n.net.name.clone()),
+        _ => None,
+    }
+}
+
+/// Which node's pod answered `body` (`pod=... node=...`).
+fn answered_by(body: &str) -> Option<&str> {
+    body.split_whitespace()
+        .find_map(|w| w.strip_prefix("node="))
+}
+
+/// The `lodestone-speaker` process running in `node`'s namespace (its pod is hostNetwork).
+fn speaker_pid(lab: &ClusterLab, node: &str) -> Option<u32> {
+    let ns = lab.node(node).ok()?.host.ns().name().to_owned();
+    let out = Command::new("ip")
+        .args(["netns", "pids", &ns])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .find(|p| {
+            std::fs::read_link(format!("/proc/{p}/exe"))
+                .is_ok_and(|e| e.file_name().is_some_and(|n| n == "lodestone-speaker"))
+        })
+}
+
+fn print_outage(what: &str, prober: &HttpProber, since: Instant) {
+    let o = outage(&prober.probes(), since);
+    println!("OUTAGE {what}: {o}");
+}
+
+/// Every audit event answered 403 for one of Lodestone's service accounts.
+fn lodestone_denials(audit: &str) -> Vec<String> {
+    audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            e["user"]["username"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("system:serviceaccount:lodestone-system:"))
+                && e["responseStatus"]["code"].as_i64() == Some(403)
+        })
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["user"]["username"], e["verb"], e["requestURI"]
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn installs_as_documented_serves_a_service_and_uninstalls() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let Some(lab) = lab_with_images(
+        "installs_as_documented_serves_a_service_and_uninstalls",
+        work.path(),
+    )
+    .await
+    else {
+        return;
+    };
+    let repo = checkout();
+    let shell = Shell {
+        lab: &lab,
+        cwd: repo.path(),
+    };
+    install(&shell);
+
+    // The logs the page tells you to read: no ANSI colour escapes when not on a terminal.
+    let logs = shell.doc("docs/install.md", "logs deploy/lodestone-controller");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "ANSI escapes in kubectl logs:\n{logs}"
+    );
+
+    // The page's example pool and advertisement, exactly as written, are accepted.
+    let blocks = yaml_blocks("docs/install.md");
+    let example = blocks
+        .iter()
+        .find(|b| b.contains("kind: IPAddressPool"))
+        .expect("install.md shows a pool");
+    lab.apply_yaml(example)
+        .expect("the example of docs/install.md is accepted");
+
+    shell.ok(&format!("cat <<'EOF' | kubectl apply -f -\n{WEB}EOF"));
+    shell.ok("kubectl rollout status deployment/web --timeout=180s");
+    let ips = wait_ingress(&shell, "default", "web", 1);
+    let ip = ips[0];
+    assert!(
+        "192.0.2.240/28"
+            .parse::<ipnet::IpNet>()
+            .is_ok_and(|n| n.contains(&ip)),
+        "{ip} is from the example pool"
+    );
+    let prober = HttpProber::start(
+        lab.client.ns().name(),
+        SocketAddr::new(ip, 80),
+        Duration::from_millis(100),
+    )
+    .expect("prober");
+    let body = prober
+        .wait_success_after(Instant::now(), PATIENCE)
+        .expect("the client reaches the Service through its LoadBalancer address");
+    println!("client -> {ip}: {body}");
+    drop(prober);
+
+    // A restart of the speakers, as the key rotation section does.
+    shell.doc("docs/install.md", "rollout restart");
+    shell.ok(
+        "kubectl -n lodestone-system rollout status daemonset/lodestone-speaker --timeout=180s",
+    );
+
+    // Removal, in the page's order; nothing of Lodestone's is left.
+    shell.doc("docs/install.md", "delete daemonset/lodestone-speaker");
+    shell.doc("docs/install.md", "finalizers");
+    shell.doc("docs/install.md", "kubectl delete -k deploy/");
+    eventually_within("Lodestone's cluster objects are gone", PATIENCE, || {
+        let left = shell
+            .try_run("kubectl get crd,clusterrole,clusterrolebinding,namespace -o name")
+            .stdout;
+        (!left.contains("lodestone")).then_some(())
+    });
+    for n in &lab.nodes {
+        eventually_within("no speaker runs", PATIENCE, || {
+            speaker_pid(&lab, &n.net.name).is_none().then_some(())
+        });
+    }
+    let denied = lodestone_denials(&lab.audit_log().expect("audit log"));
+    assert!(
+        denied.is_empty(),
+        "requests RBAC denied:\n{}",
+        denied.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_clients_through_faults_and_follows_local_endpoints() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let Some(lab) = lab_with_images(
+        "serves_clients_through_faults_and_follows_local_endpoints",
+        work.path(),
+    )
+    .await
+    else {
+        return;
+    };
+    let repo = checkout();
+    let shell = Shell {
+        lab: &lab,
+        cwd: repo.path(),
+    };
+    install(&shell);
+    lab.apply_yaml(
+        "apiVersion: lodestone.dev/v1alpha1\nkind: IPAddressPool\nmetadata: {name: lan}\nspec:\n  addresses: [192.0.2.240/28, 2001:db8::240/124]\n---\napiVersion: lodestone.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {name: lan}\nspec: {}\n",
+    )
+    .expect("pool and advertisement");
+    shell.ok(&format!("cat <<'EOF' | kubectl apply -f -\n{WEB}EOF"));
+    shell.ok("kubectl rollout status deployment/web --timeout=180s");
+    let ips = wait_ingress(&shell, "default", "web", 2);
+    let v4 = *ips.iter().find(|i| i.is_ipv4()).expect("an IPv4 address");
+    let v6 = *ips.iter().find(|i| i.is_ipv6()).expect("an IPv6 address");
+
+    // Clients on the LAN reach the Service over both families, through ARP/NDP and kube-proxy.
+    let p4 = HttpProber::start(
+        lab.client.ns().name(),
+        SocketAddr::new(v4, 80),
+        Duration::from_millis(50),
+    )
+    .expect("prober");
+    let p6 = HttpProber::start(
+        lab.client.ns().name(),
+        SocketAddr::new(v6, 80),
+        Duration::from_millis(50),
+    )
+    .expect("prober");
+    let t0 = Instant::now();
+    println!(
+        "IPv4 {v4}: {}",
+        p4.wait_success_after(t0, PATIENCE).expect("IPv4 answers")
+    );
+    println!(
+        "IPv6 {v6}: {}",
+        p6.wait_success_after(t0, PATIENCE).expect("IPv6 answers")
+    );
+    let owner4 = eventually_within("one node answers ARP", PATIENCE, || owner(&lab, v4));
+    let owner6 = eventually_within("one node answers NDP", PATIENCE, || owner(&lab, v6));
+    println!("owners: {v4} on {owner4}, {v6} on {owner6}");
+
+    // What docs/addresses.md and docs/announcing.md promise, seen with kubectl.
+    let conditions = shell.doc("docs/announcing.md", "jsonpath=");
+    assert!(conditions.contains("announced from node-"), "{conditions}");
+    eventually_within("the promised Events", PATIENCE, || {
+        let events = shell.try_run("kubectl get events --field-selector involvedObject.name=web -o jsonpath='{range .items[*]}{.reason}{\" \"}{end}'").stdout;
+        (events.contains("IPAllocated") && events.contains("AnnouncementStarted")).then_some(())
+    });
+    shell.doc("docs/announcing.md", "involvedObject.name=web");
+    let yaml = shell.ok("kubectl get svc web -o yaml");
+    for want in [
+        "type: lodestone.dev/AddressAssigned",
+        "type: lodestone.dev/Announced",
+        "ipMode: VIP",
+    ] {
+        assert!(yaml.contains(want), "{want} missing:\n{yaml}");
+    }
+
+    // The owner node cut off the LAN for 10 s, then back.
+    let t = Instant::now();
+    let owner_node = lab.node(&owner4).expect("owner");
+    owner_node.host.partition().expect("cut");
+    let during = eventually_within("another node answers", PATIENCE, || {
+        owner(&lab, v4).filter(|o| *o != owner4)
+    });
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    owner_node.host.heal().expect("heal");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    print_outage(
+        &format!("owner node {owner4} cut for 10 s (taken over by {during}), then healed, IPv4"),
+        &p4,
+        t,
+    );
+    print_outage(
+        &format!("owner node {owner4} cut for 10 s, then healed, IPv6 (owner was {owner6})"),
+        &p6,
+        t,
+    );
+    assert!(
+        p4.wait_success_after(Instant::now(), PATIENCE).is_some(),
+        "served after the heal"
+    );
+
+    // The owner's speaker pod deleted, then the new owner's speaker SIGKILLed.
+    let o = eventually_within("an owner", PATIENCE, || owner(&lab, v4));
+    let t = Instant::now();
+    shell.ok(&format!(
+        "kubectl -n lodestone-system delete pod --wait=false -l app.kubernetes.io/component=speaker --field-selector spec.nodeName={o}"
+    ));
+    eventually_within("the speaker pod is back", PATIENCE, || {
+        shell
+            .try_run("kubectl -n lodestone-system rollout status daemonset/lodestone-speaker --timeout=5s")
+            .ok
+            .then_some(())
+    });
+    print_outage(&format!("speaker pod on owner {o} deleted"), &p4, t);
+    assert!(p4.wait_success_after(Instant::now(), PATIENCE).is_some());
+    let o = eventually_within("an owner", PATIENCE, || owner(&lab, v4));
+    let pid = eventually_within("the owner's speaker process", PATIENCE, || {
+        speaker_pid(&lab, &o)
+    });
+    let t = Instant::now();
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    eventually_within("the speaker is restarted", PATIENCE, || {
+        speaker_pid(&lab, &o).filter(|p| *p != pid).map(|_| ())
+    });
+    print_outage(&format!("speaker on owner {o} killed with SIGKILL"), &p4, t);
+    assert!(p4.wait_success_after(Instant::now(), PATIENCE).is_some());
+
+    // The controller's leader pod deleted: the other replica takes the Lease and serves a new
+    // Service.
+    let holder = shell
+        .ok("kubectl -n lodestone-system get lease -o jsonpath='{.items[0].spec.holderIdentity}'");
+    let t = Instant::now();
+    shell.ok(&format!(
+        "kubectl -n lodestone-system delete pod --wait=false {}",
+        holder.trim()
+    ));
+    shell.ok("kubectl create service loadbalancer second --tcp=80:8080");
+    wait_ingress(&shell, "default", "second", 1);
+    let new_holder = shell
+        .ok("kubectl -n lodestone-system get lease -o jsonpath='{.items[0].spec.holderIdentity}'");
+    println!(
+        "LEADER controller {} deleted: {} leads, and a new Service had an address {} ms after the delete",
+        holder.trim(),
+        new_holder.trim(),
+        t.elapsed().as_millis()
+    );
+    assert_ne!(holder.trim(), new_holder.trim());
+
+    // externalTrafficPolicy: Local with one pod: only its node may announce, and the address
+    // follows the pod when it moves.
+    shell.ok(r#"kubectl patch service web -p '{"spec":{"externalTrafficPolicy":"Local"}}'"#);
+    shell.ok("kubectl scale deployment web --replicas=1");
+    shell.ok("kubectl rollout status deployment/web --timeout=180s");
+    let pod_node = |shell: &Shell<'_>| -> Option<String> {
+        let out = shell.try_run("kubectl get pods -l app=web --field-selector status.phase=Running -o jsonpath='{.items[*].spec.nodeName}'").stdout;
+        let nodes: Vec<&str> = out.split_whitespace().collect();
+        (nodes.len() == 1).then(|| nodes[0].to_owned())
+    };
+    let first = eventually_within("one web pod", PATIENCE, || pod_node(&shell));
+    eventually_within(
+        "the address is announced from the pod's node",
+        PATIENCE,
+        || (owner(&lab, v4).as_deref() == Some(first.as_str())).then_some(()),
+    );
+    let other = lab
+        .nodes
+        .iter()
+        .map(|n| n.net.name.clone())
+        .find(|n| *n != first)
+        .expect("another node");
+    let t = Instant::now();
+    shell.ok(&format!(
+        r#"kubectl patch deployment web -p '{{"spec":{{"template":{{"spec":{{"nodeSelector":{{"kubernetes.io/hostname":"{other}"}}}}}}}}}}'"#
+    ));
+    shell.ok("kubectl rollout status deployment/web --timeout=180s");
+    eventually_within("the address follows the pod", PATIENCE, || {
+        (owner(&lab, v4).as_deref() == Some(other.as_str())).then_some(())
+    });
+    let body = p4
+        .wait_success_after(Instant::now(), PATIENCE)
+        .expect("served from the new node");
+    assert_eq!(answered_by(&body), Some(other.as_str()), "{body}");
+    print_outage(
+        &format!("Local: the only pod moved from {first} to {other}"),
+        &p4,
+        t,
+    );
+
+    // Least privilege, checked against the real authorizer.
+    drop((p4, p6));
+    let denied = lodestone_denials(&lab.audit_log().expect("audit log"));
+    assert!(
+        denied.is_empty(),
+        "requests RBAC denied:\n{}",
+        denied.join("\n")
+    );
+}
+
+/// docs/testing.md's command for a lab to try things by hand: it comes up, says how to reach
+/// it, and a ^C (SIGINT to its process group, as a terminal sends) removes all of it.
+#[test]
+fn the_lab_command_comes_up_and_an_interrupt_removes_everything() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    let Some(opts) =
+        options_or_skip("the_lab_command_comes_up_and_an_interrupt_removes_everything")
+    else {
+        return;
+    };
+    let c = doc("docs/testing.md", "--bin lodestone-clusterlab");
+    let script = c.text.replace(
+        "/path/to/kubernetes/server/bin",
+        &opts.k8s_bin.display().to_string(),
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(repo_root())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("sh runs");
+    let pgid = child.id();
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut kubectl = None;
+    let mut logs = None;
+    let mut namespaces = Vec::new();
+    // Building it may take a while on a cold checkout; the lab itself takes seconds.
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(900)) {
+        if line.starts_with("kubectl --kubeconfig") {
+            kubectl = Some(line.clone());
+        }
+        if let Some(l) = line.strip_prefix("logs: ") {
+            logs = Some(PathBuf::from(l));
+        }
+        if let Some(ns) = line
+            .split("ip netns exec ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+        {
+            namespaces.push(ns.to_owned());
+        }
+        if line.starts_with("^C") {
+            break;
+        }
+    }
+    let kubectl = kubectl.expect("it prints a kubectl command");
+    let out = Command::new("sh")
+        .args(["-c", &kubectl])
+        .output()
+        .expect("kubectl");
+    let nodes = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(nodes.matches(" Ready ").count(), 3, "{nodes}");
+    let data = logs
+        .expect("it names its logs")
+        .parent()
+        .expect("the lab's directory")
+        .to_owned();
+    assert!(data.exists() && namespaces.len() == 4, "{namespaces:?}");
+
+    // ^C, as a terminal sends it: to the whole foreground process group.
+    let pgid = libc::pid_t::try_from(pgid).expect("pid");
+    // SAFETY: kill(2) with plain integers.
+    unsafe {
+        libc::kill(-pgid, libc::SIGINT);
+    }
+    let status = child.wait().expect("it exits");
+    assert!(!status.success(), "interrupted, not finished: {status}");
+    assert!(!data.exists(), "{} is removed", data.display());
+    let left = lodestone_harness::netns::list().expect("ip netns list");
+    for ns in &namespaces {
+        assert!(!left.contains(ns), "namespace {ns} is removed");
+    }
+    let cgroups = std::fs::read_dir("/sys/fs/cgroup/memory")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("lodestone-"))
+                .count()
+        })
+        .unwrap_or_default();
+    assert_eq!(cgroups, 0, "no lab cgroup is left");
+}
