@@ -239,13 +239,12 @@ async fn scale() -> anyhow::Result<()> {
         serde_json::json!({"metadata": {"name": "routed"}, "spec": {}}),
     )
     .await?;
-    let learnt = wait_fib(&router, "1,000 routes with 3 paths", |f| {
+    wait_fib(&router, "1,000 routes with 3 paths", |f| {
         f.iter()
             .filter(|(p, h)| p.starts_with("2001:db8:f::") && h.len() == 3)
             .count()
             == N
     })?;
-    let _ = learnt;
     println!(
         "router learnt {N} routes x 3 nodes (3,000 paths, 1,000 multipath FIB entries) {:.2} s after the BGPAdvertisement was created",
         t0.elapsed().as_secs_f64()
