@@ -8,7 +8,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use lodestone_crds::addresses::{self, IpFamily};
-use lodestone_crds::{IPAddressPool, L2Advertisement, selector};
+use lodestone_crds::{BGPPeer, IPAddressPool, L2Advertisement, selector};
 use serde::Serialize;
 
 /// The controller's condition on a Service.
@@ -65,6 +65,26 @@ pub struct ServiceRow {
     pub problem: Option<String>,
 }
 
+/// One node's BGP session with one peer in `status`, from the peer's `status.sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpSessionRow {
+    /// The BGPPeer.
+    pub peer: String,
+    /// `spec.peerAddress`.
+    pub address: String,
+    /// The node.
+    pub node: String,
+    /// RFC 4271 state.
+    pub state: String,
+    /// Prefixes advertised on the session.
+    pub advertised_prefixes: i64,
+    /// BFD state, when the peer asks for BFD.
+    pub bfd: Option<String>,
+    /// Why it last failed.
+    pub last_error: Option<String>,
+}
+
 /// What `status` shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Status {
@@ -72,6 +92,34 @@ pub struct Status {
     pub pools: Vec<PoolRow>,
     /// Every Service of `type: LoadBalancer`, by namespace and name.
     pub services: Vec<ServiceRow>,
+    /// Every BGP session, by peer and node (empty without BGPPeers).
+    #[serde(rename = "bgpSessions", skip_serializing_if = "Vec::is_empty")]
+    pub bgp_sessions: Vec<BgpSessionRow>,
+}
+
+/// The BGP sessions the speakers report on the peers, by peer and node.
+pub fn bgp_sessions(peers: &[BGPPeer]) -> Vec<BgpSessionRow> {
+    let mut rows: Vec<BgpSessionRow> = peers
+        .iter()
+        .flat_map(|p| {
+            let peer = p.metadata.name.clone().unwrap_or_default();
+            let address = p.spec.peer_address.clone();
+            p.status
+                .iter()
+                .flat_map(|s| s.sessions.iter())
+                .map(move |s| BgpSessionRow {
+                    peer: peer.clone(),
+                    address: address.clone(),
+                    node: s.node.clone(),
+                    state: s.state.clone(),
+                    advertised_prefixes: s.advertised_prefixes,
+                    bfd: s.bfd.clone(),
+                    last_error: s.last_error.clone(),
+                })
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.peer, &a.node).cmp(&(&b.peer, &b.node)));
+    rows
 }
 
 fn condition<'a>(svc: &'a Service, type_: &str) -> Option<&'a Condition> {
@@ -168,7 +216,11 @@ pub fn status(pools: &[IPAddressPool], services: &[Service]) -> Status {
         })
         .collect();
     services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    Status { pools, services }
+    Status {
+        pools,
+        services,
+        bgp_sessions: Vec::new(),
+    }
 }
 
 /// Left-aligned columns separated by three spaces, as kubectl prints them.
@@ -261,8 +313,41 @@ pub fn render_status(s: &Status) -> String {
             ]
         })
         .collect();
+    let mut bgp = String::new();
+    if !s.bgp_sessions.is_empty() {
+        let rows: Vec<Vec<String>> = s
+            .bgp_sessions
+            .iter()
+            .map(|r| {
+                vec![
+                    r.peer.clone(),
+                    r.address.clone(),
+                    r.node.clone(),
+                    r.state.clone(),
+                    r.advertised_prefixes.to_string(),
+                    r.bfd.clone().unwrap_or_else(|| "<none>".into()),
+                    r.last_error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        bgp = format!(
+            "\n{}",
+            table(
+                &[
+                    "BGP PEER",
+                    "ADDRESS",
+                    "NODE",
+                    "STATE",
+                    "PREFIXES",
+                    "BFD",
+                    "LAST ERROR"
+                ],
+                &rows
+            )
+        );
+    }
     format!(
-        "{}\n{}",
+        "{}\n{}{bgp}",
         table(
             &[
                 "POOL",
@@ -1186,5 +1271,35 @@ mod tests {
             prop_assert_eq!(s.services[0].pool.as_deref(), Some(p.as_str()));
             prop_assert_eq!(s.services[0].node.as_deref(), Some(n.as_str()));
         }
+    }
+
+    #[test]
+    fn bgp_sessions_are_listed_by_peer_and_node() {
+        let peer: BGPPeer = serde_json::from_value(json!({
+            "metadata": {"name": "tor"},
+            "spec": {"myASN": 64512, "peerASN": 64500, "peerAddress": "192.0.2.1"},
+            "status": {"sessions": [
+                {"node": "node-b", "state": "Active", "advertisedPrefixes": 0,
+                 "lastError": "connecting to 192.0.2.1:179: Connection refused"},
+                {"node": "node-a", "state": "Established", "advertisedPrefixes": 2, "bfd": "Up"},
+            ]},
+        }))
+        .unwrap();
+        let mut s = status(&[], &[]);
+        s.bgp_sessions = bgp_sessions(&[peer]);
+        let nodes: Vec<&str> = s.bgp_sessions.iter().map(|r| r.node.as_str()).collect();
+        assert_eq!(nodes, ["node-a", "node-b"]);
+        let text = render_status(&s);
+        assert!(text.contains("BGP PEER"), "{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with("tor")
+                && l.contains("node-a")
+                && l.contains("Established")
+                && l.contains("Up")),
+            "{text}"
+        );
+        assert!(text.contains("Connection refused"), "{text}");
+        // Without peers the BGP table is left out.
+        assert!(!render_status(&status(&[], &[])).contains("BGP PEER"));
     }
 }

@@ -1,9 +1,12 @@
-//! MetalLB → Lodestone: a pure conversion of MetalLB's layer-2 configuration.
+//! MetalLB → Lodestone: a pure conversion of MetalLB's layer-2 and BGP configuration.
 //!
-//! [`migrate`] takes parsed YAML/JSON documents (MetalLB's `metallb.io/v1beta1` `IPAddressPool`
-//! and `L2Advertisement`, or a `kind: List` of them as `kubectl get -o yaml` prints) and returns
-//! the equivalent `lodestone.dev/v1alpha1` objects, plus a [`Warning`] for everything it could not
-//! carry over unchanged. Nothing is dropped without a warning; the only fields left out silently
+//! [`migrate`] takes parsed YAML/JSON documents (MetalLB's `metallb.io/v1beta1` `IPAddressPool`,
+//! `L2Advertisement`, `BGPAdvertisement`, `BFDProfile`, `Community` and `v1beta2` `BGPPeer`, or
+//! a `kind: List` of them as `kubectl get -o yaml` prints) and returns the equivalent
+//! `lodestone.dev/v1alpha1` objects, plus a [`Warning`] for everything it could not carry over
+//! unchanged. A peer's `bfdProfile` becomes its `spec.bfd` (from the BFDProfile of the input),
+//! community aliases are replaced by their values (from the Community objects of the input),
+//! and a plain-text `password` moves into a Secret in `lodestone-system`. Nothing is dropped without a warning; the only fields left out silently
 //! are those the API server fills in (`uid`, `resourceVersion`, `status`, ...).
 //!
 //! Every emitted object has been parsed into the Lodestone types and has passed their CEL rules,
@@ -13,7 +16,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use lodestone_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2AdvertisementSpec};
+use lodestone_crds::{
+    BGPAdvertisement, BGPAdvertisementSpec, BGPPeer, BGPPeerSpec, IPAddressPool, IPAddressPoolSpec,
+    L2Advertisement, L2AdvertisementSpec,
+};
 use serde_json::{Map, Value};
 
 /// Annotation on every emitted object naming the MetalLB object it came from.
@@ -22,10 +28,13 @@ pub const MIGRATED_FROM_ANNOTATION: &str = "lodestone.dev/migrated-from";
 /// kubectl's copy of the last applied object: it describes the MetalLB object, not ours.
 const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// Where the speaker reads BGP password Secrets.
+pub const SPEAKER_NAMESPACE: &str = "lodestone-system";
+
 /// What a [`Warning`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WarningKind {
-    /// A MetalLB resource Lodestone has no equivalent for (BGP, OSPF, legacy config): not migrated.
+    /// A MetalLB resource Lodestone has no equivalent for (OSPF, legacy config): not migrated.
     Unsupported,
     /// A field Lodestone has no equivalent for, or that MetalLB's schema does not have: dropped.
     DroppedField,
@@ -37,8 +46,8 @@ pub enum WarningKind {
     Invalid,
     /// Not MetalLB configuration (another kind, MetalLB's own status objects): skipped.
     Ignored,
-    /// A converted pool that no converted L2Advertisement announces: its addresses would be
-    /// assigned, but no node would answer for them.
+    /// A converted pool that no converted L2Advertisement or BGPAdvertisement announces: its
+    /// addresses would be assigned, but nothing would announce them.
     NotAnnounced,
 }
 
@@ -62,6 +71,7 @@ impl fmt::Display for Warning {
 /// Convert MetalLB documents into Lodestone objects (as JSON values, in input order) and the
 /// warnings about everything not carried over unchanged.
 pub fn migrate(docs: Vec<Value>) -> (Vec<Value>, Vec<Warning>) {
+    let ctx = Context::of(&docs);
     let mut warnings = Vec::new();
     let mut out: Vec<Converted> = Vec::new();
     for (i, doc) in docs.into_iter().enumerate() {
@@ -75,13 +85,79 @@ pub fn migrate(docs: Vec<Value>) -> (Vec<Value>, Vec<Warning>) {
         );
         for (origin, obj) in objects {
             let who = describe(&obj, &origin);
-            if let Some(converted) = convert(&obj, &who, &mut warnings) {
+            for converted in convert(&obj, &who, &ctx, &mut warnings) {
                 place(converted, &who, &mut out, &mut warnings);
             }
         }
     }
     check_announced(&out, &mut warnings);
     (out.into_iter().map(|c| c.value).collect(), warnings)
+}
+
+/// What BGP objects refer to by name: BFD profiles and community aliases, per namespace.
+#[derive(Default)]
+struct Context {
+    /// (namespace, name) → the profile's spec.
+    bfd_profiles: BTreeMap<(String, String), Map<String, Value>>,
+    /// (namespace, alias) → the community it stands for.
+    communities: BTreeMap<(String, String), String>,
+}
+
+impl Context {
+    fn of(docs: &[Value]) -> Context {
+        let mut ctx = Context::default();
+        let mut objects = Vec::new();
+        let mut ignored = Vec::new();
+        for doc in docs {
+            flatten(doc.clone(), String::new(), &mut objects, &mut ignored);
+        }
+        for (_, obj) in objects {
+            let group = obj
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .and_then(|a| a.split_once('/'))
+                .map(|(g, _)| g);
+            if group != Some("metallb.io") {
+                continue;
+            }
+            let meta = obj.get("metadata");
+            let ns = meta
+                .and_then(|m| m.get("namespace"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let name = meta
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let spec = obj.get("spec").and_then(Value::as_object);
+            match obj.get("kind").and_then(Value::as_str) {
+                Some("BFDProfile") => {
+                    ctx.bfd_profiles
+                        .insert((ns, name), spec.cloned().unwrap_or_default());
+                }
+                Some("Community") => {
+                    for c in spec
+                        .and_then(|s| s.get("communities"))
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
+                        if let (Some(alias), Some(value)) = (
+                            c.get("name").and_then(Value::as_str),
+                            c.get("value").and_then(Value::as_str),
+                        ) {
+                            ctx.communities
+                                .insert((ns.clone(), alias.to_owned()), value.to_owned());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        ctx
+    }
 }
 
 /// One emitted object, with what is needed to detect name collisions.
@@ -144,7 +220,12 @@ fn describe(obj: &Map<String, Value>, origin: &str) -> String {
     }
 }
 
-fn convert(obj: &Map<String, Value>, who: &str, warnings: &mut Vec<Warning>) -> Option<Converted> {
+fn convert(
+    obj: &Map<String, Value>,
+    who: &str,
+    ctx: &Context,
+    warnings: &mut Vec<Warning>,
+) -> Vec<Converted> {
     let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
@@ -167,39 +248,61 @@ fn convert(obj: &Map<String, Value>, who: &str, warnings: &mut Vec<Warning>) -> 
             }
             if kind == "IPAddressPool" {
                 convert_pool(obj, api_version, who, warnings)
+                    .into_iter()
+                    .collect()
             } else {
                 convert_l2(obj, api_version, who, warnings)
+                    .into_iter()
+                    .collect()
             }
         }
-        ("metallb.io", "BGPAdvertisement" | "BGPPeer" | "BFDProfile" | "Community") => {
-            let mut message =
-                "BGP is not supported by Lodestone yet (it announces over layer 2: ARP and NDP); not migrated".to_owned();
-            if kind == "BGPAdvertisement" {
-                let pools = obj
-                    .get("spec")
-                    .and_then(|s| s.get("ipAddressPools"))
-                    .and_then(Value::as_array)
-                    .map(|p| {
-                        p.iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .filter(|p| !p.is_empty())
-                    .unwrap_or_else(|| "every pool it selected".to_owned());
-                message.push_str(&format!(
-                    ". Its pools ({pools}) still get addresses, but nothing announces them unless an L2Advertisement covers them"
-                ));
+        ("metallb.io", "BGPPeer") => {
+            if !matches!(version, "v1beta1" | "v1beta2") {
+                warn(
+                    WarningKind::Changed,
+                    format!(
+                        "{api_version} is not a version this tool knows; read with the v1beta2 schema"
+                    ),
+                );
             }
-            warn(WarningKind::Unsupported, message);
-            None
+            convert_peer(obj, api_version, who, ctx, warnings)
+        }
+        ("metallb.io", "BGPAdvertisement") => {
+            if version != "v1beta1" {
+                warn(
+                    WarningKind::Changed,
+                    format!(
+                        "{api_version} is not a version this tool knows; read with the v1beta1 schema"
+                    ),
+                );
+            }
+            convert_bgp_advert(obj, api_version, who, ctx, warnings)
+                .into_iter()
+                .collect()
+        }
+        ("metallb.io", "BFDProfile") => {
+            warn(
+                WarningKind::Changed,
+                "folded into the spec.bfd of the BGPPeers that name it (Lodestone has no BFDProfile kind)"
+                    .into(),
+            );
+            Vec::new()
+        }
+        ("metallb.io", "Community") => {
+            warn(
+                WarningKind::Changed,
+                "its aliases are replaced by their values in the BGPAdvertisements that use them \
+                 (Lodestone has no Community kind)"
+                    .into(),
+            );
+            Vec::new()
         }
         ("metallb.io", "OSPFAdvertisement" | "OSPFInstance") => {
             warn(
                 WarningKind::Unsupported,
-                "OSPF is not supported by Lodestone (it announces over layer 2: ARP and NDP); not migrated".into(),
+                "OSPF is not supported by Lodestone (it announces over layer 2 or BGP); not migrated".into(),
             );
-            None
+            Vec::new()
         }
         ("metallb.io", "AddressPool") => {
             warn(
@@ -208,21 +311,21 @@ fn convert(obj: &Map<String, Value>, who: &str, warnings: &mut Vec<Warning>) -> 
                  (addresses, autoAssign, avoidBuggyIPs) and, for protocol layer2, an L2Advertisement naming it, then run this again"
                     .into(),
             );
-            None
+            Vec::new()
         }
         ("metallb.io", "ServiceL2Status" | "ServiceBGPStatus" | "ConfigurationState") => {
             warn(
                 WarningKind::Ignored,
                 "status MetalLB reports, not configuration; nothing to migrate".into(),
             );
-            None
+            Vec::new()
         }
         ("metallb.io", _) => {
             warn(
                 WarningKind::Unsupported,
                 format!("unknown MetalLB kind {kind:?}; not migrated"),
             );
-            None
+            Vec::new()
         }
         ("", "ConfigMap") if obj.get("data").and_then(|d| d.get("config")).is_some() => {
             warn(
@@ -231,14 +334,14 @@ fn convert(obj: &Map<String, Value>, who: &str, warnings: &mut Vec<Warning>) -> 
                  (MetalLB ships a configmaptocrs tool), then run this on those"
                     .into(),
             );
-            None
+            Vec::new()
         }
         ("lodestone.dev", _) => {
             warn(
                 WarningKind::Ignored,
                 "already a Lodestone resource; not repeated in the output".into(),
             );
-            None
+            Vec::new()
         }
         _ => {
             let what = if api_version.is_empty() && kind.is_empty() {
@@ -250,7 +353,7 @@ fn convert(obj: &Map<String, Value>, who: &str, warnings: &mut Vec<Warning>) -> 
                 WarningKind::Ignored,
                 format!("not MetalLB configuration ({what}); skipped"),
             );
-            None
+            Vec::new()
         }
     }
 }
@@ -704,6 +807,318 @@ fn convert_l2(
     )
 }
 
+/// MetalLB BGPPeer (v1beta2, and v1beta1 which has the same fields) → Lodestone BGPPeer, plus a
+/// Secret when the password was written in the peer itself.
+fn convert_peer(
+    obj: &Map<String, Value>,
+    api_version: &str,
+    who: &str,
+    ctx: &Context,
+    warnings: &mut Vec<Warning>,
+) -> Vec<Converted> {
+    let warn = |warnings: &mut Vec<Warning>, kind, message: String| {
+        warnings.push(Warning {
+            kind,
+            object: who.to_owned(),
+            message,
+        });
+    };
+    let Some(meta) = convert_meta(obj, api_version, who, warnings) else {
+        return Vec::new();
+    };
+    let Ok(Some(spec)) = spec_of(obj, who, warnings) else {
+        warn(
+            warnings,
+            WarningKind::Invalid,
+            "has no spec (a peer needs myASN, peerASN and peerAddress); not migrated".into(),
+        );
+        return Vec::new();
+    };
+    let mut spec = spec.clone();
+    // Handled here rather than copied.
+    let password = spec.remove("password");
+    let password_secret = spec.remove("passwordSecret");
+    let bfd_profile = spec.remove("bfdProfile");
+    for (field, why) in [
+        (
+            "enableGracefulRestart",
+            "Lodestone does not do BGP graceful restart",
+        ),
+        ("vrf", "Lodestone's sessions run in the node's default VRF"),
+        (
+            "disableMP",
+            "Lodestone always offers IPv4 and IPv6 unicast on one session (multiprotocol BGP)",
+        ),
+        (
+            "dualStackAddressFamily",
+            "Lodestone always offers IPv4 and IPv6 unicast on one session",
+        ),
+        ("dynamicASN", "give peerASN explicitly"),
+        (
+            "interface",
+            "unnumbered BGP is not supported; give peerAddress",
+        ),
+    ] {
+        if spec
+            .remove(field)
+            .is_some_and(|v| !is_empty(&v) && v != Value::Bool(false))
+        {
+            warn(
+                warnings,
+                WarningKind::DroppedField,
+                format!("spec.{field}: {why}; dropped"),
+            );
+        }
+    }
+    let mut picked = pick_known(
+        &spec,
+        &[
+            "myASN",
+            "peerASN",
+            "peerAddress",
+            "peerPort",
+            "sourceAddress",
+            "holdTime",
+            "keepaliveTime",
+            "connectTime",
+            "routerID",
+            "nodeSelectors",
+            "ebgpMultiHop",
+        ],
+        "not a field of MetalLB's BGPPeer that Lodestone knows",
+        who,
+        warnings,
+    );
+    let mut extra = Vec::new();
+    if let Some(Value::String(pw)) = password.as_ref().filter(|p| !is_empty(p)) {
+        let secret_name = format!("{}-bgp-password", meta.name);
+        let origin = meta
+            .meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(MIGRATED_FROM_ANNOTATION))
+            .cloned()
+            .unwrap_or_default();
+        let secret = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": secret_name,
+                "namespace": SPEAKER_NAMESPACE,
+                "annotations": {MIGRATED_FROM_ANNOTATION: origin},
+            },
+            "type": "kubernetes.io/basic-auth",
+            "stringData": {"password": pw},
+        });
+        extra.push(Converted {
+            kind: "Secret",
+            name: secret_name.clone(),
+            namespace: SPEAKER_NAMESPACE.to_owned(),
+            who: who.to_owned(),
+            value: secret,
+        });
+        picked.insert(
+            "passwordSecret".into(),
+            serde_json::json!({"name": secret_name}),
+        );
+        warn(
+            warnings,
+            WarningKind::Changed,
+            format!(
+                "spec.password moved into the Secret {SPEAKER_NAMESPACE}/{secret_name} (written below), which \
+                 spec.passwordSecret names; keep the output out of version control"
+            ),
+        );
+    } else if let Some(Value::Object(ref_)) = password_secret.as_ref() {
+        let name = ref_.get("name").and_then(Value::as_str).unwrap_or_default();
+        let ns = ref_
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(meta.namespace.as_str());
+        if !name.is_empty() {
+            picked.insert("passwordSecret".into(), serde_json::json!({"name": name}));
+            if ns != SPEAKER_NAMESPACE {
+                warn(
+                    warnings,
+                    WarningKind::Changed,
+                    format!(
+                        "spec.passwordSecret: Lodestone reads it from {SPEAKER_NAMESPACE}: copy the Secret {ns}/{name} \
+                         there (same name, key `password`)"
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(Value::String(profile)) = bfd_profile.as_ref().filter(|p| !is_empty(p)) {
+        match ctx
+            .bfd_profiles
+            .get(&(meta.namespace.clone(), profile.clone()))
+        {
+            Some(p) => {
+                let mut bfd = Map::new();
+                for key in [
+                    "receiveInterval",
+                    "transmitInterval",
+                    "detectMultiplier",
+                    "passiveMode",
+                ] {
+                    if let Some(v) = p.get(key) {
+                        bfd.insert(key.into(), v.clone());
+                    }
+                }
+                for (key, value) in p {
+                    if !bfd.contains_key(key) && !is_empty(value) && *value != Value::Bool(false) {
+                        warn(
+                            warnings,
+                            WarningKind::DroppedField,
+                            format!(
+                                "BFDProfile {profile}: {key} is not supported (asynchronous mode only, single hop, TTL 255); dropped"
+                            ),
+                        );
+                    }
+                }
+                picked.insert("bfd".into(), Value::Object(bfd));
+            }
+            None => warn(
+                warnings,
+                WarningKind::Invalid,
+                format!(
+                    "spec.bfdProfile {profile:?}: no BFDProfile of that name in the input; written without BFD. \
+                     Add the profile to the input, or set spec.bfd"
+                ),
+            ),
+        }
+    }
+    let Some(spec) = typed::<BGPPeerSpec>(picked, who, warnings) else {
+        return Vec::new();
+    };
+    let peer = BGPPeer {
+        metadata: meta.meta,
+        spec,
+        status: None,
+    };
+    if let Err(e) = peer.validate_cel() {
+        warn(
+            warnings,
+            WarningKind::Invalid,
+            format!("Lodestone's API would reject it ({e}); not migrated"),
+        );
+        return Vec::new();
+    }
+    check_selectors(
+        &[("nodeSelectors", &peer.spec.node_selectors)],
+        "spec",
+        who,
+        warnings,
+    );
+    let mut out: Vec<Converted> =
+        finish("BGPPeer", meta.name, meta.namespace, &peer, who, warnings)
+            .into_iter()
+            .collect();
+    if !out.is_empty() {
+        out.extend(extra);
+    }
+    out
+}
+
+/// MetalLB BGPAdvertisement → Lodestone BGPAdvertisement, community aliases resolved.
+fn convert_bgp_advert(
+    obj: &Map<String, Value>,
+    api_version: &str,
+    who: &str,
+    ctx: &Context,
+    warnings: &mut Vec<Warning>,
+) -> Option<Converted> {
+    let meta = convert_meta(obj, api_version, who, warnings)?;
+    let Ok(spec) = spec_of(obj, who, warnings) else {
+        return None;
+    };
+    let empty = Map::new();
+    let mut picked = pick_known(
+        spec.unwrap_or(&empty),
+        &[
+            "aggregationLength",
+            "aggregationLengthV6",
+            "localPref",
+            "communities",
+            "ipAddressPools",
+            "ipAddressPoolSelectors",
+            "nodeSelectors",
+            "peers",
+        ],
+        "Lodestone's BGPAdvertisement has no equivalent",
+        who,
+        warnings,
+    );
+    if let Some(Value::Array(list)) = picked.get_mut("communities") {
+        for c in list.iter_mut() {
+            let Some(text) = c.as_str() else { continue };
+            if text.parse::<lodestone_crds::bgp::Community>().is_ok() {
+                continue;
+            }
+            match ctx
+                .communities
+                .get(&(meta.namespace.clone(), text.to_owned()))
+            {
+                Some(value) => {
+                    // MetalLB writes large communities as `large:a:b:c`, as Lodestone does.
+                    *c = Value::String(value.clone());
+                }
+                None => warnings.push(Warning {
+                    kind: WarningKind::Invalid,
+                    object: who.to_owned(),
+                    message: format!(
+                        "spec.communities: {text:?} is neither a community nor an alias defined by a Community \
+                         in the input; Lodestone would reject it"
+                    ),
+                }),
+            }
+        }
+    }
+    let spec: BGPAdvertisementSpec = typed(picked, who, warnings)?;
+    // The CRD's pattern (which `validate_cel` does not evaluate) refuses what does not parse.
+    if let Some(bad) = spec
+        .communities
+        .iter()
+        .find(|c| c.parse::<lodestone_crds::bgp::Community>().is_err())
+    {
+        warnings.push(Warning {
+            kind: WarningKind::Invalid,
+            object: who.to_owned(),
+            message: format!("Lodestone's API would reject it (community {bad:?}); not migrated"),
+        });
+        return None;
+    }
+    let adv = BGPAdvertisement {
+        metadata: meta.meta,
+        spec,
+    };
+    if let Err(e) = adv.validate_cel() {
+        warnings.push(Warning {
+            kind: WarningKind::Invalid,
+            object: who.to_owned(),
+            message: format!("Lodestone's API would reject it ({e}); not migrated"),
+        });
+        return None;
+    }
+    let selectors = [
+        (
+            "ipAddressPoolSelectors",
+            &adv.spec.ip_address_pool_selectors,
+        ),
+        ("nodeSelectors", &adv.spec.node_selectors),
+    ];
+    check_selectors(&selectors, "spec", who, warnings);
+    finish(
+        "BGPAdvertisement",
+        meta.name,
+        meta.namespace,
+        &adv,
+        who,
+        warnings,
+    )
+}
+
 fn finish<T: serde::Serialize>(
     kind: &'static str,
     name: String,
@@ -731,25 +1146,32 @@ fn finish<T: serde::Serialize>(
     }
 }
 
-/// Warn about every converted pool no converted L2Advertisement covers. An advertisement with
-/// neither pool names nor pool selectors covers every pool (MetalLB's rule and Lodestone's).
+/// Warn about every converted pool no converted L2Advertisement or BGPAdvertisement covers. An
+/// advertisement with neither pool names nor pool selectors covers every pool (MetalLB's rule
+/// and Lodestone's).
 fn check_announced(out: &[Converted], warnings: &mut Vec<Warning>) {
-    let advs: Vec<L2AdvertisementSpec> = out
+    let mut advs: Vec<(Vec<String>, Vec<LabelSelector>)> = out
         .iter()
         .filter(|c| c.kind == "L2Advertisement")
         .filter_map(|c| serde_json::from_value::<L2Advertisement>(c.value.clone()).ok())
-        .map(|a| a.spec)
+        .map(|a| (a.spec.ip_address_pools, a.spec.ip_address_pool_selectors))
         .collect();
+    advs.extend(
+        out.iter()
+            .filter(|c| c.kind == "BGPAdvertisement")
+            .filter_map(|c| serde_json::from_value::<BGPAdvertisement>(c.value.clone()).ok())
+            .map(|a| (a.spec.ip_address_pools, a.spec.ip_address_pool_selectors)),
+    );
     for pool in out.iter().filter(|c| c.kind == "IPAddressPool") {
         let labels: BTreeMap<String, String> = pool
             .value
             .pointer("/metadata/labels")
             .and_then(|l| serde_json::from_value(l.clone()).ok())
             .unwrap_or_default();
-        let covered = advs.iter().any(|a| {
-            (a.ip_address_pools.is_empty() && a.ip_address_pool_selectors.is_empty())
-                || a.ip_address_pools.contains(&pool.name)
-                || a.ip_address_pool_selectors
+        let covered = advs.iter().any(|(names, selectors)| {
+            (names.is_empty() && selectors.is_empty())
+                || names.contains(&pool.name)
+                || selectors
                     .iter()
                     .any(|sel| lodestone_crds::selector::matches(sel, &labels).unwrap_or(false))
         });
@@ -757,9 +1179,9 @@ fn check_announced(out: &[Converted], warnings: &mut Vec<Warning>) {
             warnings.push(Warning {
                 kind: WarningKind::NotAnnounced,
                 object: pool.who.clone(),
-                message: "no L2Advertisement in the input announces this pool: Lodestone would assign its \
-                          addresses but no node would answer for them. Add one (an L2Advertisement with an \
-                          empty spec announces every pool)"
+                message: "no L2Advertisement or BGPAdvertisement in the input announces this pool: Lodestone \
+                          would assign its addresses but no node would announce them. Add one (an \
+                          L2Advertisement with an empty spec announces every pool)"
                     .into(),
             });
         }
@@ -937,31 +1359,160 @@ mod tests {
         assert_eq!(all.spec, L2AdvertisementSpec::default());
     }
 
+    fn bgp(kind: &str, name: &str, spec: Value) -> Value {
+        let version = if kind == "BGPPeer" {
+            "v1beta2"
+        } else {
+            "v1beta1"
+        };
+        json!({"apiVersion": format!("metallb.io/{version}"), "kind": kind,
+               "metadata": {"name": name, "namespace": "metallb-system"}, "spec": spec})
+    }
+
     #[test]
-    fn bgp_objects_are_named_and_not_emitted() {
-        let docs = ["BGPAdvertisement", "BGPPeer", "BFDProfile", "Community"]
-            .iter()
-            .map(|k| json!({"apiVersion": "metallb.io/v1beta1", "kind": k, "metadata": {"name": "x", "namespace": "metallb-system"}, "spec": {}}))
-            .collect();
-        let (out, warnings) = migrate(docs);
-        assert!(out.is_empty());
-        assert_eq!(kinds(&warnings), vec![WarningKind::Unsupported; 4]);
-        assert_eq!(warnings[1].object, "BGPPeer metallb-system/x");
+    fn bgp_peer_converts_with_its_bfd_profile_and_password() {
+        let (out, warnings) = migrate(vec![
+            bgp(
+                "BFDProfile",
+                "fast",
+                json!({"receiveInterval": 100, "transmitInterval": 150,
+                 "detectMultiplier": 4, "echoMode": true}),
+            ),
+            bgp(
+                "BGPPeer",
+                "tor",
+                json!({
+                "myASN": 4200000001u32, "peerASN": 64500, "peerAddress": "192.0.2.1",
+                "peerPort": 1179, "sourceAddress": "192.0.2.11", "holdTime": "9s",
+                "keepaliveTime": "3s", "connectTime": "5s", "routerID": "192.0.2.11",
+                "nodeSelectors": [{"matchLabels": {"rack": "a"}}], "ebgpMultiHop": true,
+                "password": "s3cret", "bfdProfile": "fast", "enableGracefulRestart": true,
+                "vrf": "red"}),
+            ),
+        ]);
+        assert_eq!(out.len(), 2, "{out:?}");
+        let peer: BGPPeer = serde_json::from_value(out[0].clone()).unwrap();
+        assert!(peer.validate_cel().is_ok());
+        assert_eq!(peer.spec.my_asn, 4_200_000_001);
+        assert_eq!(peer.spec.peer_port, 1179);
+        assert_eq!(peer.spec.hold_time.as_deref(), Some("9s"));
+        assert!(peer.spec.ebgp_multi_hop);
+        assert_eq!(peer.spec.node_selectors.len(), 1);
+        let bfd = peer.spec.bfd.unwrap();
+        assert_eq!(
+            (
+                bfd.receive_interval,
+                bfd.transmit_interval,
+                bfd.detect_multiplier
+            ),
+            (100, 150, 4)
+        );
+        assert_eq!(peer.spec.password_secret.unwrap().name, "tor-bgp-password");
+        assert_eq!(out[1]["kind"], "Secret");
+        assert_eq!(out[1]["metadata"]["namespace"], SPEAKER_NAMESPACE);
+        assert_eq!(out[1]["stringData"]["password"], "s3cret");
+        let messages: Vec<&str> = warnings.iter().map(|w| w.message.as_str()).collect();
+        for needle in [
+            "folded into the spec.bfd",
+            "echoMode is not supported",
+            "enableGracefulRestart",
+            "spec.vrf",
+            "spec.password moved into the Secret lodestone-system/tor-bgp-password",
+        ] {
+            assert!(
+                messages.iter().any(|m| m.contains(needle)),
+                "{needle}: {messages:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bgp_advertisement_converts_with_community_aliases_resolved() {
+        let aliases = || {
+            bgp(
+                "Community",
+                "aliases",
+                json!({"communities": [
+            {"name": "no-adv", "value": "65535:65282"}, {"name": "big", "value": "large:1:2:3"}]}),
+            )
+        };
+        let (out, warnings) = migrate(vec![
+            pool(
+                "metallb-system",
+                "public",
+                json!({"addresses": ["203.0.113.0/24"]}),
+            ),
+            aliases(),
+            bgp(
+                "BGPAdvertisement",
+                "public",
+                json!({
+                "ipAddressPools": ["public"], "communities": ["64500:100", "nope"]}),
+            ),
+        ]);
+        // "nope" makes the advertisement invalid: reported, not emitted.
+        assert_eq!(out.len(), 1, "{out:?}");
         assert!(
             warnings
                 .iter()
-                .all(|w| w.message.contains("BGP is not supported")),
+                .any(|w| w.message.contains("\"nope\" is neither a community")),
+            "{warnings:?}"
+        );
+        let (out, _) = migrate(vec![
+            pool(
+                "metallb-system",
+                "public",
+                json!({"addresses": ["203.0.113.0/24"]}),
+            ),
+            aliases(),
+            bgp(
+                "BGPAdvertisement",
+                "public",
+                json!({
+                "ipAddressPools": ["public"], "aggregationLength": 32, "aggregationLengthV6": 128,
+                "localPref": 150, "communities": ["64500:100", "no-adv", "big"], "peers": ["tor"],
+                "nodeSelectors": [{"matchLabels": {"rack": "a"}}]}),
+            ),
+        ]);
+        let adv: BGPAdvertisement = serde_json::from_value(out[1].clone()).unwrap();
+        assert!(adv.validate_cel().is_ok());
+        assert_eq!(
+            adv.spec.communities,
+            ["64500:100", "65535:65282", "large:1:2:3"]
+        );
+        assert_eq!(adv.spec.local_pref, Some(150));
+        assert_eq!(adv.spec.peers, ["tor"]);
+        assert_eq!(adv.spec.aggregation_length, Some(32));
+    }
+
+    #[test]
+    fn a_pool_only_bgp_announces_is_announced() {
+        let (_, warnings) = migrate(vec![
+            pool(
+                "metallb-system",
+                "public",
+                json!({"addresses": ["203.0.113.0/24"]}),
+            ),
+            bgp("BGPAdvertisement", "all", json!({})),
+        ]);
+        assert!(
+            !kinds(&warnings).contains(&WarningKind::NotAnnounced),
             "{warnings:?}"
         );
     }
 
     #[test]
-    fn bgp_peer_v1beta2_is_unsupported_too() {
-        let (out, warnings) = migrate(vec![
-            json!({"apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer", "metadata": {"name": "tor"}}),
-        ]);
-        assert!(out.is_empty());
-        assert_eq!(kinds(&warnings), vec![WarningKind::Unsupported]);
+    fn a_missing_bfd_profile_is_reported() {
+        let (out, warnings) = migrate(vec![bgp(
+            "BGPPeer",
+            "tor",
+            json!({
+            "myASN": 64512, "peerASN": 64500, "peerAddress": "192.0.2.1", "bfdProfile": "gone"}),
+        )]);
+        assert_eq!(out.len(), 1);
+        let peer: BGPPeer = serde_json::from_value(out[0].clone()).unwrap();
+        assert_eq!(peer.spec.bfd, None);
+        assert_eq!(kinds(&warnings), vec![WarningKind::Invalid]);
     }
 
     #[test]
@@ -1399,11 +1950,18 @@ mod props {
                         let a: L2Advertisement = serde_json::from_value(v.clone()).unwrap();
                         prop_assert!(a.validate_cel().is_ok());
                     }
+                    "BGPPeer" => {
+                        let p: BGPPeer = serde_json::from_value(v.clone()).unwrap();
+                        prop_assert!(p.validate_cel().is_ok());
+                    }
+                    "Secret" => {}
                     other => prop_assert!(false, "unexpected kind {other}"),
                 }
                 prop_assert!(seen.insert((kind, v["metadata"]["name"].to_string())), "duplicate name");
             }
-            prop_assert!(out.len() <= n);
+            // A peer with a plain-text password brings its Secret along.
+            let secrets = out.iter().filter(|v| v["kind"] == "Secret").count();
+            prop_assert!(out.len() - secrets <= n);
             // An input that is not emitted has at least one warning of its own.
             prop_assert!(out.len() + warnings.len() >= n);
         }

@@ -145,9 +145,9 @@ fn every_manifest_is_a_known_kind_without_unknown_fields() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-    // Namespace, 2 CRDs, 2 ServiceAccounts, 2 ClusterRoles + bindings, Role + binding,
+    // Namespace, 4 CRDs, 2 ServiceAccounts, 2 ClusterRoles + bindings, 2 Roles + bindings,
     // Deployment, PDB, DaemonSet, the speaker's admission policy + binding.
-    assert_eq!(count, 16);
+    assert_eq!(count, 20);
 }
 
 #[test]
@@ -295,12 +295,22 @@ fn rbac_grants_exactly_what_the_programs_call() {
             ("", "nodes", &["list", "watch"]),
             ("lodestone.dev", "ipaddresspools", &["list", "watch"]),
             ("lodestone.dev", "l2advertisements", &["list", "watch"]),
+            ("lodestone.dev", "bgppeers", &["list", "watch"]),
+            ("lodestone.dev", "bgpadvertisements", &["list", "watch"]),
+            ("lodestone.dev", "bgppeers/status", &["patch"]),
             ("events.k8s.io", "events", &["create"]),
         ])
     );
     assert!(
         !speaker.keys().any(|(_, r)| r == "secrets"),
-        "the speaker reads its key from a mounted file"
+        "the speaker reads its key from a mounted file, and no Secret cluster-wide"
+    );
+    // BGP passwords: get, in its own namespace only.
+    let passwords: Role = find(&docs, "Role", "lodestone-speaker-bgp-passwords");
+    assert_eq!(passwords.metadata.namespace.as_deref(), Some(NAMESPACE));
+    assert_eq!(
+        grants(passwords.rules.as_deref().unwrap_or_default()),
+        expect(&[("", "secrets", &["get"])])
     );
 
     // Each binding gives its role to the program's own ServiceAccount, and nothing else exists.
@@ -322,6 +332,12 @@ fn rbac_grants_exactly_what_the_programs_call() {
             "lodestone-speaker",
             "ClusterRole",
             "lodestone-speaker",
+        ),
+        (
+            "RoleBinding",
+            "lodestone-speaker-bgp-passwords",
+            "Role",
+            "lodestone-speaker-bgp-passwords",
         ),
     ] {
         let doc = docs
@@ -349,8 +365,8 @@ fn rbac_grants_exactly_what_the_programs_call() {
         assert_eq!(subjects[0]["namespace"], NAMESPACE);
     }
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds.iter().filter(|k| k.ends_with("Binding")).count(), 3);
-    assert_eq!(kinds.iter().filter(|k| k.ends_with("Role")).count(), 3);
+    assert_eq!(kinds.iter().filter(|k| k.ends_with("Binding")).count(), 4);
+    assert_eq!(kinds.iter().filter(|k| k.ends_with("Role")).count(), 4);
 }
 
 fn only_container(spec: &k8s_openapi::api::core::v1::PodSpec) -> &Container {
@@ -431,7 +447,7 @@ fn controller_deployment_is_unprivileged_and_probed() {
 }
 
 #[test]
-fn speaker_daemonset_holds_net_raw_only_and_reads_the_key_from_a_file() {
+fn speaker_daemonset_holds_net_raw_and_bind_only_and_reads_the_key_from_a_file() {
     let docs = load("speaker.yaml");
     let ds: DaemonSet = find(&docs, "DaemonSet", "lodestone-speaker");
     let pod = ds.spec.unwrap().template.spec.unwrap();
@@ -457,11 +473,20 @@ fn speaker_daemonset_holds_net_raw_only_and_reads_the_key_from_a_file() {
     let sc = c.security_context.clone().unwrap();
     let caps = sc.capabilities.unwrap();
     assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
-    assert_eq!(caps.add, Some(vec!["NET_RAW".to_owned()]));
+    // NET_BIND_SERVICE: passive BGP peers connect to port 179 (docs/bgp.md).
+    assert_eq!(
+        caps.add,
+        Some(vec!["NET_RAW".to_owned(), "NET_BIND_SERVICE".to_owned()])
+    );
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(sc.privileged, None);
     assert_eq!(env_field(c, "NODE_NAME").as_deref(), Some("spec.nodeName"));
+    // BGP password Secrets are read from the speaker's own namespace.
+    assert_eq!(
+        env_field(c, "POD_NAMESPACE").as_deref(),
+        Some("metadata.namespace")
+    );
     assert_eq!(arg(c, "--health-addr"), Some("0.0.0.0:7473"));
     let ports: BTreeSet<(i32, String)> = c
         .ports
@@ -590,7 +615,7 @@ fn kustomize_renders_with_the_generated_key() {
         key.len() >= 16,
         "the speaker needs at least 16 bytes of key"
     );
-    assert_eq!(docs.len(), 17, "the 16 manifests and the generated Secret");
+    assert_eq!(docs.len(), 21, "the 20 manifests and the generated Secret");
 }
 
 #[test]

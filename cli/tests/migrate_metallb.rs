@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use lodestone_crds::{IPAddressPool, L2Advertisement};
+use lodestone_crds::{BGPAdvertisement, BGPPeer, IPAddressPool, L2Advertisement};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
@@ -42,6 +42,16 @@ fn check_lodestone(docs: &[Value]) -> (Vec<IPAddressPool>, Vec<L2Advertisement>)
                 assert_eq!(a.metadata.namespace, None);
                 advs.push(a);
             }
+            Some("BGPPeer") => {
+                let p: BGPPeer = serde_json::from_value(doc.clone()).unwrap();
+                p.validate_cel().unwrap();
+                assert_eq!(p.metadata.namespace, None);
+            }
+            Some("BGPAdvertisement") => {
+                let a: BGPAdvertisement = serde_json::from_value(doc.clone()).unwrap();
+                a.validate_cel().unwrap();
+                assert_eq!(a.metadata.namespace, None);
+            }
             other => panic!("unexpected kind {other:?}"),
         }
     }
@@ -53,7 +63,7 @@ fn name<K: kube::Resource>(o: &K) -> &str {
 }
 
 #[test]
-fn layer2_setup_converts_and_bgp_is_named() {
+fn layer2_and_bgp_setup_converts() {
     let out = run(&[
         "migrate-metallb",
         fixture("metallb-layer2.yaml").to_str().unwrap(),
@@ -95,25 +105,39 @@ fn layer2_setup_converts_and_bgp_is_named() {
     assert_eq!(advs[0].spec.interfaces, ["bond0", "eth1"]);
     assert_eq!(advs[1].spec.ip_address_pools, ["cheap"]);
 
-    for (kind, name) in [
-        ("BGPPeer", "tor-a"),
-        ("BGPAdvertisement", "public-bgp"),
-        ("BFDProfile", "fast"),
-        ("Community", "communities"),
-    ] {
-        let line = format!("warning: {kind} metallb-system/{name}: BGP is not supported");
-        assert!(err.contains(&line), "missing {line:?} in:\n{err}");
-    }
-    assert!(
-        err.contains("Its pools (public) still get addresses, but nothing announces them"),
-        "{err}"
+    // BGP: the peer with its BFD profile folded in, the advertisement as it was.
+    let peer: BGPPeer = docs
+        .iter()
+        .find(|d| d["kind"] == "BGPPeer")
+        .map(|d| serde_json::from_value(d.clone()).unwrap())
+        .expect("the BGPPeer is converted");
+    assert_eq!(
+        (
+            peer.spec.my_asn,
+            peer.spec.peer_asn,
+            peer.spec.peer_address.as_str()
+        ),
+        (64500, 64501, "192.0.2.1")
     );
+    assert_eq!(peer.spec.bfd.map(|b| b.receive_interval), Some(300));
+    let bgp_adv: BGPAdvertisement = docs
+        .iter()
+        .find(|d| d["kind"] == "BGPAdvertisement")
+        .map(|d| serde_json::from_value(d.clone()).unwrap())
+        .expect("the BGPAdvertisement is converted");
+    assert_eq!(bgp_adv.spec.ip_address_pools, ["public"]);
+    for line in [
+        "warning: BFDProfile metallb-system/fast: folded into the spec.bfd",
+        "warning: Community metallb-system/communities: its aliases are replaced",
+    ] {
+        assert!(err.contains(line), "missing {line:?} in:\n{err}");
+    }
     assert!(
         err.contains("IPAddressPool metallb-system/cheap: spec.serviceAllocation.priority 0"),
         "{err}"
     );
     assert!(
-        err.contains("migrated 4 object(s) with 5 warning(s)"),
+        err.contains("migrated 6 object(s) with 3 warning(s)"),
         "{err}"
     );
 }

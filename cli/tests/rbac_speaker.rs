@@ -4,9 +4,11 @@
 //! server; see `lodestone_harness::e2e::lab`) runs the real `lodestone-speaker` with a
 //! kubeconfig whose token authenticates as the speaker's ServiceAccount, after
 //! `deploy/rbac.yaml` is applied. The scenario makes it call everything it can: its reflectors
-//! (Services, EndpointSlices, Nodes, pools, L2Advertisements), the Announced condition, and
-//! Events (each created on its own): announce, lose the L2Advertisement, get it back. The audit
-//! log is then checked as for the controller.
+//! (Services, EndpointSlices, Nodes, pools, L2Advertisements, BGPPeers, BGPAdvertisements), the
+//! Announced condition, and Events (each created on its own): announce, lose the
+//! L2Advertisement, get it back; then a BGPPeer with an MD5 password Secret (read with one
+//! `get`), whose session state the speaker writes on the peer's status. The audit log is then
+//! checked as for the controller.
 //!
 //! Needs root (network namespaces), as the speaker's e2e tests do. Only the embedded server keeps
 //! an audit log; under the envtest switch this test is skipped, as `rbac_controller` is.
@@ -14,14 +16,17 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
-use lodestone_crds::{IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2AdvertisementSpec};
+use lodestone_crds::{
+    BGPPeer, IPAddressPool, IPAddressPoolSpec, L2Advertisement, L2AdvertisementSpec,
+};
 use lodestone_harness::e2e::lab::{Lab, POOL_V4};
 use lodestone_harness::e2e::objects;
 
 mod rbac_common;
 
-use rbac_common::{add_sa_token, apply_rbac, binary, check, rbac_docs};
+use rbac_common::{NS, add_sa_token, apply_rbac, binary, check, rbac_docs};
 
 const SA: &str = "lodestone-speaker";
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -150,6 +155,36 @@ async fn speaker_rbac_is_exactly_what_the_speaker_calls() {
             .filter(|e| e.resource == "events" && e.verb == "create")
             .count()
             >= 3
+    })
+    .await;
+
+    // BGP: a peer whose password is in a Secret of the speaker's namespace. No router answers
+    // at 192.0.2.1; the session's state is reported on the peer all the same.
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "router-md5", "namespace": NS},
+        "data": {"password": "czNjcmV0"},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(admin.clone(), NS)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let peer: BGPPeer = serde_json::from_value(serde_json::json!({
+        "apiVersion": "lodestone.dev/v1alpha1", "kind": "BGPPeer",
+        "metadata": {"name": "router"},
+        "spec": {"myASN": 64512, "peerASN": 64500, "peerAddress": "192.0.2.1",
+                 "passwordSecret": {"name": "router-md5"}},
+    }))
+    .unwrap();
+    let peers: Api<BGPPeer> = Api::all(admin.clone());
+    peers.create(&PostParams::default(), &peer).await.unwrap();
+    wait_for("node-a's session on the BGPPeer status", &lab, async || {
+        peers
+            .get("router")
+            .await
+            .ok()
+            .and_then(|p| p.status)
+            .is_some_and(|s| s.sessions.iter().any(|s| s.node == "node-a"))
     })
     .await;
 

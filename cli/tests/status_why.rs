@@ -416,3 +416,99 @@ async fn a_failed_connection_names_its_cause() {
     assert!(stderr.contains("Connection refused"), "{stderr}");
     assert!(!stderr.contains("certificate-authority"), "{stderr}");
 }
+
+/// docs/bgp.md's status commands against a BGPPeer carrying two nodes' sessions, as the
+/// speakers write them: `kubectl get` shows the summary in its SESSIONS column,
+/// `lodestonectl status` one line per session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bgp_sessions_show_in_kubectl_and_status() {
+    use lodestone_crds::BGPPeer;
+    use lodestone_harness::docs;
+    let cluster = TestCluster::start().await.unwrap();
+    cluster
+        .apply_crds(&lodestone_crds::all_crds())
+        .await
+        .unwrap();
+    let kubeconfig = cluster.kubeconfig_path().to_owned();
+    let peers: Api<BGPPeer> = Api::all(cluster.client());
+    create(
+        &peers,
+        json!({"metadata": {"name": "router"},
+               "spec": {"myASN": 64512, "peerASN": 64500, "peerAddress": "192.0.2.1"}}),
+    )
+    .await;
+    for (node, state, prefixes, error) in [
+        ("node-a", "Established", 2, None),
+        (
+            "node-b",
+            "Active",
+            0,
+            Some("connecting to 192.0.2.1:179: Connection refused"),
+        ),
+    ] {
+        // node-a writes the summary too, as the designated writer would.
+        let mut status = json!({"sessions": [{"node": node, "state": state,
+            "advertisedPrefixes": prefixes, "lastError": error}]});
+        if node == "node-a" {
+            status["summary"] = "1/2 Established".into();
+        }
+        peers
+            .patch_status(
+                "router",
+                &PatchParams::apply(&format!("lodestone-speaker/{node}")).force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "lodestone.dev/v1alpha1", "kind": "BGPPeer",
+                    "metadata": {"name": "router"},
+                    "status": status,
+                })),
+            )
+            .await
+            .unwrap();
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_lodestonectl"));
+    let page = "docs/bgp.md";
+    let shell = |needle: &str| {
+        let c = docs::command(page, needle).unwrap();
+        let path = format!(
+            "{}:{}",
+            bin.parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&c.text)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{c}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("$ {}\n{stdout}", c.text);
+        stdout
+    };
+    let table = shell("kubectl get bgppeers");
+    assert!(
+        table
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .contains("SESSIONS"),
+        "{table}"
+    );
+    let row = table.lines().nth(1).unwrap_or_default();
+    assert!(row.contains("1/2 Established"), "{table}");
+    let yaml = shell("kubectl get bgppeer router -o yaml");
+    assert!(yaml.contains("state: Established"), "{yaml}");
+    let status = shell("lodestonectl status");
+    let lines: Vec<&str> = status.lines().filter(|l| l.starts_with("router")).collect();
+    assert_eq!(lines.len(), 2, "{status}");
+    assert!(
+        lines[0].contains("node-a") && lines[0].contains("Established"),
+        "{status}"
+    );
+    assert!(lines[1].contains("Connection refused"), "{status}");
+}

@@ -1,6 +1,6 @@
 //! Lodestone's API types, shared by the controller and the speaker.
 //!
-//! Both resources are cluster-scoped and live in `lodestone.dev/v1alpha1`. Their shape follows
+//! Every resource is cluster-scoped and live in `lodestone.dev/v1alpha1`. Their shape follows
 //! MetalLB's `metallb.io/v1beta1` types closely so that migrating users recognise every field.
 //!
 //! The CRD YAML under `deploy/crds/` is generated from these types by
@@ -8,6 +8,7 @@
 
 pub mod addresses;
 pub mod announced;
+pub mod bgp;
 pub mod class;
 pub mod events;
 pub mod heap;
@@ -17,6 +18,10 @@ pub mod reference;
 pub mod selector;
 pub mod trim;
 
+pub use bgp::{
+    BGPAdvertisement, BGPAdvertisementSpec, BGPPeer, BGPPeerSpec, BGPPeerStatus, BGPSessionStatus,
+    BfdSettings, PasswordSecret,
+};
 pub use l2advertisement::{L2Advertisement, L2AdvertisementSpec, crd as l2advertisement_crd};
 pub use pool::{
     AddressUse, IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, POOL_FINALIZER,
@@ -34,7 +39,12 @@ pub fn all_crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
-    vec![IPAddressPool::crd(), l2advertisement_crd()]
+    vec![
+        IPAddressPool::crd(),
+        l2advertisement_crd(),
+        BGPPeer::crd(),
+        BGPAdvertisement::crd(),
+    ]
 }
 
 /// The file name under `deploy/crds/` for a CRD, `<group>_<plural>.yaml` as controller-gen names them.

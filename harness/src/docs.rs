@@ -93,6 +93,30 @@ pub fn command(file: &str, needle: &str) -> Result<DocCommand, String> {
     }
 }
 
+/// The fenced blocks of `file` whose info string is exactly `lang` (e.g. `frr`, `bird`,
+/// `yaml`), in order: configuration the tests apply as the page shows it.
+pub fn blocks(file: &str, lang: &str) -> std::io::Result<Vec<String>> {
+    let text = std::fs::read_to_string(repo_root().join(file))?;
+    let mut out = Vec::new();
+    // Inside a block: whether it is one of ours, and its text so far.
+    let mut inside: Option<(bool, String)> = None;
+    for raw in text.lines() {
+        if let Some(info) = raw.trim_start().strip_prefix("```") {
+            match inside.take() {
+                Some((true, block)) => out.push(block),
+                Some((false, _)) => {}
+                None => inside = Some((info.trim() == lang, String::new())),
+            }
+            continue;
+        }
+        if let Some((true, block)) = inside.as_mut() {
+            block.push_str(raw);
+            block.push('\n');
+        }
+    }
+    Ok(out)
+}
+
 /// A command without a trailing `   # comment`.
 fn bare(text: &str) -> &str {
     text.split("  #").next().unwrap_or(text).trim_end()

@@ -129,6 +129,22 @@ const PLAN: &[(&str, &str, How)] = &[
         "kubectl patch service web --subresource=status",
         How::Test("speaker/tests/e2e_ownership.rs"),
     ),
+    // docs/bgp.md
+    (
+        "docs/bgp.md",
+        "kubectl get bgppeers",
+        How::Test("cli/tests/status_why.rs"),
+    ),
+    (
+        "docs/bgp.md",
+        "kubectl get bgppeer router -o yaml",
+        How::Test("cli/tests/status_why.rs"),
+    ),
+    (
+        "docs/bgp.md",
+        "lodestonectl status",
+        How::Test("cli/tests/status_why.rs"),
+    ),
     // docs/testing.md: the real cluster
     (
         "docs/testing.md",

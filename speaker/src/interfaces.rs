@@ -234,6 +234,13 @@ async fn dump(handle: &rtnetlink::Handle) -> Result<Vec<LinkInfo>, InterfacesErr
     Ok(build_snapshot(&links, &addrs))
 }
 
+/// One reading of the links and their addresses (no watching).
+pub async fn snapshot() -> Result<Vec<LinkInfo>, InterfacesError> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    let _conn = AbortOnDrop(tokio::spawn(conn));
+    dump(&handle).await
+}
+
 /// Aborts a task when dropped.
 #[derive(Debug)]
 pub(crate) struct AbortOnDrop<T>(pub(crate) JoinHandle<T>);

@@ -8,9 +8,12 @@
 //! - [`announcer`], [`interfaces`]: answering ARP/NDP on the chosen links.
 //! - [`plan`]: pure: from the cluster's objects to what this node announces.
 //! - [`trim`]: pure: what the shell keeps of the cached cluster objects.
+//! - [`bgp`], [`bfd`]: BGP mode: sessions with routers, and BFD to notice a dead path fast.
 //! - [`run`], [`metrics`]: the I/O shell around it.
 
 pub mod announcer;
+pub mod bfd;
+pub mod bgp;
 pub mod election;
 pub mod eligibility;
 pub mod frames;

@@ -64,6 +64,9 @@ struct Args {
     /// election, provided another speaker still reaches it (docs/announcing.md).
     #[arg(long, default_value_t = 30)]
     api_loss_timeout_secs: u64,
+    /// The speaker's namespace: BGP password Secrets are read from it.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "lodestone-system")]
+    namespace: String,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -151,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
             ..AnnouncerConfig::default()
         },
         api_loss_timeout: Duration::from_secs(args.api_loss_timeout_secs),
+        namespace: args.namespace.clone(),
     };
     run(client, cfg, shutdown_signal()).await?;
     Ok(())

@@ -30,6 +30,12 @@
 //! | `membership_suspicions_refuted_total` | counter | suspicions this speaker raised that the suspect refuted in time |
 //! | `membership_suspicions_deferred_total` | counter | expired suspicions of a peer that still talked |
 //! | `membership_starved_periods_total` | counter | probe periods in which this node's timers ran late |
+//! | `bgp_sessions_established` | gauge | BGP sessions in state Established |
+//! | `bgp_prefixes_advertised` | gauge | prefixes advertised, summed over sessions |
+//! | `bgp_malformed_messages_total` | counter | malformed BGP messages received (each answered with a NOTIFICATION) |
+//! | `bgp_notifications_sent_total` | counter | BGP NOTIFICATIONs sent |
+//! | `bgp_notifications_received_total` | counter | BGP NOTIFICATIONs received |
+//! | `bgp_updates_sent_total` | counter | BGP UPDATE messages sent |
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,6 +113,8 @@ pub struct Metrics {
     condition_writes: Family<ResultLabel, Counter>,
     membership: MembershipMetrics,
     membership_source: Mutex<Option<StatsReader>>,
+    /// BGP mode's metrics (`bgp_*`).
+    pub bgp: crate::bgp::BgpMetrics,
 }
 
 /// The membership's own counters, copied from [`MembershipStats`] at each scrape.
@@ -156,6 +164,7 @@ impl Metrics {
             condition_writes: Family::default(),
             membership: MembershipMetrics::default(),
             membership_source: Mutex::new(None),
+            bgp: crate::bgp::BgpMetrics::default(),
         };
         registry.register(
             "requests_seen",
@@ -286,6 +295,7 @@ impl Metrics {
             "Probe periods in which this speaker's own membership timers fired late",
             mm.starved_periods.clone(),
         );
+        m.bgp.register(&mut registry);
         // Touch the labelled series so that they are exported at zero from the start.
         for k in ["primary", "secondary"] {
             let _ = mm.accepted.get_or_create(&label("key", k));
@@ -532,20 +542,28 @@ mod tests {
         }
     }
 
-    /// The metrics table of docs/announcing.md lists exactly the names the registry exposes.
+    /// The metrics tables of docs/announcing.md and docs/bgp.md list exactly the names the
+    /// registry exposes.
     #[test]
     fn every_exposed_name_is_documented_and_back() {
         let exposed = lodestone_harness::e2e::metrics::exposed_names(&Metrics::new().render());
-        let documented = lodestone_harness::e2e::metrics::documented_names(
+        let mut documented = lodestone_harness::e2e::metrics::documented_names(
             include_str!("../../docs/announcing.md"),
             "lodestone_speaker_",
         );
+        documented.extend(lodestone_harness::e2e::metrics::documented_names(
+            include_str!("../../docs/bgp.md"),
+            "lodestone_speaker_",
+        ));
         // Every registered metric is in the exposition (split so this line does not count).
-        let registered = include_str!("metrics.rs")
-            .matches(concat!("registry", ".register("))
-            .count();
+        let needle = concat!("registry", ".register(");
+        let registered = include_str!("metrics.rs").matches(needle).count()
+            + include_str!("bgp/mod.rs").matches(needle).count();
         assert_eq!(exposed.len(), registered, "{exposed:?}");
-        assert_eq!(exposed, documented, "registry vs docs/announcing.md");
+        assert_eq!(
+            exposed, documented,
+            "registry vs docs/announcing.md and docs/bgp.md"
+        );
     }
 
     #[test]

@@ -127,6 +127,8 @@ pub struct SpeakerConfig {
     /// How long the API server may stay unreachable before this speaker withdraws from the
     /// election, provided a peer still reaches it (see [`withdrawal`]).
     pub api_loss_timeout: Duration,
+    /// The speaker's namespace, where BGP password Secrets live.
+    pub namespace: String,
 }
 
 /// Why the speaker stopped.
@@ -156,7 +158,7 @@ pub enum RunError {
 
 /// When this speaker last heard from the API server.
 #[derive(Debug)]
-struct ApiHealth {
+pub(crate) struct ApiHealth {
     last_ok: Mutex<Instant>,
 }
 
@@ -183,7 +185,7 @@ impl ApiHealth {
 /// Starts a reflector for `K`; every change wakes `notify`. Errors are logged and retried with
 /// backoff while the store keeps its content. `trim` drops what the speaker never reads before
 /// an object enters the store (see [`crate::trim`]).
-fn watch_kind<K>(
+pub(crate) fn watch_kind<K>(
     client: &Client,
     kind: &'static str,
     notify: Arc<Notify>,
@@ -804,6 +806,7 @@ struct Shell {
     api: Arc<ApiHealth>,
     events: mpsc::UnboundedSender<EventReport>,
     writes: Arc<PendingWrites>,
+    bgp: crate::bgp::Bgp,
     plan: Plan,
     owners: BTreeMap<IpAddr, String>,
     alive_source: Option<AliveSource>,
@@ -1138,6 +1141,7 @@ impl Shell {
             self.announcer.set_services(by_address.clone());
             self.by_address = by_address;
         }
+        self.bgp.update(&input);
 
         // Everything below is bookkeeping; the announcer already acts on the new plan.
         if self.alive_source != Some(source) {
@@ -1509,6 +1513,14 @@ pub async fn run(
     let api = Arc::new(ApiHealth::new());
     let stores = Stores::start(&client, &notify, &api);
     let prober = tokio::spawn(probe_api(client.clone(), Arc::clone(&api)));
+    let bgp = crate::bgp::Bgp::start(
+        &client,
+        &notify,
+        &api,
+        &cfg.node_name,
+        &cfg.namespace,
+        metrics.bgp.clone(),
+    );
 
     // The announcer is needed by the metrics refresh; start it before serving.
     let (announcer, mut events) = Announcer::start_dedicated(cfg.announcer.clone()).await?;
@@ -1591,6 +1603,7 @@ pub async fn run(
         api,
         events: event_tx,
         writes,
+        bgp,
         plan: Plan::default(),
         owners: BTreeMap::new(),
         alive_source: None,
@@ -1772,6 +1785,7 @@ pub async fn run(
         electable: false,
         api_fresh: shell.view_fresh(),
     });
+    shell.bgp.shutdown().await;
     shell.announcer.clone().shutdown().await;
     shell.membership.leave(LEAVE_TIMEOUT).await;
     reporter_task.abort();

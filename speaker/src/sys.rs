@@ -1,4 +1,5 @@
-//! Filtered raw sockets for ARP and NDP: the only module of the speaker with `unsafe`.
+//! Filtered raw sockets for ARP and NDP, and the socket options BGP and BFD need that `socket2`
+//! lacks (TCP MD5 signatures, minimum TTL): the only module of the speaker with `unsafe`.
 //!
 //! Filtering happens in the kernel so that unrelated traffic never reaches user space:
 //!
@@ -721,5 +722,109 @@ mod tests {
         ipv4[13] = 0x00;
         assert_eq!(run_bpf(&prog, &ipv4, 0), 0);
         assert_eq!(run_bpf(&prog, &req[..15], 0), 0);
+    }
+}
+
+/// Longest TCP MD5 key the kernel takes (`TCP_MD5SIG_MAXKEYLEN` in `<linux/tcp.h>`).
+pub const TCP_MD5_MAX_KEY: usize = 80;
+
+/// `struct tcp_md5sig` from `<linux/tcp.h>` (absent from the `libc` crate), laid out byte by
+/// byte: a 128-byte `sockaddr_storage` naming the peer, then flags, prefix length, key length,
+/// interface index and the key. Building it as bytes needs no `unsafe` zeroing of the C struct.
+fn tcp_md5sig(peer: std::net::IpAddr, key: &[u8]) -> [u8; 216] {
+    let mut buf = [0u8; 216];
+    match peer {
+        std::net::IpAddr::V4(a) => {
+            let family = libc::AF_INET as u16;
+            buf[0..2].copy_from_slice(&family.to_ne_bytes());
+            buf[4..8].copy_from_slice(&a.octets());
+        }
+        std::net::IpAddr::V6(a) => {
+            let family = libc::AF_INET6 as u16;
+            buf[0..2].copy_from_slice(&family.to_ne_bytes());
+            buf[8..24].copy_from_slice(&a.octets());
+        }
+    }
+    // flags (128), prefix length (129) stay 0: the key is for exactly this address.
+    let len = key.len().min(TCP_MD5_MAX_KEY);
+    buf[130..132].copy_from_slice(&(len as u16).to_ne_bytes());
+    buf[136..136 + len].copy_from_slice(&key[..len]);
+    buf
+}
+
+fn setsockopt_bytes(fd: RawFd, level: c_int, name: c_int, value: &[u8]) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(value.len())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `fd` is an open socket borrowed from its owner for this call; the kernel reads
+    // exactly `len` bytes from `value`, which lives across the call.
+    let rc = unsafe { libc::setsockopt(fd, level, name, value.as_ptr().cast(), len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sets the TCP MD5 signature key (RFC 2385) for segments exchanged with `peer` on `socket`;
+/// an empty key removes it. Set it before `connect`, or on a listening socket before the peer
+/// connects: segments without the right signature are then dropped by the kernel.
+pub fn set_tcp_md5(socket: &impl AsRawFd, peer: std::net::IpAddr, key: &[u8]) -> io::Result<()> {
+    if key.len() > TCP_MD5_MAX_KEY {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a TCP MD5 key is at most {TCP_MD5_MAX_KEY} bytes"),
+        ));
+    }
+    setsockopt_bytes(
+        socket.as_raw_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_MD5SIG,
+        &tcp_md5sig(peer, key),
+    )
+}
+
+/// Drops received packets whose TTL (hop limit) is below `min` (`IP_MINTTL`,
+/// `IPV6_MINHOPCOUNT`): with 255, only packets from a neighbour on the link get through, the
+/// Generalized TTL Security Mechanism (RFC 5082) that single-hop BFD requires (RFC 5881 5).
+pub fn set_min_ttl(socket: &impl AsRawFd, ipv6: bool, min: u8) -> io::Result<()> {
+    let (level, name) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_MINHOPCOUNT)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MINTTL)
+    };
+    setsockopt_bytes(
+        socket.as_raw_fd(),
+        level,
+        name,
+        &c_int::from(min).to_ne_bytes(),
+    )
+}
+
+#[cfg(test)]
+mod md5_tests {
+    use super::*;
+
+    #[test]
+    fn tcp_md5sig_layout_matches_the_kernel_struct() {
+        let b = tcp_md5sig("192.0.2.1".parse().unwrap(), b"secret");
+        assert_eq!(u16::from_ne_bytes([b[0], b[1]]), libc::AF_INET as u16);
+        assert_eq!(&b[4..8], &[192, 0, 2, 1]);
+        assert_eq!(u16::from_ne_bytes([b[130], b[131]]), 6);
+        assert_eq!(&b[136..142], b"secret");
+        let b = tcp_md5sig("2001:db8::1".parse().unwrap(), b"k");
+        assert_eq!(u16::from_ne_bytes([b[0], b[1]]), libc::AF_INET6 as u16);
+        assert_eq!(b[8], 0x20);
+        assert_eq!(b[23], 1);
+    }
+
+    #[test]
+    fn the_kernel_takes_a_key_and_refuses_a_long_one() {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        set_tcp_md5(&s, "192.0.2.1".parse().unwrap(), b"secret").unwrap();
+        assert!(set_tcp_md5(&s, "192.0.2.1".parse().unwrap(), &[b'x'; 81]).is_err());
+        let u = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        set_min_ttl(&u, false, 255).unwrap();
+        let u6 = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        set_min_ttl(&u6, true, 255).unwrap();
     }
 }

@@ -1,12 +1,13 @@
-//! `lodestonectl status`: pool usage and every LoadBalancer Service's address, pool and node.
+//! `lodestonectl status`: pool usage, every LoadBalancer Service's address, pool and node, and
+//! every node's BGP session with each BGPPeer.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams};
-use lodestone_cli::diagnose::{render_status, status};
-use lodestone_crds::IPAddressPool;
+use lodestone_cli::diagnose::{bgp_sessions, render_status, status};
+use lodestone_crds::{BGPPeer, IPAddressPool};
 
 use super::cluster::{KubeArgs, Output, print, runtime};
 
@@ -31,6 +32,12 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             .await
             .context("listing IPAddressPools")?
             .items;
+        // Cluster-wide too; a cluster without the BGP CRDs (an older install) has no sessions.
+        let peers = Api::<BGPPeer>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
         let services: Api<Service> = if args.kube.namespace.is_some() {
             Api::namespaced(client, &namespace)
         } else {
@@ -41,7 +48,8 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             .await
             .context("listing Services")?
             .items;
-        let view = status(&pools, &services);
+        let mut view = status(&pools, &services);
+        view.bgp_sessions = bgp_sessions(&peers);
         print(args.output, &view, || render_status(&view))?;
         Ok(ExitCode::SUCCESS)
     })

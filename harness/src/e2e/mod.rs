@@ -9,6 +9,7 @@
 //! - [`controller`]: the real controller binary in the root namespace.
 //! - [`metrics`]: a speaker's Prometheus metrics and probes, read inside its namespace.
 //! - [`flood`]: unauthenticated UDP at a fixed rate, as a hostile host would send.
+//! - [`router`]: FRR and BIRD as BGP peers in a namespace, their FIB, flows over ECMP.
 //! - [`logs`]: checking `--log-json` output: every line about an object names it.
 //! - [`neigh_prober`]: an independent ARP/NDP prober on the client's LAN recording who claims
 //!   each address, and when.
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod neigh_prober;
 pub mod objects;
 pub mod process;
+pub mod router;
 pub mod traffic;
 
 pub use controller::ControllerProcess;

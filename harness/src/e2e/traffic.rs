@@ -39,7 +39,12 @@ pub fn prepare_node_for_vips(ns: &Netns, vips: &[IpAddr]) -> Result<(), NetnsErr
         let prefix = if vip.is_ipv4() { 32 } else { 128 };
         let addr = format!("{vip}/{prefix}");
         // Already present (a second call) is fine.
-        let out = ns.exec("ip", &["addr", "add", &addr, "dev", "lo"])?;
+        // `nodad`: a binding right after the add must not race duplicate address detection.
+        let mut args = vec!["addr", "add", addr.as_str(), "dev", "lo"];
+        if vip.is_ipv6() {
+            args.push("nodad");
+        }
+        let out = ns.exec("ip", &args)?;
         if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("exists") {
             return Err(NetnsError::Command {
                 command: format!("ip addr add {addr} dev lo"),

@@ -823,6 +823,9 @@ impl<'a> Coster<'a> {
                 }
                 (c, None, boolean())
             }
+            // Typed int in Kubernetes' IP/CIDR library: as a scalar its size is 1, so
+            // `ip(a).family() == ip(b).family()` costs 1, not a comparison of unknown length.
+            "family" | "prefixLength" if target.is_some() => (1, None, int()),
             "size" => (1, None, int()),
             "int" => (1, None, int()),
             "uint" => (1, None, Decl::of(Kind::Uint)),
@@ -1285,6 +1288,17 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    /// kube-apiserver 1.32.13 accepts BGPPeer's rule comparing two addresses' families (tested
+    /// by speaker/tests/bgp_api.rs against it): `family()` is an int, so `==` costs 1.
+    #[test]
+    fn ip_family_comparison_is_cheap() {
+        let schema = spec_schema(json!({"type": "object", "properties": {
+            "a": {"type": "string", "maxLength": 45}, "b": {"type": "string", "maxLength": 45}},
+            "x-kubernetes-validations": [{"rule":
+                "!has(self.a) || (isIP(self.a) && isIP(self.b) && ip(self.a).family() == ip(self.b).family())"}]}));
+        assert_eq!(cost_errors(&schema), Vec::<String>::new());
     }
 
     #[test]
