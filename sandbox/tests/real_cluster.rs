@@ -152,7 +152,7 @@ impl Shell<'_> {
 /// docs/install.md's install steps, as written, then waits for both workloads to be ready.
 fn install(shell: &Shell<'_>) {
     let page = "docs/install.md";
-    shell.doc(page, "/dev/urandom");
+    shell.doc(page, "base64 > deploy/memberlist.key");
     use_lab_images(shell.cwd);
     let rendered = shell.doc(page, "kubectl kustomize deploy/");
     assert!(
@@ -369,11 +369,70 @@ async fn installs_as_documented_serves_a_service_and_uninstalls() {
     println!("client -> {ip}: {body}");
     drop(prober);
 
-    // A restart of the speakers, as the key rotation section does.
-    shell.doc("docs/install.md", "rollout restart");
-    shell.ok(
-        "kubectl -n lodestone-system rollout status daemonset/lodestone-speaker --timeout=180s",
+    // The key rotation, in docs/install.md's three steps, each waited for as the page says; the
+    // Service stays reachable throughout and no speaker's keyring ever fails.
+    let prober = HttpProber::start(
+        lab.client.ns().name(),
+        SocketAddr::new(ip, 80),
+        Duration::from_millis(100),
+    )
+    .expect("prober");
+    let t = Instant::now();
+    let metric = |name: &str| -> Vec<f64> {
+        lab.nodes
+            .iter()
+            .map(|n| {
+                let text = doc("docs/install.md", "NODE_IP:7473/metrics")
+                    .text
+                    .replace("NODE_IP", &n.net.v4.to_string());
+                let out = lab
+                    .client
+                    .ns()
+                    .exec("sh", &["-c", &text])
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                out.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(f64::NAN)
+            })
+            .collect()
+    };
+    shell.doc("docs/install.md", "cp deploy/memberlist.key deploy/memberlist.old");
+    shell.doc("docs/install.md", "base64 > deploy/memberlist.new");
+    shell.doc("docs/install.md", "memberlist.old deploy/memberlist.new >");
+    shell.doc("docs/install.md", "kubectl apply -k deploy/");
+    eventually_within("every speaker holds two keys", Duration::from_secs(180), || {
+        metric("lodestone_speaker_membership_keys")
+            .iter()
+            .all(|k| *k == 2.0)
+            .then_some(())
+    });
+    shell.doc("docs/install.md", "memberlist.new deploy/memberlist.old >");
+    shell.doc("docs/install.md", "kubectl apply -k deploy/");
+    // The page waits for the old key to go quiet; the Secret's volume updating on every node is
+    // what that waits for, and a fixed pause covers it here (the kubelet syncs every 10 s).
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    shell.doc("docs/install.md", "cp deploy/memberlist.new deploy/memberlist.key");
+    shell.doc("docs/install.md", "kubectl apply -k deploy/");
+    eventually_within("every speaker is back to one key", Duration::from_secs(180), || {
+        metric("lodestone_speaker_membership_keys")
+            .iter()
+            .all(|k| *k == 1.0)
+            .then_some(())
+    });
+    shell.doc("docs/install.md", "rm deploy/memberlist.old");
+    assert_eq!(
+        metric("lodestone_speaker_membership_keyring_failing"),
+        vec![0.0; lab.nodes.len()],
+        "no keyring failed during the rotation"
     );
+    print_outage("membership key rotated in three steps", &prober, t);
+    assert!(
+        prober.wait_success_after(Instant::now(), PATIENCE).is_some(),
+        "served after the rotation"
+    );
+    drop(prober);
 
     // Removal, in the page's order; nothing of Lodestone's is left.
     shell.doc("docs/install.md", "delete daemonset/lodestone-speaker");
@@ -495,7 +554,7 @@ EOF",
     });
     tokio::time::sleep(Duration::from_secs(10)).await;
     owner_node.host.heal().expect("heal");
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     print_outage(
         &format!("owner node {owner4} cut for 10 s (taken over by {during}), then healed, IPv4"),
         &p4,
@@ -509,6 +568,28 @@ EOF",
     assert!(
         p4.wait_success_after(Instant::now(), PATIENCE).is_some(),
         "served after the heal"
+    );
+
+    // Issue 12, fault 1: 3 s after the heal, whoever owns the address now is cut as well (this
+    // once cost 33 s: the healed node had kept a stale view of who was alive).
+    let interim = eventually_within("an owner after the heal", PATIENCE, || owner(&lab, v4));
+    let t = Instant::now();
+    let interim_node = lab.node(&interim).expect("interim owner");
+    interim_node.host.partition().expect("second cut");
+    let next = eventually_within("a third node answers", PATIENCE, || {
+        owner(&lab, v4).filter(|o| *o != interim)
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    interim_node.host.heal().expect("heal");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    print_outage(
+        &format!("3 s after the heal, the owner then ({interim}) cut (taken over by {next}), IPv4"),
+        &p4,
+        t,
+    );
+    assert!(
+        p4.wait_success_after(Instant::now(), PATIENCE).is_some(),
+        "served after the second heal"
     );
 
     // The owner's speaker pod deleted, then the new owner's speaker SIGKILLed.
