@@ -398,29 +398,43 @@ async fn installs_as_documented_serves_a_service_and_uninstalls() {
             })
             .collect()
     };
-    shell.doc("docs/install.md", "cp deploy/memberlist.key deploy/memberlist.old");
+    shell.doc(
+        "docs/install.md",
+        "cp deploy/memberlist.key deploy/memberlist.old",
+    );
     shell.doc("docs/install.md", "base64 > deploy/memberlist.new");
     shell.doc("docs/install.md", "memberlist.old deploy/memberlist.new >");
     shell.doc("docs/install.md", "kubectl apply -k deploy/");
-    eventually_within("every speaker holds two keys", Duration::from_secs(180), || {
-        metric("lodestone_speaker_membership_keys")
-            .iter()
-            .all(|k| *k == 2.0)
-            .then_some(())
-    });
+    eventually_within(
+        "every speaker holds two keys",
+        Duration::from_secs(180),
+        || {
+            metric("lodestone_speaker_membership_keys")
+                .iter()
+                .all(|k| *k == 2.0)
+                .then_some(())
+        },
+    );
     shell.doc("docs/install.md", "memberlist.new deploy/memberlist.old >");
     shell.doc("docs/install.md", "kubectl apply -k deploy/");
     // The page waits for the old key to go quiet; the Secret's volume updating on every node is
     // what that waits for, and a fixed pause covers it here (the kubelet syncs every 10 s).
     tokio::time::sleep(Duration::from_secs(30)).await;
-    shell.doc("docs/install.md", "cp deploy/memberlist.new deploy/memberlist.key");
+    shell.doc(
+        "docs/install.md",
+        "cp deploy/memberlist.new deploy/memberlist.key",
+    );
     shell.doc("docs/install.md", "kubectl apply -k deploy/");
-    eventually_within("every speaker is back to one key", Duration::from_secs(180), || {
-        metric("lodestone_speaker_membership_keys")
-            .iter()
-            .all(|k| *k == 1.0)
-            .then_some(())
-    });
+    eventually_within(
+        "every speaker is back to one key",
+        Duration::from_secs(180),
+        || {
+            metric("lodestone_speaker_membership_keys")
+                .iter()
+                .all(|k| *k == 1.0)
+                .then_some(())
+        },
+    );
     shell.doc("docs/install.md", "rm deploy/memberlist.old");
     assert_eq!(
         metric("lodestone_speaker_membership_keyring_failing"),
@@ -429,7 +443,9 @@ async fn installs_as_documented_serves_a_service_and_uninstalls() {
     );
     print_outage("membership key rotated in three steps", &prober, t);
     assert!(
-        prober.wait_success_after(Instant::now(), PATIENCE).is_some(),
+        prober
+            .wait_success_after(Instant::now(), PATIENCE)
+            .is_some(),
         "served after the rotation"
     );
     drop(prober);

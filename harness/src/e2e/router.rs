@@ -1,6 +1,7 @@
 //! Real routers as BGP peers: FRR (`zebra`, `bgpd`, `bfdd`) and BIRD 2 from Debian's
-//! packages, each run inside a host namespace of a [`Topology`] with its configuration, pid
-//! files and control sockets in a temporary directory (never `/etc/frr` or `/run/frr`).
+//! packages, each run inside a host namespace of a [`Topology`](crate::netns::Topology) with
+//! its configuration, pid files and control sockets in a temporary directory (never `/etc/frr`
+//! or `/run/frr`).
 //!
 //! The router forwards between its link and the client, spreads flows over equal-cost paths
 //! by their ports (`fib_multipath_hash_policy=1`) and sends no ICMP redirects: on the lab's
