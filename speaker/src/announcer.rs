@@ -217,6 +217,12 @@ pub fn arp_action(
     is_local: impl Fn(MacAddr) -> bool,
     owned_here: impl Fn(Ipv4Addr) -> bool,
 ) -> ArpAction {
+    // A sender no unicast reply can reach (a zero, broadcast or multicast MAC) or one claiming a
+    // broadcast or multicast address is malformed or forged: a reply would go to every host, or
+    // to none, and such a "claim" is no conflict.
+    if !usable_sender(frame) {
+        return ArpAction::Ignore;
+    }
     // Any frame whose *sender* is an address we own, from a MAC that is not ours, means
     // another machine uses it: a reply, a gratuitous ARP, or a request it sends from it.
     if !frame.sender_ip.is_unspecified()
@@ -229,6 +235,15 @@ pub fn arp_action(
         return ArpAction::Reply;
     }
     ArpAction::Ignore
+}
+
+/// Whether an ARP frame's sender is a host that could own an address and take a unicast reply.
+pub fn usable_sender(frame: &ArpFrame) -> bool {
+    let mac = frame.sender_mac;
+    mac.is_unicast()
+        && !mac.is_zero()
+        && !frame.sender_ip.is_broadcast()
+        && !frame.sender_ip.is_multicast()
 }
 
 /// What to do with a received NDP message.
@@ -1169,6 +1184,22 @@ mod tests {
         // A reply about someone else's address is ignored.
         let unrelated = parse_arp(&arp_reply(&other, THEIRS)).unwrap();
         assert_eq!(arp_action(&unrelated, local, owned4), ArpAction::Ignore);
+        // Senders no reply could reach, or claiming a broadcast or multicast address: silence,
+        // and no conflict either.
+        for mac in [
+            MacAddr::zero(),
+            MacAddr::broadcast(),
+            MacAddr(0x01, 0x00, 0x5e, 0, 0, 1),
+        ] {
+            let req = parse_arp(&arp_request(mac, CLIENT, OWNED)).unwrap();
+            assert_eq!(arp_action(&req, local, owned4), ArpAction::Ignore, "{mac}");
+            let garp = parse_arp(&gratuitous_arp(OWNED, mac)).unwrap();
+            assert_eq!(arp_action(&garp, local, owned4), ArpAction::Ignore, "{mac}");
+        }
+        for ip in [Ipv4Addr::BROADCAST, Ipv4Addr::new(224, 0, 0, 1)] {
+            let req = parse_arp(&arp_request(THEIRS, ip, OWNED)).unwrap();
+            assert_eq!(arp_action(&req, local, owned4), ArpAction::Ignore, "{ip}");
+        }
     }
 
     #[test]
@@ -1245,8 +1276,13 @@ mod tests {
 
     fn arb_mac() -> impl proptest::strategy::Strategy<Value = MacAddr> {
         use proptest::prelude::*;
-        // Small alphabet so that collisions with "ours" happen often.
-        (0u8..4).prop_map(|b| MacAddr::new(2, 0, 0, 0, 0, b))
+        // Small alphabet so that collisions with "ours" happen often, with the zero and
+        // broadcast MACs a forged frame may carry.
+        (0u8..6).prop_map(|b| match b {
+            4 => MacAddr::zero(),
+            5 => MacAddr::broadcast(),
+            b => MacAddr::new(2, 0, 0, 0, 0, b),
+        })
     }
 
     proptest::proptest! {
@@ -1265,19 +1301,21 @@ mod tests {
             let action = arp_action(&frame, |m| m == ours, owned_here);
             match action {
                 ArpAction::Reply => {
+                    proptest::prop_assert!(usable_sender(&frame));
                     proptest::prop_assert!(frame.op == ArpOp::Request);
                     proptest::prop_assert!(owned_here(tip));
                     proptest::prop_assert!(sender_mac != ours);
                 }
                 ArpAction::Conflict => {
+                    proptest::prop_assert!(usable_sender(&frame));
                     proptest::prop_assert!(owned_here(sip) && sender_mac != ours);
                 }
                 ArpAction::Ignore => {
-                    // Never silent about a request for an owned address from someone else
-                    // who is not themselves claiming an owned address.
+                    // Never silent about a request for an owned address from a usable sender
+                    // who is not us and not themselves claiming an owned address.
                     proptest::prop_assert!(
-                        frame.op != ArpOp::Request || !owned_here(tip) || sender_mac == ours
-                            || owned_here(sip)
+                        !usable_sender(&frame) || frame.op != ArpOp::Request || !owned_here(tip)
+                            || sender_mac == ours || owned_here(sip)
                     );
                 }
             }

@@ -459,3 +459,70 @@ fn a_new_mac_is_announced_at_once() {
     });
     assert!(a.announcer.counters().gratuitous_arp_sent > 3);
 }
+
+/// Requests whose ARP sender is a zero, broadcast or multicast MAC, or a broadcast or multicast
+/// address, are forged or broken: a reply would go to every host or to none (issue 14). They
+/// arrive (the Ethernet source is the intruder's own MAC, so the bridge forwards them) and are
+/// counted, but not answered; a genuine request from the same host still is.
+#[test]
+fn requests_from_senders_no_reply_can_reach_are_not_answered() {
+    use lodestone_speaker::frames::{MacAddr, arp_request};
+    use lodestone_speaker::sys::ArpSocket;
+    use std::net::Ipv4Addr;
+
+    let topo = Topology::new().unwrap();
+    let node = topo.add_host("ldn", net("192.0.2.10/24"), None).unwrap();
+    let intruder = topo.add_host("ldi", net("192.0.2.66/24"), None).unwrap();
+    let a = RunningAnnouncer::start(node.ns(), fast_config());
+    let vip = Ipv4Addr::new(192, 0, 2, 100);
+    a.own(&[vip.into()]);
+    a.wait_announced(vip.into());
+
+    let own_mac: MacAddr = intruder.mac().unwrap().parse().unwrap();
+    let own_ip = Ipv4Addr::new(192, 0, 2, 66);
+    // The ARP sender hardware address sits after the 14-byte Ethernet header and 8 bytes of
+    // ARP header; the Ethernet source stays the intruder's.
+    let forged_mac = |m: [u8; 6]| {
+        let mut f = arp_request(own_mac, own_ip, vip);
+        f[22..28].copy_from_slice(&m);
+        f
+    };
+    let forged = vec![
+        forged_mac([0; 6]),
+        forged_mac([0xff; 6]),
+        forged_mac([0x01, 0x00, 0x5e, 0, 0, 1]),
+        arp_request(own_mac, Ipv4Addr::BROADCAST, vip),
+        arp_request(own_mac, Ipv4Addr::new(224, 0, 0, 1), vip),
+    ];
+    let ifindex = intruder.ifindex().unwrap();
+    let send = |frames: Vec<Vec<u8>>| {
+        intruder
+            .ns()
+            .run_in(move || {
+                let s = ArpSocket::open(ifindex).expect("packet socket");
+                for f in &frames {
+                    s.send(f).expect("send");
+                }
+            })
+            .unwrap();
+    };
+
+    let before = a.announcer.counters();
+    send(forged.clone());
+    wait_until("the forged requests reached the announcer", || {
+        a.announcer.counters().arp_requests_seen >= before.arp_requests_seen + forged.len() as u64
+    });
+    // Give a reply time to be sent, if one were going to be.
+    std::thread::sleep(Duration::from_millis(200));
+    let after = a.announcer.counters();
+    assert_eq!(
+        after.arp_requests_answered, before.arp_requests_answered,
+        "a forged sender was answered"
+    );
+    assert_eq!(after.conflicts, before.conflicts);
+
+    send(vec![arp_request(own_mac, own_ip, vip)]);
+    wait_until("the genuine request is answered", || {
+        a.announcer.counters().arp_requests_answered > after.arp_requests_answered
+    });
+}
