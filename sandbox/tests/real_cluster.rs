@@ -369,6 +369,38 @@ async fn installs_as_documented_serves_a_service_and_uninstalls() {
     println!("client -> {ip}: {body}");
     drop(prober);
 
+    // The speakers' HTTP endpoints listen on the node's own address only (deploy/speaker.yaml
+    // passes status.hostIP): reachable there, refused on any other address of the node.
+    for n in &lab.nodes {
+        let get = |addr: &str| {
+            n.host
+                .ns()
+                .exec(
+                    "curl",
+                    &[
+                        "-s",
+                        "-o",
+                        "/dev/null",
+                        "-m",
+                        "3",
+                        &format!("http://{addr}/healthz"),
+                    ],
+                )
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        assert!(
+            get(&format!("{}:7473", n.net.v4)),
+            "{} on its own address",
+            n.net.name
+        );
+        assert!(
+            !get("127.0.0.1:7473"),
+            "{} also listens on loopback",
+            n.net.name
+        );
+    }
+
     // The key rotation, in docs/install.md's three steps, each waited for as the page says; the
     // Service stays reachable throughout and no speaker's keyring ever fails.
     let prober = HttpProber::start(

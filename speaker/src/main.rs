@@ -46,6 +46,11 @@ struct Args {
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     #[arg(long, default_value = "0.0.0.0:7473")]
     health_addr: SocketAddr,
+    /// Serve them on this address only, with `--health-addr`'s port: the node's own (the
+    /// DaemonSet passes `status.hostIP`). A wildcard listener would also answer on Service
+    /// addresses a node holds locally (kube-proxy's IPVS mode puts them on a dummy interface).
+    #[arg(long, env = "HOST_IP")]
+    health_ip: Option<IpAddr>,
     /// Interfaces never chosen automatically (regular expression).
     #[arg(long, default_value = DEFAULT_EXCLUDE)]
     interface_exclude: String,
@@ -144,7 +149,9 @@ async fn main() -> anyhow::Result<()> {
         membership_advertise: args.membership_advertise,
         keys,
         key_file,
-        health_addr: args.health_addr,
+        health_addr: args.health_ip.map_or(args.health_addr, |ip| {
+            SocketAddr::new(ip, args.health_addr.port())
+        }),
         announcer: AnnouncerConfig {
             gratuitous_count: args.gratuitous_count,
             gratuitous_interval: Duration::from_millis(args.gratuitous_interval_ms),
