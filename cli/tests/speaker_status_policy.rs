@@ -19,22 +19,12 @@ use serde_json::{Value, json};
 
 mod rbac_common;
 
-use rbac_common::{NS, apply_rbac, rbac_docs, user};
+use rbac_common::{NS, apply_rbac, deploy_docs, rbac_docs, user};
 
 const SVC_NS: &str = "default";
 const SVC: &str = "web";
 const ANNOUNCED: &str = "lodestone.dev/Announced";
 const ASSIGNED: &str = "lodestone.dev/AddressAssigned";
-
-fn admission_docs() -> Vec<Value> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/admission.yaml");
-    let text = std::fs::read_to_string(path).unwrap();
-    serde_saphyr::from_multiple::<Value>(&text)
-        .unwrap()
-        .into_iter()
-        .filter(|d| !d.is_null())
-        .collect()
-}
 
 /// A client that acts as ServiceAccount `sa` of [`NS`], as a pod's token would.
 async fn as_service_account(cluster: &TestCluster, sa: &str) -> kube::Client {
@@ -124,7 +114,7 @@ async fn the_speaker_may_write_its_own_condition_and_nothing_else() {
     let admin = cluster.client();
     // TestCluster creates lodestone-system as the embedded server does.
     apply_rbac(&admin, &rbac_docs()).await;
-    for doc in admission_docs() {
+    for doc in deploy_docs("admission.yaml") {
         let obj: DynamicObject = serde_json::from_value(doc.clone()).unwrap();
         let types = obj.types.clone().unwrap();
         let gvk = kube::api::GroupVersionKind::try_from(&types).unwrap();

@@ -410,13 +410,12 @@ async fn installs_as_documented_serves_a_service_and_uninstalls() {
     )
     .expect("prober");
     let t = Instant::now();
+    let scrape = doc("docs/install.md", "NODE_IP:7473/metrics").text;
     let metric = |name: &str| -> Vec<f64> {
         lab.nodes
             .iter()
             .map(|n| {
-                let text = doc("docs/install.md", "NODE_IP:7473/metrics")
-                    .text
-                    .replace("NODE_IP", &n.net.v4.to_string());
+                let text = scrape.replace("NODE_IP", &n.net.v4.to_string());
                 let out = lab
                     .client
                     .ns()

@@ -324,7 +324,9 @@ struct PoolView<'a> {
 
 /// Ready endpoints of each Service: `namespace/name` → nodes hosting one (`None` for an
 /// endpoint without `nodeName`, which counts for "anywhere" but for no node).
-fn ready_endpoints(slices: &[Arc<EndpointSlice>]) -> BTreeMap<String, BTreeSet<Option<String>>> {
+pub(crate) fn ready_endpoints(
+    slices: &[Arc<EndpointSlice>],
+) -> BTreeMap<String, BTreeSet<Option<String>>> {
     let mut out: BTreeMap<String, BTreeSet<Option<String>>> = BTreeMap::new();
     for slice in slices {
         let Some(service) = slice

@@ -39,13 +39,18 @@ pub fn binary(name: &str) -> PathBuf {
     bin
 }
 
+/// The documents of `deploy/<file>`, as written.
+pub fn deploy_docs(file: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(deploy_dir().join(file)).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    docs.into_iter().filter(|d| !d.is_null()).collect()
+}
+
 /// The documents of `deploy/rbac.yaml`, namespaced ones placed in `lodestone-system` as the
 /// kustomization does.
 pub fn rbac_docs() -> Vec<Value> {
-    let text = std::fs::read_to_string(deploy_dir().join("rbac.yaml")).unwrap();
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
-    docs.into_iter()
-        .filter(|d| !d.is_null())
+    deploy_docs("rbac.yaml")
+        .into_iter()
         .map(|mut d| {
             if matches!(
                 d["kind"].as_str(),

@@ -32,7 +32,7 @@ use lodestone_crds::selector;
 use lodestone_crds::{BGPAdvertisement, BGPPeer, IPAddressPool};
 
 use super::wire::{RouteAttrs, prefix_of};
-use crate::eligibility::{EXCLUDE_LABEL, SERVICE_NAME_LABEL, endpoint_can_serve};
+use crate::eligibility::EXCLUDE_LABEL;
 
 /// The routes of one peer: prefix → attributes.
 pub type Routes = BTreeMap<IpNet, RouteAttrs>;
@@ -145,33 +145,16 @@ fn is_local(svc: &Service) -> bool {
         == Some("Local")
 }
 
-/// Per Service (`namespace/name`): whether it has a ready endpoint anywhere, and on this node.
+/// Per Service (`namespace/name`): whether it has a ready endpoint anywhere, and on this node,
+/// by the same reading of EndpointSlices as layer 2's plan.
 fn readiness(slices: &[Arc<EndpointSlice>], node: &str) -> BTreeMap<String, (bool, bool)> {
-    let mut out: BTreeMap<String, (bool, bool)> = BTreeMap::new();
-    for slice in slices {
-        let Some(service) = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
-            continue;
-        };
-        let key = format!(
-            "{}/{service}",
-            slice.metadata.namespace.as_deref().unwrap_or_default()
-        );
-        let entry = out.entry(key).or_default();
-        for ep in &slice.endpoints {
-            if endpoint_can_serve(ep.conditions.as_ref()) && !ep.addresses.is_empty() {
-                entry.0 = true;
-                if ep.node_name.as_deref() == Some(node) {
-                    entry.1 = true;
-                }
-            }
-        }
-    }
-    out
+    crate::plan::ready_endpoints(slices)
+        .into_iter()
+        .map(|(key, nodes)| {
+            let here = nodes.iter().any(|n| n.as_deref() == Some(node));
+            (key, (!nodes.is_empty(), here))
+        })
+        .collect()
 }
 
 /// Decide this node's peers and the routes each gets.
