@@ -357,15 +357,18 @@ pub fn desired_status(
     };
     st.conditions = [ready, invalid, overlapping]
         .into_iter()
-        .map(|mut c| {
-            c.observed_generation = eval.generation;
-            let old = existing
-                .and_then(|e| e.conditions.iter().find(|o| o.type_ == c.type_))
-                .filter(|o| o.status == c.status);
-            c.last_transition_time = old
-                .map(|o| o.last_transition_time.clone())
-                .unwrap_or_else(|| now.clone());
-            c
+        .map(|c| {
+            let previous =
+                existing.and_then(|e| lodestone_crds::conditions::find(&e.conditions, &c.type_));
+            lodestone_crds::conditions::build(
+                &c.type_,
+                c.status == "True",
+                &c.reason,
+                &c.message,
+                eval.generation,
+                previous,
+                now,
+            )
         })
         .collect();
     st.observed_generation = eval.generation;

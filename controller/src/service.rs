@@ -15,25 +15,9 @@ use crate::ipam::{FamilyPolicy, Protocol, ServiceKey, ServiceRequest};
 /// The class rule, shared with the speaker so both binaries agree on which Services are ours.
 pub use lodestone_crds::class::{ClassFilter, DEFAULT_CLASS};
 
-/// Annotations, most specific first: Lodestone's own, then MetalLB's current and legacy forms so a
-/// cluster can switch from MetalLB without editing its Services.
-pub mod annotations {
-    pub const LOAD_BALANCER_IPS: [&str; 3] = [
-        "lodestone.dev/loadBalancerIPs",
-        "metallb.io/loadBalancerIPs",
-        "metallb.universe.tf/loadBalancerIPs",
-    ];
-    pub const ADDRESS_POOL: [&str; 3] = [
-        "lodestone.dev/address-pool",
-        "metallb.io/address-pool",
-        "metallb.universe.tf/address-pool",
-    ];
-    pub const ALLOW_SHARED_IP: [&str; 3] = [
-        "lodestone.dev/allow-shared-ip",
-        "metallb.io/allow-shared-ip",
-        "metallb.universe.tf/allow-shared-ip",
-    ];
-}
+/// Annotations with their MetalLB aliases, most specific first, defined once in the shared
+/// core so `lodestonectl why` reads the same ones.
+pub use lodestone_crds::service::annotations;
 
 /// Why a Service's request cannot even be put to the IPAM.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,9 +88,7 @@ fn first_annotation<'a>(
     annotations: &'a BTreeMap<String, String>,
     names: &[&'static str],
 ) -> Option<(&'static str, &'a str)> {
-    names
-        .iter()
-        .find_map(|n| annotations.get(*n).map(|v| (*n, v.as_str())))
+    annotations::first(Some(annotations), names)
 }
 
 /// Addresses requested by annotation: comma-separated, at most one per family.

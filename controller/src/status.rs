@@ -7,13 +7,15 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use lodestone_crds::conditions::{self, AssignedFrom, status_word};
 use lodestone_crds::events;
 use serde_json::{Value, json};
 
-/// The condition type on `Service.status.conditions` owned by the controller.
-pub const ADDRESS_ASSIGNED: &str = "lodestone.dev/AddressAssigned";
-/// Field manager for every controller write.
-pub const FIELD_MANAGER: &str = "lodestone-controller";
+/// The condition type on `Service.status.conditions` owned by the controller, and the field
+/// manager of every controller write: defined once in the shared core.
+pub use lodestone_crds::conditions::{ADDRESS_ASSIGNED, CONTROLLER_FIELD_MANAGER as FIELD_MANAGER};
+/// Addresses currently in `status.loadBalancer.ingress`, read as every program reads them.
+pub use lodestone_crds::service::ingress_ips;
 
 /// The `lodestone.dev/AddressAssigned` condition as the controller wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,40 +34,14 @@ pub struct DesiredStatus {
     pub condition: AssignedCondition,
 }
 
-/// Addresses currently in `status.loadBalancer.ingress` (hostname-only entries and unparsable
-/// values are skipped: they were not written by us).
-pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|ingress| {
-            ingress
-                .iter()
-                .filter_map(|i| i.ip.as_deref().and_then(|ip| ip.parse().ok()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The pool our `Assigned` condition names (`ADDR from pool NAME[; ...]`), if it says so.
+/// The pool our `Assigned` condition names (see [`AssignedFrom`]), if it says so.
 pub fn pool_of(svc: &Service) -> Option<String> {
-    let c = assigned_condition(svc).filter(|c| c.status == "True")?;
-    let (_, rest) = c.message.split_once(" from pool ")?;
-    let name = rest.split([';', ' ']).next()?.trim();
-    (!name.is_empty()).then(|| name.to_string())
+    AssignedFrom::of_service(svc).map(|a| a.pool)
 }
 
 /// Our condition on the Service, if present.
 pub fn assigned_condition(svc: &Service) -> Option<&Condition> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == ADDRESS_ASSIGNED))
-}
-
-fn status_word(b: bool) -> &'static str {
-    if b { "True" } else { "False" }
+    conditions::of_service(svc, ADDRESS_ASSIGNED)
 }
 
 /// True when the Service already shows `desired`, so no write is needed.
@@ -96,22 +72,17 @@ pub fn is_current(svc: &Service, desired: &DesiredStatus) -> bool {
 /// The server-side apply body for the status subresource. `lastTransitionTime` moves only when
 /// the condition's status flips, as the API conventions ask.
 pub fn apply_body(svc: &Service, desired: &DesiredStatus, now: &Time) -> Value {
-    let status = status_word(desired.condition.assigned);
-    let transition = match assigned_condition(svc) {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => now.clone(),
-    };
-    let mut condition = json!({
-        "type": ADDRESS_ASSIGNED,
-        "status": status,
-        "reason": desired.condition.reason,
-        // A message built from user input (a 200 KB annotation) must not make the write fail.
-        "message": events::condition_message(&desired.condition.message),
-        "lastTransitionTime": transition,
-    });
-    if let Some(generation) = svc.metadata.generation {
-        condition["observedGeneration"] = json!(generation);
-    }
+    // A message built from user input (a 200 KB annotation) must not make the write fail: the
+    // builder cuts it.
+    let condition = conditions::build(
+        ADDRESS_ASSIGNED,
+        desired.condition.assigned,
+        &desired.condition.reason,
+        &desired.condition.message,
+        svc.metadata.generation,
+        assigned_condition(svc),
+        now,
+    );
     let ingress: Vec<Value> = desired
         .ips
         .iter()

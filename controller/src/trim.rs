@@ -19,10 +19,7 @@ use crate::status::ADDRESS_ASSIGNED;
 
 /// Every annotation the controller reads.
 fn read_annotations() -> impl Iterator<Item = &'static str> {
-    annotations::LOAD_BALANCER_IPS
-        .into_iter()
-        .chain(annotations::ADDRESS_POOL)
-        .chain(annotations::ALLOW_SHARED_IP)
+    annotations::all()
 }
 
 /// Keeps the class, the address request (annotations, `loadBalancerIP`, families), what sharing

@@ -1,4 +1,15 @@
-//! Lodestone's API types, shared by the controller and the speaker.
+//! Lodestone's shared core: the API types, and every rule that two of its programs (controller,
+//! speaker, `lodestonectl`, the sandbox) must apply the same way. Kube-free: plain data in,
+//! plain data out, no client and no runtime.
+//!
+//! - [`service`]: [`ServiceKey`], the ingress addresses, the annotations with their MetalLB
+//!   aliases;
+//! - [`conditions`]: condition types, field managers, the one condition builder, the
+//!   `AddressAssigned` message format; [`announced`]: the "announced by" format;
+//! - [`class`]: which Services are ours; [`eligibility`]: which nodes may announce an address
+//!   (advertisement selects pool and node, endpoint can serve, the exclusion label);
+//!   [`election`]: which of them owns it;
+//!   [`selector`]: label selectors.
 //!
 //! Every resource is cluster-scoped and live in `lodestone.dev/v1alpha1`. Their shape follows
 //! MetalLB's `metallb.io/v1beta1` types closely so that migrating users recognise every field.
@@ -10,12 +21,16 @@ pub mod addresses;
 pub mod announced;
 pub mod bgp;
 pub mod class;
+pub mod conditions;
+pub mod election;
+pub mod eligibility;
 pub mod events;
 pub mod heap;
 mod l2advertisement;
 mod pool;
 pub mod reference;
 pub mod selector;
+pub mod service;
 pub mod trim;
 
 pub use bgp::{
@@ -27,6 +42,8 @@ pub use pool::{
     AddressUse, IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, POOL_FINALIZER,
     ServiceAllocation, condition_reasons, condition_types,
 };
+
+pub use service::ServiceKey;
 
 /// The API group of every Lodestone resource.
 pub const GROUP: &str = "lodestone.dev";

@@ -270,23 +270,15 @@ pub fn pool_range() -> String {
     }
 }
 
-/// The first IP of `status.loadBalancer.ingress`.
+/// The first IP of `status.loadBalancer.ingress`, read as every Lodestone program reads it.
 pub fn first_ingress_ip(svc: &Service) -> Option<IpAddr> {
-    svc.status
-        .as_ref()?
-        .load_balancer
-        .as_ref()?
-        .ingress
-        .as_ref()?
-        .iter()
-        .find_map(|i| i.ip.as_deref()?.parse().ok())
+    lodestone_crds::service::ingress_ips(svc).first().copied()
 }
 
-/// The node in an `Announced=True` message (`announced from node-b on eth0`).
-pub fn announcer_from_message(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix("announced from ")?;
-    let (node, _) = rest.split_once(" on ")?;
-    (!node.is_empty() && !node.contains(char::is_whitespace)).then_some(node)
+/// The node in an `Announced=True` message (`announced from node-b on eth0`), parsed by the
+/// same code the speakers write it with.
+pub fn announcer_from_message(message: &str) -> Option<String> {
+    lodestone_crds::announced::AnnouncedBy::parse(message).map(|by| by.node)
 }
 
 /// Why no node could be chosen for the `Local` policy.
@@ -567,7 +559,7 @@ impl Sandbox {
             async move {
                 let cond = objects::announced_condition(&client, NAMESPACE, SERVICE).await?;
                 Ok(cond.and_then(|(status, message)| {
-                    let node = announcer_from_message(&message)?.to_owned();
+                    let node = announcer_from_message(&message)?;
                     (status == "True" && expect.is_none_or(|e| e == node)).then_some(node)
                 }))
             }
@@ -901,11 +893,11 @@ mod tests {
     #[test]
     fn announcer_is_read_from_the_condition_message() {
         assert_eq!(
-            announcer_from_message("announced from node-b on eth0"),
+            announcer_from_message("announced from node-b on eth0").as_deref(),
             Some("node-b")
         );
         assert_eq!(
-            announcer_from_message("announced from node-c on eth0, eth1"),
+            announcer_from_message("announced from node-c on eth0, eth1").as_deref(),
             Some("node-c")
         );
         assert_eq!(
@@ -919,7 +911,7 @@ mod tests {
         #[test]
         fn announcer_round_trips(node in "[a-z0-9][a-z0-9.-]{0,30}", ifs in "[a-z0-9]{1,8}(, [a-z0-9]{1,8}){0,2}") {
             let message = format!("announced from {node} on {ifs}");
-            prop_assert_eq!(announcer_from_message(&message), Some(node.as_str()));
+            prop_assert_eq!(announcer_from_message(&message), Some(node));
         }
 
         #[test]

@@ -1,9 +1,10 @@
 //! lodestone-speaker: decides which node answers for each LoadBalancer address, and answers.
 //!
-//! - [`election`], [`eligibility`]: pure decisions (who may announce, who owns).
+//! - [`election`], [`eligibility`]: pure decisions (who owns, who may announce), in the shared
+//!   core `lodestone_crds` so `lodestonectl why` runs them too; re-exported here.
 //! - [`membership`]: fast liveness of the other speakers over the node network.
 //! - [`frames`]: ARP and NDP frames, built and parsed (pure).
-//! - [`sys`]: the only module with `unsafe` (besides [`heap`]'s one allocator call): filtered
+//! - [`sys`]: the only module with `unsafe` (the allocator calls are in the shared [`heap`]): filtered
 //!   raw sockets.
 //! - [`announcer`], [`interfaces`]: answering ARP/NDP on the chosen links.
 //! - [`plan`]: pure: from the cluster's objects to what this node announces.
@@ -14,10 +15,7 @@
 pub mod announcer;
 pub mod bfd;
 pub mod bgp;
-pub mod election;
-pub mod eligibility;
 pub mod frames;
-pub mod heap;
 pub mod interfaces;
 pub mod membership;
 pub mod metrics;
@@ -25,3 +23,5 @@ pub mod plan;
 pub mod run;
 pub mod sys;
 pub mod trim;
+
+pub use lodestone_crds::{election, eligibility, heap};

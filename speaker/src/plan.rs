@@ -35,10 +35,12 @@ use lodestone_crds::addresses::{PoolAddresses, parse_pool};
 use lodestone_crds::announced;
 use lodestone_crds::{IPAddressPool, L2Advertisement};
 
-use crate::{election, eligibility};
+use crate::eligibility;
 
 /// The labels the rules read, defined with the rules in [`eligibility`].
-pub use crate::eligibility::{EXCLUDE_LABEL, SERVICE_NAME_LABEL};
+pub use crate::eligibility::{EXCLUDE_LABEL, SERVICE_NAME_LABEL, node_ready};
+/// The one reading of `status.loadBalancer.ingress`, shared with the controller and the CLI.
+pub use lodestone_crds::service::ingress_ips;
 
 /// The class rule, shared with the controller so both binaries agree on which Services are ours.
 pub use lodestone_crds::class::{ClassFilter, DEFAULT_CLASS as DEFAULT_LB_CLASS};
@@ -174,15 +176,6 @@ impl Plan {
         }
         out
     }
-
-    /// The Services (by key) whose first address this node announces: those whose status
-    /// condition this node writes.
-    pub fn owned_services<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.services
-            .iter()
-            .filter(move |(_, s)| s.owner.as_deref() == Ok(node))
-            .map(|(k, _)| k.as_str())
-    }
 }
 
 /// Where the alive set came from.
@@ -265,14 +258,6 @@ pub fn alive_set(
     (alive, source)
 }
 
-/// Whether the Node's `Ready` condition is `True`.
-pub fn node_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// The Node's first `InternalIP`, if it parses.
 pub fn internal_ip(node: &Node) -> Option<IpAddr> {
     node.status
@@ -284,36 +269,10 @@ pub fn internal_ip(node: &Node) -> Option<IpAddr> {
         .find_map(|a| a.address.trim().parse().ok())
 }
 
-/// `namespace/name` of an object, the form every log line and map key uses.
+/// `namespace/name` of an object, the form every log line and map key uses (the
+/// [`ServiceKey`](lodestone_crds::ServiceKey)'s text: the speaker's maps are still keyed by it).
 pub fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    format!(
-        "{}/{}",
-        meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default()
-    )
-}
-
-/// The IP addresses of a Service's ingress, in order; hostnames and junk are skipped.
-pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    let ingress = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref());
-    for entry in ingress.into_iter().flatten() {
-        if let Some(ip) = entry
-            .ip
-            .as_deref()
-            .and_then(|s| s.trim().parse::<IpAddr>().ok())
-        {
-            let ip = ip.to_canonical();
-            if !out.contains(&ip) {
-                out.push(ip);
-            }
-        }
-    }
-    out
+    lodestone_crds::ServiceKey::of(meta).to_string()
 }
 
 /// A parsed pool with the advertisements that select it.
@@ -344,7 +303,7 @@ pub(crate) fn ready_endpoints(
         );
         let entry = out.entry(key).or_default();
         for ep in &slice.endpoints {
-            if eligibility::endpoint_can_serve(ep.conditions.as_ref()) && !ep.addresses.is_empty() {
+            if eligibility::endpoint_counts(ep) {
                 entry.insert(ep.node_name.clone());
             }
         }
@@ -520,25 +479,8 @@ pub fn plan(input: &PlanInput) -> Plan {
     out
 }
 
-/// The owner among `candidates`: the `current` one while it is a candidate, else the election
-/// winner for `address` (MetalLB's hash order).
-///
-/// Pure and order-independent, so every node that sees the same current owner and candidates
-/// picks the same one; an address therefore has one owner, moves only when its owner stops
-/// being a candidate, and a fresh assignment is the one MetalLB would make.
-pub fn sticky_owner<'a>(
-    current: Option<&str>,
-    address: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
-    let candidates: Vec<&'a str> = candidates.into_iter().collect();
-    if let Some(current) = current
-        && let Some(kept) = candidates.iter().find(|c| **c == current)
-    {
-        return Some(kept);
-    }
-    election::owner(address, candidates)
-}
+/// The owner rule, shared with `lodestonectl why`.
+pub use crate::election::sticky_owner;
 
 /// Interfaces to use on `node` given the advertisements: `None` (automatic) when any applicable
 /// advertisement names none, else the union of the names.
@@ -594,6 +536,7 @@ fn merge_interfaces(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::election;
     use k8s_openapi::api::core::v1::{
         LoadBalancerIngress, LoadBalancerStatus, NodeAddress, NodeCondition, NodeStatus,
         ServiceSpec, ServiceStatus,
@@ -737,7 +680,6 @@ mod tests {
             assert_eq!(p.owned.contains_key(&ip), me == expected, "{me}");
             if me == expected {
                 assert_eq!(p.owned[&ip], None, "no interfaces named means automatic");
-                assert_eq!(p.owned_services(me).collect::<Vec<_>>(), ["default/web"]);
             }
         }
     }

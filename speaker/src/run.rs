@@ -36,15 +36,15 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
-use lodestone_crds::announced;
 use lodestone_crds::{IPAddressPool, L2Advertisement};
+use lodestone_crds::{announced, conditions};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc};
 
@@ -59,7 +59,7 @@ use crate::trim;
 /// The status condition type the speaker writes on Services.
 pub use lodestone_crds::announced::CONDITION_TYPE;
 /// Field manager of every write the speaker makes.
-pub const FIELD_MANAGER: &str = "lodestone-speaker";
+pub use lodestone_crds::conditions::SPEAKER_FIELD_MANAGER as FIELD_MANAGER;
 /// How long the departure notice may take on SIGTERM.
 const LEAVE_TIMEOUT: Duration = Duration::from_millis(500);
 /// The same conflict (address, MAC) is reported at most this often.
@@ -549,7 +549,7 @@ pub fn desired_condition(
             let desired = Desired {
                 status: false,
                 reason: reason_name(reason),
-                message: format!("not announced: {reason}"),
+                message: announced::not_announced_message(reason),
             };
             // Cheap path first: nothing to write, nobody needs to be elected.
             if desired.is_observed(&sp.observed) {
@@ -581,7 +581,7 @@ struct Write {
     namespace: String,
     name: String,
     desired: Desired,
-    last_transition: String,
+    last_transition: Time,
     /// Precondition: the write fails if the Service changed since.
     resource_version: Option<String>,
 }
@@ -1312,15 +1312,11 @@ impl Shell {
             let Some((namespace, name)) = key.split_once('/') else {
                 continue;
             };
-            let last_transition = match (&sp.observed.status, &sp.observed.last_transition) {
-                (Some(status), Some(t)) if *status == desired.status => serde_json::to_value(t)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned)),
-                _ => None,
-            }
-            .unwrap_or_else(|| {
-                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            });
+            let last_transition = conditions::transition_time(
+                sp.observed.status.zip(sp.observed.last_transition.as_ref()),
+                desired.status,
+                &Time(Timestamp::now()),
+            );
             self.write_id = self.write_id.wrapping_add(1);
             self.sent.insert(
                 key.clone(),

@@ -277,6 +277,6 @@ pub async fn announced_condition(
         .and_then(|s| s.conditions)
         .into_iter()
         .flatten()
-        .find(|c| c.type_ == "lodestone.dev/Announced")
+        .find(|c| c.type_ == lodestone_crds::conditions::ANNOUNCED)
         .map(|c| (c.status, c.message)))
 }

@@ -2,6 +2,7 @@
 //!
 //! Every speaker runs the same function over the same inputs (the address and the eligible
 //! nodes, see [`crate::eligibility`]) and so agrees on one owner without talking to the others.
+//! `lodestonectl why` runs it too, to name the node the speakers elect.
 //!
 //! The order is the one MetalLB's speaker uses (`speaker/layer2_controller.go`,
 //! `ShouldAnnounce`): nodes are sorted by `sha256(nodeName + "#" + ipString)` ascending, where
@@ -12,10 +13,8 @@
 //! OpenELB describe it. Keeping the exact string means a cluster migrating from MetalLB keeps its
 //! owners, so no address moves during the migration.
 
-use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
 use sha2::{Digest, Sha256};
 
 /// The election key of `node` for `address`: `sha256(node + "#" + address)`.
@@ -42,22 +41,6 @@ pub fn canonical_address(address: &str) -> String {
     }
 }
 
-/// All candidates, best first: ascending by [`election_key`] for the canonical `address`.
-///
-/// Duplicate names count once. The result does not depend on the order of `candidates`.
-pub fn ranking<'a>(address: &str, candidates: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
-    let address = canonical_address(address);
-    let unique: BTreeSet<&'a str> = candidates.into_iter().collect();
-    let mut keyed: Vec<([u8; 32], &'a str)> = unique
-        .into_iter()
-        .map(|node| (election_key(node, &address), node))
-        .collect();
-    // The name breaks ties only for a SHA-256 collision between different names, which keeps
-    // the order total without affecting any real input.
-    keyed.sort_unstable();
-    keyed.into_iter().map(|(_, node)| node).collect()
-}
-
 /// The node that announces `address`, or `None` when there is no candidate.
 pub fn owner<'a>(address: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let address = canonical_address(address);
@@ -68,34 +51,29 @@ pub fn owner<'a>(address: &str, candidates: impl IntoIterator<Item = &'a str>) -
         .map(|(_, node)| node)
 }
 
-/// The address a Service's election is run for: its first `status.loadBalancer.ingress` entry
-/// (its IP, or its hostname when it has no IP), canonicalised.
-pub fn election_address(ingress: &[LoadBalancerIngress]) -> Option<String> {
-    let first = ingress.first()?;
-    first
-        .ip
-        .as_deref()
-        .or(first.hostname.as_deref())
-        .filter(|a| !a.is_empty())
-        .map(canonical_address)
-}
-
-/// [`election_address`] for a whole Service; `None` while the controller has not assigned one.
-pub fn service_election_address(service: &Service) -> Option<String> {
-    let ingress = service
-        .status
-        .as_ref()?
-        .load_balancer
-        .as_ref()?
-        .ingress
-        .as_deref()?;
-    election_address(ingress)
+/// The owner among `candidates`: the `current` one while it is a candidate, else the election
+/// winner for `address` (MetalLB's hash order).
+///
+/// Pure and order-independent, so every node that sees the same current owner and candidates
+/// picks the same one; an address therefore has one owner, moves only when its owner stops
+/// being a candidate, and a fresh assignment is the one MetalLB would make.
+pub fn sticky_owner<'a>(
+    current: Option<&str>,
+    address: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let candidates: Vec<&'a str> = candidates.into_iter().collect();
+    if let Some(current) = current
+        && let Some(kept) = candidates.iter().find(|c| **c == current)
+    {
+        return Some(kept);
+    }
+    owner(address, candidates)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{LoadBalancerStatus, ServiceStatus};
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
@@ -124,23 +102,11 @@ mod tests {
         let address = "192.0.2.10";
         let expected = nodes.iter().min_by_key(|n| hex_key(n, address)).copied();
         assert_eq!(owner(address, nodes), expected);
-        let ranked = ranking(address, nodes);
-        assert_eq!(ranked.first().copied(), expected);
-        let keys: Vec<String> = ranked.iter().map(|n| hex_key(n, address)).collect();
-        let mut sorted = keys.clone();
-        sorted.sort();
-        assert_eq!(keys, sorted);
     }
 
     #[test]
     fn no_candidates_no_owner() {
         assert_eq!(owner("192.0.2.1", std::iter::empty()), None);
-        assert!(ranking("192.0.2.1", std::iter::empty()).is_empty());
-    }
-
-    #[test]
-    fn duplicates_count_once() {
-        assert_eq!(ranking("192.0.2.1", ["a", "b", "a", "b"]).len(), 2);
     }
 
     #[test]
@@ -151,44 +117,6 @@ mod tests {
         assert_eq!(canonical_address("lb.example.com"), "lb.example.com");
         let nodes = ["n1", "n2", "n3", "n4"];
         assert_eq!(owner("2001:DB8::0:1", nodes), owner("2001:db8::1", nodes));
-    }
-
-    #[test]
-    fn first_ingress_address_is_used() {
-        let ingress = vec![
-            LoadBalancerIngress {
-                ip: Some("2001:db8::5".into()),
-                ..Default::default()
-            },
-            LoadBalancerIngress {
-                ip: Some("192.0.2.5".into()),
-                ..Default::default()
-            },
-        ];
-        assert_eq!(election_address(&ingress).as_deref(), Some("2001:db8::5"));
-        let hostname = vec![LoadBalancerIngress {
-            hostname: Some("lb.example.com".into()),
-            ..Default::default()
-        }];
-        assert_eq!(
-            election_address(&hostname).as_deref(),
-            Some("lb.example.com")
-        );
-        assert_eq!(election_address(&[]), None);
-        assert_eq!(election_address(&[LoadBalancerIngress::default()]), None);
-
-        let mut svc = Service::default();
-        assert_eq!(service_election_address(&svc), None);
-        svc.status = Some(ServiceStatus {
-            load_balancer: Some(LoadBalancerStatus {
-                ingress: Some(ingress),
-            }),
-            ..Default::default()
-        });
-        assert_eq!(
-            service_election_address(&svc).as_deref(),
-            Some("2001:db8::5")
-        );
     }
 
     #[test]
@@ -242,17 +170,6 @@ mod tests {
             let a = owner(&address, nodes.iter().map(String::as_str));
             let b = owner(&address, shuffled.iter().map(String::as_str));
             prop_assert_eq!(a, b);
-            prop_assert_eq!(
-                ranking(&address, nodes.iter().map(String::as_str)),
-                ranking(&address, shuffled.iter().map(String::as_str))
-            );
-        }
-
-        #[test]
-        fn owner_is_head_of_ranking(nodes in node_names(), address in addresses()) {
-            let ranked = ranking(&address, nodes.iter().map(String::as_str));
-            prop_assert_eq!(ranked.len(), nodes.len());
-            prop_assert_eq!(ranked.first().copied(), owner(&address, nodes.iter().map(String::as_str)));
         }
 
         #[test]

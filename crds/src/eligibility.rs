@@ -10,7 +10,8 @@
 //! 2. the node is not labelled [`EXCLUDE_LABEL`] (any value) — else [`Reason::Excluded`];
 //!    and its `NetworkUnavailable` condition is not `True` (the node's network is not set up;
 //!    MetalLB skips such nodes too) — else [`Reason::NetworkUnavailable`];
-//! 3. its speaker is alive (from [`crate::membership`]) — else [`Reason::SpeakerDown`];
+//! 3. its speaker is alive (the speakers' membership says so; without it, and in `lodestonectl
+//!    why`, the nodes whose `Ready` condition is `True`, see [`node_ready`]) — else [`Reason::SpeakerDown`];
 //! 4. the Service has a ready endpoint somewhere — else [`Reason::NoReadyEndpoints`] (nobody
 //!    could serve the traffic, so nobody should attract it);
 //! 5. with `externalTrafficPolicy: Local`, the node itself hosts a ready endpoint — else
@@ -26,15 +27,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use crate::selector::{self, SelectorError};
+use crate::{IPAddressPool, L2Advertisement, addresses};
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointSlice};
-use lodestone_crds::selector::{self, SelectorError};
-use lodestone_crds::{IPAddressPool, L2Advertisement, addresses};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
 
 /// Nodes with this label never announce (the well-known Kubernetes label; its value is ignored).
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
-/// The label an EndpointSlice carries to name its Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub use crate::service::SERVICE_NAME_LABEL;
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
@@ -206,6 +206,20 @@ pub fn endpoint_can_serve(conditions: Option<&EndpointConditions>) -> bool {
     c.ready != Some(false) || (c.serving == Some(true) && c.terminating != Some(true))
 }
 
+/// Whether an endpoint counts for the Service: it [can serve](endpoint_can_serve) and has an
+/// address to send traffic to.
+pub fn endpoint_counts(ep: &Endpoint) -> bool {
+    endpoint_can_serve(ep.conditions.as_ref()) && !ep.addresses.is_empty()
+}
+
+/// Whether the Node's `Ready` condition is `True`.
+pub fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// Whether `adv` selects `pool` (no pool names and no pool selectors: every pool). A malformed
 /// selector selects nothing; [`evaluate`] reports it.
 pub fn advertisement_selects_pool(adv: &L2Advertisement, pool: &IPAddressPool) -> bool {
@@ -270,11 +284,7 @@ fn ready_endpoints<'a>(input: &Input<'a>) -> (bool, BTreeSet<&'a str>) {
         .iter()
         .filter(|s| slice_belongs_to(s, input.service))
     {
-        for ep in slice
-            .endpoints
-            .iter()
-            .filter(|ep| endpoint_can_serve(ep.conditions.as_ref()))
-        {
+        for ep in slice.endpoints.iter().filter(|ep| endpoint_counts(ep)) {
             any = true;
             if let Some(node) = ep.node_name.as_deref() {
                 nodes.insert(node);
@@ -405,12 +415,12 @@ pub fn evaluate(input: &Input<'_>) -> Eligibility {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{IPAddressPoolSpec, L2AdvertisementSpec};
     use k8s_openapi::api::core::v1::ServiceSpec;
     use k8s_openapi::api::discovery::v1::Endpoint;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
         LabelSelector, LabelSelectorRequirement, ObjectMeta,
     };
-    use lodestone_crds::{IPAddressPoolSpec, L2AdvertisementSpec};
     use proptest::prelude::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
