@@ -1,26 +1,26 @@
 //! The pure part of `lodestonectl status` and `lodestonectl why`: objects in, rows and
 //! findings out. The commands fetch the objects; nothing here talks to a cluster.
+//!
+//! Every rule comes from the shared core (`lodestone_crds`), the same code the controller and
+//! the speakers run: the class filter, the annotations with their MetalLB aliases, the condition
+//! message formats, which L2Advertisements select a pool and a node, which endpoints can serve,
+//! and the per-node eligibility verdicts. So `why` cannot disagree with what they do.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use lodestone_crds::addresses::{self, IpFamily};
+use lodestone_crds::announced::{self, AnnouncedBy};
+use lodestone_crds::class::ClassFilter;
+use lodestone_crds::conditions::{ADDRESS_ASSIGNED, ANNOUNCED, AssignedFrom};
+use lodestone_crds::election;
+use lodestone_crds::eligibility::{self, EXCLUDE_LABEL, Interfaces, NodeRef, PoolRef, Reason};
+use lodestone_crds::service::{annotations, ingress_ips};
 use lodestone_crds::{BGPPeer, IPAddressPool, L2Advertisement, selector};
 use serde::Serialize;
-
-/// The controller's condition on a Service.
-pub const ADDRESS_ASSIGNED: &str = "lodestone.dev/AddressAssigned";
-/// The speaker's condition on a Service.
-pub const ANNOUNCED: &str = "lodestone.dev/Announced";
-/// The `spec.loadBalancerClass` Lodestone serves by default (and Services with no class).
-pub const DEFAULT_CLASS: &str = "lodestone.dev/lb";
-/// The annotation asking for specific addresses.
-pub const IPS_ANNOTATION: &str = "lodestone.dev/loadBalancerIPs";
-/// The annotation naming the pool to take from.
-pub const POOL_ANNOTATION: &str = "lodestone.dev/address-pool";
 
 /// One pool's line in `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -123,39 +123,11 @@ pub fn bgp_sessions(peers: &[BGPPeer]) -> Vec<BgpSessionRow> {
 }
 
 fn condition<'a>(svc: &'a Service, type_: &str) -> Option<&'a Condition> {
-    svc.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
+    lodestone_crds::conditions::of_service(svc, type_)
 }
 
-fn ingress_ips(svc: &Service) -> Vec<String> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|l| l.ingress.as_ref())
-        .map(|i| i.iter().filter_map(|x| x.ip.clone()).collect())
-        .unwrap_or_default()
-}
-
-/// The pool named by an AddressAssigned message (`192.0.2.1, 2001:db8::1 from pool blue`).
-pub fn pool_of_message(message: &str) -> Option<String> {
-    // The name is the word after the first " from pool "; a warning may follow it
-    // (`192.0.2.1 from pool blue; warning: ...`).
-    message
-        .split_once(" from pool ")
-        .and_then(|(_, rest)| rest.split([';', ' ']).next())
-        .map(|p| p.trim().to_string())
-        .filter(|p| !p.is_empty())
-}
-
-/// The node named by an Announced message (`announced from node-b on eth0`).
-pub fn node_of_message(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("announced from ")?;
-    let node = rest.split_once(" on ").map_or(rest, |(n, _)| n).trim();
-    (!node.is_empty()).then(|| node.to_string())
+fn ingress_texts(svc: &Service) -> Vec<String> {
+    ingress_ips(svc).iter().map(ToString::to_string).collect()
 }
 
 fn is_load_balancer(svc: &Service) -> bool {
@@ -191,7 +163,7 @@ pub fn status(pools: &[IPAddressPool], services: &[Service]) -> Status {
         .map(|s| {
             let assigned = condition(s, ADDRESS_ASSIGNED);
             let announced = condition(s, ANNOUNCED);
-            let addresses = ingress_ips(s);
+            let addresses = ingress_texts(s);
             let problem = match (assigned, announced) {
                 (Some(c), _) if c.status != "True" && addresses.is_empty() => {
                     Some(c.reason.clone())
@@ -205,12 +177,8 @@ pub fn status(pools: &[IPAddressPool], services: &[Service]) -> Status {
                 namespace: s.metadata.namespace.clone().unwrap_or_default(),
                 name: s.metadata.name.clone().unwrap_or_default(),
                 addresses,
-                pool: assigned
-                    .filter(|c| c.status == "True")
-                    .and_then(|c| pool_of_message(&c.message)),
-                node: announced
-                    .filter(|c| c.status == "True")
-                    .and_then(|c| node_of_message(&c.message)),
+                pool: AssignedFrom::of_service(s).map(|a| a.pool),
+                node: AnnouncedBy::of_service(s).map(|b| b.node),
                 problem,
             }
         })
@@ -416,8 +384,10 @@ pub struct WhyInput {
     pub events: Vec<Event>,
     /// The Service's EndpointSlices.
     pub endpoint_slices: Vec<EndpointSlice>,
-    /// Every Node (for L2Advertisement node selectors).
+    /// Every Node (for L2Advertisement node selectors and the per-node verdicts).
     pub nodes: Vec<Node>,
+    /// Which Services are Lodestone's (`--lb-class`).
+    pub class: ClassFilter,
 }
 
 fn labels(m: &Option<BTreeMap<String, String>>) -> BTreeMap<String, String> {
@@ -469,72 +439,169 @@ fn pool_condition<'a>(pool: &'a IPAddressPool, type_: &str) -> Option<&'a Condit
         .find(|c| c.type_ == type_ && c.status == "True")
 }
 
-/// Whether an L2Advertisement selects a pool (no pools and no selectors: every pool).
-fn l2_selects(l2: &L2Advertisement, pool: &IPAddressPool) -> bool {
-    let name = pool.metadata.name.as_deref().unwrap_or_default();
-    let s = &l2.spec;
-    if s.ip_address_pools.is_empty() && s.ip_address_pool_selectors.is_empty() {
-        return true;
-    }
-    let pool_labels = labels(&pool.metadata.labels);
-    s.ip_address_pools.iter().any(|p| p == name)
-        || s.ip_address_pool_selectors
-            .iter()
-            .any(|sel| selector::matches(sel, &pool_labels).unwrap_or(false))
-}
-
-/// Nodes an L2Advertisement lets announce (no node selectors: all).
+/// Nodes an L2Advertisement lets announce (no node selectors: all), by the speakers' rule.
 fn l2_nodes(l2: &L2Advertisement, nodes: &[Node]) -> Vec<String> {
     nodes
         .iter()
-        .filter(|n| {
-            l2.spec.node_selectors.is_empty()
-                || l2
-                    .spec
-                    .node_selectors
-                    .iter()
-                    .any(|s| selector::matches(s, &labels(&n.metadata.labels)).unwrap_or(false))
-        })
+        .filter(|n| eligibility::advertisement_selects_node(l2, n))
         .filter_map(|n| n.metadata.name.clone())
         .collect()
 }
 
+/// Why the Service is not Lodestone's under `class`, if it is not.
+fn not_ours(svc: &Service, class: &ClassFilter) -> Option<String> {
+    if class.is_ours(svc) {
+        return None;
+    }
+    let spec = svc.spec.clone().unwrap_or_default();
+    Some(
+        match (spec.type_.as_deref(), spec.load_balancer_class.as_deref()) {
+            (Some("LoadBalancer"), Some(other)) => format!(
+                "loadBalancerClass is {other}: another implementation serves it, not Lodestone ({}; see --lb-class)",
+                class.class
+            ),
+            (Some("LoadBalancer"), None) => format!(
+                "no loadBalancerClass, and Lodestone serves only {} here (--default-class=false)",
+                class.class
+            ),
+            (t, _) => format!(
+                "type is {}, not LoadBalancer: Lodestone gives it no address",
+                t.unwrap_or("ClusterIP")
+            ),
+        },
+    )
+}
+
+fn reason_text(reason: Reason) -> &'static str {
+    match reason {
+        Reason::NotSelected => "no L2Advertisement selects both its pool and this node",
+        Reason::Excluded => "labelled node.kubernetes.io/exclude-from-external-load-balancers",
+        Reason::NetworkUnavailable => "its NetworkUnavailable condition is True",
+        Reason::SpeakerDown => "its speaker is not alive",
+        Reason::NoLocalEndpoint => {
+            "externalTrafficPolicy is Local and no endpoint that can serve runs on it"
+        }
+        Reason::NoReadyEndpoints => "no endpoint of the Service can serve",
+    }
+}
+
+/// The speakers' verdict, node by node, for one address of the Service: the same
+/// [`eligibility::evaluate`] they run. `why` cannot see which speakers are alive (the Announced
+/// condition tells that), so every node counts as alive here.
+/// Returns the eligible nodes.
+fn node_verdicts(
+    svc: &Service,
+    ip: std::net::IpAddr,
+    input: &WhyInput,
+    out: &mut Vec<Finding>,
+) -> Vec<String> {
+    use Severity::{Info, Ok, Problem};
+    let Some(pool) = eligibility::pool_for_address(&input.pools, ip) else {
+        out.push(finding(
+            Problem,
+            "Service",
+            format!("{ip} is in no IPAddressPool: no speaker announces it"),
+        ));
+        return Vec::new();
+    };
+    let nodes: Vec<NodeRef<'_>> = input.nodes.iter().filter_map(NodeRef::of).collect();
+    let alive: BTreeSet<String> = nodes.iter().map(|n| n.name.to_owned()).collect();
+    let verdicts = eligibility::evaluate(&eligibility::Input {
+        service: svc,
+        endpoint_slices: &input.endpoint_slices,
+        pool: PoolRef::of(pool),
+        nodes: &nodes,
+        advertisements: &input.l2advertisements,
+        alive: &alive,
+    });
+    for p in &verdicts.selector_errors {
+        out.push(finding(
+            Problem,
+            format!("L2Advertisement {}", p.advertisement),
+            format!("{}[{}] matches nothing: {}", p.field, p.index, p.error),
+        ));
+    }
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    for (node, verdict) in &verdicts.nodes {
+        let src = format!("Node {node}");
+        match verdict {
+            eligibility::Verdict::Eligible(Interfaces::Automatic) => out.push(finding(
+                Ok,
+                src,
+                format!("may announce {ip}, on every suitable interface"),
+            )),
+            eligibility::Verdict::Eligible(Interfaces::Only(ifs)) => out.push(finding(
+                Ok,
+                src,
+                format!(
+                    "may announce {ip}, on {}",
+                    ifs.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )),
+            eligibility::Verdict::Ineligible(reason) => out.push(finding(
+                Info,
+                src,
+                format!("may not announce {ip} ({reason}): {}", reason_text(*reason)),
+            )),
+        }
+    }
+    if verdicts.eligible().next().is_none() {
+        out.push(finding(
+            Problem,
+            "Nodes",
+            format!("no node may announce {ip}"),
+        ));
+    }
+    verdicts.eligible().map(str::to_owned).collect()
+}
+
+/// The node the speakers' rule picks among `eligible` (see
+/// [`lodestone_crds::election::sticky_owner`]): the current announcer while it stays eligible,
+/// else the winner of the election for the Service's first address.
+fn owner_finding(svc: &Service, first: std::net::IpAddr, eligible: &[String]) -> Option<Finding> {
+    let current = AnnouncedBy::of_service(svc).map(|b| b.node);
+    let owner = election::sticky_owner(
+        current.as_deref(),
+        &first.to_string(),
+        eligible.iter().map(String::as_str),
+    )?;
+    let how = if current.as_deref() == Some(owner) {
+        "it announces now and keeps the Service while it stays eligible"
+    } else {
+        "elected among the eligible nodes by MetalLB's hash order"
+    };
+    Some(finding(
+        Severity::Ok,
+        "Nodes",
+        format!("the speakers' owner is {owner}: {how}"),
+    ))
+}
+
 /// Why a Service has no address or is not announced: findings from its conditions, Events,
-/// the pools, the L2Advertisements and its EndpointSlices, most important first.
+/// the pools, the L2Advertisements, the Nodes and its EndpointSlices, most important first.
 pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
     use Severity::{Info, Ok, Problem};
     let mut out = Vec::new();
     let ns = svc.metadata.namespace.clone().unwrap_or_default();
     let spec = svc.spec.clone().unwrap_or_default();
 
-    // Is it Lodestone's at all?
-    if spec.type_.as_deref() != Some("LoadBalancer") {
-        out.push(finding(
-            Problem,
-            "Service",
-            format!(
-                "type is {}, not LoadBalancer: Lodestone gives it no address",
-                spec.type_.as_deref().unwrap_or("ClusterIP")
-            ),
-        ));
-        return out;
-    }
-    if let Some(class) = spec.load_balancer_class.as_deref()
-        && class != DEFAULT_CLASS
-    {
-        out.push(finding(
-            Problem,
-            "Service",
-            format!("loadBalancerClass is {class}: another implementation serves it, not Lodestone ({DEFAULT_CLASS})"),
-        ));
+    // Is it Lodestone's at all? The controller's and the speakers' class rule.
+    if let Some(why_not) = not_ours(svc, &input.class) {
+        let not_lb = spec.type_.as_deref() != Some("LoadBalancer");
+        out.push(finding(Problem, "Service", why_not));
+        if not_lb {
+            return out;
+        }
     }
 
-    // The controller's and the speaker's verdicts.
+    // The controller's and the speaker's verdicts, read with the formats they write.
     let addresses = ingress_ips(svc);
     let mut pool_name = None;
     match condition(svc, ADDRESS_ASSIGNED) {
         Some(c) if c.status == "True" => {
-            pool_name = pool_of_message(&c.message);
+            pool_name = AssignedFrom::parse(&c.message).map(|a| a.pool);
             out.push(finding(Ok, "Service", format!("address assigned: {}", c.message)));
         }
         Some(c) => out.push(finding(
@@ -559,8 +626,7 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
             format!(
                 "not announced ({}): {}",
                 c.reason,
-                // The speaker's message starts with the same words.
-                c.message.strip_prefix("not announced: ").unwrap_or(&c.message)
+                announced::not_announced_why(&c.message)
             ),
         )),
         None if !addresses.is_empty() => out.push(finding(
@@ -568,7 +634,7 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
             "Service",
             format!(
                 "{} has an address but no speaker has written {ANNOUNCED}: are the speakers running?",
-                addresses.join(", ")
+                ingress_texts(svc).join(", ")
             ),
         )),
         None => {}
@@ -607,16 +673,14 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
         ));
     }
 
-    // Pools: which could serve it, and whether they have room.
-    let annotations = labels(&svc.metadata.annotations);
+    // Pools: which could serve it, and whether they have room. The annotations are read as
+    // the controller reads them, MetalLB's spellings included.
+    let annotations = svc.metadata.annotations.as_ref();
     let svc_labels = labels(&svc.metadata.labels);
-    let wanted_pool = annotations.get(POOL_ANNOTATION);
-    if let Some(ips) = annotations.get(IPS_ANNOTATION) {
-        out.push(finding(
-            Info,
-            "Service",
-            format!("asks for {ips} ({IPS_ANNOTATION})"),
-        ));
+    let wanted = annotations::first(annotations, &annotations::ADDRESS_POOL);
+    let wanted_pool = wanted.map(|(_, v)| v.to_owned());
+    if let Some((name, ips)) = annotations::first(annotations, &annotations::LOAD_BALANCER_IPS) {
+        out.push(finding(Info, "Service", format!("asks for {ips} ({name})")));
     }
     if input.pools.is_empty() {
         out.push(finding(
@@ -629,7 +693,7 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
     for p in &input.pools {
         let name = p.metadata.name.clone().unwrap_or_default();
         let src = format!("IPAddressPool {name}");
-        if let Some(w) = wanted_pool
+        if let Some(w) = &wanted_pool
             && *w != name
         {
             continue;
@@ -653,7 +717,10 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
             out.push(finding(
                 Info,
                 &src,
-                format!("autoAssign is false: only Services naming it ({POOL_ANNOTATION}) get its addresses"),
+                format!(
+                    "autoAssign is false: only Services naming it ({}) get its addresses",
+                    annotations::ADDRESS_POOL[0]
+                ),
             ));
             continue;
         }
@@ -693,16 +760,16 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
             }
         }
     }
-    if let Some(w) = wanted_pool
+    if let Some((annotation, w)) = wanted
         && !input
             .pools
             .iter()
-            .any(|p| p.metadata.name.as_ref() == Some(w))
+            .any(|p| p.metadata.name.as_deref() == Some(w))
     {
         out.push(finding(
             Problem,
             "Service",
-            format!("names pool {w} ({POOL_ANNOTATION}), which does not exist"),
+            format!("names pool {w} ({annotation}), which does not exist"),
         ));
     }
     if !input.pools.is_empty() && serving.is_empty() && pool_name.is_none() {
@@ -728,7 +795,7 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
         let selecting: Vec<&L2Advertisement> = input
             .l2advertisements
             .iter()
-            .filter(|l| l2_selects(l, p))
+            .filter(|l| eligibility::advertisement_selects_pool(l, p))
             .collect();
         if selecting.is_empty() {
             out.push(finding(
@@ -768,41 +835,65 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
                 });
         }
     }
+    // Node by node, what the speakers decide for each address, and who owns the Service: a
+    // node eligible for every address.
+    let mut eligible_for_all: Option<Vec<String>> = None;
+    for ip in &addresses {
+        let eligible = node_verdicts(svc, *ip, input, &mut out);
+        eligible_for_all = Some(match eligible_for_all {
+            None => eligible,
+            Some(prev) => prev.into_iter().filter(|n| eligible.contains(n)).collect(),
+        });
+    }
+    if let (Some(first), Some(eligible)) = (addresses.first(), eligible_for_all)
+        && let Some(f) = owner_finding(svc, *first, &eligible)
+    {
+        out.push(f);
+    }
+    let excluded: Vec<&str> = input
+        .nodes
+        .iter()
+        .filter(|n| eligibility::is_excluded(n))
+        .filter_map(|n| n.metadata.name.as_deref())
+        .collect();
+    if addresses.is_empty() && !excluded.is_empty() {
+        out.push(finding(
+            Info,
+            "Nodes",
+            format!("{} never announce ({EXCLUDE_LABEL})", excluded.join(", ")),
+        ));
+    }
 
-    // Endpoints: somebody must serve the traffic; with Local, on an announcing node.
-    let ready: Vec<(Option<String>, String)> = input
+    // Endpoints: somebody must serve the traffic; with Local, on an announcing node. An
+    // endpoint counts as the speakers count it: ready, or serving and not terminating.
+    let can_serve: Vec<Option<String>> = input
         .endpoint_slices
         .iter()
+        .filter(|s| eligibility::slice_belongs_to(s, svc))
         .flat_map(|s| s.endpoints.iter())
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-        .flat_map(|e| {
-            e.addresses
-                .iter()
-                .map(|a| (e.node_name.clone(), a.clone()))
-                .collect::<Vec<_>>()
-        })
+        .filter(|e| eligibility::endpoint_counts(e))
+        .map(|e| e.node_name.clone())
         .collect();
-    if ready.is_empty() {
+    if can_serve.is_empty() {
         out.push(finding(
             Problem,
             "EndpointSlices",
-            "no ready endpoint: no node announces a Service nobody could serve",
+            "no endpoint can serve (ready, or serving and not terminating): no node announces a Service nobody could serve",
         ));
     } else {
         out.push(finding(
             Ok,
             "EndpointSlices",
-            format!("{} ready endpoint(s)", ready.len()),
+            format!("{} endpoint(s) can serve", can_serve.len()),
         ));
         if spec.external_traffic_policy.as_deref() == Some("Local") {
-            let mut local: Vec<String> = ready.iter().filter_map(|(n, _)| n.clone()).collect();
-            local.sort();
-            local.dedup();
+            let local: BTreeSet<String> = can_serve.iter().flatten().cloned().collect();
+            let local: Vec<String> = local.into_iter().collect();
             if local.is_empty() {
                 out.push(finding(
                     Problem,
                     "EndpointSlices",
-                    "externalTrafficPolicy is Local but no ready endpoint names its node",
+                    "externalTrafficPolicy is Local but no endpoint that can serve names its node",
                 ));
             } else if let Some(nodes) = announcing_nodes.filter(|n| !n.is_empty())
                 && !local.iter().any(|n| nodes.contains(n))
@@ -811,7 +902,7 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
                     Problem,
                     "EndpointSlices",
                     format!(
-                        "externalTrafficPolicy is Local: ready endpoints are on {} but the L2Advertisements only allow {}",
+                        "externalTrafficPolicy is Local: endpoints that can serve are on {} but the L2Advertisements only allow {}",
                         local.join(", "),
                         nodes.join(", ")
                     ),
@@ -821,7 +912,7 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
                     Info,
                     "EndpointSlices",
                     format!(
-                        "externalTrafficPolicy is Local: nodes with a ready endpoint: {}",
+                        "externalTrafficPolicy is Local: nodes with an endpoint that can serve: {}",
                         local.join(", ")
                     ),
                 ));
@@ -926,7 +1017,8 @@ mod tests {
     }
 
     fn slice(endpoints: Value) -> EndpointSlice {
-        serde_json::from_value(json!({"metadata": {"name": "web-1", "namespace": "team"},
+        serde_json::from_value(json!({"metadata": {"name": "web-1", "namespace": "team",
+                "labels": {"kubernetes.io/service-name": "web"}},
             "addressType": "IPv4", "endpoints": endpoints}))
         .unwrap()
     }
@@ -940,27 +1032,6 @@ mod tests {
             .filter(|f| f.severity == Severity::Problem)
             .map(|f| format!("{}: {}", f.source, f.message))
             .collect()
-    }
-
-    #[test]
-    fn messages_parse() {
-        assert_eq!(
-            pool_of_message("192.0.2.1, 2001:db8::1 from pool blue").as_deref(),
-            Some("blue")
-        );
-        assert_eq!(pool_of_message("no pool"), None);
-        assert_eq!(
-            pool_of_message(
-                "192.0.2.1 from pool blue; warning: keeping 192.0.2.1 although pool blue is gone"
-            )
-            .as_deref(),
-            Some("blue")
-        );
-        assert_eq!(
-            node_of_message("announced from node-b on eth0, eth1").as_deref(),
-            Some("node-b")
-        );
-        assert_eq!(node_of_message("not announced: no ready endpoint"), None);
     }
 
     #[test]
@@ -1194,7 +1265,7 @@ mod tests {
         let p = problems(&why(&local, &input));
         assert!(
             p.iter().any(|m| m.contains(
-                "ready endpoints are on node-a but the L2Advertisements only allow node-b"
+                "endpoints that can serve are on node-a but the L2Advertisements only allow node-b"
             )),
             "{p:#?}"
         );
@@ -1220,7 +1291,10 @@ mod tests {
             json!({}),
         );
         let p = problems(&why(&s, &input));
-        assert!(p.iter().any(|m| m.contains("no ready endpoint")), "{p:#?}");
+        assert!(
+            p.iter().any(|m| m.contains("no endpoint can serve")),
+            "{p:#?}"
+        );
         assert!(
             p.iter().any(|m| m.contains("another implementation")),
             "{p:#?}"
@@ -1243,9 +1317,146 @@ mod tests {
             )],
             ..Default::default()
         };
-        let s = svc(json!({POOL_ANNOTATION: "gold"}), json!({}), json!({}));
+        let s = svc(
+            json!({"lodestone.dev/address-pool": "gold"}),
+            json!({}),
+            json!({}),
+        );
         let p = problems(&why(&s, &input));
         assert!(p.iter().any(|m| m.contains("names pool gold")), "{p:#?}");
+    }
+
+    /// The speakers announce a Service whose only endpoint is serving but not ready (a pod
+    /// shutting down gracefully is the other way round): `why` must count it as they do.
+    #[test]
+    fn serving_endpoints_count_as_the_speakers_count_them() {
+        let input = WhyInput {
+            pools: vec![pool(
+                "blue",
+                json!({"addresses": ["192.0.2.0/30"]}),
+                roomy(),
+            )],
+            l2advertisements: vec![l2("all", json!({}))],
+            endpoint_slices: vec![slice(
+                json!([{"addresses": ["10.0.0.1"], "nodeName": "node-a",
+                "conditions": {"ready": false, "serving": true, "terminating": false}}]),
+            )],
+            nodes: vec![node("node-a", json!({}))],
+            ..Default::default()
+        };
+        let s = svc(
+            json!({}),
+            json!({}),
+            served("192.0.2.1", "blue", Some("node-a")),
+        );
+        let f = why(&s, &input);
+        assert!(problems(&f).is_empty(), "{:#?}", problems(&f));
+        assert!(
+            f.iter()
+                .any(|f| f.source == "EndpointSlices" && f.message == "1 endpoint(s) can serve"),
+            "{f:#?}"
+        );
+        assert!(
+            f.iter().any(|f| f.source == "Node node-a"
+                && f.message == "may announce 192.0.2.1, on every suitable interface"),
+            "{f:#?}"
+        );
+
+        // Serving but terminating does not count, for the speakers nor for `why`.
+        let mut gone = input.clone();
+        gone.endpoint_slices = vec![slice(
+            json!([{"addresses": ["10.0.0.1"], "nodeName": "node-a",
+            "conditions": {"ready": false, "serving": true, "terminating": true}}]),
+        )];
+        let p = problems(&why(&s, &gone));
+        assert!(
+            p.iter().any(|m| m.contains("no endpoint can serve")),
+            "{p:#?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("no node may announce 192.0.2.1")),
+            "{p:#?}"
+        );
+    }
+
+    /// `migrate-metallb` leaves Services with their `metallb.io/*` annotations, which the
+    /// controller honours: `why` reads them the same way.
+    #[test]
+    fn metallb_annotations_are_read_like_the_controller_reads_them() {
+        let input = WhyInput {
+            pools: vec![
+                pool("blue", json!({"addresses": ["192.0.2.0/30"]}), roomy()),
+                pool("gold", json!({"addresses": ["198.51.100.0/30"]}), roomy()),
+            ],
+            l2advertisements: vec![l2("all", json!({}))],
+            ..Default::default()
+        };
+        for key in [
+            "metallb.io/address-pool",
+            "metallb.universe.tf/address-pool",
+        ] {
+            let s = svc(
+                json!({key: "gold", "metallb.io/loadBalancerIPs": "198.51.100.1"}),
+                json!({}),
+                json!({}),
+            );
+            let f = why(&s, &input);
+            assert!(
+                !f.iter().any(|f| f.source == "IPAddressPool blue"),
+                "{key}: only the named pool is considered: {f:#?}"
+            );
+            assert!(
+                f.iter().any(|f| f.source == "IPAddressPool gold"
+                    && f.message.starts_with("serves this Service")),
+                "{f:#?}"
+            );
+            assert!(
+                f.iter()
+                    .any(|f| f.message == "asks for 198.51.100.1 (metallb.io/loadBalancerIPs)"),
+                "{f:#?}"
+            );
+            let missing = svc(json!({key: "silver"}), json!({}), json!({}));
+            let p = problems(&why(&missing, &input));
+            assert!(
+                p.iter()
+                    .any(|m| m.contains(&format!("names pool silver ({key})"))),
+                "{p:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_class_is_the_one_given() {
+        let s = svc(
+            json!({}),
+            json!({"loadBalancerClass": "example.com/lb"}),
+            served("192.0.2.1", "blue", Some("node-a")),
+        );
+        let default = WhyInput::default();
+        assert!(
+            problems(&why(&s, &default))
+                .iter()
+                .any(|m| m.contains("loadBalancerClass is example.com/lb")),
+        );
+        let ours = WhyInput {
+            class: ClassFilter {
+                class: "example.com/lb".into(),
+                default_class: false,
+            },
+            ..Default::default()
+        };
+        assert!(
+            !problems(&why(&s, &ours))
+                .iter()
+                .any(|m| m.contains("loadBalancerClass")),
+        );
+        let unclassed = svc(json!({}), json!({}), json!({}));
+        assert!(
+            problems(&why(&unclassed, &ours))
+                .iter()
+                .any(|m| m.contains("no loadBalancerClass")),
+        );
     }
 
     proptest! {

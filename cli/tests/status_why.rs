@@ -272,8 +272,9 @@ async fn status_and_why_against_a_cluster() {
         .map(|f| f["message"].as_str().unwrap())
         .collect();
     assert!(
-        messages.iter().any(|m| m
-            .contains("ready endpoints are on node-b but the L2Advertisements only allow node-a")),
+        messages.iter().any(|m| m.contains(
+            "endpoints that can serve are on node-b but the L2Advertisements only allow node-a"
+        )),
         "{messages:#?}"
     );
     assert!(
@@ -296,6 +297,69 @@ async fn status_and_why_against_a_cluster() {
     assert!(help.contains("Usage: kubectl lodestone"), "{help}");
 
     documented_commands_print_what_the_page_shows(bin, &kubeconfig);
+
+    // Made after the documented transcripts, which do not show them.
+    // A Service of another class is judged by the class given with --lb-class (or
+    // LODESTONE_LB_CLASS), as the controller and speakers are.
+    create(
+        &svcs,
+        lb("classy", json!({"loadBalancerClass": "example.com/lb"})),
+    )
+    .await;
+    let other = ok(bin, &kubeconfig, &["why", "shop/classy"]);
+    assert!(
+        other.contains("loadBalancerClass is example.com/lb: another implementation"),
+        "{other}"
+    );
+    let ours = ok(
+        bin,
+        &kubeconfig,
+        &["why", "shop/classy", "--lb-class", "example.com/lb"],
+    );
+    assert!(!ours.contains("loadBalancerClass"), "{ours}");
+    assert!(ours.contains("the controller has not written"), "{ours}");
+
+    // A Service converted from MetalLB keeps its metallb.io/* annotations, which the controller
+    // honours; its only endpoint is serving but not ready, which the speakers count: `why`
+    // agrees with both (it used to look at every pool and report no ready endpoint).
+    let mut migrated = lb("migrated", json!({}));
+    migrated["metadata"]["annotations"] = json!({"metallb.io/address-pool": "prod"});
+    create(&svcs, migrated).await;
+    set_status(
+        &svcs,
+        "migrated",
+        json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.3"}]}, "conditions": [
+            cond("lodestone.dev/AddressAssigned", "True", "Assigned", "192.0.2.3 from pool blue"),
+            cond("lodestone.dev/Announced", "True", "Announced", "announced from node-a on eth0")]}),
+    )
+    .await;
+    create(
+        &slices,
+        json!({"metadata": {"name": "migrated-x", "namespace": "shop",
+                            "labels": {"kubernetes.io/service-name": "migrated"}},
+               "addressType": "IPv4",
+               "endpoints": [{"addresses": ["10.1.0.3"], "nodeName": "node-a",
+                              "conditions": {"ready": false, "serving": true, "terminating": false}}],
+               "ports": [{"port": 80, "protocol": "TCP"}]}),
+    )
+    .await;
+    let migrated = ok(bin, &kubeconfig, &["why", "shop/migrated"]);
+    assert!(migrated.contains("1 endpoint(s) can serve"), "{migrated}");
+    assert!(!migrated.contains("no endpoint can serve"), "{migrated}");
+    assert!(
+        migrated.contains("no namespaceSelector matches the labels of namespace shop"),
+        "the pool metallb.io/address-pool names is the one judged: {migrated}"
+    );
+    assert!(
+        !migrated
+            .lines()
+            .any(|l| l.contains("IPAddressPool blue") && l.contains("serves this Service")),
+        "{migrated}"
+    );
+    assert!(
+        migrated.contains("may announce 192.0.2.3, on every suitable interface"),
+        "{migrated}"
+    );
 }
 
 /// docs/lodestonectl.md shows this very scenario: each transcript there is what the command

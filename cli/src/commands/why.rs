@@ -8,7 +8,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use lodestone_cli::diagnose::{Severity, WhyInput, render_why, why};
-use lodestone_crds::{IPAddressPool, L2Advertisement};
+use lodestone_crds::class::{ClassFilter, DEFAULT_CLASS};
+use lodestone_crds::{IPAddressPool, L2Advertisement, ServiceKey};
 use serde_json::json;
 
 use super::cluster::{KubeArgs, Output, print, runtime};
@@ -25,18 +26,27 @@ pub struct Args {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
+
+    /// The `spec.loadBalancerClass` the controller and speakers serve (their `--lb-class`).
+    #[arg(long, env = "LODESTONE_LB_CLASS", default_value = DEFAULT_CLASS)]
+    lb_class: String,
+
+    /// Whether they also serve Services that name no class (their `--default-class`).
+    #[arg(long, env = "LODESTONE_DEFAULT_CLASS", default_value_t = true, action = clap::ArgAction::Set)]
+    default_class: bool,
 }
 
 /// Split `ns/name` or take `name` in `default_ns`.
-pub fn parse_target(s: &str, default_ns: &str) -> Result<(String, String)> {
-    let (ns, name) = match s.split_once('/') {
-        Some((ns, name)) => (ns, name),
-        None => (default_ns, s),
+pub fn parse_target(s: &str, default_ns: &str) -> Result<ServiceKey> {
+    let full = if s.contains('/') {
+        s.to_string()
+    } else {
+        format!("{default_ns}/{s}")
     };
-    if ns.is_empty() || name.is_empty() || name.contains('/') {
-        bail!("expected NAME or NAMESPACE/NAME, got {s:?}");
+    match ServiceKey::parse(&full) {
+        Some(key) => Ok(key),
+        None => bail!("expected NAME or NAMESPACE/NAME, got {s:?}"),
     }
-    Ok((ns.to_string(), name.to_string()))
 }
 
 /// Fetch the Service and everything that explains it, print the findings. Exit status 0
@@ -44,7 +54,8 @@ pub fn parse_target(s: &str, default_ns: &str) -> Result<(String, String)> {
 pub fn run(args: &Args) -> Result<ExitCode> {
     runtime()?.block_on(async {
         let (client, default_ns) = args.kube.connect().await?;
-        let (ns, name) = parse_target(&args.service, &default_ns)?;
+        let key = parse_target(&args.service, &default_ns)?;
+        let (ns, name) = (key.namespace.clone(), key.name.clone());
         let svc = Api::<Service>::namespaced(client.clone(), &ns)
             .get(&name)
             .await
@@ -105,9 +116,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             events,
             endpoint_slices,
             nodes,
+            class: ClassFilter {
+                class: args.lb_class.clone(),
+                default_class: args.default_class,
+            },
         };
         let findings = why(&svc, &input);
-        let target = format!("{ns}/{name}");
+        let target = key.to_string();
         let doc = json!({
             "service": target,
             "problems": findings.iter().filter(|f| f.severity == Severity::Problem).count(),
@@ -121,16 +136,17 @@ pub fn run(args: &Args) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::parse_target;
+    use lodestone_crds::ServiceKey;
 
     #[test]
     fn targets() {
         assert_eq!(
             parse_target("web", "team").unwrap(),
-            ("team".into(), "web".into())
+            ServiceKey::new("team", "web")
         );
         assert_eq!(
             parse_target("prod/web", "team").unwrap(),
-            ("prod".into(), "web".into())
+            ServiceKey::new("prod", "web")
         );
         assert!(parse_target("/web", "team").is_err());
         assert!(parse_target("a/b/c", "team").is_err());
