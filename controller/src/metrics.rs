@@ -9,7 +9,7 @@
 //! | `pool_addresses_available{pool,family}` | gauge | addresses still free (saturates at 2^63-1) |
 //! | `services_assigned` | gauge | Services holding at least one address |
 //! | `allocation_failures_total{reason}` | counter | failed allocations, by condition reason |
-//! | `status_writes_total{result}` | counter | status and Event writes, `ok` or `error` |
+//! | `status_writes_total{result}` | counter | every write to the API server (Service status and its release, pool status, pool finalizer, Event), counted once by the writer's one write helper when its answer arrives: `ok` or `error` |
 //! | `reconcile_duration_seconds` | histogram | time to decide one batch of changes |
 //! | `leader` | gauge | 1 while this replica holds the Lease |
 //! | `pool_kind_served` | gauge | 1 while the API server serves IPAddressPools (0: CRD missing, decisions on hold) |
@@ -34,7 +34,7 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
 
-/// All of the controller's metrics, plus the readiness and leadership flags the write path checks.
+/// All of the controller's metrics, plus the readiness flag the probe reports.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -52,8 +52,6 @@ pub struct Metrics {
     pub services_held_without_pool: Gauge,
     /// Caches synced and, when leading, the first full pass decided.
     ready: AtomicBool,
-    /// This replica holds the Lease. Checked before every write.
-    leader: AtomicBool,
 }
 
 impl Default for Metrics {
@@ -138,7 +136,6 @@ impl Metrics {
             reconcile_duration,
             leader_gauge,
             ready: AtomicBool::new(false),
-            leader: AtomicBool::new(false),
         }
     }
 
@@ -179,17 +176,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Show whether this replica leads (the writes check the reconciler's own flag).
     pub fn set_leader(&self, leader: bool) {
-        self.leader.store(leader, Ordering::SeqCst);
         self.leader_gauge.set(i64::from(leader));
     }
 
     pub fn set_pool_kind_served(&self, served: bool) {
         self.pool_kind_served.set(i64::from(served));
-    }
-
-    pub fn is_leader(&self) -> bool {
-        self.leader.load(Ordering::SeqCst)
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -1,9 +1,10 @@
 //! The controller's I/O shell: watches feed the pure IPAM, a small writer applies the results.
 //!
-//! One task owns all decisions, so the IPAM needs no lock and its order is deterministic. Writes
-//! (status applies, pool status, finalizers, Events) run concurrently behind a semaphore, and
-//! every one of them checks leadership right before it is sent: a replica that has lost the
-//! Lease stops writing at once.
+//! One task owns all decisions, so the IPAM needs no lock and its order is deterministic. The
+//! decision state ([`State`]) does no I/O: it returns [`Effect`]s (status applies, pool status,
+//! finalizers, Events), which the [`Writer`] executes concurrently behind a semaphore through one
+//! write helper ([`Writer::send`]) that checks leadership right before each request (a replica
+//! that has lost the Lease stops writing at once) and counts every answer the same way.
 //!
 //! State is rebuilt, not remembered: on start and on every gain of leadership a fresh IPAM is
 //! built from the pools, every Service's current `status.loadBalancer.ingress` is reserved, and
@@ -11,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,6 +66,37 @@ impl Default for Config {
             instance: "lodestone-controller".into(),
         }
     }
+}
+
+/// What a decision asks of the API server. [`State`] collects them; [`Writer::execute`] runs
+/// them. Plain data, so the decisions are tested by looking at these.
+#[derive(Debug, Clone, PartialEq)]
+enum Effect {
+    /// Apply our part of the Service's status (ingress and the AddressAssigned condition).
+    ServiceStatus {
+        service: Arc<Service>,
+        desired: DesiredStatus,
+    },
+    /// Give up our part of the Service's status (it is no longer ours).
+    ReleaseStatus { service: Arc<Service> },
+    /// Write the pool's status (coalesced per pool, see [`PoolWrites`]).
+    PoolStatus {
+        pool: String,
+        status: lodestone_crds::IPAddressPoolStatus,
+    },
+    /// The pool already shows what is wanted: a queued status write is stale.
+    PoolStatusCurrent { pool: String },
+    /// Own (`true`) or give up our finalizer on the pool.
+    PoolFinalizer { pool: String, present: bool },
+    /// Publish an Event about the Service.
+    Event {
+        service: Arc<Service>,
+        type_: EventType,
+        reason: &'static str,
+        note: String,
+    },
+    /// Ask now and then whether IPAddressPools are served again.
+    ProbePoolKind,
 }
 
 #[derive(Debug)]
@@ -220,18 +253,25 @@ pub async fn run(
     // The initial lists were decoded whole and trimmed; a standby replica keeps only the caches.
     lodestone_crds::heap::release_free_memory();
 
+    let leadership = Leadership::default();
     let writer = Writer {
         client: client.clone(),
         instance: config.instance.clone(),
         permits: Arc::new(Semaphore::new(config.write_concurrency.max(1))),
         metrics: metrics.clone(),
+        leadership: leadership.clone(),
         retry: tx.clone(),
         pools: stores.pools.clone(),
         pool_writes: Arc::default(),
     };
+    // The flag the writes check, and the gauge that shows it.
+    let lead = |on: bool| {
+        leadership.set(on);
+        metrics.set_leader(on);
+    };
 
     loop {
-        metrics.set_leader(false);
+        lead(false);
         // A standby replica is ready: it serves probes and waits.
         metrics.set_ready(true);
         while !*leader.borrow_and_update() {
@@ -239,13 +279,14 @@ pub async fn run(
             leader.changed().await?;
         }
         metrics.set_ready(false);
-        metrics.set_leader(true);
+        lead(true);
         info!("leading: rebuilding state from the cluster");
 
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-        let mut state = State::rebuild(&stores, &config, writer.clone(), done_tx);
+        let mut state = State::rebuild(&stores, &config, metrics.clone());
         let started = std::time::Instant::now();
         state.full_pass();
+        writer.execute(state.take_effects(), &done_tx);
         metrics
             .reconcile_duration
             .observe(started.elapsed().as_secs_f64());
@@ -267,7 +308,7 @@ pub async fn run(
                     changed?;
                     if !*leader.borrow_and_update() {
                         // Stop writing before anything else: writes check this flag when sent.
-                        metrics.set_leader(false);
+                        lead(false);
                         warn!("lost the lease: no more writes from this replica");
                         break;
                     }
@@ -280,6 +321,7 @@ pub async fn run(
                     let started = std::time::Instant::now();
                     state.process(batch);
                     metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+                    writer.execute(state.take_effects(), &done_tx);
                     worked = true;
                 }
                 Some(done) = done_rx.recv() => state.write_done(done),
@@ -322,8 +364,9 @@ struct State {
     released: bool,
     /// Pools reported in the metrics, so deleted ones can be removed from them.
     reported_pools: BTreeSet<String>,
-    writer: Writer,
-    done: mpsc::UnboundedSender<WriteDone>,
+    metrics: Arc<Metrics>,
+    /// What the decisions so far ask of the API server, taken by [`State::take_effects`].
+    effects: Vec<Effect>,
 }
 
 /// Why a Service has no (new) address.
@@ -377,12 +420,7 @@ fn ips_text(ips: &[IpAddr]) -> String {
 }
 
 impl State {
-    fn rebuild(
-        stores: &Stores,
-        config: &Config,
-        writer: Writer,
-        done: mpsc::UnboundedSender<WriteDone>,
-    ) -> State {
+    fn rebuild(stores: &Stores, config: &Config, metrics: Arc<Metrics>) -> State {
         let mut state = State {
             class: config.class.clone(),
             ipam: Ipam::new(),
@@ -401,8 +439,8 @@ impl State {
             pools_dirty: true,
             released: false,
             reported_pools: BTreeSet::new(),
-            writer,
-            done,
+            metrics,
+            effects: Vec::new(),
         };
         state.load_node_addresses();
         state.load_pools();
@@ -470,6 +508,20 @@ impl State {
         }
         info!(reserved, "reserved addresses found in Service status");
         state
+    }
+
+    /// The effects decided since the last call, in the order they were decided.
+    fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    fn event(&mut self, svc: &Arc<Service>, type_: EventType, reason: &'static str, note: String) {
+        self.effects.push(Effect::Event {
+            service: svc.clone(),
+            type_,
+            reason,
+            note,
+        });
     }
 
     fn load_node_addresses(&mut self) {
@@ -608,8 +660,8 @@ impl State {
                     pools = true;
                     if std::mem::take(&mut self.pool_kind_missing) {
                         info!("IPAddressPools are served again; deciding again");
-                        self.writer.metrics.set_pool_kind_served(true);
-                        self.writer.metrics.set_ready(true);
+                        self.metrics.set_pool_kind_served(true);
+                        self.metrics.set_ready(true);
                         all = true;
                     }
                 }
@@ -619,9 +671,9 @@ impl State {
                             "IPAddressPools are not served (404: the CRD is not installed); holding every Service's address and deciding nothing until they are back"
                         );
                         self.pool_kind_missing = true;
-                        self.writer.metrics.set_pool_kind_served(false);
-                        self.writer.metrics.set_ready(false);
-                        self.writer.probe_pool_kind();
+                        self.metrics.set_pool_kind_served(false);
+                        self.metrics.set_ready(false);
+                        self.effects.push(Effect::ProbePoolKind);
                     }
                 }
                 Signal::Nodes => {
@@ -692,7 +744,7 @@ impl State {
                 info!(service = %key, addresses = %ips_text(&a.addresses), "Service is no longer ours; address released");
                 self.pools_dirty = true;
                 self.released = true;
-                self.writer.event(
+                self.event(
                     &svc,
                     EventType::Normal,
                     reasons::IP_RELEASED,
@@ -705,7 +757,9 @@ impl State {
             }
             self.forget(key);
             if status::has_our_status(&svc) {
-                self.writer.release_status(&svc);
+                self.effects.push(Effect::ReleaseStatus {
+                    service: svc.clone(),
+                });
             }
             return;
         }
@@ -722,8 +776,7 @@ impl State {
                 match &warning {
                     Some(w) if self.last_warning.get(key) != Some(w) => {
                         warn!(service = %key, "{}", log_text(w));
-                        self.writer
-                            .event(&svc, EventType::Warning, reasons::IP_KEPT, w.clone());
+                        self.event(&svc, EventType::Warning, reasons::IP_KEPT, w.clone());
                         self.last_warning.insert(key.clone(), w.clone());
                     }
                     Some(_) => {}
@@ -746,8 +799,7 @@ impl State {
                         note.push_str(&format!(" because {why}"));
                     }
                     info!(service = %key, "{}", log_text(&note));
-                    self.writer
-                        .event(&svc, EventType::Normal, reasons::IP_ALLOCATED, note);
+                    self.event(&svc, EventType::Normal, reasons::IP_ALLOCATED, note);
                 }
                 assigned_status(&a, warning.as_deref())
             }
@@ -769,8 +821,8 @@ impl State {
                 };
                 if self.last_failure.get(key) != Some(&message) {
                     warn!(service = %key, reason = f.reason(), "{}", log_text(&message));
-                    self.writer.metrics.allocation_failed(f.reason());
-                    self.writer.event(
+                    self.metrics.allocation_failed(f.reason());
+                    self.event(
                         &svc,
                         EventType::Warning,
                         reasons::ALLOCATION_FAILED,
@@ -792,8 +844,10 @@ impl State {
             return;
         }
         self.inflight.insert(key.clone(), desired.clone());
-        self.writer
-            .service_status(&svc, &desired, self.done.clone());
+        self.effects.push(Effect::ServiceStatus {
+            service: svc,
+            desired,
+        });
     }
 
     fn forget(&mut self, key: &ServiceKey) {
@@ -818,7 +872,7 @@ impl State {
         }
         self.pools_dirty = false;
         self.prune_vanished();
-        let metrics = self.writer.metrics.clone();
+        let metrics = self.metrics.clone();
         metrics
             .services_assigned
             .set(i64::try_from(self.ipam.assigned_services()).unwrap_or(i64::MAX));
@@ -868,19 +922,29 @@ impl State {
                 &now(),
             );
             if pools::status_is_current(pool.status.as_ref(), &desired) {
-                self.writer.pool_status_current(&name);
+                self.effects
+                    .push(Effect::PoolStatusCurrent { pool: name.clone() });
             } else {
-                self.writer.pool_status(&name, &desired);
+                self.effects.push(Effect::PoolStatus {
+                    pool: name.clone(),
+                    status: desired,
+                });
             }
             let has_finalizer = pool.finalizers().iter().any(|f| f == POOL_FINALIZER);
             // Only this pool's own assignments: a Service holding an address it shares with an
             // overlapping pool, assigned from that one, does not keep it from going.
             let in_use = self.ipam.pool_in_use(&name);
             if !eval.terminating && !has_finalizer {
-                self.writer.pool_finalizer(&name, true);
+                self.effects.push(Effect::PoolFinalizer {
+                    pool: name.clone(),
+                    present: true,
+                });
             } else if eval.terminating && has_finalizer && !in_use {
                 info!(pool = %name, "no Service holds an address of the deleted pool; letting it go");
-                self.writer.pool_finalizer(&name, false);
+                self.effects.push(Effect::PoolFinalizer {
+                    pool: name.clone(),
+                    present: false,
+                });
             }
         }
         for gone in self.reported_pools.difference(&reported) {
@@ -891,7 +955,7 @@ impl State {
 }
 
 /// Severity of an Event.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EventType {
     Normal,
     Warning,
@@ -907,18 +971,34 @@ impl EventType {
 }
 
 fn assigned_status(a: &Assignment, warning: Option<&str>) -> DesiredStatus {
-    let mut message = format!("{} from pool {}", ips_text(&a.addresses), a.pool);
-    if let Some(w) = warning {
-        message.push_str("; warning: ");
-        message.push_str(w);
+    let message = lodestone_crds::conditions::AssignedFrom {
+        addresses: a.addresses.clone(),
+        pool: a.pool.to_string(),
+        warning: warning.map(str::to_owned),
     }
+    .to_string();
     DesiredStatus {
         ips: a.addresses.clone(),
         condition: AssignedCondition {
             assigned: true,
-            reason: "Assigned".into(),
+            reason: lodestone_crds::conditions::assigned_reasons::ASSIGNED.into(),
             message,
         },
+    }
+}
+
+/// Whether this replica holds the Lease: checked right before every write. Not a metric (the
+/// `leader` gauge only shows it).
+#[derive(Clone, Debug, Default)]
+struct Leadership(Arc<AtomicBool>);
+
+impl Leadership {
+    fn set(&self, leading: bool) {
+        self.0.store(leading, Ordering::SeqCst);
+    }
+
+    fn is_leading(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
     }
 }
 
@@ -930,6 +1010,7 @@ struct Writer {
     instance: String,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    leadership: Leadership,
     retry: mpsc::UnboundedSender<Signal>,
     /// The pool cache, to tell a pool that is gone from a write that failed.
     pools: Store<IPAddressPool>,
@@ -997,8 +1078,46 @@ const RELEASE_MEMORY_AFTER: Duration = Duration::from_secs(5);
 const POOL_STATUS_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Writer {
-    fn leading(&self) -> bool {
-        self.metrics.is_leader()
+    /// Run what one batch of decisions asks for; every write is its own task.
+    fn execute(&self, effects: Vec<Effect>, done: &mpsc::UnboundedSender<WriteDone>) {
+        for effect in effects {
+            match effect {
+                Effect::ServiceStatus { service, desired } => {
+                    self.service_status(&service, &desired, done.clone());
+                }
+                Effect::ReleaseStatus { service } => self.release_status(&service),
+                Effect::PoolStatus { pool, status } => self.pool_status(&pool, &status),
+                Effect::PoolStatusCurrent { pool } => self.pool_status_current(&pool),
+                Effect::PoolFinalizer { pool, present } => self.pool_finalizer(&pool, present),
+                Effect::Event {
+                    service,
+                    type_,
+                    reason,
+                    note,
+                } => self.event(&service, type_, reason, note),
+                Effect::ProbePoolKind => self.probe_pool_kind(),
+            }
+        }
+    }
+
+    /// The one way the controller writes: wait for a write permit, check leadership right
+    /// before the request goes out, send it, and count its answer in
+    /// `lodestone_controller_status_writes_total{result}` (every write counts the same:
+    /// Service status and its release, pool status, pool finalizer, Event). `None` when
+    /// nothing was sent (not leading, or shutting down).
+    async fn send<T>(
+        &self,
+        request: impl std::future::Future<Output = kube::Result<T>>,
+    ) -> Option<kube::Result<T>> {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return None;
+        };
+        if !self.leadership.is_leading() {
+            return None;
+        }
+        let result = request.await;
+        self.metrics.write(result.is_ok());
+        Some(result)
     }
 
     /// Whether the pool cache shows `name` deleted, waiting up to a second for the watch to
@@ -1024,19 +1143,15 @@ impl Writer {
         let body = status::apply_body(svc, desired, &now());
         let this = self.clone();
         tokio::spawn(async move {
-            let Ok(_permit) = this.permits.acquire().await else {
-                return;
-            };
-            if !this.leading() {
-                return;
-            }
             let api: Api<Service> = Api::namespaced(this.client.clone(), &key.namespace);
             let params = PatchParams::apply(FIELD_MANAGER).force();
-            let result = api
-                .patch_status(&key.name, &params, &Patch::Apply(&body))
-                .await;
+            let Some(result) = this
+                .send(api.patch_status(&key.name, &params, &Patch::Apply(&body)))
+                .await
+            else {
+                return;
+            };
             let _ = done.send(WriteDone::Service { key: key.clone() });
-            this.metrics.write(result.is_ok());
             if let Err(e) = result {
                 warn!(service = %key, error = %log_text(&error_chain(&e)), "writing Service status failed; will retry");
                 this.retry_later(Signal::Service(key));
@@ -1049,16 +1164,10 @@ impl Writer {
         let body = status::release_body(svc);
         let this = self.clone();
         tokio::spawn(async move {
-            let Ok(_permit) = this.permits.acquire().await else {
-                return;
-            };
-            if !this.leading() {
-                return;
-            }
             let api: Api<Service> = Api::namespaced(this.client.clone(), &key.namespace);
             let params = PatchParams::apply(FIELD_MANAGER).force();
-            if let Err(e) = api
-                .patch_status(&key.name, &params, &Patch::Apply(&body))
+            if let Some(Err(e)) = this
+                .send(api.patch_status(&key.name, &params, &Patch::Apply(&body)))
                 .await
             {
                 warn!(service = %key, error = %log_text(&error_chain(&e)), "removing our status from the Service failed; will retry");
@@ -1107,17 +1216,12 @@ impl Writer {
             "metadata": {"name": name},
             "status": status,
         });
-        let Ok(_permit) = self.permits.acquire().await else {
-            return;
-        };
-        if !self.leading() {
-            return;
-        }
         let api: Api<IPAddressPool> = Api::all(self.client.clone());
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        let result = api.patch_status(name, &params, &Patch::Apply(&body)).await;
-        self.metrics.write(result.is_ok());
-        if let Err(e) = result {
+        if let Some(Err(e)) = self
+            .send(api.patch_status(name, &params, &Patch::Apply(&body)))
+            .await
+        {
             warn!(pool = %name, error = %log_text(&error_chain(&e)), "writing pool status failed; will retry");
             self.retry_later(Signal::Pools);
         }
@@ -1139,15 +1243,15 @@ impl Writer {
         let name = name.to_string();
         let this = self.clone();
         tokio::spawn(async move {
-            let Ok(_permit) = this.permits.acquire().await else {
-                return;
-            };
-            if !this.leading() {
-                return;
-            }
             let api: Api<IPAddressPool> = Api::all(this.client.clone());
             let params = PatchParams::apply(FIELD_MANAGER).force();
-            match api.patch(&name, &params, &Patch::Apply(&body)).await {
+            let Some(result) = this
+                .send(api.patch(&name, &params, &Patch::Apply(&body)))
+                .await
+            else {
+                return;
+            };
+            match result {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 // The pool went away between the decision and this write: apply then tries to
@@ -1175,9 +1279,6 @@ impl Writer {
         let name = svc.metadata.name.clone().unwrap_or_default();
         let this = self.clone();
         tokio::spawn(async move {
-            if !this.leading() {
-                return;
-            }
             let now = k8s_openapi::jiff::Timestamp::now();
             let event = k8s_openapi::api::events::v1::Event {
                 metadata: kube::api::ObjectMeta {
@@ -1209,7 +1310,7 @@ impl Writer {
             };
             let api: Api<k8s_openapi::api::events::v1::Event> =
                 Api::namespaced(this.client.clone(), &namespace);
-            if let Err(e) = api.create(&Default::default(), &event).await {
+            if let Some(Err(e)) = this.send(api.create(&Default::default(), &event)).await {
                 warn!(service = %format!("{namespace}/{name}"), %reason, error = %log_text(&error_chain(&e)), "publishing an Event failed");
             }
         });
@@ -1285,5 +1386,205 @@ mod tests {
         w.current("gone");
         assert_eq!(w.finished("gone"), None);
         assert!(w.busy.is_empty());
+    }
+}
+
+/// The decision state without I/O, in the manner of linkerd2's `policy-controller/k8s/status`
+/// tests: caches filled by hand, one pass, and the effects it returns compared with what the
+/// API server should be asked for.
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn pool(name: &str, addresses: &[&str]) -> IPAddressPool {
+        serde_json::from_value(json!({
+            "apiVersion": "lodestone.dev/v1alpha1", "kind": "IPAddressPool",
+            "metadata": {"name": name, "generation": 1},
+            "spec": {"addresses": addresses},
+        }))
+        .unwrap()
+    }
+
+    fn service(name: &str, spec: Value) -> Service {
+        let mut s = json!({"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]});
+        for (k, v) in spec.as_object().unwrap() {
+            s[k] = v.clone();
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                         "generation": 1},
+            "spec": s,
+        }))
+        .unwrap()
+    }
+
+    fn stores(services: &[Service], pools: &[IPAddressPool]) -> Stores {
+        fn fill<K>(objects: &[K]) -> Store<K>
+        where
+            K: kube::Resource<DynamicType = ()> + Clone + 'static,
+        {
+            let (store, mut writer) = reflector::store::<K>();
+            for o in objects {
+                writer.apply_watcher_event(&watcher::Event::Apply(o.clone()));
+            }
+            store
+        }
+        let (_tx, nodes) = watch::channel(Some(Arc::new(NodeAddresses::new())));
+        Stores {
+            services: fill(services),
+            pools: fill(pools),
+            namespaces: fill::<Namespace>(&[]),
+            nodes,
+        }
+    }
+
+    /// One full pass over `services` and `pools`, as on gaining the Lease.
+    fn decide(services: &[Service], pools: &[IPAddressPool]) -> Vec<Effect> {
+        let mut state = State::rebuild(
+            &stores(services, pools),
+            &Config::default(),
+            Arc::new(Metrics::new()),
+        );
+        state.full_pass();
+        state.take_effects()
+    }
+
+    fn statuses(effects: &[Effect]) -> Vec<(String, DesiredStatus)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::ServiceStatus { service, desired } => {
+                    Some((service.name_any(), desired.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn events(effects: &[Effect]) -> Vec<(String, EventType, &'static str, String)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Event {
+                    service,
+                    type_,
+                    reason,
+                    note,
+                } => Some((service.name_any(), *type_, *reason, note.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The Service as the API server shows it once `desired` is written.
+    fn written(mut svc: Service, desired: &DesiredStatus) -> Service {
+        let body = status::apply_body(&svc, desired, &now());
+        svc.status = Some(serde_json::from_value(body["status"].clone()).unwrap());
+        svc
+    }
+
+    #[test]
+    fn a_new_service_gets_an_address_an_event_and_the_pool_its_finalizer() {
+        let effects = decide(
+            &[service("web", json!({}))],
+            &[pool("blue", &["192.0.2.8/30"])],
+        );
+        let st = statuses(&effects);
+        assert_eq!(st.len(), 1, "{effects:#?}");
+        let (name, desired) = &st[0];
+        assert_eq!(name, "web");
+        assert!(desired.condition.assigned);
+        assert_eq!(desired.ips.len(), 1);
+        let first: IpAddr = "192.0.2.8".parse().unwrap();
+        let last: IpAddr = "192.0.2.11".parse().unwrap();
+        assert!((first..=last).contains(&desired.ips[0]), "{desired:?}");
+        assert_eq!(
+            desired.condition.message,
+            format!("{} from pool blue", desired.ips[0])
+        );
+        assert_eq!(
+            events(&effects),
+            [(
+                "web".to_string(),
+                EventType::Normal,
+                reasons::IP_ALLOCATED,
+                format!("assigned {} from pool blue", desired.ips[0])
+            )]
+        );
+        assert!(effects.contains(&Effect::PoolFinalizer {
+            pool: "blue".into(),
+            present: true
+        }));
+        let pool_status = effects.iter().find_map(|e| match e {
+            Effect::PoolStatus { pool, status } if pool == "blue" => Some(status),
+            _ => None,
+        });
+        assert_eq!(pool_status.map(|s| s.assigned), Some(1), "{effects:#?}");
+    }
+
+    /// State is rebuilt, not remembered: a replica that takes over a cluster where everything
+    /// is written asks for nothing but "the pool is current".
+    #[test]
+    fn a_new_leader_over_a_settled_cluster_writes_nothing() {
+        let svc = service("web", json!({}));
+        let blue = pool("blue", &["192.0.2.8/30"]);
+        let first = decide(std::slice::from_ref(&svc), std::slice::from_ref(&blue));
+        let (_, desired) = statuses(&first).remove(0);
+        let settled = written(svc, &desired);
+        let mut blue = blue;
+        blue.metadata.finalizers = Some(vec![POOL_FINALIZER.into()]);
+        blue.status = first.iter().find_map(|e| match e {
+            Effect::PoolStatus { status, .. } => Some(status.clone()),
+            _ => None,
+        });
+        let again = decide(&[settled], &[blue]);
+        assert_eq!(
+            again,
+            [Effect::PoolStatusCurrent {
+                pool: "blue".into()
+            }],
+            "the same address, nothing to write"
+        );
+    }
+
+    #[test]
+    fn a_full_pool_refuses_with_a_warning_and_keeps_the_first() {
+        let effects = decide(
+            &[service("a", json!({})), service("b", json!({}))],
+            &[pool("one", &["192.0.2.9/32"])],
+        );
+        let st: BTreeMap<String, DesiredStatus> = statuses(&effects).into_iter().collect();
+        assert_eq!(st["a"].ips, ["192.0.2.9".parse::<IpAddr>().unwrap()]);
+        assert!(st["a"].condition.assigned);
+        assert!(st["b"].ips.is_empty());
+        assert!(!st["b"].condition.assigned);
+        assert_eq!(st["b"].condition.reason, "PoolExhausted", "{:?}", st["b"]);
+        let ev = events(&effects);
+        assert!(
+            ev.iter().any(|(n, t, r, _)| n == "b"
+                && *t == EventType::Warning
+                && *r == reasons::ALLOCATION_FAILED),
+            "{ev:#?}"
+        );
+    }
+
+    /// A Service handed to another class loses our status, and nothing else is written for it.
+    #[test]
+    fn a_service_of_another_class_gets_our_status_removed() {
+        let svc = service("web", json!({}));
+        let blue = pool("blue", &["192.0.2.8/30"]);
+        let first = decide(std::slice::from_ref(&svc), std::slice::from_ref(&blue));
+        let (_, desired) = statuses(&first).remove(0);
+        let mut moved = written(svc, &desired);
+        moved.spec.as_mut().unwrap().load_balancer_class = Some("example.com/lb".into());
+        let effects = decide(std::slice::from_ref(&moved), &[blue]);
+        assert!(statuses(&effects).is_empty(), "{effects:#?}");
+        assert!(
+            effects.contains(&Effect::ReleaseStatus {
+                service: Arc::new(moved)
+            }),
+            "{effects:#?}"
+        );
     }
 }
