@@ -5,6 +5,7 @@
 //! Installed as `kubectl-lodestone` on the PATH, the same binary is a kubectl plugin:
 //! `kubectl lodestone status` runs exactly what `lodestonectl status` runs; only the name in
 //! help and usage text follows the name it was invoked under.
+#![forbid(unsafe_code)]
 
 mod commands;
 

@@ -7,6 +7,7 @@
 //!   decides what its caches keep of each object.
 //! - [`nodes`]: the Nodes' own addresses, which are never handed out.
 //! - [`metrics`]: Prometheus metrics and the probe endpoints.
+#![forbid(unsafe_code)]
 
 pub mod ipam;
 pub mod metrics;

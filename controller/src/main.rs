@@ -1,4 +1,5 @@
 //! lodestone-controller: assigns addresses from IPAddressPools to LoadBalancer Services.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -5,6 +5,7 @@
 //! (initial lists decoded, a thousand addresses announced), the controller at the peak of
 //! decoding and trimming the initial list of every Service. `malloc_trim` hands those pages
 //! back. musl, which the images are built with, has no `malloc_trim`: there this does nothing.
+#![allow(unsafe_code)] // raw syscalls; each with a SAFETY comment
 
 /// Keeps glibc's allocator from holding on to memory around large short-lived buffers. Call it
 /// first thing in `main`, before any thread starts. Returns whether the allocator took both

@@ -16,6 +16,7 @@
 //!
 //! The CRD YAML under `deploy/crds/` is generated from these types by
 //! `cargo run -p lodestone-crds --example crdgen`; a test fails when it drifts.
+#![deny(unsafe_code)]
 
 pub mod addresses;
 pub mod announced;

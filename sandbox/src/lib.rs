@@ -7,6 +7,7 @@
 //!
 //! Everything the sandbox creates is owned by [`Sandbox`] and removed when it is dropped: on
 //! success, on a failed step, on a panic and on SIGINT/SIGTERM (see [`run`]).
+#![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};

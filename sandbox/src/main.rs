@@ -1,4 +1,5 @@
 //! `cargo run --release -p lodestone-sandbox` (as root): Lodestone's whole job on one machine.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

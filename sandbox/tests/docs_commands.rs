@@ -15,6 +15,7 @@
 //!
 //! lodestonectl's transcripts are compared with the real output in cli/tests (the scenario they
 //! show lives there). Needs root (namespaces), kubectl, arping, ndisc6 and curl.
+#![allow(unsafe_code)] // kill(2) / sysconf(3) on plain integers
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};

@@ -11,6 +11,7 @@
 //! `lodestone-speaker`, e.g. the static musl build) or else built here with `cargo build
 //! --release`. Each test brings up its own lab (about 10-20 s), so they run one at a time
 //! (`.config/nextest.toml`). Client-side outages are printed, never asserted against a time.
+#![allow(unsafe_code)] // kill(2) / sysconf(3) on plain integers
 
 #[allow(dead_code)]
 mod common;

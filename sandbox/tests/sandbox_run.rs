@@ -1,6 +1,7 @@
 //! Runs the real sandbox binary end to end (root needed: it makes network namespaces) and
 //! checks the facts it reports and that it leaves nothing behind. No timing is asserted: the
 //! failover time only has to be a measured, positive number.
+#![allow(unsafe_code)] // kill(2) / sysconf(3) on plain integers
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

@@ -16,6 +16,7 @@
 //!   rounds answered by two MACs;
 //! - membership "gone" lines for a node that was never stopped (false failure declarations);
 //! - how long a Service created right after the storm takes to be announced.
+#![allow(unsafe_code)] // kill(2) / sysconf(3) on plain integers
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};

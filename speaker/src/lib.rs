@@ -11,6 +11,7 @@
 //! - [`trim`]: pure: what the shell keeps of the cached cluster objects.
 //! - [`bgp`], [`bfd`]: BGP mode: sessions with routers, and BFD to notice a dead path fast.
 //! - [`run`], [`metrics`]: the I/O shell around it.
+#![deny(unsafe_code)]
 
 pub mod announcer;
 pub mod bfd;

@@ -27,6 +27,7 @@
 //!   and the [`NdpSocket`] bound to that device then receives what is sent to it.
 //!
 //! The first three are non-blocking and registered with tokio through [`register`].
+#![allow(unsafe_code)] // raw syscalls; each with a SAFETY comment
 
 use std::ffi::c_int;
 use std::io::{self, Read};

@@ -11,6 +11,7 @@
 //! plane, then etcd; then every mount under the lab's directories, deepest first; then the
 //! network namespaces; then the cgroups, depth first; then kubelet's symlinks in
 //! `/var/log/containers`; then the directories.
+#![allow(unsafe_code)] // raw syscalls; each with a SAFETY comment
 
 use std::collections::BTreeSet;
 use std::io;

@@ -1,5 +1,6 @@
 //! An unauthenticated UDP flood at a fixed rate, from a namespace, until dropped: what a
 //! hostile or broken host on the node network can send to the speakers' membership port.
+#![allow(unsafe_code)] // raw syscalls; each with a SAFETY comment
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;

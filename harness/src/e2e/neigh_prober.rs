@@ -18,6 +18,7 @@
 //! judge must not share).
 //!
 //! [`Lab::neigh_prober`]: super::lab::Lab::neigh_prober
+#![allow(unsafe_code)] // raw syscalls; each with a SAFETY comment
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;

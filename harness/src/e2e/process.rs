@@ -1,4 +1,5 @@
 //! A real `lodestone-speaker` (or any binary) running inside a node namespace.
+#![allow(unsafe_code)] // raw syscalls; each with a SAFETY comment
 
 use std::fs::File;
 use std::io;

@@ -7,6 +7,7 @@
 //!
 //! Shelling out to `ip` (iproute2) is deliberate: this is the harness, not the product, and
 //! `ip` is what a person debugging a failed test would type.
+#![allow(unsafe_code)] // raw syscalls; each with a SAFETY comment
 
 mod topology;
 
