@@ -100,6 +100,14 @@ pub const MAX_RECOMPUTE_GAP: Duration = Duration::from_millis(500);
 /// A speaker whose own link was down this long has been declared down by the others, so it
 /// must rejoin before it announces again (the announcer holds the link meanwhile).
 pub use crate::announcer::LINK_DOWN_HOLDS as LINK_DOWN_ISOLATES;
+/// A speaker back in the election after a withdrawal announces nothing for this long. Its
+/// state tells the others at once that it is electable again, and each hands back the
+/// addresses it served meanwhile as soon as it hears that (their conditions still name this
+/// node, the sticky owner); announcing before they heard made two nodes answer for such an
+/// address (seen under load in the link-flap scenario: 9 prober rounds, about 1 s after the
+/// link came back). A pause in ARP answers is harmless instead: clients keep their entry,
+/// which points at the node that served meanwhile, and its kube-proxy still forwards.
+pub const REENTRY_HOLD: Duration = Duration::from_secs(1);
 /// Condition writes that failed are logged at most this often (with the count since).
 const WRITE_FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -463,6 +471,14 @@ pub struct WithdrawalInput {
     /// Its own link came back after being down long enough for the others to notice, and it
     /// has not heard them again (or re-read the cluster) since.
     pub link_returned: bool,
+}
+
+/// Whether this speaker stands as a candidate in its own plan: not while `withdrawn`, nor
+/// within [`REENTRY_HOLD`] of coming back (`back_for`: how long it has been back, if it came
+/// back from a withdrawal and has not announced since), nor while it is still joining with
+/// only Node readiness to go by (`joining_without_peers`).
+pub fn stands(withdrawn: bool, back_for: Option<Duration>, joining_without_peers: bool) -> bool {
+    !withdrawn && back_for.is_none_or(|d| d >= REENTRY_HOLD) && !joining_without_peers
 }
 
 /// Whether this speaker must leave the election, and why.
@@ -869,6 +885,8 @@ struct Shell {
     /// When this node's own link came back after a long enough outage (see
     /// [`Withdrawal::LinkReturned`]); cleared once it caught up.
     link_returned_at: Option<Instant>,
+    /// When it came back into the election, until [`REENTRY_HOLD`] has passed.
+    back_since: Option<tokio::time::Instant>,
     /// The address the others reach this speaker at: its link is "this node's link".
     own_ip: IpAddr,
     /// Since when that link has been down.
@@ -978,9 +996,14 @@ impl Shell {
             withdrawn: &withdrawn,
         };
         let (mut alive, source) = plan::alive_set(me, Some(m), nodes);
-        // Out of the election; or just started and not heard from any peer yet, which may
-        // mean a key the others do not share: they serve this node's addresses meanwhile.
-        if self.withdrawal.is_some() || (source == AliveSource::NodeReady && self.joining) {
+        // Out of the election, or just back (the others are still handing over); or just
+        // started and not heard from any peer yet, which may mean a key the others do not
+        // share: they serve this node's addresses meanwhile.
+        if !stands(
+            self.withdrawal.is_some(),
+            self.back_since.map(|t| t.elapsed()),
+            source == AliveSource::NodeReady && self.joining,
+        ) {
             alive.remove(me);
         }
         (alive, source)
@@ -1089,6 +1112,7 @@ impl Shell {
         match &next {
             Some(reason) => {
                 if changed {
+                    self.back_since = None;
                     tracing::warn!(%reason, "withdrawing from the election: this node stops announcing until it recovers");
                     self.metrics.in_election.set(0);
                     self.writes.clear();
@@ -1098,10 +1122,13 @@ impl Shell {
                     .set_not_ready(&format!("out of the election: {reason}"));
             }
             None if changed => {
-                tracing::info!("back in the election");
+                tracing::info!(
+                    hold_ms = REENTRY_HOLD.as_millis(),
+                    "back in the election; announcing once the others have heard it"
+                );
                 self.metrics.in_election.set(1);
                 self.health.set_ready();
-                reassert = true;
+                self.back_since = Some(tokio::time::Instant::now());
             }
             None => {}
         }
@@ -1637,6 +1664,7 @@ pub async fn run(
         isolated: false,
         api_was_reachable: true,
         link_returned_at: None,
+        back_since: None,
         own_ip,
         own_link_down_since: None,
     };
@@ -1662,8 +1690,23 @@ pub async fn run(
         let mut worked = true;
         let mut recomputed = false;
         tokio::select! {
-            // Biased: membership first, it is the failover path.
+            // Biased. The own link first: every other branch may confirm this node's addresses
+            // to the announcer, which frees a link held after an outage (see
+            // `LINK_DOWN_ISOLATES`); that must not happen before the shell has seen the link
+            // come back and stepped aside. Then the membership: it is the failover path.
             biased;
+            changed = links_rx.changed(), if links_open => {
+                if changed.is_err() {
+                    links_open = false;
+                    continue;
+                }
+                let links = links_rx.borrow_and_update().clone();
+                if shell.on_links(&links) {
+                    shell.judge();
+                    shell.recompute();
+                    recomputed = true;
+                }
+            }
             changed = view_rx.changed(), if views_open => {
                 if changed.is_err() {
                     // The membership task ended (cannot happen before leave): keep the last view.
@@ -1680,18 +1723,6 @@ pub async fn run(
                 if joined {
                     // A peer came (back): clients may have been pointed elsewhere meanwhile.
                     shell.announcer.reassert();
-                }
-            }
-            changed = links_rx.changed(), if links_open => {
-                if changed.is_err() {
-                    links_open = false;
-                    continue;
-                }
-                let links = links_rx.borrow_and_update().clone();
-                if shell.on_links(&links) {
-                    shell.judge();
-                    shell.recompute();
-                    recomputed = true;
                 }
             }
             changed = states_rx.changed(), if states_open => {
@@ -1757,6 +1788,14 @@ pub async fn run(
                 }
                 worked = changed || reassert;
             }
+            () = tokio::time::sleep_until(shell.back_since.map_or_else(far, |t| t + REENTRY_HOLD)), if shell.back_since.is_some() => {
+                shell.back_since = None;
+                tracing::info!("announcing again");
+                shell.recompute();
+                recomputed = true;
+                // Clients may have been pointed elsewhere while this node was out.
+                shell.announcer.reassert();
+            }
             () = tokio::time::sleep_until(shell.joining_until), if shell.joining => {
                 shell.joining = false;
                 tracing::debug!("joining grace over: liveness from the membership alone");
@@ -1799,6 +1838,59 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::plan::ServicePlan;
+    use proptest::prelude::*;
+
+    /// The link-flap interleaving, reduced to two speakers' elections. node-a owned the
+    /// address (the Service's condition names it); it was out of the election, so another node
+    /// (the interim) served the address. node-a comes back at t = 0 and says so; the interim
+    /// hears it at t = `heard`. Who announces at `t`, as (node-a, interim), with or without
+    /// the re-entry hold.
+    fn announcers(t: Duration, heard: Duration, hold: bool) -> (bool, bool) {
+        let ip = "192.0.2.100";
+        let interim = crate::election::owner(ip, ["node-b", "node-c"]).unwrap();
+        let a_stands = stands(false, hold.then_some(t), false);
+        let a_view: Vec<&str> = ["node-a", "node-b", "node-c"]
+            .into_iter()
+            .filter(|n| *n != "node-a" || a_stands)
+            .collect();
+        // The interim's view; while it has not heard, node-a is still out for it.
+        let b_view: Vec<&str> = ["node-a", "node-b", "node-c"]
+            .into_iter()
+            .filter(|n| *n != "node-a" || t >= heard)
+            .collect();
+        let a = crate::plan::sticky_owner(Some("node-a"), ip, a_view) == Some("node-a");
+        let b = crate::plan::sticky_owner(Some("node-a"), ip, b_view) == Some(interim);
+        (a, b)
+    }
+
+    #[test]
+    fn a_returning_node_announcing_at_once_makes_two_owners() {
+        let heard = Duration::from_millis(200);
+        assert_eq!(
+            announcers(Duration::from_millis(100), heard, false),
+            (true, true)
+        );
+        // With the hold, the interim keeps serving until it has heard.
+        assert_eq!(
+            announcers(Duration::from_millis(100), heard, true),
+            (false, true)
+        );
+    }
+
+    proptest! {
+        /// With the hold, however late (within the hold) node-b hears that node-a is back, the
+        /// two never announce the address at once, and node-a announces it once both agree.
+        #[test]
+        fn the_reentry_hold_never_makes_two_owners(heard_ms in 0u64..1000, t_ms in 0u64..3000) {
+            let heard = Duration::from_millis(heard_ms);
+            prop_assume!(heard < REENTRY_HOLD);
+            let (a, b) = announcers(Duration::from_millis(t_ms), heard, true);
+            prop_assert!(!(a && b));
+            if Duration::from_millis(t_ms) >= REENTRY_HOLD {
+                prop_assert!(a && !b);
+            }
+        }
+    }
 
     fn sp(addresses: &[&str], owner: Result<&str, NoOwner>) -> ServicePlan {
         ServicePlan {

@@ -127,6 +127,12 @@ pub struct MembershipConfig {
     /// The first identity bump; `None`: from the wall clock (see [`identity::initial_bump`],
     /// shifted by [`CLOCK_OFFSET_ENV`] when set).
     pub initial_bump: Option<u64>,
+    /// Real-time (`SCHED_RR`) priority asked for the membership thread; `None` leaves it an
+    /// ordinary thread. Default 1, the lowest real-time priority: enough to run ahead of every
+    /// ordinary thread on a node under CPU pressure, below the kernel's own real-time threads.
+    /// Needs `CAP_SYS_NICE`; without it the thread asks for nice -10, and failing that runs as
+    /// it is (logged once at start).
+    pub realtime_priority: Option<u8>,
 }
 
 impl std::fmt::Debug for MembershipConfig {
@@ -150,6 +156,7 @@ impl std::fmt::Debug for MembershipConfig {
             .field("suspect_max_wait", &self.suspect_max_wait)
             .field("recv_buffer", &self.recv_buffer)
             .field("initial_bump", &self.initial_bump)
+            .field("realtime_priority", &self.realtime_priority)
             .finish()
     }
 }
@@ -181,6 +188,7 @@ impl MembershipConfig {
             suspect_max_wait: Duration::from_millis(1200),
             recv_buffer: 4 << 20,
             initial_bump: None,
+            realtime_priority: Some(1),
         }
     }
 
@@ -331,6 +339,9 @@ stats! {
     suspicions_deferred: u64 => AtomicU64,
     /// Probe periods in which this node's own timers fired late (the loop was starved).
     late_timers: u64 => AtomicU64,
+    /// Times the membership thread woke well after its timers were due, and paused them
+    /// rather than judge the others by time it could not act in.
+    stalls: u64 => AtomicU64,
 }
 
 /// Reads a running membership's counters; cheap to clone and to keep after the handle.
