@@ -473,6 +473,15 @@ pub struct WithdrawalInput {
     pub link_returned: bool,
 }
 
+/// Whether `view` was made after the renewal that asked for generation `renewed_to`. One made
+/// before shows the peers the previous membership instance knew; taken as current, it would
+/// mark them "seen" since the renewal, and the joining grace (see [`plan::alive_set`]) would
+/// no longer count them alive while the renewed instance has not heard them yet: this node
+/// took a peer's address, answered beside it (the link-flap scenario under load).
+pub fn view_is_current(view: &MembershipView, renewed_to: u64) -> bool {
+    view.generation >= renewed_to
+}
+
 /// Whether this speaker stands as a candidate in its own plan: not while `withdrawn`, nor
 /// within [`REENTRY_HOLD`] of coming back (`back_for`: how long it has been back, if it came
 /// back from a withdrawal and has not announced since), nor while it is still joining with
@@ -887,6 +896,8 @@ struct Shell {
     link_returned_at: Option<Instant>,
     /// When it came back into the election, until [`REENTRY_HOLD`] has passed.
     back_since: Option<tokio::time::Instant>,
+    /// The membership generation asked for by the last renewal: older views are skipped.
+    renewed_to: u64,
     /// The address the others reach this speaker at: its link is "this node's link".
     own_ip: IpAddr,
     /// Since when that link has been down.
@@ -896,6 +907,14 @@ struct Shell {
 impl Shell {
     /// Takes a new view; true when a peer joined (or rejoined, or a partition healed).
     fn set_view(&mut self, view: MembershipView) -> bool {
+        if !view_is_current(&view, self.renewed_to) {
+            tracing::debug!(
+                generation = view.generation,
+                renewed_to = self.renewed_to,
+                "membership view from before the renewal skipped"
+            );
+            return false;
+        }
         let me = self.cfg.node_name.as_str();
         let joined = view
             .alive
@@ -949,7 +968,7 @@ impl Shell {
                     return false;
                 }
                 tracing::warn!(interface = %own.name, down_ms = down.as_millis(), "this node's link is back after the others took it for dead; rejoining before announcing again");
-                self.membership.renew();
+                self.renewed_to = self.membership.renew();
                 // What the renewed membership will publish: nobody heard yet.
                 self.view.alive = BTreeSet::from([self.cfg.node_name.clone()]);
                 self.had_peers = false;
@@ -1193,7 +1212,7 @@ impl Shell {
                 // must not be gossiped once it hears them again. The renewed membership
                 // starts afresh, and so does the joining grace: the first peer heard back is
                 // not proof that the others are gone.
-                self.membership.renew();
+                self.renewed_to = self.membership.renew();
                 self.had_peers = false;
                 self.seen.clear();
                 self.joining = true;
@@ -1665,6 +1684,7 @@ pub async fn run(
         api_was_reachable: true,
         link_returned_at: None,
         back_since: None,
+        renewed_to: 0,
         own_ip,
         own_link_down_since: None,
     };
@@ -1875,6 +1895,92 @@ mod tests {
             announcers(Duration::from_millis(100), heard, true),
             (false, true)
         );
+    }
+
+    fn ready_node(name: &str) -> Arc<Node> {
+        use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
+        Arc::new(Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            status: Some(NodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn view(alive: &[&str], generation: u64) -> MembershipView {
+        MembershipView {
+            alive: alive.iter().map(|n| (*n).to_owned()).collect(),
+            formed: true,
+            authenticated_peers: alive.len().saturating_sub(1),
+            keyring_failing: false,
+            changed_at: Instant::now(),
+            generation,
+        }
+    }
+
+    /// The other link-flap interleaving: node-a's link came back and it renewed its
+    /// membership, which has heard node-c but not yet node-b. A view made before the renewal
+    /// (still showing node-b) marks node-b "seen"; the joining grace then no longer counts it
+    /// alive, and node-a wins node-b's address while node-b still answers for it.
+    #[test]
+    fn a_view_from_before_the_renewal_would_hide_an_unheard_peer() {
+        let nodes: Vec<Arc<Node>> = ["node-a", "node-b", "node-c"]
+            .into_iter()
+            .map(ready_node)
+            .collect();
+        let stale = view(&["node-a", "node-b", "node-c"], 0);
+        let renewed = 1;
+        let fresh = view(&["node-a", "node-c"], renewed);
+        let alive_after = |views: &[&MembershipView]| {
+            let mut seen = BTreeSet::new();
+            let mut last = None;
+            for v in views.iter().filter(|v| view_is_current(v, renewed)) {
+                seen.extend(v.alive.iter().cloned());
+                last = Some(*v);
+            }
+            let last = last.expect("a current view");
+            let withdrawn = BTreeSet::new();
+            plan::alive_set(
+                "node-a",
+                Some(plan::MembershipInput {
+                    alive: &last.alive,
+                    formed: true,
+                    seen: &seen,
+                    joining: true,
+                    withdrawn: &withdrawn,
+                }),
+                &nodes,
+            )
+            .0
+        };
+        // Skipped, the stale view changes nothing: node-b counts alive until heard.
+        assert!(alive_after(&[&stale, &fresh]).contains("node-b"));
+        // Taken as current (as before), it hid node-b.
+        let mut seen: BTreeSet<String> = stale.alive.clone();
+        seen.extend(fresh.alive.iter().cloned());
+        let withdrawn = BTreeSet::new();
+        let (hidden, _) = plan::alive_set(
+            "node-a",
+            Some(plan::MembershipInput {
+                alive: &fresh.alive,
+                formed: true,
+                seen: &seen,
+                joining: true,
+                withdrawn: &withdrawn,
+            }),
+            &nodes,
+        );
+        assert!(!hidden.contains("node-b"));
+        assert!(view_is_current(&view(&["node-a"], 2), renewed));
     }
 
     proptest! {

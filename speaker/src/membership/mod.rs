@@ -266,6 +266,10 @@ pub struct MembershipView {
     pub keyring_failing: bool,
     /// When this view was published.
     pub changed_at: Instant,
+    /// How many times the membership was renewed ([`Membership::renew`]) before this view was
+    /// made. A view made before the renewal that [`Membership::renew`] returned still shows
+    /// the peers the previous instance knew: the caller should skip it.
+    pub generation: u64,
 }
 
 macro_rules! stats {
@@ -382,7 +386,7 @@ enum Command {
     SetSeeds(Vec<SocketAddr>),
     Leave(oneshot::Sender<()>),
     SetState(state::SpeakerState),
-    Renew,
+    Renew(u64),
 }
 
 /// Handle on a running membership. Dropping it stops the membership without a leave, as a crash
@@ -393,6 +397,8 @@ pub struct Membership {
     commands: mpsc::UnboundedSender<Command>,
     stats: Arc<SharedStats>,
     states: watch::Receiver<state::States>,
+    /// The generation the last [`Membership::renew`] asked for.
+    generation: AtomicU64,
 }
 
 /// The UDP socket, non-blocking, with the receive buffer asked for.
@@ -469,6 +475,7 @@ impl Membership {
                 commands,
                 stats,
                 states,
+                generation: AtomicU64::new(0),
             },
             view_rx,
         ))
@@ -502,8 +509,13 @@ impl Membership {
     /// not hear them (its own link was down, say). Gossiping those declarations once it hears
     /// them again would make healthy speakers be taken for dead; a fresh start has nothing to
     /// gossip, and its seeds bring it back in as soon as the network lets it.
-    pub fn renew(&self) {
-        let _ = self.commands.send(Command::Renew);
+    ///
+    /// Returns the [`MembershipView::generation`] of the views made after the renewal: a view
+    /// already on its way (or published before the thread acts on this) has a lower one.
+    pub fn renew(&self) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let _ = self.commands.send(Command::Renew(generation));
+        generation
     }
 
     /// Tell the others we are leaving, then stop. Waits at most `timeout` for the departure to

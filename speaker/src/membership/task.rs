@@ -109,6 +109,7 @@ pub(super) fn spawn(parts: Parts) -> std::io::Result<watch::Receiver<MembershipV
         shared_identity,
         stats,
         view_tx: None,
+        generation: 0,
     };
     state.set_seeds(cfg.seeds.iter().copied());
     let initial = state.current_view();
@@ -237,6 +238,8 @@ struct State {
     shared_identity: Arc<Mutex<NodeId>>,
     stats: Arc<SharedStats>,
     view_tx: Option<watch::Sender<MembershipView>>,
+    /// The last renewal's generation (see [`MembershipView::generation`]).
+    generation: u64,
 }
 
 impl State {
@@ -287,7 +290,10 @@ impl State {
                         self.announce_to_seeds();
                     }
                     Some(Command::SetState(s)) => self.say_state(Some(s)),
-                    Some(Command::Renew) => self.renew(),
+                    Some(Command::Renew(generation)) => {
+                        self.generation = generation;
+                        self.renew();
+                    }
                 }},
                 // Read below, once per turn whatever woke us.
                 _ = socket.readable() => {}
@@ -855,6 +861,7 @@ impl State {
             authenticated_peers: peers.authenticated_peers,
             keyring_failing: peers.keyring_failing,
             changed_at: Instant::now(),
+            generation: self.generation,
         }
     }
 
@@ -878,6 +885,7 @@ impl State {
         };
         let previous = tx.borrow().clone();
         if previous.alive == next.alive
+            && previous.generation == next.generation
             && previous.formed == next.formed
             && previous.authenticated_peers == next.authenticated_peers
             && previous.keyring_failing == next.keyring_failing
