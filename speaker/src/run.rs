@@ -108,8 +108,36 @@ pub use crate::announcer::LINK_DOWN_HOLDS as LINK_DOWN_ISOLATES;
 /// link came back). A pause in ARP answers is harmless instead: clients keep their entry,
 /// which points at the node that served meanwhile, and its kube-proxy still forwards.
 pub const REENTRY_HOLD: Duration = Duration::from_secs(1);
+/// After this node's own link comes back, peers that were alive when it went down still count
+/// as alive for this long. While the link was down this node heard nobody, so its membership
+/// may have declared peers down that never were; taking their addresses over on that word made
+/// two nodes answer for one address in the link-flap scenario (node-a answering for node-c's
+/// address right after a short flap, its view still lacking node-c). Long enough for the
+/// membership to hear every live peer again; a peer that really died meanwhile is taken over
+/// this much later by this node (the others, whose links stayed up, are not held back).
+pub const LINK_SETTLE: Duration = Duration::from_secs(2);
 /// Condition writes that failed are logged at most this often (with the count since).
 const WRITE_FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Adds to `alive` the peers that were alive before this node's own link went down (not this
+/// node itself: whether it stands is decided elsewhere), as long as their Node still exists.
+/// Pure so the link-flap interleaving can be replayed in a test.
+fn keep_alive_over_own_outage(
+    alive: &mut BTreeSet<String>,
+    before: &BTreeSet<String>,
+    me: &str,
+    nodes: &[Arc<Node>],
+) {
+    for name in before {
+        if name != me
+            && nodes
+                .iter()
+                .any(|n| n.metadata.name.as_deref() == Some(name.as_str()))
+        {
+            alive.insert(name.clone());
+        }
+    }
+}
 
 /// Settings of one speaker.
 #[derive(Clone, Debug)]
@@ -902,6 +930,10 @@ struct Shell {
     own_ip: IpAddr,
     /// Since when that link has been down.
     own_link_down_since: Option<Instant>,
+    /// The peers alive when that link went down: they stay alive in this node's eyes while it
+    /// is down and until `link_settle_until` (see [`LINK_SETTLE`]).
+    alive_at_link_down: BTreeSet<String>,
+    link_settle_until: Option<tokio::time::Instant>,
 }
 
 impl Shell {
@@ -958,10 +990,13 @@ impl Shell {
             (false, None) => {
                 tracing::warn!(interface = %own.name, "this node's link is down");
                 self.own_link_down_since = Some(Instant::now());
+                self.alive_at_link_down = self.view.alive.clone();
+                self.link_settle_until = None;
                 false
             }
             (true, Some(since)) => {
                 self.own_link_down_since = None;
+                self.link_settle_until = Some(tokio::time::Instant::now() + LINK_SETTLE);
                 let down = since.elapsed();
                 if down < LINK_DOWN_ISOLATES {
                     tracing::info!(interface = %own.name, down_ms = down.as_millis(), "this node's link is back");
@@ -982,6 +1017,15 @@ impl Shell {
             }
             _ => false,
         }
+    }
+
+    /// Whether this node's own link is down or came back less than [`LINK_SETTLE`] ago: its
+    /// membership's word that a peer is down may stem from its own outage.
+    fn link_suspect(&self) -> bool {
+        self.own_link_down_since.is_some()
+            || self
+                .link_settle_until
+                .is_some_and(|t| tokio::time::Instant::now() < t)
     }
 
     /// Re-read number `generation` is complete: use its caches from now on (unless a newer
@@ -1015,6 +1059,9 @@ impl Shell {
             withdrawn: &withdrawn,
         };
         let (mut alive, source) = plan::alive_set(me, Some(m), nodes);
+        if self.link_suspect() {
+            keep_alive_over_own_outage(&mut alive, &self.alive_at_link_down, me, nodes);
+        }
         // Out of the election, or just back (the others are still handing over); or just
         // started and not heard from any peer yet, which may mean a key the others do not
         // share: they serve this node's addresses meanwhile.
@@ -1687,6 +1734,8 @@ pub async fn run(
         renewed_to: 0,
         own_ip,
         own_link_down_since: None,
+        alive_at_link_down: BTreeSet::new(),
+        link_settle_until: None,
     };
 
     let initial = shell.view.clone();
@@ -1816,6 +1865,12 @@ pub async fn run(
                 // Clients may have been pointed elsewhere while this node was out.
                 shell.announcer.reassert();
             }
+            () = tokio::time::sleep_until(shell.link_settle_until.unwrap_or_else(far)), if shell.link_settle_until.is_some() => {
+                shell.link_settle_until = None;
+                tracing::debug!("own link settled: liveness from the membership alone again");
+                shell.recompute();
+                recomputed = true;
+            }
             () = tokio::time::sleep_until(shell.joining_until), if shell.joining => {
                 shell.joining = false;
                 tracing::debug!("joining grace over: liveness from the membership alone");
@@ -1914,6 +1969,43 @@ mod tests {
             }),
             ..Default::default()
         })
+    }
+
+    /// The link-flap double answer: node-a's own link was down briefly; its membership
+    /// declared node-c down (it heard nobody), so node-a took node-c's address while node-c,
+    /// alive all along, kept it. Peers alive before the outage stay alive over it.
+    #[test]
+    fn a_peer_declared_down_over_the_own_outage_keeps_its_address() {
+        let nodes = vec![
+            ready_node("node-a"),
+            ready_node("node-b"),
+            ready_node("node-c"),
+        ];
+        let ip = (0..=255)
+            .map(|i| format!("192.0.2.{i}"))
+            .find(|ip| {
+                crate::election::owner(ip, ["node-a", "node-b", "node-c"]) == Some("node-c")
+                    && crate::election::owner(ip, ["node-a", "node-b"]) == Some("node-a")
+            })
+            .expect("some address node-a inherits from node-c");
+        let before: BTreeSet<String> = ["node-a", "node-b", "node-c"].map(String::from).into();
+        // node-a's view after its outage: node-c declared down.
+        let mut alive: BTreeSet<String> = ["node-a", "node-b"].map(String::from).into();
+        let owner = |alive: &BTreeSet<String>| {
+            crate::plan::sticky_owner(Some("node-c"), &ip, alive.iter().map(String::as_str))
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            owner(&alive).as_deref(),
+            Some("node-a"),
+            "the bug: node-a takes it"
+        );
+        keep_alive_over_own_outage(&mut alive, &before, "node-a", &nodes);
+        assert_eq!(owner(&alive).as_deref(), Some("node-c"));
+        // A peer whose Node is gone is not brought back; node-a itself is not added.
+        let mut alive: BTreeSet<String> = ["node-b"].map(String::from).into();
+        keep_alive_over_own_outage(&mut alive, &before, "node-a", &nodes[..2]);
+        assert_eq!(alive, ["node-b"].map(String::from).into());
     }
 
     fn view(alive: &[&str], generation: u64) -> MembershipView {
