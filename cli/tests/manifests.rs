@@ -473,10 +473,15 @@ fn speaker_daemonset_holds_net_raw_and_bind_only_and_reads_the_key_from_a_file()
     let sc = c.security_context.clone().unwrap();
     let caps = sc.capabilities.unwrap();
     assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
-    // NET_BIND_SERVICE: passive BGP peers connect to port 179 (docs/bgp.md).
+    // NET_BIND_SERVICE: passive BGP peers connect to port 179 (docs/bgp.md). SYS_NICE: the
+    // membership thread's real-time priority (docs/announcing.md).
     assert_eq!(
         caps.add,
-        Some(vec!["NET_RAW".to_owned(), "NET_BIND_SERVICE".to_owned()])
+        Some(vec![
+            "NET_RAW".to_owned(),
+            "NET_BIND_SERVICE".to_owned(),
+            "SYS_NICE".to_owned()
+        ])
     );
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(sc.read_only_root_filesystem, Some(true));

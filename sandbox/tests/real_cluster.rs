@@ -740,6 +740,246 @@ EOF",
     );
 }
 
+/// Drops (`-I`) or restores (`-D`) everything between `node` and the API server, inside the
+/// node's namespace: the address it dials (the `kubernetes` Service, before kube-proxy's DNAT)
+/// and the server itself. Nothing is refused, connections go silent; the LAN and the
+/// membership are untouched.
+fn api_rules(lab: &ClusterLab, node: &str, op: &str) {
+    use lodestone_harness::clusterlab::config::{APISERVER_PORT, APISERVER_V4};
+    let ns = lab.node(node).expect("node").host.ns();
+    let port = APISERVER_PORT.to_string();
+    for (chain, dir, addr, port) in [
+        ("OUTPUT", "--dport", APISERVER_V4, port.as_str()),
+        ("INPUT", "--sport", APISERVER_V4, port.as_str()),
+        ("OUTPUT", "--dport", "203.0.113.1", "443"),
+        ("INPUT", "--sport", "203.0.113.1", "443"),
+    ] {
+        let peer = if chain == "OUTPUT" { "-d" } else { "-s" };
+        ns.exec_ok(
+            "iptables",
+            &[op, chain, "-p", "tcp", peer, addr, dir, port, "-j", "DROP"],
+        )
+        .unwrap_or_else(|e| panic!("iptables {op} {chain} on {node}: {e}"));
+    }
+}
+
+/// The speaker's `/readyz` on `node`, from the client: (HTTP status, body).
+fn readyz(lab: &ClusterLab, node: &str) -> Option<(u16, String)> {
+    let ip = lab.node(node).ok()?.net.v4;
+    let out = lab
+        .client
+        .ns()
+        .exec(
+            "curl",
+            &[
+                "-s",
+                "-m",
+                "3",
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{ip}:7473/readyz"),
+            ],
+        )
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n')?;
+    Some((code.trim().parse().ok()?, body.to_owned()))
+}
+
+/// The node `lodestone.dev/Announced` names on Service `name` (`announced from NODE on ...`).
+fn announced_by(shell: &Shell<'_>, name: &str) -> Option<String> {
+    let out = shell.try_run(&format!(
+        "kubectl get service {name} -o jsonpath='{{.status.conditions[?(@.type==\"lodestone.dev/Announced\")].status}} {{.status.conditions[?(@.type==\"lodestone.dev/Announced\")].message}}'"
+    ));
+    let text = out.stdout.trim().to_owned();
+    let rest = text.strip_prefix("True announced from ")?;
+    Some(rest.split_whitespace().next()?.to_owned())
+}
+
+/// A LoadBalancer Service `name` in front of the `web` pods.
+fn web_service(shell: &Shell<'_>, name: &str) {
+    shell.ok(&format!(
+        "kubectl create service loadbalancer {name} --tcp=80:8080 --dry-run=client -o yaml \
+         | sed 's/app: {name}/app: web/' | kubectl apply -f -"
+    ));
+}
+
+/// Issue 12, fault 5 on a real cluster: one node's API traffic is dropped (iptables in its
+/// namespace) while its speaker stays in the membership; one of its Services is deleted and new
+/// ones created meanwhile. After `--api-loss-timeout-secs` (default 30 s, docs/announcing.md) it
+/// leaves the election and says so on `/readyz`, the others serve its address and the new
+/// Services, nobody answers for the deleted one; after the heal it comes back without taking
+/// anything back, and every condition names the node that answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_cut_node_steps_aside_and_comes_back_truthfully() {
+    const API_LOSS_TIMEOUT: Duration = Duration::from_secs(30);
+    let work = tempfile::tempdir().expect("temp dir");
+    let Some(lab) = lab_with_images(
+        "api_cut_node_steps_aside_and_comes_back_truthfully",
+        work.path(),
+    )
+    .await
+    else {
+        return;
+    };
+    let repo = checkout();
+    let shell = Shell {
+        lab: &lab,
+        cwd: repo.path(),
+    };
+    install(&shell);
+    lab.apply_yaml(
+        "apiVersion: lodestone.dev/v1alpha1\nkind: IPAddressPool\nmetadata: {name: lan}\nspec:\n  addresses: [192.0.2.240/28]\n---\napiVersion: lodestone.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {name: lan}\nspec: {}\n",
+    )
+    .expect("pool and advertisement");
+    shell.ok(&format!("cat <<'EOF' | kubectl apply -f -\n{WEB}EOF"));
+    shell.ok("kubectl rollout status deployment/web --timeout=180s");
+    // Four Services on three nodes: some node owns two of them.
+    let before: Vec<(String, IpAddr)> = (0..4)
+        .map(|i| {
+            let name = format!("before-{i}");
+            web_service(&shell, &name);
+            let ip = wait_ingress(&shell, "default", &name, 1)[0];
+            (name, ip)
+        })
+        .collect();
+    let owners: Vec<String> = before
+        .iter()
+        .map(|(name, ip)| {
+            eventually_within(&format!("one node answers for {name}"), PATIENCE, || {
+                owner(&lab, *ip)
+            })
+        })
+        .collect();
+    let cut_node = owners
+        .iter()
+        .find(|o| owners.iter().filter(|x| x == o).count() >= 2)
+        .expect("a node owning two Services")
+        .clone();
+    let mine: Vec<&(String, IpAddr)> = before
+        .iter()
+        .zip(&owners)
+        .filter(|(_, o)| **o == cut_node)
+        .map(|(s, _)| s)
+        .collect();
+    let (kept, doomed) = (mine[0].clone(), mine[1].clone());
+    println!("{cut_node} owns {} and {}", kept.0, doomed.0);
+    let prober = HttpProber::start(
+        lab.client.ns().name(),
+        SocketAddr::new(kept.1, 80),
+        Duration::from_millis(100),
+    )
+    .expect("prober");
+    prober
+        .wait_success_after(Instant::now(), PATIENCE)
+        .expect("the kept Service answers");
+
+    let cut = Instant::now();
+    api_rules(&lab, &cut_node, "-I");
+    let fresh: Vec<(String, IpAddr)> = (0..3)
+        .map(|i| {
+            let name = format!("during-{i}");
+            web_service(&shell, &name);
+            let ip = wait_ingress(&shell, "default", &name, 1)[0];
+            (name, ip)
+        })
+        .collect();
+    // Deleted after the creations, so that no new Service is given its address meanwhile.
+    shell.ok(&format!("kubectl delete service {} --wait=false", doomed.0));
+
+    // Within the bound it keeps serving its address from its last view (docs/announcing.md:
+    // losing the API server is not losing the network), then steps aside.
+    let moved_to = eventually_within(
+        "another node answers for the cut node's address",
+        PATIENCE,
+        || owner(&lab, kept.1).filter(|o| *o != cut_node),
+    );
+    let moved = cut.elapsed();
+    println!(
+        "API CUT {cut_node}: its address {} moved to {moved_to} after {} ms (bound: {} s + about 8 s)",
+        kept.1,
+        moved.as_millis(),
+        API_LOSS_TIMEOUT.as_secs()
+    );
+    assert!(
+        moved >= API_LOSS_TIMEOUT,
+        "{cut_node} gave {} up after {} ms, before --api-loss-timeout-secs",
+        kept.0,
+        moved.as_millis()
+    );
+    print_outage(&format!("{cut_node} cut from the API server"), &prober, cut);
+    let ready = readyz(&lab, &cut_node);
+    assert!(
+        matches!(&ready, Some((503, body)) if body.contains("API server")),
+        "/readyz of the cut node says why: {ready:?}"
+    );
+    for (name, ip) in &fresh {
+        let by = eventually_within(&format!("one node answers for {name}"), PATIENCE, || {
+            owner(&lab, *ip)
+        });
+        assert_ne!(by, cut_node, "{name} answered by the cut node");
+        let p = HttpProber::start(
+            lab.client.ns().name(),
+            SocketAddr::new(*ip, 80),
+            Duration::from_millis(100),
+        )
+        .expect("prober");
+        let body = p.wait_success_after(Instant::now(), PATIENCE);
+        assert!(body.is_some(), "{name} created during the cut is served");
+        println!(
+            "API CUT: {name} ({ip}) created during the cut, served from {by}, {} ms after the cut",
+            cut.elapsed().as_millis()
+        );
+    }
+    eventually_within("nobody answers for the deleted Service", PATIENCE, || {
+        lodestone_harness::e2e::lab::arping_macs(&lab.client, doomed.1, 2)
+            .ok()
+            .filter(|m| m.is_empty())
+    });
+
+    let heal = Instant::now();
+    api_rules(&lab, &cut_node, "-D");
+    eventually_within("the cut node is ready again", PATIENCE, || {
+        matches!(readyz(&lab, &cut_node), Some((200, _))).then_some(())
+    });
+    println!(
+        "API CUT: {cut_node} ready again {} ms after the heal",
+        heal.elapsed().as_millis()
+    );
+    // It takes nothing back, and no stale condition survives: every Service names the one
+    // node that answers ARP for it, for a while.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for (name, ip) in std::iter::once(&kept).chain(&fresh) {
+        let answering =
+            eventually_within(&format!("one node answers for {name}"), PATIENCE, || {
+                owner(&lab, *ip)
+            });
+        eventually_within(
+            &format!("{name}'s condition names {answering}, the node answering"),
+            PATIENCE,
+            || (announced_by(&shell, name).as_deref() == Some(answering.as_str())).then_some(()),
+        );
+    }
+    assert_eq!(
+        owner(&lab, kept.1).as_deref(),
+        Some(moved_to.as_str()),
+        "the address moved back after the heal"
+    );
+    assert!(
+        prober
+            .wait_success_after(Instant::now(), PATIENCE)
+            .is_some(),
+        "served after the heal"
+    );
+    drop(prober);
+    let denied = lodestone_denials(&lab.audit_log().expect("audit log"));
+    assert!(
+        denied.is_empty(),
+        "requests RBAC denied:\n{}",
+        denied.join("\n")
+    );
+}
+
 /// docs/testing.md's command for a lab to try things by hand: it comes up, says how to reach
 /// it, and a ^C (SIGINT to its process group, as a terminal sends) removes all of it.
 #[test]

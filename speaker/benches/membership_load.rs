@@ -36,6 +36,7 @@ use lodestone_harness::e2e::flood::Flood;
 use lodestone_harness::e2e::lab::Lab;
 use lodestone_harness::e2e::metrics;
 use lodestone_harness::e2e::objects;
+use lodestone_harness::e2e::stress::Stress;
 
 const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
 const MEMBERSHIP_PORT: u16 = 7946;
@@ -52,31 +53,6 @@ fn speaker_bin() -> std::path::PathBuf {
     std::env::var_os("LODESTONE_BENCH_SPEAKER")
         .map(Into::into)
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_lodestone-speaker").into())
-}
-
-/// `stress-ng` running until dropped.
-struct Stress(std::process::Child);
-
-impl Stress {
-    fn start(workers: u64) -> anyhow::Result<Stress> {
-        let child = std::process::Command::new("stress-ng")
-            .args(["--cpu", &workers.to_string(), "--quiet"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("starting stress-ng (apt-get install stress-ng): {e}"))?;
-        Ok(Stress(child))
-    }
-}
-
-impl Drop for Stress {
-    fn drop(&mut self) {
-        // SIGTERM lets stress-ng stop its workers; kill() alone would orphan them.
-        if let Ok(pid) = libc::pid_t::try_from(self.0.id()) {
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let _ = self.0.wait();
-    }
 }
 
 fn loadavg() -> Option<f64> {
@@ -304,6 +280,7 @@ async fn run() -> anyhow::Result<()> {
                 "starved periods",
                 "lodestone_speaker_membership_starved_periods_total",
             ),
+            ("stalls", "lodestone_speaker_membership_stalls_total"),
         ]
         .iter()
         .filter_map(|(label, name)| sum(name).map(|v| format!(", {label} {v:.0}")))

@@ -30,6 +30,7 @@
 //! | `membership_suspicions_refuted_total` | counter | suspicions this speaker raised that the suspect refuted in time |
 //! | `membership_suspicions_deferred_total` | counter | expired suspicions of a peer that still talked |
 //! | `membership_starved_periods_total` | counter | probe periods in which this node's timers ran late |
+//! | `membership_stalls_total` | counter | times the membership thread woke late and paused its timers |
 //! | `bgp_sessions_established` | gauge | BGP sessions in state Established |
 //! | `bgp_prefixes_advertised` | gauge | prefixes advertised, summed over sessions |
 //! | `bgp_malformed_messages_total` | counter | malformed BGP messages received (each answered with a NOTIFICATION) |
@@ -133,6 +134,7 @@ struct MembershipMetrics {
     suspicions_refuted: Counter,
     suspicions_deferred: Counter,
     starved_periods: Counter,
+    stalls: Counter,
 }
 
 /// `result` label values.
@@ -295,6 +297,11 @@ impl Metrics {
             "Probe periods in which this speaker's own membership timers fired late",
             mm.starved_periods.clone(),
         );
+        registry.register(
+            "membership_stalls",
+            "Times the membership thread was not scheduled while its timers were due, and paused them instead of judging the others by that time",
+            mm.stalls.clone(),
+        );
         m.bgp.register(&mut registry);
         // Touch the labelled series so that they are exported at zero from the start.
         for k in ["primary", "secondary"] {
@@ -385,6 +392,7 @@ impl Metrics {
             .inner()
             .store(s.suspicions_deferred, r);
         mm.starved_periods.inner().store(s.late_timers, r);
+        mm.stalls.inner().store(s.stalls, r);
     }
 
     /// The text exposition format.
@@ -585,6 +593,7 @@ mod tests {
             suspicions_refuted: 8,
             suspicions_deferred: 5,
             late_timers: 6,
+            stalls: 9,
             ..MembershipStats::default()
         });
         let text = m.render();
@@ -604,6 +613,7 @@ mod tests {
             "lodestone_speaker_membership_suspicions_refuted_total 8",
             "lodestone_speaker_membership_suspicions_deferred_total 5",
             "lodestone_speaker_membership_starved_periods_total 6",
+            "lodestone_speaker_membership_stalls_total 9",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }

@@ -100,8 +100,44 @@ pub const MAX_RECOMPUTE_GAP: Duration = Duration::from_millis(500);
 /// A speaker whose own link was down this long has been declared down by the others, so it
 /// must rejoin before it announces again (the announcer holds the link meanwhile).
 pub use crate::announcer::LINK_DOWN_HOLDS as LINK_DOWN_ISOLATES;
+/// A speaker back in the election after a withdrawal announces nothing for this long. Its
+/// state tells the others at once that it is electable again, and each hands back the
+/// addresses it served meanwhile as soon as it hears that (their conditions still name this
+/// node, the sticky owner); announcing before they heard made two nodes answer for such an
+/// address (seen under load in the link-flap scenario: 9 prober rounds, about 1 s after the
+/// link came back). A pause in ARP answers is harmless instead: clients keep their entry,
+/// which points at the node that served meanwhile, and its kube-proxy still forwards.
+pub const REENTRY_HOLD: Duration = Duration::from_secs(1);
+/// After this node's own link comes back, peers that were alive when it went down still count
+/// as alive for this long. While the link was down this node heard nobody, so its membership
+/// may have declared peers down that never were; taking their addresses over on that word made
+/// two nodes answer for one address in the link-flap scenario (node-a answering for node-c's
+/// address right after a short flap, its view still lacking node-c). Long enough for the
+/// membership to hear every live peer again; a peer that really died meanwhile is taken over
+/// this much later by this node (the others, whose links stayed up, are not held back).
+pub const LINK_SETTLE: Duration = Duration::from_secs(2);
 /// Condition writes that failed are logged at most this often (with the count since).
 const WRITE_FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Adds to `alive` the peers that were alive before this node's own link went down (not this
+/// node itself: whether it stands is decided elsewhere), as long as their Node still exists.
+/// Pure so the link-flap interleaving can be replayed in a test.
+fn keep_alive_over_own_outage(
+    alive: &mut BTreeSet<String>,
+    before: &BTreeSet<String>,
+    me: &str,
+    nodes: &[Arc<Node>],
+) {
+    for name in before {
+        if name != me
+            && nodes
+                .iter()
+                .any(|n| n.metadata.name.as_deref() == Some(name.as_str()))
+        {
+            alive.insert(name.clone());
+        }
+    }
+}
 
 /// Settings of one speaker.
 #[derive(Clone, Debug)]
@@ -463,6 +499,23 @@ pub struct WithdrawalInput {
     /// Its own link came back after being down long enough for the others to notice, and it
     /// has not heard them again (or re-read the cluster) since.
     pub link_returned: bool,
+}
+
+/// Whether `view` was made after the renewal that asked for generation `renewed_to`. One made
+/// before shows the peers the previous membership instance knew; taken as current, it would
+/// mark them "seen" since the renewal, and the joining grace (see [`plan::alive_set`]) would
+/// no longer count them alive while the renewed instance has not heard them yet: this node
+/// took a peer's address, answered beside it (the link-flap scenario under load).
+pub fn view_is_current(view: &MembershipView, renewed_to: u64) -> bool {
+    view.generation >= renewed_to
+}
+
+/// Whether this speaker stands as a candidate in its own plan: not while `withdrawn`, nor
+/// within [`REENTRY_HOLD`] of coming back (`back_for`: how long it has been back, if it came
+/// back from a withdrawal and has not announced since), nor while it is still joining with
+/// only Node readiness to go by (`joining_without_peers`).
+pub fn stands(withdrawn: bool, back_for: Option<Duration>, joining_without_peers: bool) -> bool {
+    !withdrawn && back_for.is_none_or(|d| d >= REENTRY_HOLD) && !joining_without_peers
 }
 
 /// Whether this speaker must leave the election, and why.
@@ -869,15 +922,31 @@ struct Shell {
     /// When this node's own link came back after a long enough outage (see
     /// [`Withdrawal::LinkReturned`]); cleared once it caught up.
     link_returned_at: Option<Instant>,
+    /// When it came back into the election, until [`REENTRY_HOLD`] has passed.
+    back_since: Option<tokio::time::Instant>,
+    /// The membership generation asked for by the last renewal: older views are skipped.
+    renewed_to: u64,
     /// The address the others reach this speaker at: its link is "this node's link".
     own_ip: IpAddr,
     /// Since when that link has been down.
     own_link_down_since: Option<Instant>,
+    /// The peers alive when that link went down: they stay alive in this node's eyes while it
+    /// is down and until `link_settle_until` (see [`LINK_SETTLE`]).
+    alive_at_link_down: BTreeSet<String>,
+    link_settle_until: Option<tokio::time::Instant>,
 }
 
 impl Shell {
     /// Takes a new view; true when a peer joined (or rejoined, or a partition healed).
     fn set_view(&mut self, view: MembershipView) -> bool {
+        if !view_is_current(&view, self.renewed_to) {
+            tracing::debug!(
+                generation = view.generation,
+                renewed_to = self.renewed_to,
+                "membership view from before the renewal skipped"
+            );
+            return false;
+        }
         let me = self.cfg.node_name.as_str();
         let joined = view
             .alive
@@ -921,17 +990,20 @@ impl Shell {
             (false, None) => {
                 tracing::warn!(interface = %own.name, "this node's link is down");
                 self.own_link_down_since = Some(Instant::now());
+                self.alive_at_link_down = self.view.alive.clone();
+                self.link_settle_until = None;
                 false
             }
             (true, Some(since)) => {
                 self.own_link_down_since = None;
+                self.link_settle_until = Some(tokio::time::Instant::now() + LINK_SETTLE);
                 let down = since.elapsed();
                 if down < LINK_DOWN_ISOLATES {
                     tracing::info!(interface = %own.name, down_ms = down.as_millis(), "this node's link is back");
                     return false;
                 }
                 tracing::warn!(interface = %own.name, down_ms = down.as_millis(), "this node's link is back after the others took it for dead; rejoining before announcing again");
-                self.membership.renew();
+                self.renewed_to = self.membership.renew();
                 // What the renewed membership will publish: nobody heard yet.
                 self.view.alive = BTreeSet::from([self.cfg.node_name.clone()]);
                 self.had_peers = false;
@@ -945,6 +1017,15 @@ impl Shell {
             }
             _ => false,
         }
+    }
+
+    /// Whether this node's own link is down or came back less than [`LINK_SETTLE`] ago: its
+    /// membership's word that a peer is down may stem from its own outage.
+    fn link_suspect(&self) -> bool {
+        self.own_link_down_since.is_some()
+            || self
+                .link_settle_until
+                .is_some_and(|t| tokio::time::Instant::now() < t)
     }
 
     /// Re-read number `generation` is complete: use its caches from now on (unless a newer
@@ -978,9 +1059,17 @@ impl Shell {
             withdrawn: &withdrawn,
         };
         let (mut alive, source) = plan::alive_set(me, Some(m), nodes);
-        // Out of the election; or just started and not heard from any peer yet, which may
-        // mean a key the others do not share: they serve this node's addresses meanwhile.
-        if self.withdrawal.is_some() || (source == AliveSource::NodeReady && self.joining) {
+        if self.link_suspect() {
+            keep_alive_over_own_outage(&mut alive, &self.alive_at_link_down, me, nodes);
+        }
+        // Out of the election, or just back (the others are still handing over); or just
+        // started and not heard from any peer yet, which may mean a key the others do not
+        // share: they serve this node's addresses meanwhile.
+        if !stands(
+            self.withdrawal.is_some(),
+            self.back_since.map(|t| t.elapsed()),
+            source == AliveSource::NodeReady && self.joining,
+        ) {
             alive.remove(me);
         }
         (alive, source)
@@ -1089,6 +1178,7 @@ impl Shell {
         match &next {
             Some(reason) => {
                 if changed {
+                    self.back_since = None;
                     tracing::warn!(%reason, "withdrawing from the election: this node stops announcing until it recovers");
                     self.metrics.in_election.set(0);
                     self.writes.clear();
@@ -1098,10 +1188,13 @@ impl Shell {
                     .set_not_ready(&format!("out of the election: {reason}"));
             }
             None if changed => {
-                tracing::info!("back in the election");
+                tracing::info!(
+                    hold_ms = REENTRY_HOLD.as_millis(),
+                    "back in the election; announcing once the others have heard it"
+                );
                 self.metrics.in_election.set(1);
                 self.health.set_ready();
-                reassert = true;
+                self.back_since = Some(tokio::time::Instant::now());
             }
             None => {}
         }
@@ -1166,7 +1259,7 @@ impl Shell {
                 // must not be gossiped once it hears them again. The renewed membership
                 // starts afresh, and so does the joining grace: the first peer heard back is
                 // not proof that the others are gone.
-                self.membership.renew();
+                self.renewed_to = self.membership.renew();
                 self.had_peers = false;
                 self.seen.clear();
                 self.joining = true;
@@ -1633,8 +1726,12 @@ pub async fn run(
         isolated: false,
         api_was_reachable: true,
         link_returned_at: None,
+        back_since: None,
+        renewed_to: 0,
         own_ip,
         own_link_down_since: None,
+        alive_at_link_down: BTreeSet::new(),
+        link_settle_until: None,
     };
 
     let initial = shell.view.clone();
@@ -1658,8 +1755,23 @@ pub async fn run(
         let mut worked = true;
         let mut recomputed = false;
         tokio::select! {
-            // Biased: membership first, it is the failover path.
+            // Biased. The own link first: every other branch may confirm this node's addresses
+            // to the announcer, which frees a link held after an outage (see
+            // `LINK_DOWN_ISOLATES`); that must not happen before the shell has seen the link
+            // come back and stepped aside. Then the membership: it is the failover path.
             biased;
+            changed = links_rx.changed(), if links_open => {
+                if changed.is_err() {
+                    links_open = false;
+                    continue;
+                }
+                let links = links_rx.borrow_and_update().clone();
+                if shell.on_links(&links) {
+                    shell.judge();
+                    shell.recompute();
+                    recomputed = true;
+                }
+            }
             changed = view_rx.changed(), if views_open => {
                 if changed.is_err() {
                     // The membership task ended (cannot happen before leave): keep the last view.
@@ -1676,18 +1788,6 @@ pub async fn run(
                 if joined {
                     // A peer came (back): clients may have been pointed elsewhere meanwhile.
                     shell.announcer.reassert();
-                }
-            }
-            changed = links_rx.changed(), if links_open => {
-                if changed.is_err() {
-                    links_open = false;
-                    continue;
-                }
-                let links = links_rx.borrow_and_update().clone();
-                if shell.on_links(&links) {
-                    shell.judge();
-                    shell.recompute();
-                    recomputed = true;
                 }
             }
             changed = states_rx.changed(), if states_open => {
@@ -1753,6 +1853,20 @@ pub async fn run(
                 }
                 worked = changed || reassert;
             }
+            () = tokio::time::sleep_until(shell.back_since.map_or_else(far, |t| t + REENTRY_HOLD)), if shell.back_since.is_some() => {
+                shell.back_since = None;
+                tracing::info!("announcing again");
+                shell.recompute();
+                recomputed = true;
+                // Clients may have been pointed elsewhere while this node was out.
+                shell.announcer.reassert();
+            }
+            () = tokio::time::sleep_until(shell.link_settle_until.unwrap_or_else(far)), if shell.link_settle_until.is_some() => {
+                shell.link_settle_until = None;
+                tracing::debug!("own link settled: liveness from the membership alone again");
+                shell.recompute();
+                recomputed = true;
+            }
             () = tokio::time::sleep_until(shell.joining_until), if shell.joining => {
                 shell.joining = false;
                 tracing::debug!("joining grace over: liveness from the membership alone");
@@ -1795,6 +1909,182 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::plan::ServicePlan;
+    use proptest::prelude::*;
+
+    /// The link-flap interleaving, reduced to two speakers' elections. node-a owned the
+    /// address (the Service's condition names it); it was out of the election, so another node
+    /// (the interim) served the address. node-a comes back at t = 0 and says so; the interim
+    /// hears it at t = `heard`. Who announces at `t`, as (node-a, interim), with or without
+    /// the re-entry hold.
+    fn announcers(t: Duration, heard: Duration, hold: bool) -> (bool, bool) {
+        let ip = "192.0.2.100";
+        let interim = crate::election::owner(ip, ["node-b", "node-c"]).unwrap();
+        let a_stands = stands(false, hold.then_some(t), false);
+        let a_view: Vec<&str> = ["node-a", "node-b", "node-c"]
+            .into_iter()
+            .filter(|n| *n != "node-a" || a_stands)
+            .collect();
+        // The interim's view; while it has not heard, node-a is still out for it.
+        let b_view: Vec<&str> = ["node-a", "node-b", "node-c"]
+            .into_iter()
+            .filter(|n| *n != "node-a" || t >= heard)
+            .collect();
+        let a = crate::plan::sticky_owner(Some("node-a"), ip, a_view) == Some("node-a");
+        let b = crate::plan::sticky_owner(Some("node-a"), ip, b_view) == Some(interim);
+        (a, b)
+    }
+
+    #[test]
+    fn a_returning_node_announcing_at_once_makes_two_owners() {
+        let heard = Duration::from_millis(200);
+        assert_eq!(
+            announcers(Duration::from_millis(100), heard, false),
+            (true, true)
+        );
+        // With the hold, the interim keeps serving until it has heard.
+        assert_eq!(
+            announcers(Duration::from_millis(100), heard, true),
+            (false, true)
+        );
+    }
+
+    fn ready_node(name: &str) -> Arc<Node> {
+        use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
+        Arc::new(Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            status: Some(NodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    /// The link-flap double answer: node-a's own link was down briefly; its membership
+    /// declared node-c down (it heard nobody), so node-a took node-c's address while node-c,
+    /// alive all along, kept it. Peers alive before the outage stay alive over it.
+    #[test]
+    fn a_peer_declared_down_over_the_own_outage_keeps_its_address() {
+        let nodes = vec![
+            ready_node("node-a"),
+            ready_node("node-b"),
+            ready_node("node-c"),
+        ];
+        let ip = (0..=255)
+            .map(|i| format!("192.0.2.{i}"))
+            .find(|ip| {
+                crate::election::owner(ip, ["node-a", "node-b", "node-c"]) == Some("node-c")
+                    && crate::election::owner(ip, ["node-a", "node-b"]) == Some("node-a")
+            })
+            .expect("some address node-a inherits from node-c");
+        let before: BTreeSet<String> = ["node-a", "node-b", "node-c"].map(String::from).into();
+        // node-a's view after its outage: node-c declared down.
+        let mut alive: BTreeSet<String> = ["node-a", "node-b"].map(String::from).into();
+        let owner = |alive: &BTreeSet<String>| {
+            crate::plan::sticky_owner(Some("node-c"), &ip, alive.iter().map(String::as_str))
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            owner(&alive).as_deref(),
+            Some("node-a"),
+            "the bug: node-a takes it"
+        );
+        keep_alive_over_own_outage(&mut alive, &before, "node-a", &nodes);
+        assert_eq!(owner(&alive).as_deref(), Some("node-c"));
+        // A peer whose Node is gone is not brought back; node-a itself is not added.
+        let mut alive: BTreeSet<String> = ["node-b"].map(String::from).into();
+        keep_alive_over_own_outage(&mut alive, &before, "node-a", &nodes[..2]);
+        assert_eq!(alive, ["node-b"].map(String::from).into());
+    }
+
+    fn view(alive: &[&str], generation: u64) -> MembershipView {
+        MembershipView {
+            alive: alive.iter().map(|n| (*n).to_owned()).collect(),
+            formed: true,
+            authenticated_peers: alive.len().saturating_sub(1),
+            keyring_failing: false,
+            changed_at: Instant::now(),
+            generation,
+        }
+    }
+
+    /// The other link-flap interleaving: node-a's link came back and it renewed its
+    /// membership, which has heard node-c but not yet node-b. A view made before the renewal
+    /// (still showing node-b) marks node-b "seen"; the joining grace then no longer counts it
+    /// alive, and node-a wins node-b's address while node-b still answers for it.
+    #[test]
+    fn a_view_from_before_the_renewal_would_hide_an_unheard_peer() {
+        let nodes: Vec<Arc<Node>> = ["node-a", "node-b", "node-c"]
+            .into_iter()
+            .map(ready_node)
+            .collect();
+        let stale = view(&["node-a", "node-b", "node-c"], 0);
+        let renewed = 1;
+        let fresh = view(&["node-a", "node-c"], renewed);
+        let alive_after = |views: &[&MembershipView]| {
+            let mut seen = BTreeSet::new();
+            let mut last = None;
+            for v in views.iter().filter(|v| view_is_current(v, renewed)) {
+                seen.extend(v.alive.iter().cloned());
+                last = Some(*v);
+            }
+            let last = last.expect("a current view");
+            let withdrawn = BTreeSet::new();
+            plan::alive_set(
+                "node-a",
+                Some(plan::MembershipInput {
+                    alive: &last.alive,
+                    formed: true,
+                    seen: &seen,
+                    joining: true,
+                    withdrawn: &withdrawn,
+                }),
+                &nodes,
+            )
+            .0
+        };
+        // Skipped, the stale view changes nothing: node-b counts alive until heard.
+        assert!(alive_after(&[&stale, &fresh]).contains("node-b"));
+        // Taken as current (as before), it hid node-b.
+        let mut seen: BTreeSet<String> = stale.alive.clone();
+        seen.extend(fresh.alive.iter().cloned());
+        let withdrawn = BTreeSet::new();
+        let (hidden, _) = plan::alive_set(
+            "node-a",
+            Some(plan::MembershipInput {
+                alive: &fresh.alive,
+                formed: true,
+                seen: &seen,
+                joining: true,
+                withdrawn: &withdrawn,
+            }),
+            &nodes,
+        );
+        assert!(!hidden.contains("node-b"));
+        assert!(view_is_current(&view(&["node-a"], 2), renewed));
+    }
+
+    proptest! {
+        /// With the hold, however late (within the hold) node-b hears that node-a is back, the
+        /// two never announce the address at once, and node-a announces it once both agree.
+        #[test]
+        fn the_reentry_hold_never_makes_two_owners(heard_ms in 0u64..1000, t_ms in 0u64..3000) {
+            let heard = Duration::from_millis(heard_ms);
+            prop_assume!(heard < REENTRY_HOLD);
+            let (a, b) = announcers(Duration::from_millis(t_ms), heard, true);
+            prop_assert!(!(a && b));
+            if Duration::from_millis(t_ms) >= REENTRY_HOLD {
+                prop_assert!(a && !b);
+            }
+        }
+    }
 
     fn sp(addresses: &[&str], owner: Result<&str, NoOwner>) -> ServicePlan {
         ServicePlan {

@@ -442,3 +442,60 @@ async fn an_unauthenticated_flood_declares_nobody_down() {
     );
     assert_one_mac_each(&lab, "after the flood");
 }
+
+/// The scheduling policy and real-time priority of thread `tid` of `pid` (`/proc/.../stat`
+/// fields 41 and 40).
+fn sched_of(pid: u32, tid: &str) -> Option<(u32, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces, start at field 3 (the state).
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |n: usize| rest.get(n - 3)?.parse().ok();
+    Some((field(41)?, field(40)?))
+}
+
+/// Each speaker's membership thread runs under the real-time round-robin policy (a speaker
+/// starved of CPU for a second looks dead to the others), and only that thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_membership_thread_runs_ahead_of_ordinary_work() {
+    let mut lab = lab_with_services().await;
+    lab.start_all_speakers(&[]).unwrap();
+    wait_all(&lab, "the cluster to form", |_, _| true).await;
+    for name in NODES {
+        let speaker = lab.node(name).unwrap().speaker.as_ref().unwrap();
+        let pid = speaker.pid();
+        let mut threads = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let tid = task.unwrap().file_name().to_string_lossy().into_owned();
+            let comm =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+            if let Some(sched) = sched_of(pid, &tid) {
+                threads.push((comm.trim().to_owned(), sched));
+            }
+        }
+        let membership: Vec<_> = threads.iter().filter(|(c, _)| c == "membership").collect();
+        assert_eq!(
+            membership.len(),
+            1,
+            "{name}: one membership thread among {threads:?}"
+        );
+        assert_eq!(
+            membership[0].1,
+            (libc::SCHED_RR as u32, 1),
+            "{name}: the membership thread's (policy, priority)"
+        );
+        let others_rt: Vec<_> = threads
+            .iter()
+            .filter(|(c, (policy, _))| c != "membership" && *policy != libc::SCHED_OTHER as u32)
+            .collect();
+        assert!(
+            others_rt.is_empty(),
+            "{name}: other real-time threads {others_rt:?}"
+        );
+        assert!(
+            speaker
+                .log()
+                .contains("membership thread runs at real-time priority"),
+            "{name} says so at start"
+        );
+    }
+}

@@ -458,3 +458,23 @@ async fn a_restart_below_the_previous_identity_rejoins() {
     assert!(c.handle.stats().identity_outranked >= 1);
     assert!(c.handle.identity().bump > old.bump);
 }
+
+/// A renewal starts a new generation of views, in which the peers are heard again; the
+/// speaker skips every view of an older generation (see `run::view_is_current`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_starts_a_new_generation_of_views() {
+    let (mut a, _b, _c) = three(|c| c).await;
+    assert_eq!(a.view.borrow().generation, 0);
+    let generation = a.handle.renew();
+    assert_eq!(generation, 1);
+    wait_for(&mut a.view, "a view of the new generation", |v| {
+        v.generation == generation
+    })
+    .await;
+    let all = names(&["node-a", "node-b", "node-c"]);
+    wait_for(&mut a.view, "the peers heard again", |v| {
+        v.generation == generation && v.alive == all
+    })
+    .await;
+    assert_eq!(a.handle.renew(), 2);
+}

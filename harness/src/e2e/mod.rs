@@ -13,6 +13,7 @@
 //! - [`logs`]: checking `--log-json` output: every line about an object names it.
 //! - [`neigh_prober`]: an independent ARP/NDP prober on the client's LAN recording who claims
 //!   each address, and when.
+//! - [`stress`]: CPU load from `stress-ng`, stopped on drop.
 
 pub mod controller;
 pub mod flood;
@@ -24,6 +25,7 @@ pub mod neigh_prober;
 pub mod objects;
 pub mod process;
 pub mod router;
+pub mod stress;
 pub mod traffic;
 
 pub use controller::ControllerProcess;

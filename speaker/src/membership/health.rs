@@ -87,6 +87,16 @@ impl LocalHealth {
     }
 }
 
+/// How long the loop overslept: with the earliest timer due at `earliest_due` and the previous
+/// turn ended at `turn_ended`, the time since the later of the two, when that timer is due by
+/// `now` (zero otherwise). A loop that wakes on time oversleeps by its wake-up latency only.
+pub fn overslept(turn_ended: Instant, earliest_due: Option<Instant>, now: Instant) -> Duration {
+    match earliest_due {
+        Some(due) if due <= now => now.saturating_duration_since(due.max(turn_ended)),
+        _ => Duration::ZERO,
+    }
+}
+
 /// Whether the suspicion of `id` at `incarnation` still stands in `members`: the member is known
 /// under that very identity, still suspect, and has not refuted (refuting raises its
 /// incarnation).
@@ -226,6 +236,22 @@ mod tests {
         assert!(!still_suspected(&members, &"b", 5));
         assert!(!still_suspected(&members, &"c", 1));
         assert!(!still_suspected(&members, &"d", 0));
+    }
+
+    #[test]
+    fn oversleeping_counts_from_the_due_time_or_the_last_turn() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Woken 2 s after a timer due 50 ms after the last turn.
+        assert_eq!(overslept(t0, Some(t0 + ms(50)), t0 + ms(2050)), ms(2000));
+        // A timer already due when the last turn ended (armed with no delay) counts from then.
+        assert_eq!(overslept(t0, Some(t0 - ms(5)), t0 + ms(30)), ms(30));
+        // Nothing due yet, or nothing armed: no stall.
+        assert_eq!(
+            overslept(t0, Some(t0 + ms(100)), t0 + ms(40)),
+            Duration::ZERO
+        );
+        assert_eq!(overslept(t0, None, t0 + ms(4000)), Duration::ZERO);
     }
 
     proptest! {

@@ -127,6 +127,12 @@ pub struct MembershipConfig {
     /// The first identity bump; `None`: from the wall clock (see [`identity::initial_bump`],
     /// shifted by [`CLOCK_OFFSET_ENV`] when set).
     pub initial_bump: Option<u64>,
+    /// Real-time (`SCHED_RR`) priority asked for the membership thread; `None` leaves it an
+    /// ordinary thread. Default 1, the lowest real-time priority: enough to run ahead of every
+    /// ordinary thread on a node under CPU pressure, below the kernel's own real-time threads.
+    /// Needs `CAP_SYS_NICE`; without it the thread asks for nice -10, and failing that runs as
+    /// it is (logged once at start).
+    pub realtime_priority: Option<u8>,
 }
 
 impl std::fmt::Debug for MembershipConfig {
@@ -150,6 +156,7 @@ impl std::fmt::Debug for MembershipConfig {
             .field("suspect_max_wait", &self.suspect_max_wait)
             .field("recv_buffer", &self.recv_buffer)
             .field("initial_bump", &self.initial_bump)
+            .field("realtime_priority", &self.realtime_priority)
             .finish()
     }
 }
@@ -181,6 +188,7 @@ impl MembershipConfig {
             suspect_max_wait: Duration::from_millis(1200),
             recv_buffer: 4 << 20,
             initial_bump: None,
+            realtime_priority: Some(1),
         }
     }
 
@@ -258,6 +266,10 @@ pub struct MembershipView {
     pub keyring_failing: bool,
     /// When this view was published.
     pub changed_at: Instant,
+    /// How many times the membership was renewed ([`Membership::renew`]) before this view was
+    /// made. A view made before the renewal that [`Membership::renew`] returned still shows
+    /// the peers the previous instance knew: the caller should skip it.
+    pub generation: u64,
 }
 
 macro_rules! stats {
@@ -331,6 +343,9 @@ stats! {
     suspicions_deferred: u64 => AtomicU64,
     /// Probe periods in which this node's own timers fired late (the loop was starved).
     late_timers: u64 => AtomicU64,
+    /// Times the membership thread woke well after its timers were due, and paused them
+    /// rather than judge the others by time it could not act in.
+    stalls: u64 => AtomicU64,
 }
 
 /// Reads a running membership's counters; cheap to clone and to keep after the handle.
@@ -371,7 +386,7 @@ enum Command {
     SetSeeds(Vec<SocketAddr>),
     Leave(oneshot::Sender<()>),
     SetState(state::SpeakerState),
-    Renew,
+    Renew(u64),
 }
 
 /// Handle on a running membership. Dropping it stops the membership without a leave, as a crash
@@ -382,6 +397,8 @@ pub struct Membership {
     commands: mpsc::UnboundedSender<Command>,
     stats: Arc<SharedStats>,
     states: watch::Receiver<state::States>,
+    /// The generation the last [`Membership::renew`] asked for.
+    generation: AtomicU64,
 }
 
 /// The UDP socket, non-blocking, with the receive buffer asked for.
@@ -458,6 +475,7 @@ impl Membership {
                 commands,
                 stats,
                 states,
+                generation: AtomicU64::new(0),
             },
             view_rx,
         ))
@@ -491,8 +509,13 @@ impl Membership {
     /// not hear them (its own link was down, say). Gossiping those declarations once it hears
     /// them again would make healthy speakers be taken for dead; a fresh start has nothing to
     /// gossip, and its seeds bring it back in as soon as the network lets it.
-    pub fn renew(&self) {
-        let _ = self.commands.send(Command::Renew);
+    ///
+    /// Returns the [`MembershipView::generation`] of the views made after the renewal: a view
+    /// already on its way (or published before the thread acts on this) has a lower one.
+    pub fn renew(&self) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let _ = self.commands.send(Command::Renew(generation));
+        generation
     }
 
     /// Tell the others we are leaving, then stop. Waits at most `timeout` for the departure to

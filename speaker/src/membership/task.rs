@@ -109,6 +109,7 @@ pub(super) fn spawn(parts: Parts) -> std::io::Result<watch::Receiver<MembershipV
         shared_identity,
         stats,
         view_tx: None,
+        generation: 0,
     };
     state.set_seeds(cfg.seeds.iter().copied());
     let initial = state.current_view();
@@ -121,6 +122,7 @@ pub(super) fn spawn(parts: Parts) -> std::io::Result<watch::Receiver<MembershipV
     state.store_view_stats(&initial);
     let (view_tx, view_rx) = watch::channel(initial);
     state.view_tx = Some(view_tx);
+    let realtime_priority = cfg.realtime_priority;
     let periods = Periods {
         seed: cfg.seed_announce_period,
         peer: cfg.peer_window / 4,
@@ -129,6 +131,9 @@ pub(super) fn spawn(parts: Parts) -> std::io::Result<watch::Receiver<MembershipV
     std::thread::Builder::new()
         .name("membership".into())
         .spawn(move || {
+            if let Some(priority) = realtime_priority {
+                log_priority(crate::sys::raise_thread_priority(priority, NICE_FALLBACK));
+            }
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -147,6 +152,26 @@ pub(super) fn spawn(parts: Parts) -> std::io::Result<watch::Receiver<MembershipV
             });
         })?;
     Ok(view_rx)
+}
+
+/// Nice value asked for when the real-time policy is refused.
+const NICE_FALLBACK: i8 = -10;
+
+fn log_priority(got: crate::sys::ThreadPriority) {
+    use crate::sys::ThreadPriority;
+    match got {
+        ThreadPriority::Realtime(p) => {
+            tracing::info!(priority = p, "membership thread runs at real-time priority")
+        }
+        ThreadPriority::Nice(n) => tracing::info!(
+            nice = n,
+            "membership thread runs at a raised nice value (real-time refused)"
+        ),
+        ThreadPriority::Unchanged(error) => tracing::warn!(
+            %error,
+            "membership thread runs at ordinary priority (no CAP_SYS_NICE): under CPU pressure it may go unscheduled long enough for the others to take this node for dead"
+        ),
+    }
 }
 
 struct Periods {
@@ -213,6 +238,8 @@ struct State {
     shared_identity: Arc<Mutex<NodeId>>,
     stats: Arc<SharedStats>,
     view_tx: Option<watch::Sender<MembershipView>>,
+    /// The last renewal's generation (see [`MembershipView::generation`]).
+    generation: u64,
 }
 
 impl State {
@@ -234,6 +261,7 @@ impl State {
         let mut state_tick = interval(STATE_REFRESH);
         // Largest UDP payload, so an oversized datagram is read whole and then rejected.
         let mut buf = vec![0u8; 65_535];
+        let mut turn_ended = Instant::now();
         loop {
             let next_timer = self.timers.peek().map(|Reverse(d)| d.at);
             tokio::select! {
@@ -262,7 +290,10 @@ impl State {
                         self.announce_to_seeds();
                     }
                     Some(Command::SetState(s)) => self.say_state(Some(s)),
-                    Some(Command::Renew) => self.renew(),
+                    Some(Command::Renew(generation)) => {
+                        self.generation = generation;
+                        self.renew();
+                    }
                 }},
                 // Read below, once per turn whatever woke us.
                 _ = socket.readable() => {}
@@ -278,9 +309,11 @@ impl State {
             // Datagrams before timers: an ack that has arrived must be seen before the probe
             // timeout that it answers fires.
             self.receive(&socket, &mut buf);
+            self.pause_timers_over_a_stall(turn_ended);
             self.fire_due_timers();
             self.check_outranked();
             self.flush(&socket).await;
+            turn_ended = Instant::now();
         }
     }
 
@@ -561,6 +594,49 @@ impl State {
         }
     }
 
+    /// If this thread was not scheduled while timers were due, the protocol's clock stops for
+    /// as long: every timer moves that much later. Fired together on waking, they would
+    /// conclude that the others were silent when it was this node that could not listen or
+    /// send (a probe's indirect round and its verdict in one turn, a suspicion that could not
+    /// be refuted because our gossip never left).
+    fn pause_timers_over_a_stall(&mut self, turn_ended: Instant) {
+        let now = Instant::now();
+        let earliest = self.timers.peek().map(|Reverse(d)| d.at);
+        let stall = health::overslept(turn_ended, earliest, now);
+        let tolerance = self.probe_rtt / 2;
+        if stall <= tolerance {
+            return;
+        }
+        self.timers = std::mem::take(&mut self.timers)
+            .into_iter()
+            .map(|Reverse(d)| {
+                Reverse(Due {
+                    at: d.at + stall,
+                    raised_at: d.raised_at + stall,
+                    ..d
+                })
+            })
+            .collect();
+        self.stats.stalls.fetch_add(1, Ordering::Relaxed);
+        if self.health.timer_fired(stall, tolerance) {
+            self.stats.late_timers.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats
+            .local_health
+            .store(self.health.multiplier(), Ordering::Relaxed);
+        if stall >= self.suspect_to_down_after {
+            tracing::warn!(
+                stall_ms = stall.as_millis(),
+                "membership thread was not scheduled while its timers were due; its timers wait as long (the others may have taken this node for dead meanwhile)"
+            );
+        } else {
+            tracing::debug!(
+                stall_ms = stall.as_millis(),
+                "membership thread ran late; its timers wait as long"
+            );
+        }
+    }
+
     fn fire_due_timers(&mut self) {
         let now = Instant::now();
         // A healthy loop fires a timer within a few milliseconds; half the probe round trip
@@ -785,6 +861,7 @@ impl State {
             authenticated_peers: peers.authenticated_peers,
             keyring_failing: peers.keyring_failing,
             changed_at: Instant::now(),
+            generation: self.generation,
         }
     }
 
@@ -808,6 +885,7 @@ impl State {
         };
         let previous = tx.borrow().clone();
         if previous.alive == next.alive
+            && previous.generation == next.generation
             && previous.formed == next.formed
             && previous.authenticated_peers == next.authenticated_peers
             && previous.keyring_failing == next.keyring_failing
