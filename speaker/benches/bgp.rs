@@ -15,7 +15,10 @@
 //!   kernel FIB holds all 1,000 routes with 3 next hops each.
 //! - memory: then a second peer (BIRD, with BFD as `docs/bgp.md` configures it) is added:
 //!   every node holds 2 sessions with 1,000 routes each; VmRSS of one speaker (the release
-//!   build, as `cargo bench` builds it).
+//!   build, as `cargo bench` builds it; `LODESTONE_BENCH_SPEAKER=/path` measures another
+//!   binary, e.g. the static musl build the images ship; `LODESTONE_BENCH_SMAPS=/file` copies
+//!   that speaker's `/proc/PID/smaps` there for a breakdown), and how often BIRD saw a BFD
+//!   session go down meanwhile.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -29,6 +32,12 @@ use lodestone_harness::e2e::{Prober, objects};
 
 const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
 const WAIT: Duration = Duration::from_secs(60);
+
+fn speaker_bin() -> std::path::PathBuf {
+    std::env::var_os("LODESTONE_BENCH_SPEAKER")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_lodestone-speaker").into())
+}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -188,13 +197,9 @@ async fn scale() -> anyhow::Result<()> {
     const N: usize = 1000;
     let conf = docs::blocks("docs/bgp.md", "frr")?.concat();
     let nodes: Vec<(&str, &[(&str, &str)])> = NODES.iter().map(|n| (*n, &[][..])).collect();
-    let (mut lab, router) = router::lab_with_router(
-        &nodes,
-        &[],
-        env!("CARGO_BIN_EXE_lodestone-speaker").as_ref(),
-        |host| Router::frr(host, &conf),
-    )
-    .await?;
+    let (mut lab, router) =
+        router::lab_with_router(&nodes, &[], &speaker_bin(), |host| Router::frr(host, &conf))
+            .await?;
     let client = lab.cluster.client();
     create::<IPAddressPool>(
         &client,
@@ -251,9 +256,18 @@ async fn scale() -> anyhow::Result<()> {
     );
 
     // A second peer: BIRD at 192.0.2.3, as docs/bgp.md configures it but for that address.
-    let bird_conf = docs::blocks("docs/bgp.md", "bird")?
-        .concat()
-        .replace("192.0.2.1", "192.0.2.3");
+    // Its log in a file of our own, to count the sessions BFD took down.
+    let bird_log = tempfile::Builder::new()
+        .prefix("lodestone-bench-bird-")
+        .suffix(".log")
+        .tempfile()?;
+    let bird_conf = format!(
+        "log \"{}\" all;\n{}",
+        bird_log.path().display(),
+        docs::blocks("docs/bgp.md", "bird")?
+            .concat()
+            .replace("192.0.2.1", "192.0.2.3")
+    );
     let host2 = lab
         .topology
         // An IPv6 address on the segment too: BIRD drops routes whose next hop (the nodes'
@@ -327,6 +341,14 @@ async fn scale() -> anyhow::Result<()> {
         v
     };
     println!("established sessions per peer: {sessions:?}");
+    let bfd_downs = std::fs::read_to_string(bird_log.path())
+        .unwrap_or_default()
+        .matches("BFD session down")
+        .count();
+    println!("BIRD logged {bfd_downs} BGP session(s) dropped for 'BFD session down'");
+    if let Some(path) = std::env::var_os("LODESTONE_BENCH_SMAPS") {
+        std::fs::copy(format!("/proc/{pid}/smaps"), &path)?;
+    }
     println!(
         "speaker with {N} addresses and 2 peers configured: VmRSS {:.1} MB = anonymous {:.1} MB + file-backed {:.1} MB (peak {:.1} MB; goal < 20 MB: {})",
         rss as f64 / 1024.0,

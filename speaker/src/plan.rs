@@ -283,9 +283,11 @@ struct PoolView<'a> {
 
 /// Ready endpoints of each Service: `namespace/name` → nodes hosting one (`None` for an
 /// endpoint without `nodeName`, which counts for "anywhere" but for no node).
-pub(crate) fn ready_endpoints(
-    slices: &[Arc<EndpointSlice>],
-) -> BTreeMap<String, BTreeSet<Option<String>>> {
+pub type ReadyEndpoints = BTreeMap<String, BTreeSet<Option<String>>>;
+
+/// Reads [`ReadyEndpoints`] from every EndpointSlice: once per recomputation, for layer 2's
+/// [`plan_with`] and BGP alike.
+pub fn ready_endpoints(slices: &[Arc<EndpointSlice>]) -> ReadyEndpoints {
     let mut out: BTreeMap<String, BTreeSet<Option<String>>> = BTreeMap::new();
     for slice in slices {
         let Some(service) = slice
@@ -324,6 +326,11 @@ fn adverts_for<'a>(ip: IpAddr, pools: &[PoolView<'a>]) -> Option<Vec<&'a L2Adver
 
 /// Decide, for every Service of ours, which node announces it, and what this node announces.
 pub fn plan(input: &PlanInput) -> Plan {
+    plan_with(input, &ready_endpoints(&input.endpoint_slices))
+}
+
+/// [`plan`] with the ready endpoints already read from `input.endpoint_slices`.
+pub fn plan_with(input: &PlanInput, endpoints: &ReadyEndpoints) -> Plan {
     let pools: Vec<PoolView<'_>> = input
         .pools
         .iter()
@@ -344,7 +351,6 @@ pub fn plan(input: &PlanInput) -> Plan {
         .iter()
         .filter_map(|n| Some((n.metadata.name.as_deref()?, n.as_ref())))
         .collect();
-    let endpoints = ready_endpoints(&input.endpoint_slices);
 
     // Step 1-3: a candidate owner per Service, plus this node's interfaces per address.
     struct Candidate {

@@ -1225,7 +1225,8 @@ impl Shell {
             alive: alive.clone(),
             class: self.cfg.class.clone(),
         };
-        let next = plan::plan(&input);
+        let ready = plan::ready_endpoints(&input.endpoint_slices);
+        let next = plan::plan_with(&input, &ready);
         if next.owned != self.plan.owned {
             self.announcer.set_owned(next.owned.clone());
         }
@@ -1234,7 +1235,7 @@ impl Shell {
             self.announcer.set_services(by_address.clone());
             self.by_address = by_address;
         }
-        self.bgp.update(&input);
+        self.bgp.update(&input, &ready, self.withdrawal.as_ref());
 
         // Everything below is bookkeeping; the announcer already acts on the new plan.
         if self.alive_source != Some(source) {

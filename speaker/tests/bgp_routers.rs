@@ -77,9 +77,10 @@ async fn apply_docs_objects(client: &kube::Client) {
 
 /// The lab, a router on its segment at 192.0.2.1 / 2001:db8::1, the client routing the
 /// Service addresses through it, the docs' objects, a Cluster-policy Service with endpoints on
-/// every node, and every speaker started.
+/// every node, and every speaker started with `speaker_args`.
 async fn bgp_lab(
     start_router: impl FnOnce(lodestone_harness::netns::Host) -> anyhow::Result<Router>,
+    speaker_args: &[&str],
 ) -> (Lab, Router) {
     let nodes: Vec<(&str, &[(&str, &str)])> = NODES.iter().map(|n| (*n, &[][..])).collect();
     let (mut lab, router) = router::lab_with_router(
@@ -99,7 +100,7 @@ async fn bgp_lab(
     objects::set_endpoints(&client, "default", "web", &all)
         .await
         .unwrap();
-    lab.start_all_speakers(&[]).unwrap();
+    lab.start_all_speakers(speaker_args).unwrap();
     (lab, router)
 }
 
@@ -190,7 +191,7 @@ async fn frr_learns_spreads_and_fails_over() {
         return;
     }
     let conf = docs::blocks("docs/bgp.md", "frr").unwrap().concat();
-    let (mut lab, router) = bgp_lab(|host| Router::frr(host, &conf)).await;
+    let (mut lab, router) = bgp_lab(|host| Router::frr(host, &conf), &[]).await;
     let all: Vec<IpAddr> = NODES.iter().map(|n| node_ip(&lab, n)).collect();
     let all6: Vec<IpAddr> = lab.nodes.iter().map(|n| n.ip6).collect();
 
@@ -333,7 +334,7 @@ async fn bird_learns_spreads_and_withdraws() {
         return;
     }
     let conf = docs::blocks("docs/bgp.md", "bird").unwrap().concat();
-    let (mut lab, router) = bgp_lab(|host| Router::bird(host, &conf)).await;
+    let (mut lab, router) = bgp_lab(|host| Router::bird(host, &conf), &[]).await;
     let all: Vec<IpAddr> = NODES.iter().map(|n| node_ip(&lab, n)).collect();
     let all6: Vec<IpAddr> = lab.nodes.iter().map(|n| n.ip6).collect();
     wait_hops(&lab, &router, "203.0.113.10/32", &all);
@@ -367,6 +368,174 @@ async fn bird_learns_spreads_and_withdraws() {
     wait_hops(&lab, &router, "203.0.113.10/32", &rest);
     lab.wait_speaker_exit(&victim, WAIT).unwrap();
     eprintln!("BIRD, speaker of {victim} stopped: the flow was unanswered for {gap:?}");
+}
+
+/// GoBGP's paths for `prefix` (`-a ipv4` or `ipv6`): the next hop of each, sorted, and the
+/// raw JSON for messages.
+fn gobgp_hops(router: &Router, family: &str, prefix: &str) -> (Vec<IpAddr>, String) {
+    let out = router
+        .gobgp_cli(&["global", "rib", "-a", family, prefix, "-j"])
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let mut hops: Vec<IpAddr> = v[prefix]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|path| {
+            path["attrs"]
+                .as_array()?
+                .iter()
+                .find_map(|a| a["nexthop"].as_str())?
+                .parse()
+                .ok()
+        })
+        .collect();
+    hops.sort();
+    (hops, out)
+}
+
+fn wait_gobgp_hops(lab: &Lab, router: &Router, family: &str, prefix: &str, want: &[IpAddr]) {
+    let mut want = want.to_vec();
+    want.sort();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (hops, raw) = gobgp_hops(router, family, prefix);
+        if hops == want {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "GoBGP never had {want:?} for {prefix}: {raw}\n{}\n{}",
+                router.logs(),
+                lab.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// GoBGP (`gobgpd`, configured as `docs/bgp.md` shows): a path from every node in its RIB for
+/// both families, with the advertisement's communities; a stopped speaker's path withdrawn and
+/// its session closed with a Cease. GoBGP installs no kernel routes, so no traffic here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gobgp_holds_a_path_from_every_node_and_loses_a_stopped_one() {
+    if !installed("GoBGP", "/usr/bin/gobgpd") {
+        return;
+    }
+    let conf = docs::blocks("docs/bgp.md", "toml").unwrap().concat();
+    let (mut lab, router) = bgp_lab(|host| Router::gobgp(host, &conf), &[]).await;
+    let all: Vec<IpAddr> = NODES.iter().map(|n| node_ip(&lab, n)).collect();
+    let all6: Vec<IpAddr> = lab.nodes.iter().map(|n| n.ip6).collect();
+    wait_gobgp_hops(&lab, &router, "ipv4", "203.0.113.10/32", &all);
+    wait_gobgp_hops(&lab, &router, "ipv6", "2001:db8:f::10/128", &all6);
+    let (_, raw) = gobgp_hops(&router, "ipv4", "203.0.113.10/32");
+    // 65000:100 as GoBGP prints a standard community (one 32-bit number), and the large one.
+    assert!(raw.contains(&(65000u32 * 65536 + 100).to_string()), "{raw}");
+    assert!(raw.contains("64512"), "{raw}");
+    let neighbors = router.gobgp_cli(&["neighbor"]).unwrap();
+    for ip in &all {
+        assert!(neighbors.contains(&ip.to_string()), "{neighbors}");
+    }
+
+    // A speaker stopped: its path goes, the others stay; GoBGP heard a Cease.
+    let victim = "node-b";
+    let t0 = Instant::now();
+    lab.signal_speaker(victim, libc::SIGTERM).unwrap();
+    let rest: Vec<IpAddr> = NODES
+        .iter()
+        .filter(|n| **n != victim)
+        .map(|n| node_ip(&lab, n))
+        .collect();
+    wait_gobgp_hops(&lab, &router, "ipv4", "203.0.113.10/32", &rest);
+    eprintln!(
+        "GoBGP: speaker of {victim} stopped, its path gone after {:?}",
+        t0.elapsed()
+    );
+    lab.wait_speaker_exit(victim, WAIT).unwrap();
+    let log = router.log("gobgpd");
+    assert!(
+        log.to_lowercase().contains("cease") || log.contains("Administrative Shutdown"),
+        "{log}"
+    );
+    lab.start_speaker(victim, &[]).unwrap();
+    wait_gobgp_hops(&lab, &router, "ipv4", "203.0.113.10/32", &all);
+}
+
+/// FRR's count of sessions established with `neighbor`, and its state.
+fn frr_neighbor(router: &Router, neighbor: &str) -> (u64, String) {
+    let out = router
+        .vtysh(&format!("show bgp neighbors {neighbor} json"))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let n = &v[neighbor];
+    (
+        n["connectionsEstablished"].as_u64().unwrap_or_default(),
+        n["bgpState"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// A node that leaves the layer 2 election because it lost the API server (while the others
+/// keep it) withdraws its BGP routes too, and keeps its session: the router keeps the other
+/// nodes' paths, the client's flows land only there, and the node's route comes back with one
+/// UPDATE once it hears the API server again. `docs/bgp.md`, "Leaving the election".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frr_loses_the_routes_of_a_node_cut_from_the_api_server_not_its_session() {
+    if !installed("FRR", "/usr/lib/frr/bgpd") {
+        return;
+    }
+    let conf = docs::blocks("docs/bgp.md", "frr").unwrap().concat();
+    let (lab, router) = bgp_lab(
+        |host| Router::frr(host, &conf),
+        &["--api-loss-timeout-secs", "5"],
+    )
+    .await;
+    let all: Vec<IpAddr> = NODES.iter().map(|n| node_ip(&lab, n)).collect();
+    wait_hops(&lab, &router, "203.0.113.10/32", &all);
+    let cut = "node-b";
+    let cut_ip = node_ip(&lab, cut).to_string();
+    let (sessions_before, state) = frr_neighbor(&router, &cut_ip);
+    assert_eq!(state, "Established");
+
+    let t0 = Instant::now();
+    lab.blackhole_api(cut).unwrap();
+    let rest: Vec<IpAddr> = NODES
+        .iter()
+        .filter(|n| **n != cut)
+        .map(|n| node_ip(&lab, n))
+        .collect();
+    wait_hops(&lab, &router, "203.0.113.10/32", &rest);
+    eprintln!(
+        "{cut} cut from the API server (bound 5 s): its route withdrawn after {:?}",
+        t0.elapsed()
+    );
+    let log = lab.node(cut).unwrap().speaker.as_ref().unwrap().log();
+    assert!(
+        log.contains("withdrawing every BGP route"),
+        "{}",
+        lab.logs()
+    );
+    let spread = router::spread(lab.client.ns(), vip4(), PROBE_PORT, 30).unwrap();
+    assert!(
+        !spread.contains_key(cut) && !spread.is_empty(),
+        "flows while {cut} is out: {spread:?}"
+    );
+    // The session stayed up the whole time: same count of established sessions.
+    assert_eq!(
+        frr_neighbor(&router, &cut_ip),
+        (sessions_before, "Established".to_owned())
+    );
+
+    let t0 = Instant::now();
+    lab.restore_api(cut).unwrap();
+    wait_hops(&lab, &router, "203.0.113.10/32", &all);
+    eprintln!(
+        "{cut} hears the API server again: its route back after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        frr_neighbor(&router, &cut_ip),
+        (sessions_before, "Established".to_owned())
+    );
 }
 
 /// The second FRR setup: iBGP (LOCAL_PREF is sent), one node with a TCP MD5 password read from

@@ -1,5 +1,5 @@
-//! Real routers as BGP peers: FRR (`zebra`, `bgpd`, `bfdd`) and BIRD 2 from Debian's
-//! packages, each run inside a host namespace of a [`Topology`](crate::netns::Topology) with
+//! Real routers as BGP peers: FRR (`zebra`, `bgpd`, `bfdd`), BIRD 2 and GoBGP (`gobgpd`, which
+//! keeps routes in its RIB and installs none in the kernel) from Debian's packages, each run inside a host namespace of a [`Topology`](crate::netns::Topology) with
 //! its configuration, pid files and control sockets in a temporary directory (never `/etc/frr`
 //! or `/run/frr`).
 //!
@@ -26,6 +26,8 @@ pub enum Kind {
     Frr,
     /// BIRD 2.
     Bird,
+    /// GoBGP's `gobgpd`.
+    Gobgp,
 }
 
 /// A routing daemon running in a host namespace; stopped (with the namespace's processes)
@@ -185,6 +187,43 @@ impl Router {
         })
     }
 
+    /// Starts `gobgpd` with the TOML configuration `conf` (as `docs/bgp.md` shows it); its gRPC
+    /// API listens on the namespace's own loopback, where [`Router::gobgp_cli`] reaches it.
+    pub fn gobgp(host: Host, conf: &str) -> anyhow::Result<Router> {
+        prepare_router(host.ns())?;
+        let dir = tempfile::Builder::new()
+            .prefix("lodestone-gobgp-")
+            .tempdir()?;
+        let d = dir.path();
+        std::fs::write(d.join("gobgpd.toml"), conf)?;
+        let script = format!(
+            "exec gobgpd -f {} -t toml -p -l info --pprof-disable --api-hosts 127.0.0.1:50051 >{} 2>&1",
+            d.join("gobgpd.toml").display(),
+            d.join("gobgpd.log").display()
+        );
+        host.ns().spawn_detached("sh", &["-c", &script])?;
+        let router = Router {
+            host,
+            kind: Kind::Gobgp,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while router.gobgp_cli(&["global"]).is_err() {
+            if Instant::now() > deadline {
+                bail!("gobgpd did not start; log:\n{}", router.log("gobgpd"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(router)
+    }
+
+    /// `gobgp args...` against this GoBGP.
+    pub fn gobgp_cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec!["-u", "127.0.0.1", "-p", "50051"];
+        all.extend_from_slice(args);
+        Ok(self.host.ns().exec_ok("gobgp", &all)?)
+    }
+
     /// The router's working directory (configuration, logs, sockets).
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_owned()
@@ -212,7 +251,7 @@ impl Router {
         Ok(self.host.ns().exec_ok("birdc", &args)?)
     }
 
-    /// The whole log of one daemon (`bgpd`, `bfdd`, `zebra`), empty when it has none.
+    /// The whole log of one daemon (`bgpd`, `bfdd`, `zebra`, `gobgpd`), empty when it has none.
     pub fn log(&self, daemon: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{daemon}.log"))).unwrap_or_default()
     }

@@ -41,7 +41,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::bfd::{self, Bfd};
-use crate::plan::PlanInput;
+use crate::plan::{PlanInput, ReadyEndpoints};
+use crate::run::Withdrawal;
 use routes::{Desired, Routes, RoutesInput};
 use session::{Command, Report, SessionHandle, SessionSpec};
 use wire::{Family, Notification};
@@ -199,6 +200,26 @@ struct Wanted {
     summary: Option<String>,
 }
 
+/// Whether a node out of the layer 2 election also withdraws its BGP routes (keeping its
+/// sessions, so that coming back is one UPDATE). See "Leaving the election" in `docs/bgp.md`.
+///
+/// Yes when its view of the cluster is stale or it is cut off while the others are not: it
+/// could advertise an address that meanwhile went to another Service, or a Local Service whose
+/// endpoint moved, and the other nodes' routes carry the traffic. Each of these reasons needs
+/// another speaker that hears the API server (or none at all), so an outage of the API server
+/// for the whole cluster withdraws nothing.
+/// No for a membership key mismatch: BGP reads nothing from the membership, the node's view is
+/// fresh, and a rotation gone wrong on every node must not take BGP down with layer 2.
+pub fn withdraws_routes(reason: &Withdrawal) -> bool {
+    match reason {
+        Withdrawal::ApiLost { .. }
+        | Withdrawal::CutOff
+        | Withdrawal::LinkReturned
+        | Withdrawal::StaleAfterIsolation => true,
+        Withdrawal::KeyringMismatch => false,
+    }
+}
+
 /// The node that writes a peer's `status.summary`: the election winner among the alive nodes
 /// the peer selects, so that every speaker agrees on one writer.
 pub fn summary_writer<'a>(peer: &str, nodes: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
@@ -224,6 +245,8 @@ pub struct Bgp {
     tx: mpsc::UnboundedSender<ToManager>,
     last: Option<BTreeMap<String, Wanted>>,
     logged: BTreeSet<String>,
+    /// Routes withdrawn because the node left the election (for the log line on a change).
+    withdrawn: bool,
     task: tokio::task::JoinHandle<()>,
     /// The two reflectors' tasks, stopped with the manager.
     watches: Vec<tokio::task::JoinHandle<()>>,
@@ -278,21 +301,39 @@ impl Bgp {
             tx,
             last: None,
             logged: BTreeSet::new(),
+            withdrawn: false,
             task,
             watches,
         }
     }
 
-    /// The seam: recomputes this node's sessions and routes from the loop's objects and hands
-    /// a changed result to the manager. Cheap when nothing changed.
-    pub fn update(&mut self, input: &PlanInput) {
+    /// The seam: recomputes this node's sessions and routes from the loop's objects (and the
+    /// ready endpoints layer 2's plan read from them) and hands a changed result to the
+    /// manager. `out_of_election`: why this node left the layer 2 election, if it did (see
+    /// [`withdraws_routes`]). Cheap when nothing changed.
+    pub fn update(
+        &mut self,
+        input: &PlanInput,
+        ready: &ReadyEndpoints,
+        out_of_election: Option<&Withdrawal>,
+    ) {
         let peers = self.peers.state();
         let adverts = self.adverts.state();
+        let withdraw = out_of_election.filter(|w| withdraws_routes(w));
+        if withdraw.is_some() != self.withdrawn {
+            self.withdrawn = withdraw.is_some();
+            match withdraw {
+                Some(reason) => {
+                    tracing::warn!(%reason, "withdrawing every BGP route; the sessions stay up")
+                }
+                None => tracing::info!("advertising BGP routes again"),
+            }
+        }
         let desired: Desired = routes::desired(&RoutesInput {
             node_name: &self.node,
             nodes: &input.nodes,
             services: &input.services,
-            endpoint_slices: &input.endpoint_slices,
+            ready,
             pools: &input.pools,
             advertisements: &adverts,
             peers: &peers,
@@ -329,6 +370,11 @@ impl Bgp {
                 .then(|| summary(&peer.status.clone().unwrap_or_default().sessions));
             match session_spec(peer, node) {
                 Ok((spec, password)) => {
+                    let routes = if withdraw.is_some() {
+                        Routes::new()
+                    } else {
+                        routes
+                    };
                     wanted.insert(
                         name,
                         Wanted {
@@ -792,6 +838,33 @@ mod tests {
         serde_json::from_value(json!({"metadata": {"name": "n1"},
             "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}))
         .unwrap()
+    }
+
+    #[test]
+    fn routes_go_with_a_stale_or_cut_off_view_not_with_a_key_mismatch() {
+        let silent = Duration::from_secs(40);
+        for (reason, withdraws) in [
+            (Withdrawal::ApiLost { silent }, true),
+            (Withdrawal::CutOff, true),
+            (Withdrawal::LinkReturned, true),
+            (Withdrawal::StaleAfterIsolation, true),
+            (Withdrawal::KeyringMismatch, false),
+        ] {
+            assert_eq!(withdraws_routes(&reason), withdraws, "{reason}");
+        }
+        // An API server down for every node takes no node out of the election: with no peer
+        // reporting a fresh view, nobody withdraws, in either mode.
+        let everyone_lost_it = crate::run::withdrawal(crate::run::WithdrawalInput {
+            api_silent_for: silent,
+            api_loss_timeout: Duration::from_secs(30),
+            fresh_peer_for: None,
+            keyring_failing: false,
+            alone: false,
+            view_fresh: false,
+            isolated: false,
+            link_returned: false,
+        });
+        assert_eq!(everyone_lost_it, None);
     }
 
     #[test]

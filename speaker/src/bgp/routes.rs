@@ -23,7 +23,6 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use lodestone_crds::addresses::parse_pool;
 use lodestone_crds::bgp::Community;
@@ -33,6 +32,7 @@ use lodestone_crds::{BGPAdvertisement, BGPPeer, IPAddressPool};
 
 use super::wire::{RouteAttrs, prefix_of};
 use crate::eligibility::EXCLUDE_LABEL;
+use crate::plan::ReadyEndpoints;
 
 /// The routes of one peer: prefix → attributes.
 pub type Routes = BTreeMap<IpNet, RouteAttrs>;
@@ -46,8 +46,9 @@ pub struct RoutesInput<'a> {
     pub nodes: &'a [Arc<Node>],
     /// All Services.
     pub services: &'a [Arc<Service>],
-    /// All EndpointSlices.
-    pub endpoint_slices: &'a [Arc<EndpointSlice>],
+    /// Ready endpoints per Service, as layer 2's plan read them from the EndpointSlices
+    /// ([`crate::plan::ready_endpoints`]): one reading for both modes.
+    pub ready: &'a ReadyEndpoints,
     /// All IPAddressPools.
     pub pools: &'a [Arc<IPAddressPool>],
     /// All BGPAdvertisements.
@@ -145,18 +146,6 @@ fn is_local(svc: &Service) -> bool {
         == Some("Local")
 }
 
-/// Per Service (`namespace/name`): whether it has a ready endpoint anywhere, and on this node,
-/// by the same reading of EndpointSlices as layer 2's plan.
-fn readiness(slices: &[Arc<EndpointSlice>], node: &str) -> BTreeMap<String, (bool, bool)> {
-    crate::plan::ready_endpoints(slices)
-        .into_iter()
-        .map(|(key, nodes)| {
-            let here = nodes.iter().any(|n| n.as_deref() == Some(node));
-            (key, (!nodes.is_empty(), here))
-        })
-        .collect()
-}
-
 /// Decide this node's peers and the routes each gets.
 pub fn desired(input: &RoutesInput<'_>) -> Desired {
     let mut out = Desired::default();
@@ -249,10 +238,11 @@ pub fn desired(input: &RoutesInput<'_>) -> Desired {
         })
         .collect();
 
-    let ready = readiness(input.endpoint_slices, input.node_name);
     for svc in input.services.iter().filter(|s| input.class.is_ours(s)) {
         let key = crate::plan::key_of(&svc.metadata);
-        let (anywhere, here) = ready.get(&key).copied().unwrap_or_default();
+        let ready = input.ready.get(&key);
+        let anywhere = ready.is_some_and(|r| !r.is_empty());
+        let here = ready.is_some_and(|r| r.iter().any(|n| n.as_deref() == Some(input.node_name)));
         if !anywhere || (is_local(svc) && !here) {
             continue;
         }
@@ -288,6 +278,7 @@ pub fn desired(input: &RoutesInput<'_>) -> Desired {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -384,7 +375,7 @@ mod tests {
                 node_name: n,
                 nodes: &self.nodes,
                 services: &self.services,
-                endpoint_slices: &self.slices,
+                ready: &crate::plan::ready_endpoints(&self.slices),
                 pools: &self.pools,
                 advertisements: &self.adverts,
                 peers: &self.peers,
