@@ -254,7 +254,7 @@ async fn status_and_why_against_a_cluster() {
         "{refused}"
     );
     assert!(
-        refused.contains("no namespaceSelector matches the labels of namespace shop"),
+        refused.contains("namespace shop is matched by none of its namespaceSelectors"),
         "{refused}"
     );
     assert!(

@@ -7,6 +7,7 @@
 //! `cargo run -p lodestone-crds --example crdgen`; a test fails when it drifts.
 
 pub mod addresses;
+pub mod allocation;
 pub mod announced;
 pub mod bgp;
 pub mod class;
