@@ -42,7 +42,7 @@ pub struct ServiceFacts<'a> {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NotServed {
     /// The namespace is neither listed nor selected.
-    #[error("namespace {namespace} is {}", namespace_why(namespaces, *selectors))]
+    #[error("namespace {namespace} is {}", namespace_why(.namespaces, .selectors))]
     Namespace {
         /// The Service's namespace.
         namespace: String,
@@ -56,8 +56,8 @@ pub enum NotServed {
     ServiceLabels,
 }
 
-fn namespace_why(namespaces: &[String], selectors: usize) -> String {
-    match (namespaces.is_empty(), selectors) {
+fn namespace_why(namespaces: &[String], selectors: &usize) -> String {
+    match (namespaces.is_empty(), *selectors) {
         (false, 0) => format!("not among its namespaces ({})", namespaces.join(", ")),
         (true, _) => "matched by none of its namespaceSelectors".to_string(),
         (false, _) => format!(
@@ -105,10 +105,13 @@ pub fn pool_order(
     (a_name, a_alloc): (&str, Option<&ServiceAllocation>),
     (b_name, b_alloc): (&str, Option<&ServiceAllocation>),
 ) -> Ordering {
-    let key = |name, alloc: Option<&ServiceAllocation>| {
+    fn key<'a>(
+        name: &'a str,
+        alloc: Option<&ServiceAllocation>,
+    ) -> (bool, bool, Option<i32>, &'a str) {
         let priority = alloc.and_then(|a| a.priority);
         (alloc.is_none(), priority.is_none(), priority, name)
-    };
+    }
     key(a_name, a_alloc).cmp(&key(b_name, b_alloc))
 }
 

@@ -482,8 +482,8 @@ impl Ipam {
         }
         kept.sort_by(|a, b| {
             allocation::pool_order(
-                (&a.name, a.allocation.as_ref()),
-                (&b.name, b.allocation.as_ref()),
+                (a.name.as_str(), a.allocation.as_ref()),
+                (b.name.as_str(), b.allocation.as_ref()),
             )
         });
         self.pools = kept;
