@@ -394,41 +394,21 @@ fn labels(m: &Option<BTreeMap<String, String>>) -> BTreeMap<String, String> {
     m.clone().unwrap_or_default()
 }
 
-/// Whether a pool takes this Service's automatic assignments, and why not.
+/// Whether a pool takes this Service's automatic assignments, and why not: the controller's own
+/// rule ([`lodestone_crds::allocation::serves`]).
 fn pool_serves(
     pool: &IPAddressPool,
     ns: &str,
     ns_labels: &BTreeMap<String, String>,
     svc_labels: &BTreeMap<String, String>,
 ) -> Result<(), String> {
-    let Some(a) = &pool.spec.service_allocation else {
-        return Ok(());
+    let facts = lodestone_crds::allocation::ServiceFacts {
+        namespace: ns,
+        labels: svc_labels,
+        namespace_labels: ns_labels,
     };
-    if !a.namespaces.is_empty() && !a.namespaces.iter().any(|n| n == ns) {
-        return Err(format!(
-            "serves only namespaces {} (not {ns})",
-            a.namespaces.join(", ")
-        ));
-    }
-    if !a.namespace_selectors.is_empty()
-        && !a
-            .namespace_selectors
-            .iter()
-            .any(|s| selector::matches(s, ns_labels).unwrap_or(false))
-    {
-        return Err(format!(
-            "no namespaceSelector matches the labels of namespace {ns}"
-        ));
-    }
-    if !a.service_selectors.is_empty()
-        && !a
-            .service_selectors
-            .iter()
-            .any(|s| selector::matches(s, svc_labels).unwrap_or(false))
-    {
-        return Err("no serviceSelector matches the Service's labels".into());
-    }
-    Ok(())
+    lodestone_crds::allocation::serves(pool.spec.service_allocation.as_ref(), &facts)
+        .map_err(|e| e.to_string())
 }
 
 fn pool_condition<'a>(pool: &'a IPAddressPool, type_: &str) -> Option<&'a Condition> {

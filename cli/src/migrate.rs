@@ -46,6 +46,9 @@ pub enum WarningKind {
     Invalid,
     /// Not MetalLB configuration (another kind, MetalLB's own status objects): skipped.
     Ignored,
+    /// Carried over as it is, but Lodestone treats it differently in the case the message names
+    /// (docs/migrating-from-metallb.md lists each such difference).
+    Differs,
     /// A converted pool that no converted L2Advertisement or BGPAdvertisement announces: its
     /// addresses would be assigned, but nothing would announce them.
     NotAnnounced,
@@ -641,11 +644,10 @@ fn convert_pool(
         who,
         warnings,
     );
+    // An empty serviceAllocation stays: in MetalLB as in Lodestone, a pool that has one (even
+    // `{}`) is tried before the pools without one.
     if let Some(Value::Object(alloc)) = picked.get_mut("serviceAllocation") {
         adjust_priority(alloc, who, warnings);
-        if alloc.is_empty() {
-            picked.remove("serviceAllocation");
-        }
     }
     let spec: IPAddressPoolSpec = typed(picked, who, warnings)?;
 
@@ -691,6 +693,16 @@ fn convert_pool(
             ("serviceSelectors", &alloc.service_selectors),
         ];
         check_selectors(&selectors, "spec.serviceAllocation", who, warnings);
+        if alloc.namespaces.is_empty()
+            && !alloc.namespace_selectors.is_empty()
+            && !alloc.service_selectors.is_empty()
+        {
+            warnings.push(Warning {
+                kind: WarningKind::Differs,
+                object: who.to_owned(),
+                message: NAMESPACE_SELECTORS_MATCHING_NONE.into(),
+            });
+        }
     }
     finish(
         "IPAddressPool",
@@ -701,6 +713,13 @@ fn convert_pool(
         warnings,
     )
 }
+
+/// The one case where a converted `serviceAllocation` selects differently (MetalLB builds its set
+/// of namespaces from `namespaces` and the Namespaces the selectors match when it loads the
+/// configuration; an empty set restricts nothing).
+pub const NAMESPACE_SELECTORS_MATCHING_NONE: &str = "spec.serviceAllocation.namespaceSelectors: while they match no Namespace, MetalLB \
+     ignores them and serves the Services of every namespace that the serviceSelectors match; \
+     Lodestone then serves none. List the namespaces in spec.serviceAllocation.namespaces if you rely on it";
 
 /// MetalLB treats `priority: 0` like no priority (tried last); Lodestone treats 0 as first.
 /// Lodestone has no negative priorities; MetalLB sorts them before 0.
@@ -1695,11 +1714,38 @@ mod tests {
             "only",
             json!({"addresses": ["192.0.2.0/28"], "serviceAllocation": {"priority": 0}}),
         )]);
-        assert!(
-            only[0]["spec"].get("serviceAllocation").is_none(),
-            "nothing left to say: {}",
-            only[0]
+        assert_eq!(
+            only[0]["spec"]["serviceAllocation"],
+            json!({}),
+            "still tried before pools without a serviceAllocation, as in MetalLB"
         );
+    }
+
+    /// The one serviceAllocation MetalLB reads differently: namespaceSelectors that match no
+    /// Namespace restrict nothing there.
+    #[test]
+    fn namespace_selectors_with_service_selectors_are_warned_about() {
+        let (out, warnings) = migrate_pools(vec![
+            pool(
+                "m",
+                "quirk",
+                json!({"addresses": ["192.0.2.0/28"], "serviceAllocation": {
+                    "namespaceSelectors": [{"matchLabels": {"team": "a"}}],
+                    "serviceSelectors": [{"matchLabels": {"expose": "yes"}}]}}),
+            ),
+            pool(
+                "m",
+                "listed",
+                json!({"addresses": ["192.0.2.16/28"], "serviceAllocation": {
+                    "namespaces": ["a"],
+                    "namespaceSelectors": [{"matchLabels": {"team": "a"}}],
+                    "serviceSelectors": [{"matchLabels": {"expose": "yes"}}]}}),
+            ),
+        ]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(kinds(&warnings), vec![WarningKind::Differs]);
+        assert_eq!(warnings[0].object, "IPAddressPool m/quirk");
+        assert_eq!(warnings[0].message, NAMESPACE_SELECTORS_MATCHING_NONE);
     }
 
     /// MetalLB hands out whatever a pool holds; Lodestone refuses special-purpose and giant

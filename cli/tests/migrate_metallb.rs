@@ -99,8 +99,10 @@ fn layer2_and_bgp_setup_converts() {
         (Some(10), &["shop".to_owned()][..])
     );
     assert_eq!(
-        pools[1].spec.service_allocation, None,
-        "MetalLB's priority 0 = none, and nothing else was in serviceAllocation"
+        pools[1].spec.service_allocation,
+        Some(Default::default()),
+        "MetalLB's priority 0 = none; the empty serviceAllocation stays, which keeps the pool \
+         before pools without one, as in MetalLB"
     );
     assert_eq!(advs[0].spec.interfaces, ["bond0", "eth1"]);
     assert_eq!(advs[1].spec.ip_address_pools, ["cheap"]);

@@ -254,7 +254,7 @@ async fn status_and_why_against_a_cluster() {
         "{refused}"
     );
     assert!(
-        refused.contains("no namespaceSelector matches the labels of namespace shop"),
+        refused.contains("namespace shop is matched by none of its namespaceSelectors"),
         "{refused}"
     );
     assert!(
@@ -347,7 +347,7 @@ async fn status_and_why_against_a_cluster() {
     assert!(migrated.contains("1 endpoint(s) can serve"), "{migrated}");
     assert!(!migrated.contains("no endpoint can serve"), "{migrated}");
     assert!(
-        migrated.contains("no namespaceSelector matches the labels of namespace shop"),
+        migrated.contains("namespace shop is matched by none of its namespaceSelectors"),
         "the pool metallb.io/address-pool names is the one judged: {migrated}"
     );
     assert!(

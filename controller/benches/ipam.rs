@@ -39,10 +39,7 @@ fn populated(cidr: &str, family: IpFamily) -> (Ipam, Vec<(ServiceRequest, Vec<Ip
         addresses: parse_pool(&[cidr.to_string()]).expect("valid benchmark pool"),
         auto_assign: true,
         avoid_buggy_ips: family == IpFamily::V4,
-        priority: None,
-        namespaces: vec![],
-        namespace_selectors: vec![],
-        service_selectors: vec![],
+        allocation: None,
         accepts_new: true,
     };
     let mut ipam = Ipam::new();

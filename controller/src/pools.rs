@@ -99,10 +99,7 @@ pub fn evaluate(pool: &IPAddressPool) -> PoolEval {
         addresses,
         auto_assign: pool.spec.auto_assign,
         avoid_buggy_ips: pool.spec.avoid_buggy_ips,
-        priority: alloc.priority,
-        namespaces: alloc.namespaces.clone(),
-        namespace_selectors: alloc.namespace_selectors.clone(),
-        service_selectors: alloc.service_selectors.clone(),
+        allocation: pool.spec.service_allocation.clone(),
         accepts_new: false,
     });
     let mut eval = PoolEval {
@@ -146,10 +143,7 @@ pub fn vanished_pool(
         addresses: PoolAddresses::default(),
         auto_assign: true,
         avoid_buggy_ips: false,
-        priority: None,
-        namespaces: Vec::new(),
-        namespace_selectors: Vec::new(),
-        service_selectors: Vec::new(),
+        allocation: None,
         accepts_new: false,
     });
     config.name = name.to_string();
@@ -417,7 +411,7 @@ mod tests {
         assert!(e.problems.is_empty());
         assert!(e.accepts_new());
         let c = e.config.as_ref().unwrap();
-        assert_eq!(c.priority, Some(5));
+        assert_eq!(c.allocation.as_ref().and_then(|a| a.priority), Some(5));
         assert!(c.accepts_new);
         let st = desired_status(&e, None, &[], &[], None, &now());
         let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
@@ -544,10 +538,11 @@ mod tests {
             addresses: addresses::parse_pool(&entries).unwrap(),
             auto_assign: true,
             avoid_buggy_ips: false,
-            priority: Some(3),
-            namespaces: vec!["shop".into()],
-            namespace_selectors: vec![],
-            service_selectors: vec![],
+            allocation: Some(lodestone_crds::ServiceAllocation {
+                priority: Some(3),
+                namespaces: vec!["shop".into()],
+                ..Default::default()
+            }),
             accepts_new: true,
         }
     }
@@ -586,8 +581,8 @@ mod tests {
             ["192.0.2.3", "192.0.2.7"]
         );
         assert_eq!(
-            blue.namespaces,
-            ["shop"],
+            blue.allocation.as_ref().map(|a| a.namespaces.clone()),
+            Some(vec!["shop".to_string()]),
             "its restrictions stay, so holders stay eligible"
         );
         // Without a template (a restart), it restricts nobody.
@@ -597,7 +592,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert!(anon.namespaces.is_empty() && !anon.accepts_new);
+        assert!(anon.allocation.is_none() && !anon.accepts_new);
         assert!(vanished_pool("gone", &BTreeSet::new(), None).is_none());
     }
 

@@ -378,22 +378,9 @@ enum Failure {
 impl Failure {
     /// The condition reason: one CamelCase word per kind of failure (docs/addresses.md lists them).
     fn reason(&self) -> &'static str {
-        use crate::ipam::AllocError as E;
         match self {
-            Failure::Request(_) => "InvalidRequest",
-            Failure::Alloc(e) => match e {
-                E::PoolExhausted { .. } => "PoolExhausted",
-                E::NoPoolMatches { .. } => "NoPoolMatches",
-                E::AddressInUse { .. } => "AddressInUse",
-                E::AddressInNoPool { .. } | E::AddressNotInPool { .. } => "AddressInNoPool",
-                E::AvoidedAddress { .. } => "AvoidedAddress",
-                E::UnknownPool { .. } => "UnknownPool",
-                E::PoolNotEligible { .. } => "PoolNotEligible",
-                E::FamilyUnavailable { .. } => "FamilyUnavailable",
-                E::SharingConflict { .. } => "SharingConflict",
-                E::NodeAddress { .. } => "NodeAddress",
-                E::InvalidRequest(_) => "InvalidRequest",
-            },
+            Failure::Request(e) => e.reason(),
+            Failure::Alloc(e) => e.reason(),
         }
     }
     fn message(&self) -> String {
@@ -766,9 +753,21 @@ impl State {
 
         let prev = self.ipam.assignment(key).cloned();
         let ns_labels = self.namespace_labels(&key.namespace);
+        // What others' sharing is judged against: when it changes, a Service refused for a
+        // sharing conflict with this one gets another try.
+        let terms_before = (!self.last_failure.is_empty())
+            .then(|| self.ipam.request(key).cloned())
+            .flatten();
+        let mut held_why = None;
         let result = service::request_for(&svc, &ns_labels)
             .map_err(Failure::Request)
-            .and_then(|req| self.ipam.assign(&req).map_err(Failure::Alloc));
+            .and_then(|req| {
+                held_why = self.ipam.holding_error(&req);
+                self.ipam.assign(&req).map_err(Failure::Alloc)
+            });
+        if terms_before.is_some() && self.ipam.request(key) != terms_before.as_ref() {
+            self.released = true;
+        }
         let desired = match result {
             Ok(a) => {
                 self.last_failure.remove(key);
@@ -795,7 +794,14 @@ impl State {
                     }
                     let mut note =
                         format!("assigned {} from pool {}", ips_text(&a.addresses), a.pool);
-                    if let Some(why) = self.moved_because.remove(key) {
+                    let moved = prev
+                        .as_ref()
+                        .is_some_and(|p| p.addresses.iter().any(|ip| !a.addresses.contains(ip)));
+                    let why = self
+                        .moved_because
+                        .remove(key)
+                        .or_else(|| held_why.filter(|_| moved).map(|e| e.to_string()));
+                    if let Some(why) = why {
                         note.push_str(&format!(" because {why}"));
                     }
                     info!(service = %key, "{}", log_text(&note));

@@ -52,13 +52,26 @@ pub enum RequestError {
     )]
     UnknownFamilyPolicy { value: String },
     #[error(
-        "requested address {address} is {found}, but the Service's ipFamilyPolicy is SingleStack {wanted}"
+        "spec.ipFamilyPolicy is RequireDualStack but spec.ipFamilies lists only {family}: the cluster cannot serve a second family"
+    )]
+    RequireDualStackOneFamily { family: &'static str },
+    #[error(
+        "requested address {address} is {found}, but the Service is single-stack {wanted} (spec.ipFamilies)"
     )]
     FamilyMismatch {
         address: IpAddr,
         found: &'static str,
         wanted: &'static str,
     },
+}
+
+impl RequestError {
+    /// The condition reason of every request error (the IPAM's are [`AllocError::reason`]).
+    ///
+    /// [`AllocError::reason`]: crate::ipam::AllocError::reason
+    pub fn reason(&self) -> &'static str {
+        "InvalidRequest"
+    }
 }
 
 /// The Service's `namespace/name` key.
@@ -176,10 +189,20 @@ pub fn family_policy(svc: &Service, requested: &[IpAddr]) -> Result<FamilyPolicy
             .map(|ip| family_of(*ip))
             .unwrap_or(IpFamily::V4),
     };
+    // kube-proxy serves a load-balancer address only in a family the Service has in
+    // spec.ipFamilies: with one family there (a single-stack cluster), PreferDualStack is one
+    // address of that family, as MetalLB (ipfamily.ForService) decides.
+    let one_family = families.is_some_and(|f| f.len() == 1);
     let policy = spec.and_then(|s| s.ip_family_policy.as_deref());
     let policy = match policy {
         None | Some("SingleStack") => FamilyPolicy::SingleStack(primary),
+        Some("PreferDualStack") if one_family => FamilyPolicy::SingleStack(primary),
         Some("PreferDualStack") => FamilyPolicy::PreferDualStack(primary),
+        Some("RequireDualStack") if one_family => {
+            return Err(RequestError::RequireDualStackOneFamily {
+                family: family_name(primary),
+            });
+        }
         Some("RequireDualStack") => FamilyPolicy::RequireDualStack(primary),
         Some(other) => {
             return Err(RequestError::UnknownFamilyPolicy {
@@ -410,13 +433,40 @@ mod tests {
             family_policy(&s, &[]).unwrap(),
             FamilyPolicy::RequireDualStack(IpFamily::V6)
         );
+        // One family in spec.ipFamilies (a single-stack cluster): kube-proxy serves no
+        // second family, so PreferDualStack is single-stack there, as in MetalLB.
         let s = lb(
             json!({}),
             json!({"ipFamilies": ["IPv4"], "ipFamilyPolicy": "PreferDualStack"}),
         );
         assert_eq!(
             family_policy(&s, &[]).unwrap(),
-            FamilyPolicy::PreferDualStack(IpFamily::V4)
+            FamilyPolicy::SingleStack(IpFamily::V4)
+        );
+        let s = lb(
+            json!({}),
+            json!({"ipFamilies": ["IPv6"], "ipFamilyPolicy": "PreferDualStack"}),
+        );
+        let err = family_policy(&s, &["192.0.2.1".parse().unwrap()]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "requested address 192.0.2.1 is IPv4, but the Service is single-stack IPv6 (spec.ipFamilies)"
+        );
+        let s = lb(
+            json!({}),
+            json!({"ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "PreferDualStack"}),
+        );
+        assert_eq!(
+            family_policy(&s, &[]).unwrap(),
+            FamilyPolicy::PreferDualStack(IpFamily::V6)
+        );
+        let s = lb(
+            json!({}),
+            json!({"ipFamilies": ["IPv4"], "ipFamilyPolicy": "RequireDualStack"}),
+        );
+        assert_eq!(
+            family_policy(&s, &[]).unwrap_err().to_string(),
+            "spec.ipFamilyPolicy is RequireDualStack but spec.ipFamilies lists only IPv4: the cluster cannot serve a second family"
         );
         let s = lb(json!({}), json!({}));
         assert_eq!(
@@ -428,7 +478,7 @@ mod tests {
             json!({"ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack"}),
         );
         let err = family_policy(&s, &["2001:db8::1".parse().unwrap()]).unwrap_err();
-        assert!(err.to_string().contains("SingleStack IPv4"), "{err}");
+        assert!(err.to_string().contains("single-stack IPv4"), "{err}");
         let s = lb(json!({}), json!({"ipFamilyPolicy": "Whatever"}));
         assert!(family_policy(&s, &[]).is_err());
     }

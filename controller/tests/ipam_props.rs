@@ -10,7 +10,7 @@ use lodestone_controller::ipam::{
     AllocError, Assignment, FamilyPolicy, Ipam, PoolConfig, Protocol, ServiceKey, ServiceRequest,
 };
 use lodestone_crds::addresses::{AddressRange, IpFamily, PoolAddresses};
-use lodestone_crds::selector;
+use lodestone_crds::{ServiceAllocation, allocation};
 use proptest::prelude::*;
 
 const SERVICES: usize = 6;
@@ -75,17 +75,21 @@ fn arb_pools() -> impl Strategy<Value = Vec<PoolConfig>> {
                         addresses: PoolAddresses::from_ranges(rs).unwrap(),
                         auto_assign: auto_assign || auto_weight,
                         avoid_buggy_ips: avoid,
-                        priority,
-                        namespaces: if ns { vec!["ns1".into()] } else { vec![] },
-                        namespace_selectors: vec![],
-                        service_selectors: if svc {
-                            vec![LabelSelector {
-                                match_labels: Some(labels(&[("tier", "x")])),
-                                match_expressions: None,
-                            }]
-                        } else {
-                            vec![]
-                        },
+                        // A serviceAllocation only when it says something, so both tiers
+                        // (pools with one and pools without) are exercised.
+                        allocation: (priority.is_some() || ns || svc).then(|| ServiceAllocation {
+                            priority,
+                            namespaces: if ns { vec!["ns1".into()] } else { vec![] },
+                            namespace_selectors: vec![],
+                            service_selectors: if svc {
+                                vec![LabelSelector {
+                                    match_labels: Some(labels(&[("tier", "x")])),
+                                    match_expressions: None,
+                                }]
+                            } else {
+                                vec![]
+                            },
+                        }),
                         accepts_new: accepts,
                     }
                 },
@@ -183,12 +187,12 @@ fn is_buggy(ip: IpAddr) -> bool {
 }
 
 fn may_hold(pool: &PoolConfig, req: &ServiceRequest) -> bool {
-    (pool.namespaces.is_empty() || pool.namespaces.contains(&req.key.namespace))
-        && (pool.service_selectors.is_empty()
-            || pool
-                .service_selectors
-                .iter()
-                .any(|s| selector::matches(s, &req.labels) == Ok(true)))
+    let facts = allocation::ServiceFacts {
+        namespace: &req.key.namespace,
+        labels: &req.labels,
+        namespace_labels: &req.namespace_labels,
+    };
+    allocation::serves(pool.allocation.as_ref(), &facts).is_ok()
         && req.pool.as_ref().is_none_or(|p| *p == pool.name)
 }
 
@@ -461,10 +465,7 @@ proptest! {
             ).unwrap()]).unwrap(),
             auto_assign: true,
             avoid_buggy_ips: avoid,
-            priority: None,
-            namespaces: vec![],
-            namespace_selectors: vec![],
-            service_selectors: vec![],
+            allocation: None,
             accepts_new: true,
         };
         let pool_addrs: Vec<IpAddr> = p.addresses.iter().filter(|ip| !(avoid && is_buggy(*ip))).collect();

@@ -19,6 +19,7 @@
 #![deny(unsafe_code)]
 
 pub mod addresses;
+pub mod allocation;
 pub mod announced;
 pub mod bgp;
 pub mod class;

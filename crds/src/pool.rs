@@ -93,21 +93,26 @@ fn default_true() -> bool {
     true
 }
 
-/// Restricts and orders the Services a pool serves. All given restrictions must match.
+/// Restricts and orders the Services a pool serves: a namespace listed in `namespaces` or matched
+/// by `namespaceSelectors`, and a Service matched by `serviceSelectors`, where given. A pool with a
+/// `serviceAllocation` is tried before pools without one (the rule is in [`crate::allocation`]).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceAllocation {
-    /// Lower numbers are tried first; pools without a priority come after all pools with one.
-    /// Ties are broken by pool name, so the choice is deterministic.
+    /// Lower numbers are tried first among pools with a `serviceAllocation`; pools without a
+    /// priority come after all pools with one, and pools without a `serviceAllocation` after
+    /// them all. Ties are broken by pool name, so the choice is deterministic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub priority: Option<i32>,
 
-    /// Namespaces whose Services the pool serves. Empty means any namespace.
+    /// Namespaces whose Services the pool serves (besides those `namespaceSelectors` match).
+    /// With both empty, any namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
 
-    /// Label selectors on Namespaces; a Service's namespace must match one of them.
+    /// Label selectors on Namespaces; a Service's namespace is served when it matches one of them
+    /// or is listed in `namespaces`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespace_selectors: Vec<LabelSelector>,
 

@@ -539,6 +539,23 @@ fn merge_interfaces(
     }
 }
 
+/// The owned addresses whose L2Advertisements name `interfaces` of which this node has none
+/// (`links` are its interface names), with those names: the node owns them but answers for them
+/// nowhere, which must be said (MetalLB's speaker says so too, `announceFailed`).
+pub fn unanswerable<'a>(
+    owned: &BTreeMap<IpAddr, Option<Vec<String>>>,
+    links: impl IntoIterator<Item = &'a str>,
+) -> BTreeMap<IpAddr, Vec<String>> {
+    let links: BTreeSet<&str> = links.into_iter().collect();
+    owned
+        .iter()
+        .filter_map(|(ip, names)| {
+            let names = names.as_ref()?;
+            (!names.iter().any(|n| links.contains(n.as_str()))).then(|| (*ip, names.clone()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1268,5 +1285,24 @@ mod tests {
         assert_eq!(got[&ip("2001:db8::1")], "shop/web");
         // Not owned here: not named.
         assert!(!got.contains_key(&ip("192.0.2.9")));
+    }
+
+    #[test]
+    fn owned_addresses_without_any_named_interface_are_unanswerable() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let c: IpAddr = "192.0.2.3".parse().unwrap();
+        let owned = BTreeMap::from([
+            (a, None),
+            (b, Some(vec!["eth1".to_string(), "bond0".to_string()])),
+            (c, Some(vec!["eth0".to_string(), "eth9".to_string()])),
+        ]);
+        let got = unanswerable(&owned, ["lo", "eth0"]);
+        assert_eq!(
+            got,
+            BTreeMap::from([(b, vec!["eth1".to_string(), "bond0".to_string()])]),
+            "automatic interfaces always answer; one named interface present is enough"
+        );
+        assert!(unanswerable(&owned, ["eth0", "bond0"]).is_empty());
     }
 }

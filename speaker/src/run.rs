@@ -878,6 +878,9 @@ struct Shell {
     /// Since when each Service has had no owner in this speaker's view.
     no_owner_since: HashMap<String, Instant>,
     conflicts_reported: BTreeMap<(IpAddr, String), Instant>,
+    /// Owned addresses answered on no interface (none of the named ones exists here), as last
+    /// reported: see [`plan::unanswerable`].
+    unanswerable: BTreeMap<IpAddr, Vec<String>>,
     /// The latest membership view.
     view: MembershipView,
     /// What the speakers say about themselves.
@@ -1342,8 +1345,65 @@ impl Shell {
         }
         self.owners = owners;
         self.plan = next;
+        self.report_unanswerable();
         self.write_conditions(&alive);
         self.last_recompute = started.elapsed();
+    }
+
+    /// Says, once per change, that this node owns addresses it answers for nowhere because it
+    /// has none of the interfaces their L2Advertisements name: a log line and a Warning Event
+    /// on each Service, naming the node and the interfaces.
+    fn report_unanswerable(&mut self) {
+        let links = self.announcer.links().borrow().clone();
+        let now = plan::unanswerable(&self.plan.owned, links.iter().map(|l| l.name.as_str()));
+        if now == self.unanswerable {
+            return;
+        }
+        let me = self.cfg.node_name.clone();
+        for (ip, names) in &now {
+            if self.unanswerable.get(ip) == Some(names) {
+                continue;
+            }
+            let names = names.join(", ");
+            for key in self
+                .plan
+                .services
+                .iter()
+                .filter(|(_, sp)| sp.addresses.contains(ip))
+            {
+                tracing::warn!(service = %key.0, %ip, interfaces = %names, "owning the address but none of the interfaces its L2Advertisements name exists on this node: nothing answers for it");
+            }
+            let note = format!(
+                "{me} owns {ip} but has none of the interfaces its L2Advertisements name ({names}): nothing answers for it"
+            );
+            self.event_on_owners(*ip, EventType::Warning, "AnnounceFailed", note);
+        }
+        self.unanswerable = now;
+    }
+
+    /// [`Shell::event_on_services`] for the Services the plan has behind `ip` (an address that
+    /// is owned but not announced has no [`Shell::services_of`] entry yet).
+    fn event_on_owners(&self, ip: IpAddr, type_: EventType, reason: &str, note: String) {
+        for (key, _) in self
+            .plan
+            .services
+            .iter()
+            .filter(|(_, sp)| sp.addresses.contains(&ip))
+        {
+            let Some(svc) = self.service(key) else {
+                continue;
+            };
+            let _ = self.events.send(EventReport {
+                reference: Box::new(service_reference(&svc)),
+                event: Event {
+                    type_,
+                    reason: reason.to_owned(),
+                    note: Some(note.clone()),
+                    action: "Announce".into(),
+                    secondary: None,
+                },
+            });
+        }
     }
 
     /// Brings the Services' conditions in line with the plan: one pass over every Service,
@@ -1705,6 +1765,7 @@ pub async fn run(
         write_id: 0,
         no_owner_since: HashMap::new(),
         conflicts_reported: BTreeMap::new(),
+        unanswerable: BTreeMap::new(),
         view: view_rx.borrow_and_update().clone(),
         states: states_rx.borrow_and_update().clone(),
         seen: BTreeSet::new(),
@@ -1771,6 +1832,9 @@ pub async fn run(
                     shell.judge();
                     shell.recompute();
                     recomputed = true;
+                } else {
+                    // A named interface may have appeared or gone.
+                    shell.report_unanswerable();
                 }
             }
             changed = view_rx.changed(), if views_open => {

@@ -2,17 +2,24 @@
 //!
 //! # Rules
 //!
-//! - **Pool choice.** A pool serves a Service only if every restriction it sets matches: its
-//!   `namespaces`, `namespaceSelectors` (any one) and `serviceSelectors` (any one). Pools with
-//!   `autoAssign: false` are used only on explicit request: the Service names the pool, or asks for
-//!   an address inside it. Candidate pools are tried by `priority` ascending, pools without a
-//!   priority after all with one, ties by name.
+//! - **Pool choice** follows [`lodestone_crds::allocation`] (MetalLB's rule): a pool serves a
+//!   Service whose namespace it lists **or** selects, and whose labels match one of its
+//!   `serviceSelectors`, where given. Pools with `autoAssign: false` are used only on explicit
+//!   request: the Service names the pool, or asks for an address inside it. Pools with a
+//!   `serviceAllocation` are tried before pools without one; then by `priority` ascending, pools
+//!   without a priority after all with one; ties by name. The pools with a `serviceAllocation`
+//!   are one tier and the others a second: the second is tried only when the first cannot serve
+//!   the Service at all, as in MetalLB.
 //! - **Families.** One address per family of the Service's [`FamilyPolicy`], all from one pool.
-//!   `PreferDualStack` takes the first pool that can give both families, else the first that can
-//!   give one; `RequireDualStack` fails unless one pool gives both. Addresses are returned in the
-//!   Service's family order (primary first).
-//! - **Requested addresses** are honoured or refused with the reason, never replaced by others.
-//!   Families without a requested address are allocated automatically from the same pool.
+//!   The policy follows `spec.ipFamilies` (see `service::family_policy`): a Service with one
+//!   family there is single-stack whatever its `ipFamilyPolicy`. `PreferDualStack` takes, within
+//!   a tier, the first pool that can give both families, else the first that can give the primary
+//!   family, else the first that can give the other; `RequireDualStack` fails unless one pool
+//!   gives both. Addresses are returned in the Service's family order (primary first).
+//! - **Requested addresses** are honoured or refused with the reason, never replaced by others,
+//!   and never completed: a Service that asks for addresses gets exactly those. A
+//!   `RequireDualStack` Service that asks for one family only is refused (MetalLB refuses it too);
+//!   a `PreferDualStack` one gets the one address it asked for.
 //! - **Sharing.** Services with the same sharing key may hold the same address when their
 //!   (port, protocol) pairs are disjoint and, where either has `externalTrafficPolicy: Local`,
 //!   their pod selectors are equal. Automatic allocation for a Service with a sharing key first
@@ -48,9 +55,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use lodestone_crds::ServiceAllocation;
 use lodestone_crds::addresses::{IpFamily, PoolAddresses, ip_from_key, ip_key};
-use lodestone_crds::selector;
+use lodestone_crds::{allocation, selector};
 
 use runs::{Runs, no_filler};
 
@@ -182,14 +189,9 @@ pub struct PoolConfig {
     /// the "buggy" clients this works around only mishandle IPv4 network/broadcast-looking
     /// addresses, and IPv6 has no broadcast.
     pub avoid_buggy_ips: bool,
-    /// Lower first; `None` after every pool with a priority.
-    pub priority: Option<i32>,
-    /// Namespaces served; empty means any.
-    pub namespaces: Vec<String>,
-    /// The Service's namespace must match one of these; empty means any.
-    pub namespace_selectors: Vec<LabelSelector>,
-    /// The Service must match one of these; empty means any.
-    pub service_selectors: Vec<LabelSelector>,
+    /// The pool's `serviceAllocation`: which Services it serves, and its place in the order pools
+    /// are tried ([`lodestone_crds::allocation`] holds the rule).
+    pub allocation: Option<ServiceAllocation>,
     /// Whether the pool may hand out new addresses. False for a pool with invalid entries or
     /// being deleted: Services already holding its addresses keep them, nobody gets new ones.
     pub accepts_new: bool,
@@ -294,6 +296,29 @@ pub enum AllocError {
     InvalidRequest(String),
 }
 
+impl AllocError {
+    /// The reason of the Service's `AddressAssigned` condition: one CamelCase word per kind of
+    /// failure. `docs/addresses.md` lists each with an example message, and a test
+    /// (`controller/tests/reasons_doc.rs`) holds the two together.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AllocError::PoolExhausted { .. } => "PoolExhausted",
+            AllocError::NoPoolMatches { .. } => "NoPoolMatches",
+            AllocError::AddressInUse { .. } => "AddressInUse",
+            AllocError::AddressInNoPool { .. } | AllocError::AddressNotInPool { .. } => {
+                "AddressInNoPool"
+            }
+            AllocError::AvoidedAddress { .. } => "AvoidedAddress",
+            AllocError::UnknownPool { .. } => "UnknownPool",
+            AllocError::PoolNotEligible { .. } => "PoolNotEligible",
+            AllocError::FamilyUnavailable { .. } => "FamilyUnavailable",
+            AllocError::SharingConflict { .. } => "SharingConflict",
+            AllocError::NodeAddress { .. } => "NodeAddress",
+            AllocError::InvalidRequest(_) => "InvalidRequest",
+        }
+    }
+}
+
 fn no_pool_message(reasons: &[(String, String)]) -> String {
     if reasons.is_empty() {
         return "there are no address pools".to_string();
@@ -371,6 +396,9 @@ enum Miss {
     Refused(AllocError),
     /// The pool has addresses of the family but none free.
     Exhausted(IpFamily),
+    /// None free, and an address shared under the Service's own sharing key could have been
+    /// had but for this conflict ([`AllocError::SharingConflict`]).
+    Conflict(AllocError),
     /// The pool has no address of the family.
     NoFamily(IpFamily),
 }
@@ -443,20 +471,20 @@ impl Ipam {
             if !seen.insert(pool.name.clone()) {
                 continue;
             }
-            let selectors_valid = pool
-                .namespace_selectors
-                .iter()
-                .chain(&pool.service_selectors)
-                .all(|s| selector::validate(s).is_ok());
+            let selectors_valid = pool.allocation.as_ref().is_none_or(|a| {
+                a.namespace_selectors
+                    .iter()
+                    .chain(&a.service_selectors)
+                    .all(|s| selector::validate(s).is_ok())
+            });
             pool.accepts_new = pool.accepts_new && selectors_valid;
             kept.push(pool);
         }
         kept.sort_by(|a, b| {
-            (a.priority.is_none(), a.priority, &a.name).cmp(&(
-                b.priority.is_none(),
-                b.priority,
-                &b.name,
-            ))
+            allocation::pool_order(
+                (a.name.as_str(), a.allocation.as_ref()),
+                (b.name.as_str(), b.allocation.as_ref()),
+            )
         });
         self.pools = kept;
 
@@ -547,6 +575,22 @@ impl Ipam {
         let (idx, addresses) = self.allocate(req)?;
         let pool = self.pool_name(idx);
         Ok(self.commit(req, pool, addresses))
+    }
+
+    /// Why the Service may not keep what it holds under `req` (None: it may, or holds nothing):
+    /// read before [`Ipam::assign`] moves it, so the move can say why.
+    pub fn holding_error(&self, req: &ServiceRequest) -> Option<AllocError> {
+        let rec = self.records.get(&req.key)?;
+        validate_request(req).err().or_else(|| {
+            self.check_held(req, &rec.assignment.addresses, Some(&rec.assignment.pool))
+                .err()
+        })
+    }
+
+    /// The request a holder was last given its addresses under (ports and pod selector kept
+    /// only for Services with a sharing key): what another Service's sharing is judged against.
+    pub fn request(&self, key: &ServiceKey) -> Option<&ServiceRequest> {
+        self.records.get(key).map(|r| &r.req)
     }
 
     /// Release everything the Service holds; returns what it held.
@@ -775,26 +819,14 @@ impl Ipam {
     /// Why `pool` may not hold addresses for `req` (None: it may). Malformed selectors are
     /// skipped here; [`Ipam::set_pools`] already stops such a pool from handing out new addresses.
     fn holding_refusal(pool: &PoolConfig, req: &ServiceRequest) -> Option<String> {
-        let ns = &req.key.namespace;
-        if !pool.namespaces.is_empty() && !pool.namespaces.contains(ns) {
-            return Some(format!("namespace {ns} is not among its namespaces"));
-        }
-        let any_match = |sels: &[LabelSelector], labels: &BTreeMap<String, String>| {
-            let mut valid = sels
-                .iter()
-                .filter(|s| selector::validate(s).is_ok())
-                .peekable();
-            valid.peek().is_none() || valid.any(|s| selector::matches(s, labels) == Ok(true))
+        let facts = allocation::ServiceFacts {
+            namespace: &req.key.namespace,
+            labels: &req.labels,
+            namespace_labels: &req.namespace_labels,
         };
-        if !any_match(&pool.namespace_selectors, &req.namespace_labels) {
-            return Some(format!(
-                "the labels of namespace {ns} match none of its namespaceSelectors"
-            ));
-        }
-        if !any_match(&pool.service_selectors, &req.labels) {
-            return Some("the Service's labels match none of its serviceSelectors".to_string());
-        }
-        None
+        allocation::serves(pool.allocation.as_ref(), &facts)
+            .err()
+            .map(|e| e.to_string())
     }
 
     /// Why `pool` may not give `req` new addresses (None: it may).
@@ -963,7 +995,8 @@ impl Ipam {
             .into_iter()
             .filter(|f| !have.contains(f))
             .collect();
-        if !missing.is_empty() && pool.accepts_new {
+        // A Service that asks for addresses gets those, never one more.
+        if !missing.is_empty() && pool.accepts_new && req.requested.is_empty() {
             for f in missing {
                 if let Some(ip) = self.pick(req, pool, f) {
                     addresses.push(ip);
@@ -1061,29 +1094,46 @@ impl Ipam {
             ok
         };
 
-        let fams = req.families.families();
-        let mut partial: Option<(usize, Vec<IpAddr>)> = None;
+        // Requested addresses are the whole answer: only the families asked for are wanted.
+        let fams = if req.requested.is_empty() {
+            req.families.families()
+        } else {
+            req.requested.iter().map(|ip| IpFamily::of(*ip)).collect()
+        };
+        let primary = req.families.primary();
         let mut misses: Vec<(usize, Miss)> = Vec::new();
-        for idx in candidates {
-            let pool = &self.pools[idx];
-            match self.plan_in_pool(req, pool, &fams) {
-                Err(m) => misses.push((idx, m)),
-                Ok((addrs, miss)) => {
-                    let got: Vec<IpFamily> = addrs.iter().map(|ip| IpFamily::of(*ip)).collect();
-                    if got.len() == fams.len() {
-                        return Ok((idx, addrs));
-                    }
-                    if partial.is_none() && req.families.satisfied_by(&got) {
-                        partial = Some((idx, addrs));
-                    }
-                    if let Some(m) = miss {
-                        misses.push((idx, m));
+        // Pools with a serviceAllocation first; the others only if none of those can serve.
+        let (pinned, open): (Vec<usize>, Vec<usize>) = candidates
+            .into_iter()
+            .partition(|i| allocation::is_pinned(self.pools[*i].allocation.as_ref()));
+        for tier in [pinned, open] {
+            // The first pool with every family; else the first with the primary; else any.
+            let mut with_primary: Option<(usize, Vec<IpAddr>)> = None;
+            let mut partial: Option<(usize, Vec<IpAddr>)> = None;
+            for idx in tier {
+                let pool = &self.pools[idx];
+                match self.plan_in_pool(req, pool, &fams) {
+                    Err(m) => misses.push((idx, m)),
+                    Ok((addrs, miss)) => {
+                        let got: Vec<IpFamily> = addrs.iter().map(|ip| IpFamily::of(*ip)).collect();
+                        if got.len() == fams.len() {
+                            return Ok((idx, addrs));
+                        }
+                        if req.families.satisfied_by(&got) {
+                            if with_primary.is_none() && got.contains(&primary) {
+                                with_primary = Some((idx, addrs.clone()));
+                            }
+                            partial.get_or_insert((idx, addrs));
+                        }
+                        if let Some(m) = miss {
+                            misses.push((idx, m));
+                        }
                     }
                 }
             }
-        }
-        if let Some(p) = partial {
-            return Ok(p);
+            if let Some(p) = with_primary.or(partial) {
+                return Ok(p);
+            }
         }
         Err(self.explain(misses))
     }
@@ -1115,10 +1165,12 @@ impl Ipam {
             match self.pick(req, pool, *f) {
                 Some(ip) => addrs.push(ip),
                 None if miss.is_none() => {
-                    miss = Some(if pool.addresses.has_family(*f) {
-                        Miss::Exhausted(*f)
-                    } else {
+                    miss = Some(if !pool.addresses.has_family(*f) {
                         Miss::NoFamily(*f)
+                    } else if let Some(e) = self.sharing_conflict(req, pool, *f) {
+                        Miss::Conflict(e)
+                    } else {
+                        Miss::Exhausted(*f)
                     });
                 }
                 None => {}
@@ -1170,12 +1222,30 @@ impl Ipam {
         None
     }
 
+    /// Why none of `pool`'s addresses of `family` shared under `req`'s sharing key can be
+    /// shared with it: the first such address with its holder and the rule that fails.
+    fn sharing_conflict(
+        &self,
+        req: &ServiceRequest,
+        pool: &PoolConfig,
+        family: IpFamily,
+    ) -> Option<AllocError> {
+        let set = self.shared.get(req.sharing_key.as_ref()?)?;
+        set.iter()
+            .filter(|ip| IpFamily::of(**ip) == family && pool.addresses.contains(**ip))
+            .find_map(|ip| self.check_sharing(req, *ip).err())
+    }
+
     fn explain(&self, misses: Vec<(usize, Miss)>) -> AllocError {
         let mut exhausted: Option<(IpFamily, Vec<String>)> = None;
         let mut no_family = None;
+        let mut conflict = None;
         for (idx, m) in misses {
             match m {
                 Miss::Refused(e) => return e,
+                Miss::Conflict(e) => {
+                    conflict.get_or_insert(e);
+                }
                 Miss::Exhausted(f) => {
                     let entry = exhausted.get_or_insert((f, Vec::new()));
                     if entry.0 == f {
@@ -1186,6 +1256,9 @@ impl Ipam {
                     no_family.get_or_insert(f);
                 }
             }
+        }
+        if let Some(e) = conflict {
+            return e;
         }
         match (exhausted, no_family) {
             (Some((family, pools)), _) => AllocError::PoolExhausted { pools, family },
@@ -1250,7 +1323,17 @@ fn check_families(ips: &[IpAddr], policy: &FamilyPolicy, verb: &str) -> Result<(
 }
 
 fn validate_request(req: &ServiceRequest) -> Result<(), AllocError> {
-    check_families(&req.requested, &req.families, "requests")
+    check_families(&req.requested, &req.families, "requests")?;
+    if let FamilyPolicy::RequireDualStack(_) = req.families
+        && let [only] = req.requested.as_slice()
+    {
+        let f = IpFamily::of(*only);
+        return Err(AllocError::InvalidRequest(format!(
+            "the Service is RequireDualStack but asks only for {only}: ask for an {} address too, or for none",
+            f.other()
+        )));
+    }
+    Ok(())
 }
 
 fn order_by_family(addrs: &mut [IpAddr], policy: &FamilyPolicy) {

@@ -1,5 +1,5 @@
 use super::*;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use lodestone_crds::addresses::parse_pool;
 
 fn ip(s: &str) -> IpAddr {
@@ -17,12 +17,14 @@ fn pool(name: &str, entries: &[&str]) -> PoolConfig {
         addresses: parse_pool(&entries).unwrap(),
         auto_assign: true,
         avoid_buggy_ips: false,
-        priority: None,
-        namespaces: vec![],
-        namespace_selectors: vec![],
-        service_selectors: vec![],
+        allocation: None,
         accepts_new: true,
     }
+}
+
+/// The pool's `serviceAllocation`, created empty if absent.
+fn alloc(p: &mut PoolConfig) -> &mut ServiceAllocation {
+    p.allocation.get_or_insert_with(Default::default)
 }
 
 fn req(ns: &str, name: &str) -> ServiceRequest {
@@ -96,9 +98,9 @@ fn lowest_free_first_ranges_ascending_then_exhaustion_and_recovery() {
 #[test]
 fn pools_ordered_by_priority_then_name_unprioritised_last() {
     let mut y = pool("y", &["192.0.2.1/32"]);
-    y.priority = Some(1);
+    alloc(&mut y).priority = Some(1);
     let mut z = pool("z", &["192.0.2.2/32"]);
-    z.priority = Some(5);
+    alloc(&mut z).priority = Some(5);
     let a = pool("a", &["192.0.2.3/32"]);
     let b = pool("b", &["192.0.2.4/32"]);
     let mut i = ipam(vec![b, z, a, y]);
@@ -109,12 +111,12 @@ fn pools_ordered_by_priority_then_name_unprioritised_last() {
 }
 
 #[test]
-fn selectors_and_namespaces_must_all_match_any_within_a_list() {
+fn namespace_listed_or_selected_and_service_selected() {
     let mut p = pool("restricted", &["192.0.2.0/30"]);
-    p.priority = Some(0);
-    p.namespaces = vec!["team-a".into(), "team-b".into()];
-    p.namespace_selectors = vec![sel(&[("tier", "gold")]), sel(&[("tier", "silver")])];
-    p.service_selectors = vec![sel(&[("expose", "yes")])];
+    alloc(&mut p).priority = Some(0);
+    alloc(&mut p).namespaces = vec!["team-a".into(), "team-b".into()];
+    alloc(&mut p).namespace_selectors = vec![sel(&[("tier", "gold")]), sel(&[("tier", "silver")])];
+    alloc(&mut p).service_selectors = vec![sel(&[("expose", "yes")])];
     let fallback = pool("fallback", &["198.51.100.0/30"]);
     let mut i = ipam(vec![p, fallback]);
 
@@ -123,13 +125,20 @@ fn selectors_and_namespaces_must_all_match_any_within_a_list() {
     ok.labels = labels(&[("expose", "yes")]);
     assert_eq!(i.assign(&ok).unwrap().pool, "restricted");
 
-    let mut wrong_ns = ok.clone();
-    wrong_ns.key = ServiceKey::new("team-c", "web");
-    assert_eq!(i.assign(&wrong_ns).unwrap().pool, "fallback");
-    let mut wrong_ns_labels = ok.clone();
-    wrong_ns_labels.key.name = "web2".into();
-    wrong_ns_labels.namespace_labels = labels(&[("tier", "bronze")]).into();
-    assert_eq!(i.assign(&wrong_ns_labels).unwrap().pool, "fallback");
+    // Listed but not selected, or selected but not listed: served (MetalLB's namespace set).
+    let mut listed_only = ok.clone();
+    listed_only.key.name = "listed".into();
+    listed_only.namespace_labels = labels(&[("tier", "bronze")]).into();
+    assert_eq!(i.assign(&listed_only).unwrap().pool, "restricted");
+    let mut selected_only = ok.clone();
+    selected_only.key = ServiceKey::new("team-c", "selected");
+    assert_eq!(i.assign(&selected_only).unwrap().pool, "restricted");
+
+    // Neither listed nor selected: not served.
+    let mut neither = ok.clone();
+    neither.key = ServiceKey::new("team-c", "web");
+    neither.namespace_labels = labels(&[("tier", "bronze")]).into();
+    assert_eq!(i.assign(&neither).unwrap().pool, "fallback");
     let mut wrong_svc_labels = ok.clone();
     wrong_svc_labels.key.name = "web3".into();
     wrong_svc_labels.labels = labels(&[]);
@@ -146,10 +155,172 @@ fn selectors_and_namespaces_must_all_match_any_within_a_list() {
     );
 }
 
+/// A Service held its address from a pool that lists its namespace but whose selectors do not
+/// match it (what MetalLB gave it): the rebuild keeps it there.
+#[test]
+fn reserve_keeps_an_address_of_a_listed_but_unselected_namespace() {
+    let mut p = pool("team-a", &["192.0.2.0/30"]);
+    alloc(&mut p).namespaces = vec!["team-a".into()];
+    alloc(&mut p).namespace_selectors = vec![sel(&[("tier", "gold")])];
+    let mut i = ipam(vec![p, pool("default", &["198.51.100.0/30"])]);
+    let r = req("team-a", "web");
+    let a = i.reserve(&r, &ips(&["192.0.2.2"])).unwrap();
+    assert_eq!(a.pool, "team-a");
+    assert_eq!(got(&mut i, &r), ips(&["192.0.2.2"]));
+}
+
+/// MetalLB tries the pools whose serviceAllocation serves the Service before the unrestricted
+/// ones, whatever their names and priorities; a new Service in team-a lands in team-a's pool.
+#[test]
+fn pools_with_a_matching_service_allocation_come_first() {
+    let default = pool("a-default", &["198.51.100.0/30"]);
+    let mut team = pool("team-a", &["192.0.2.0/30"]);
+    alloc(&mut team).namespaces = vec!["team-a".into()];
+    let mut only_priority = pool("b-prio", &["203.0.113.0/30"]);
+    alloc(&mut only_priority).priority = Some(7);
+    let mut i = ipam(vec![default, team, only_priority]);
+    // b-prio has a serviceAllocation (serving everyone) with a priority: first for everyone.
+    assert_eq!(i.assign(&req("team-a", "s1")).unwrap().pool, "b-prio");
+    assert_eq!(i.assign(&req("team-b", "s1")).unwrap().pool, "b-prio");
+    let mut i = ipam(vec![pool("a-default", &["198.51.100.0/30"]), {
+        let mut t = pool("team-a", &["192.0.2.0/30"]);
+        alloc(&mut t).namespaces = vec!["team-a".into()];
+        t
+    }]);
+    assert_eq!(i.assign(&req("team-a", "web")).unwrap().pool, "team-a");
+    assert_eq!(i.assign(&req("team-b", "web")).unwrap().pool, "a-default");
+}
+
+/// The unrestricted tier is tried only when the restricted one cannot serve at all: a
+/// PreferDualStack Service gets one family from its team's pool rather than both from the
+/// default pool, as in MetalLB.
+#[test]
+fn tiers_are_tried_in_turn() {
+    let mut team = pool("team", &["192.0.2.0/30"]);
+    alloc(&mut team).namespaces = vec!["ns".into()];
+    let mut i = ipam(vec![dual_pool("default"), team]);
+    let mut r = req("ns", "dual");
+    r.families = FamilyPolicy::PreferDualStack(IpFamily::V4);
+    let a = i.assign(&r).unwrap();
+    assert_eq!(
+        (a.pool.as_str(), a.addresses),
+        ("team", ips(&["192.0.2.0"]))
+    );
+    // Team pool full: the default pool serves.
+    let mut r2 = req("ns", "other");
+    r2.families = FamilyPolicy::PreferDualStack(IpFamily::V4);
+    for n in 0..3 {
+        i.assign(&req("ns", &format!("fill{n}"))).unwrap();
+    }
+    let a = i.assign(&r2).unwrap();
+    assert_eq!(a.pool, "default");
+    assert_eq!(a.addresses.len(), 2);
+}
+
+/// PreferDualStack with only single-stack pools: the primary family, whichever pool comes first.
+#[test]
+fn prefer_dual_stack_with_single_stack_pools_gives_the_primary_family() {
+    let mut v6 = pool("a-v6", &["2001:db8::/126"]);
+    alloc(&mut v6).priority = Some(1);
+    let mut v4 = pool("b-v4", &["192.0.2.0/30"]);
+    alloc(&mut v4).priority = Some(2);
+    let mut i = ipam(vec![v6, v4]);
+    let mut r = req("ns", "web");
+    r.families = FamilyPolicy::PreferDualStack(IpFamily::V4);
+    assert_eq!(got(&mut i, &r), ips(&["192.0.2.0"]));
+    let mut r6 = req("ns", "web6");
+    r6.families = FamilyPolicy::PreferDualStack(IpFamily::V6);
+    assert_eq!(got(&mut i, &r6), ips(&["2001:db8::"]));
+    // Only the other family exists: that one, rather than nothing.
+    let mut i = ipam(vec![pool("v6", &["2001:db8::/126"])]);
+    assert_eq!(got(&mut i, &r), ips(&["2001:db8::"]));
+}
+
+/// A Service that asks for addresses gets exactly those: RequireDualStack asking for one family
+/// is refused (as MetalLB refuses it), PreferDualStack gets its one address and nothing more.
+#[test]
+fn requested_addresses_are_the_whole_answer() {
+    let mut i = ipam(vec![dual_pool("dual")]);
+    let mut require = req("ns", "require");
+    require.families = FamilyPolicy::RequireDualStack(IpFamily::V4);
+    require.requested = ips(&["192.0.2.1"]);
+    let err = i.assign(&require).unwrap_err();
+    assert_eq!(err.reason(), "InvalidRequest");
+    assert_eq!(
+        err.to_string(),
+        "the Service is RequireDualStack but asks only for 192.0.2.1: ask for an IPv6 address too, or for none"
+    );
+    require.requested = ips(&["192.0.2.1", "2001:db8::1"]);
+    assert_eq!(got(&mut i, &require), ips(&["192.0.2.1", "2001:db8::1"]));
+
+    let mut prefer = req("ns", "prefer");
+    prefer.families = FamilyPolicy::PreferDualStack(IpFamily::V6);
+    prefer.requested = ips(&["2001:db8::2"]);
+    assert_eq!(got(&mut i, &prefer), ips(&["2001:db8::2"]));
+    // Asked again later, still not completed.
+    assert_eq!(got(&mut i, &prefer), ips(&["2001:db8::2"]));
+    // Without a request it is completed as before.
+    prefer.requested.clear();
+    assert_eq!(got(&mut i, &prefer), ips(&["2001:db8::2", "192.0.2.0"]));
+}
+
+/// The only address the pool could give is held under the Service's own sharing key, by a
+/// Service it cannot share with: the refusal names the holder and the rule, and the Service gets
+/// the address once the holder's terms change.
+#[test]
+fn sharing_conflict_names_the_holder() {
+    let mut i = ipam(vec![pool("one", &["192.0.2.1/32"])]);
+    let mut a = req("ns", "a");
+    a.sharing_key = Some("k".into());
+    a.traffic_local = true;
+    a.pod_selector = labels(&[("app", "a")]);
+    assert_eq!(got(&mut i, &a), ips(&["192.0.2.1"]));
+    let mut b = req("ns", "b");
+    b.sharing_key = Some("k".into());
+    b.ports = vec![(53, Protocol::Udp)];
+    b.pod_selector = labels(&[("app", "b")]);
+    let err = i.assign(&b).unwrap_err();
+    assert_eq!(err.reason(), "SharingConflict");
+    assert_eq!(
+        err.to_string(),
+        "address 192.0.2.1 is in use by ns/a and cannot be shared: externalTrafficPolicy is Local and the pod selectors differ"
+    );
+    // Aligned again: a's traffic policy back to Cluster.
+    a.traffic_local = false;
+    assert_eq!(got(&mut i, &a), ips(&["192.0.2.1"]));
+    assert_eq!(got(&mut i, &b), ips(&["192.0.2.1"]));
+    // A different key is simply in use: the pool is exhausted.
+    let mut c = req("ns", "c");
+    c.sharing_key = Some("other".into());
+    assert_eq!(i.assign(&c).unwrap_err().reason(), "PoolExhausted");
+}
+
+/// A move caused by the Service's own change says why it could not keep its address.
+#[test]
+fn holding_error_says_why_a_holder_must_move() {
+    let mut i = ipam(vec![pool("p", &["192.0.2.0/30"])]);
+    let mut a = req("ns", "a");
+    a.sharing_key = Some("k".into());
+    a.ports = vec![(53, Protocol::Udp)];
+    let mut b = req("ns", "b");
+    b.sharing_key = Some("k".into());
+    b.ports = vec![(53, Protocol::Tcp)];
+    assert_eq!(got(&mut i, &a), ips(&["192.0.2.0"]));
+    assert_eq!(got(&mut i, &b), ips(&["192.0.2.0"]));
+    assert_eq!(i.holding_error(&b), None);
+    b.ports = vec![(53, Protocol::Udp)];
+    let why = i.holding_error(&b).unwrap();
+    assert_eq!(
+        why.to_string(),
+        "address 192.0.2.0 is in use by ns/a and cannot be shared: both use port 53/UDP"
+    );
+    assert_eq!(got(&mut i, &b), ips(&["192.0.2.1"]));
+}
+
 #[test]
 fn no_pool_matches_lists_every_reason() {
     let mut p = pool("only-a", &["192.0.2.0/30"]);
-    p.namespaces = vec!["a".into()];
+    alloc(&mut p).namespaces = vec!["a".into()];
     let mut m = pool("manual", &["198.51.100.0/30"]);
     m.auto_assign = false;
     let mut i = ipam(vec![p, m]);
@@ -175,7 +346,7 @@ fn no_pool_matches_lists_every_reason() {
 fn auto_assign_false_only_on_explicit_request() {
     let mut manual = pool("manual", &["192.0.2.0/30"]);
     manual.auto_assign = false;
-    manual.priority = Some(0);
+    alloc(&mut manual).priority = Some(0);
     let auto = pool("auto", &["198.51.100.0/30"]);
     let mut i = ipam(vec![manual, auto]);
     assert_eq!(got(&mut i, &req("ns", "plain")), ips(&["198.51.100.0"]));
@@ -200,9 +371,9 @@ fn families_times_policies() {
     use FamilyPolicy::*;
     use IpFamily::*;
     let mut v4only = pool("v4only", &["198.51.100.0/30"]);
-    v4only.priority = Some(1);
+    alloc(&mut v4only).priority = Some(1);
     let mut dual = dual_pool("dual");
-    dual.priority = Some(2);
+    alloc(&mut dual).priority = Some(2);
     let mut i = ipam(vec![v4only, dual]);
     let cases: Vec<(FamilyPolicy, &str, Vec<&str>)> = vec![
         (SingleStack(V4), "v4only", vec!["198.51.100.0"]),
@@ -274,7 +445,7 @@ fn requested_addresses_honoured_or_refused_with_reason() {
     let mut avoid = pool("avoid", &["203.0.113.0/24"]);
     avoid.avoid_buggy_ips = true;
     let mut ns_only = pool("ns-only", &["198.51.100.0/30"]);
-    ns_only.namespaces = vec!["other".into()];
+    alloc(&mut ns_only).namespaces = vec!["other".into()];
     let mut i = ipam(vec![pool("p", &["192.0.2.0/28"]), avoid, ns_only]);
 
     let mut r = req("ns", "a");
@@ -325,7 +496,7 @@ fn requested_addresses_honoured_or_refused_with_reason() {
         &mut i,
         "ns",
         &|r| r.requested = ips(&["198.51.100.1"]),
-        "pool ns-only may not serve this Service: namespace ns is not among its namespaces",
+        "pool ns-only may not serve this Service: namespace ns is not among its namespaces (other)",
     );
     check(
         &mut i,
@@ -353,17 +524,22 @@ fn requested_addresses_honoured_or_refused_with_reason() {
     );
 }
 
+/// A requested family is never completed with an automatic other family (MetalLB does not
+/// either): the pool is chosen for the requested address alone.
 #[test]
-fn requested_family_plus_automatic_other_family_from_the_same_pool() {
+fn requested_family_is_not_completed_with_the_other() {
     let mut i = ipam(vec![pool("v6", &["2001:db8:1::/126"]), dual_pool("dual")]);
     let mut r = req("ns", "a");
-    r.families = FamilyPolicy::RequireDualStack(IpFamily::V6);
+    r.families = FamilyPolicy::PreferDualStack(IpFamily::V6);
     r.requested = ips(&["192.0.2.2"]);
     let a = i.assign(&r).unwrap();
     assert_eq!(
         (a.pool.as_str(), a.addresses),
-        ("dual", ips(&["2001:db8::", "192.0.2.2"]))
+        ("dual", ips(&["192.0.2.2"]))
     );
+    r.families = FamilyPolicy::RequireDualStack(IpFamily::V6);
+    assert_eq!(i.assign(&r).unwrap_err().reason(), "InvalidRequest");
+    assert!(i.assignment(&r.key).is_none());
 }
 
 fn sharer(name: &str, key: &str, port: u16, proto: Protocol) -> ServiceRequest {
@@ -487,7 +663,7 @@ fn avoid_buggy_ips_skips_dot0_and_dot255_but_not_ipv6() {
 #[test]
 fn overlapping_pools_share_no_address() {
     let mut a = pool("a", &["192.0.2.0/30"]);
-    a.priority = Some(1);
+    alloc(&mut a).priority = Some(1);
     let b = pool("b", &["192.0.2.2-192.0.2.5"]);
     let mut i = ipam(vec![b, a]);
     assert_eq!(i.overlaps(), vec![("a".to_string(), "b".to_string())]);
@@ -550,7 +726,7 @@ fn set_pools_moves_only_services_outside_the_new_pools() {
     assert!(i.is_free(ip("192.0.2.2")));
     // A new higher-priority pool moves nobody.
     let mut hi = pool("hi", &["203.0.113.0/30"]);
-    hi.priority = Some(0);
+    alloc(&mut hi).priority = Some(0);
     let displaced = i.set_pools(vec![
         hi,
         pool("p", &["192.0.2.0/31"]),
@@ -595,7 +771,7 @@ fn malformed_selector_stops_new_addresses_only() {
     let r = req("ns", "a");
     got(&mut i, &r);
     let mut bad = pool("p", &["192.0.2.0/30"]);
-    bad.service_selectors = vec![LabelSelector {
+    alloc(&mut bad).service_selectors = vec![LabelSelector {
         match_labels: None,
         match_expressions: Some(vec![LabelSelectorRequirement {
             key: "x".into(),
@@ -917,7 +1093,7 @@ fn a_node_address_at_the_end_of_a_range_ends_the_search() {
 #[test]
 fn a_terminating_pool_lists_only_its_own_holders_and_hands_shared_ones_over() {
     let mut a = pool("a", &["192.0.2.0/30"]);
-    a.priority = Some(1);
+    alloc(&mut a).priority = Some(1);
     let b = pool("b", &["192.0.2.2-192.0.2.5"]);
     let mut i = ipam(vec![a.clone(), b.clone()]);
     // From a: .0 .1 .2 .3; from b: .4 (the shared .2 and .3 were taken from a).
