@@ -19,7 +19,7 @@ use lodestone_crds::conditions::{ADDRESS_ASSIGNED, ANNOUNCED, AssignedFrom};
 use lodestone_crds::election;
 use lodestone_crds::eligibility::{self, EXCLUDE_LABEL, Interfaces, NodeRef, PoolRef, Reason};
 use lodestone_crds::service::{annotations, ingress_ips};
-use lodestone_crds::{BGPPeer, IPAddressPool, L2Advertisement, selector};
+use lodestone_crds::{BGPPeer, IPAddressPool, L2Advertisement};
 use serde::Serialize;
 
 /// One pool's line in `status`.

@@ -1,5 +1,6 @@
 //! CPU load from `stress-ng` (Debian's `stress-ng` package), for the scenarios that must hold on
 //! a loaded node. Stopped when dropped, also when a test fails.
+#![allow(unsafe_code)] // kill(2) on our own child; with a SAFETY comment
 
 use std::process::{Child, Command, Stdio};
 
