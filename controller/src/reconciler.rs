@@ -1,9 +1,9 @@
 //! The controller's I/O shell: watches feed the pure IPAM, a small writer applies the results.
 //!
 //! One task owns all decisions, so the IPAM needs no lock and its order is deterministic. The
-//! decision state ([`State`]) does no I/O: it returns [`Effect`]s (status applies, pool status,
-//! finalizers, Events), which the [`Writer`] executes concurrently behind a semaphore through one
-//! write helper ([`Writer::send`]) that checks leadership right before each request (a replica
+//! decision state (`State`) does no I/O: it returns `Effect`s (status applies, pool status,
+//! finalizers, Events), which the `Writer` executes concurrently behind a semaphore through one
+//! write helper (`Writer::send`) that checks leadership right before each request (a replica
 //! that has lost the Lease stops writing at once) and counts every answer the same way.
 //!
 //! State is rebuilt, not remembered: on start and on every gain of leadership a fresh IPAM is

@@ -80,7 +80,7 @@ pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
 
 /// The annotations a Service asks with, most specific first: Lodestone's own, then MetalLB's
 /// current (`metallb.io/*`) and legacy (`metallb.universe.tf/*`) spellings, so a cluster moves
-/// from MetalLB without editing its Services. Use [`first`] to read one.
+/// from MetalLB without editing its Services. Use [`annotations::first`] to read one.
 pub mod annotations {
     use super::BTreeMap;
 

@@ -13,7 +13,7 @@
 //!    not excluded, `NetworkUnavailable` not `True`, selected, hosting an endpoint under
 //!    `Local`). The owner is the node its `lodestone.dev/Announced` condition names, while that
 //!    node stays a candidate ("sticky": an address does not move back to a returning node, nor
-//!    hop while endpoints become ready one by one); otherwise [`election::owner`] over the
+//!    hop while endpoints become ready one by one); otherwise `election::owner` over the
 //!    candidates for the Service's *first* ingress address (MetalLB's order, for a fresh
 //!    assignment), so the addresses of a dual-stack Service land on one node. The condition is
 //!    part of the Service object, so every node reads the same current owner: the decision
