@@ -848,9 +848,10 @@ pub enum ThreadPriority {
 /// other speakers, and under CPU pressure the ordinary scheduler can leave it that long. By
 /// hand rather than a crate: two libc calls.
 pub fn raise_thread_priority(realtime: u8, nice: i8) -> ThreadPriority {
-    let param = libc::sched_param {
-        sched_priority: c_int::from(realtime),
-    };
+    // Zeroed, then the one field set: musl's `sched_param` has more fields than glibc's.
+    // SAFETY: `sched_param` is plain integers, for which all-zero is a valid value.
+    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+    param.sched_priority = c_int::from(realtime);
     // SAFETY: `pthread_self` is the calling thread, alive during the call; `param` is a valid
     // `sched_param` that the call only reads.
     let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_RR, &param) };
