@@ -35,7 +35,6 @@ async fn announce_failed(client: &kube::Client) -> Vec<String> {
         .collect()
 }
 
-#[ignore = "fails: the AnnounceFailed Event is not seen within 30 s; issue 13 note"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_without_the_named_interfaces_says_so_once() {
     let vip: IpAddr = "192.0.2.100".parse().unwrap();
@@ -71,8 +70,9 @@ async fn an_owner_without_the_named_interfaces_says_so_once() {
         panic!("{e}");
     }
     let owner = election::owner(&vip.to_string(), NODES).unwrap().to_owned();
+    // The names of every L2Advertisement serving the address, merged and sorted.
     let want = format!(
-        "{owner} owns {vip} but has none of the interfaces its L2Advertisements name (eth9, bond7): nothing answers for it"
+        "{owner} owns {vip} but has none of the interfaces its L2Advertisements name (bond7, eth9): nothing answers for it"
     );
     let deadline = Instant::now() + WAIT;
     let mut seen = Vec::new();

@@ -884,6 +884,17 @@ impl Ipam {
                     pool: name.clone(),
                 });
             }
+            // Moving a holding into a named pool is a new hand-out from that pool: a pool that
+            // takes no new Services keeps only the holders it already had (the pool of record;
+            // unknown at a startup rebuild, where holding is always allowed).
+            if prefer.is_some_and(|p| p != name.as_str())
+                && let Some(why) = Self::new_refusal(pool, req, true)
+            {
+                return Err(AllocError::PoolNotEligible {
+                    pool: name.clone(),
+                    why,
+                });
+            }
             return self.holdable(req, held, idx).map(|()| idx);
         }
         if let Some(ip) = held

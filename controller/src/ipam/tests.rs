@@ -194,10 +194,10 @@ fn pools_with_a_matching_service_allocation_come_first() {
 /// The unrestricted tier is tried only when the restricted one cannot serve at all: a
 /// PreferDualStack Service gets one family from its team's pool rather than both from the
 /// default pool, as in MetalLB.
-#[ignore = "fails since the MetalLB tier change: the default pool gives a PreferDualStack Service 1 address, not 2; issue 13 note"]
 #[test]
 fn tiers_are_tried_in_turn() {
-    let mut team = pool("team", &["192.0.2.0/30"]);
+    // Not overlapping the default pool's IPv4 range, else filling it fills that too.
+    let mut team = pool("team", &["198.51.100.0/30"]);
     alloc(&mut team).namespaces = vec!["ns".into()];
     let mut i = ipam(vec![dual_pool("default"), team]);
     let mut r = req("ns", "dual");
@@ -205,7 +205,7 @@ fn tiers_are_tried_in_turn() {
     let a = i.assign(&r).unwrap();
     assert_eq!(
         (a.pool.as_str(), a.addresses),
-        ("team", ips(&["192.0.2.0"]))
+        ("team", ips(&["198.51.100.0"]))
     );
     // Team pool full: the default pool serves.
     let mut r2 = req("ns", "other");
@@ -763,6 +763,25 @@ fn set_pools_keeps_holders_of_renamed_or_no_longer_accepting_pools() {
     assert_eq!(
         i.set_pools(vec![avoid]),
         vec![(r.key.clone(), ips(&["192.0.2.0"]))]
+    );
+}
+
+#[test]
+fn naming_a_closed_pool_is_not_a_way_into_it() {
+    // Found by ipam_props: "closed" overlaps "open"; a holder of "open" that names "closed"
+    // would otherwise be re-recorded as a new holder of a pool that takes none.
+    let mut closed = pool("closed", &["192.0.2.0/30"]);
+    closed.accepts_new = false;
+    let mut i = ipam(vec![closed, pool("open", &["192.0.2.0/30"])]);
+    let r = req("ns", "a");
+    assert_eq!(got(&mut i, &r), ips(&["192.0.2.0"]));
+    assert_eq!(i.assignment(&r.key).unwrap().pool, "open");
+    let mut named = r.clone();
+    named.pool = Some("closed".into());
+    let err = i.assign(&named).unwrap_err();
+    assert!(
+        matches!(err, AllocError::PoolNotEligible { ref pool, .. } if pool == "closed"),
+        "{err}"
     );
 }
 
