@@ -8,6 +8,7 @@
 //! - [`announcer`], [`interfaces`]: answering ARP/NDP on the chosen links.
 //! - [`plan`]: pure: from the cluster's objects to what this node announces.
 //! - [`trim`]: pure: what the shell keeps of the cached cluster objects.
+//! - [`hold`]: pure: pools that vanished while their addresses are served stay in the plan.
 //! - [`bgp`], [`bfd`]: BGP mode: sessions with routers, and BFD to notice a dead path fast.
 //! - [`run`], [`metrics`]: the I/O shell around it.
 
@@ -18,6 +19,7 @@ pub mod election;
 pub mod eligibility;
 pub mod frames;
 pub mod heap;
+pub mod hold;
 pub mod interfaces;
 pub mod membership;
 pub mod metrics;
