@@ -184,7 +184,7 @@ impl ConflictTracker {
             .map(|(k, s)| (*k, s.last))
             .collect();
         // The busiest claims are the likeliest to be real: most recent first.
-        due.sort_by(|a, b| b.1.cmp(&a.1));
+        due.sort_by_key(|d| std::cmp::Reverse(d.1));
         due.into_iter()
             .filter_map(|(key, _)| self.report_if_due(key, now))
             .collect()
