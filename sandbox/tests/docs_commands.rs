@@ -369,6 +369,7 @@ const PLAN: &[(&str, &str, How)] = &[
         How::NotRun("the opt-in slow tests (minutes); CI runs the default set"),
     ),
     ("docs/testing.md", "cargo deny", How::Ci),
+    ("docs/testing.md", "--test fuzz_decoders", How::Ci),
     ("docs/testing.md", "mdbook build", How::Ci),
     ("docs/testing.md", "--bin lodestone-apiserver", How::Install),
     (

@@ -21,26 +21,33 @@
 //! its own, so that answering never waits behind the speaker's planning or API traffic. The solicited-node group memberships that let IPv6
 //! solicitations in are kept per interface by `groups`, over as many sockets as needed.
 
+pub mod claims;
+pub mod conflicts;
 mod groups;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::frames::{
-    self, ArpFrame, ArpOp, MacAddr, NdpMessage, arp_reply, gratuitous_arp, neighbor_advertisement,
+    self, ArpFrame, ArpOp, MacAddr, NdpMessage, arp_reply, arp_request, gratuitous_arp,
+    ipv6_icmp_frame, ipv6_multicast_mac, neighbor_advertisement, neighbor_solicitation,
+    solicited_node_multicast,
 };
 use crate::interfaces::{
     AbortOnDrop, DEFAULT_EXCLUDE, InterfaceFilter, InterfacesError, LinkInfo, LinkWatcher,
     choose_interfaces, watch_links,
 };
+use crate::membership::ratelimit::{LogLimiter, Verdict};
 use crate::sys::{self, ArpSocket, GroupSocket, NdpSocket, UnicastNsSocket};
+use claims::{ClaimOutcome, Claims, ProbeConfig, defend_due};
+use conflicts::{ConflictLimits, ConflictReport, ConflictTracker};
 use groups::Groups;
 
 /// All-nodes multicast, the destination of unsolicited Neighbor Advertisements.
@@ -49,6 +56,14 @@ const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 const ERROR_BACKOFF: Duration = Duration::from_millis(200);
 /// Receive buffer: an Ethernet frame or an ICMPv6 body always fits.
 const RECV_BUF: usize = 2048;
+/// A failure to send an answer (e.g. a solicitation from an off-link source, which no route
+/// reaches) is logged at most this often per kind and interface, with the count left out.
+const SEND_FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+/// A defence is announced twice, this far apart: after a forged claim, a neighbour that
+/// took it ignores another change for its ARP lock time (Linux: 1 s).
+const DEFENCE_REPEAT: Duration = Duration::from_millis(1100);
+/// How often aggregated conflicts are looked at for a report.
+const CONFLICT_FLUSH: Duration = Duration::from_secs(1);
 
 /// Settings of the announcer.
 #[derive(Debug, Clone)]
@@ -66,6 +81,10 @@ pub struct AnnouncerConfig {
     /// Re-send the burst for every owned address this often (`None`: only on changes and when
     /// asked). For networks whose switches or clients forget entries that see no traffic.
     pub refresh_interval: Option<Duration>,
+    /// Probing of newly assigned addresses before they are announced (see [`claims`]).
+    pub probe: ProbeConfig,
+    /// Bounds of the conflict reports (see [`conflicts`]).
+    pub conflicts: ConflictLimits,
 }
 
 impl Default for AnnouncerConfig {
@@ -77,6 +96,8 @@ impl Default for AnnouncerConfig {
             resync_interval: Duration::from_secs(30),
             event_capacity: 1024,
             refresh_interval: None,
+            probe: ProbeConfig::default(),
+            conflicts: ConflictLimits::default(),
         }
     }
 }
@@ -84,14 +105,22 @@ impl Default for AnnouncerConfig {
 /// Something the speaker's shell should log, count or report on the Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnnouncerEvent {
-    /// Another MAC claims an address we own (ARP reply, gratuitous ARP or NA).
-    Conflict {
-        /// The contested address.
+    /// Another MAC claims an address we announce (ARP reply, gratuitous ARP or NA): one
+    /// report per series of claims (see [`conflicts`]), not one per frame.
+    Conflict(ConflictReport),
+    /// A newly assigned address was not announced: another MAC answered its probes. It is
+    /// probed again after `retry_in`.
+    AddressInUse {
+        /// The address.
         ip: IpAddr,
-        /// The other claimant's MAC.
+        /// Who answered.
         mac: MacAddr,
-        /// Where we saw the claim.
+        /// Where.
         interface: String,
+        /// Rounds of probes answered so far.
+        attempt: u32,
+        /// Until the next round.
+        retry_in: Duration,
     },
     /// The address is now announced on these interfaces (sent whenever the set changes).
     Announcing {
@@ -142,6 +171,8 @@ pub struct Counters {
     unsolicited_na_sent: AtomicU64,
     conflicts: AtomicU64,
     ndp_group_join_failures: AtomicU64,
+    probes_sent: AtomicU64,
+    defences_sent: AtomicU64,
 }
 
 /// A copy of [`Counters`] at one moment.
@@ -171,6 +202,10 @@ pub struct CountersSnapshot {
     /// [`AnnouncerEvent::InterfaceError`] naming the addresses): solicitations for those
     /// addresses go unanswered until a later attempt succeeds.
     pub ndp_group_join_failures: u64,
+    /// ARP probes and DAD solicitations sent for newly assigned addresses.
+    pub probes_sent: u64,
+    /// Announcements sent to defend an address against a foreign claim.
+    pub defences_sent: u64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -193,6 +228,8 @@ impl Counters {
             unsolicited_na_sent: get(&self.unsolicited_na_sent),
             conflicts: get(&self.conflicts),
             ndp_group_join_failures: get(&self.ndp_group_join_failures),
+            probes_sent: get(&self.probes_sent),
+            defences_sent: get(&self.defences_sent),
         }
     }
 }
@@ -366,6 +403,19 @@ struct Shared {
     confirmed: AtomicU64,
     /// Signalled when the manager has stopped (see [`Announcer::start_dedicated`]).
     finished: tokio::sync::Notify,
+    /// Newly assigned addresses being probed or found in use: neither answered nor announced.
+    claims: Mutex<Claims>,
+    /// Foreign claims of announced addresses, aggregated.
+    conflicts: Mutex<ConflictTracker>,
+    /// When each announced address was last defended.
+    defended: Mutex<HashMap<IpAddr, Instant>>,
+    /// Per-packet failures, logged with a count instead of one line each.
+    send_failures: Mutex<LogLimiter<(&'static str, String)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // As for the RwLocks: plain data, better kept than stopping the data plane.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
@@ -389,24 +439,56 @@ impl Shared {
             .unwrap_or_else(|| "-".to_owned())
     }
 
-    /// Report another MAC claiming an owned address, unless we only just took it over.
-    fn conflict(&self, ip: IpAddr, mac: MacAddr, interface: String) {
+    /// Another MAC claims an owned address: counted into its series (reported when due), unless
+    /// we only just took it over. Returns whether to defend the address now (re-announce it).
+    fn conflict(&self, ip: IpAddr, mac: MacAddr, interface: &str) -> bool {
         let fresh = read(&self.taken_at)
             .get(&ip)
             .is_some_and(|t| t.elapsed() < HANDOFF_GRACE);
         if fresh {
             tracing::debug!(service = %self.service_of(ip), %ip, %mac, %interface, "claim from the previous owner during handoff; not a conflict");
-            return;
+            return false;
         }
         inc(&self.counters.conflicts);
-        self.emit(AnnouncerEvent::Conflict { ip, mac, interface });
+        let now = Instant::now();
+        let report = lock(&self.conflicts).observe(ip, mac, interface, now, SystemTime::now());
+        if let Some(report) = report {
+            self.emit(AnnouncerEvent::Conflict(report));
+        }
+        let mut defended = lock(&self.defended);
+        let due = defend_due(defended.get(&ip).copied(), now);
+        if due {
+            defended.insert(ip, now);
+        }
+        due
+    }
+
+    /// A foreign MAC claimed `ip` (or probes for it): remembered if `ip` is being probed.
+    fn probe_heard(&self, ip: IpAddr, mac: MacAddr, interface: &str) {
+        if lock(&self.claims).heard(ip, mac, interface) {
+            tracing::debug!(service = %self.service_of(ip), %ip, %mac, %interface, "probe answered: another machine uses the address");
+        }
+    }
+
+    /// Logs a failure to send an answer, at most once per [`SEND_FAILURE_LOG_EVERY`] per kind
+    /// and interface.
+    fn send_failed(&self, what: &'static str, ip: IpAddr, interface: &str, error: &std::io::Error) {
+        let verdict =
+            lock(&self.send_failures).check(&(what, interface.to_owned()), Instant::now());
+        if let Verdict::Log { suppressed, .. } = verdict {
+            tracing::warn!(service = %self.service_of(ip), %ip, %interface, %error, suppressed, "{what} failed (similar failures since the previous line: suppressed)");
+        }
     }
 
     fn emit(&self, event: AnnouncerEvent) {
         match self.events.try_send(event) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(ev)) => {
-                tracing::warn!(event = ?ev, "announcer event channel full; event dropped");
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let verdict =
+                    lock(&self.send_failures).check(&("event", String::new()), Instant::now());
+                if let Verdict::Log { suppressed, .. } = verdict {
+                    tracing::warn!(suppressed, "announcer event channel full; event dropped");
+                }
             }
             // Nobody listens any more: nothing to report to.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -445,6 +527,10 @@ impl Announcer {
             reassert: AtomicU64::new(0),
             confirmed: AtomicU64::new(0),
             finished: tokio::sync::Notify::new(),
+            claims: Mutex::new(Claims::new(config.probe)),
+            conflicts: Mutex::new(ConflictTracker::new(config.conflicts)),
+            defended: Mutex::new(HashMap::new()),
+            send_failures: Mutex::new(LogLimiter::new(SEND_FAILURE_LOG_EVERY, 64)),
         });
         let (wake, wake_rx) = watch::channel(0u64);
         let (stop, stop_rx) = watch::channel(false);
@@ -462,6 +548,7 @@ impl Announcer {
             down_since: BTreeMap::new(),
             held: BTreeMap::new(),
             confirmed: 0,
+            probes: BTreeMap::new(),
         };
         let task = tokio::spawn(manager.run(wake_rx, stop_rx));
         Ok((
@@ -554,6 +641,31 @@ impl Announcer {
     /// answered from the moment this returns (their groups are left and bursts cancelled
     /// shortly after).
     pub fn set_owned(&self, owned: BTreeMap<IpAddr, Option<Vec<String>>>) {
+        self.set_owned_probing(owned, &BTreeSet::new());
+    }
+
+    /// As [`Announcer::set_owned`], but the addresses of `probe` that are not owned yet are
+    /// first probed (see [`claims`]): they are answered and announced only once nobody else
+    /// answered for them. For addresses new to the cluster; never for a failover, which must
+    /// not wait.
+    pub fn set_owned_probing(
+        &self,
+        owned: BTreeMap<IpAddr, Option<Vec<String>>>,
+        probe: &BTreeSet<IpAddr>,
+    ) {
+        {
+            let now = Instant::now();
+            let mut claims = lock(&self.shared.claims);
+            claims.retain(|ip| owned.contains_key(ip));
+            let desired = read(&self.shared.desired);
+            for ip in probe {
+                if owned.contains_key(ip) && !desired.contains_key(ip) {
+                    claims.start(*ip, now);
+                }
+            }
+        }
+        lock(&self.shared.conflicts).retain_addresses(|ip| owned.contains_key(ip));
+        lock(&self.shared.defended).retain(|ip, _| owned.contains_key(ip));
         {
             let now = Instant::now();
             let mut taken = write(&self.shared.taken_at);
@@ -576,6 +688,24 @@ impl Announcer {
             .filter(|(ip, m)| !m.is_empty() && desired.contains_key(*ip))
             .map(|(ip, m)| (*ip, m.values().cloned().collect()))
             .collect()
+    }
+
+    /// Owned addresses not announced because another MAC answered their probes.
+    pub fn in_use(&self) -> BTreeMap<IpAddr, MacAddr> {
+        lock(&self.shared.claims).in_use()
+    }
+
+    /// Owned addresses being probed or found in use (neither answered nor announced).
+    pub fn pending_claims(&self) -> usize {
+        // One lock at a time: set_owned_probing takes the claims before the desired state.
+        let desired: Vec<IpAddr> = read(&self.shared.desired).keys().copied().collect();
+        let claims = lock(&self.shared.claims);
+        desired.iter().filter(|ip| claims.pending(ip)).count()
+    }
+
+    /// Series of foreign claims tracked now (bounded, see [`conflicts`]).
+    pub fn conflict_series(&self) -> usize {
+        lock(&self.shared.conflicts).len()
     }
 
     /// Current counter values.
@@ -632,6 +762,8 @@ struct Manager {
     held: BTreeMap<u32, Instant>,
     /// The [`Shared::confirmed`] generation last acted on.
     confirmed: u64,
+    /// Probe tasks by (address, interface index), with the round they probe for.
+    probes: BTreeMap<(IpAddr, u32), (u32, AbortOnDrop<()>)>,
 }
 
 impl Manager {
@@ -640,12 +772,19 @@ impl Manager {
         let period = self.config.refresh_interval.filter(|p| !p.is_zero());
         let mut refresh =
             period.map(|p| tokio::time::interval_at(tokio::time::Instant::now() + p, p));
+        let mut flush = tokio::time::interval(CONFLICT_FLUSH);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *stop.borrow_and_update() {
                 break;
             }
             self.reconcile();
+            let claim_due = lock(&self.shared.claims).next_deadline();
             let hold_ends = self.held.values().min().copied();
+            let hold_ends = match (hold_ends, claim_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 r = self.links.changed() => if r.is_err() { break },
                 () = async { match hold_ends {
@@ -655,6 +794,12 @@ impl Manager {
                 // Err: every handle is gone, so nobody can change the desired state again.
                 r = wake.changed() => if r.is_err() { break },
                 r = stop.changed() => if r.is_err() { break },
+                _ = flush.tick() => {
+                    let reports = lock(&self.shared.conflicts).flush(Instant::now());
+                    for report in reports {
+                        self.shared.emit(AnnouncerEvent::Conflict(report));
+                    }
+                }
                 _ = async { match refresh.as_mut() {
                     Some(r) => { r.tick().await; }
                     None => std::future::pending().await,
@@ -665,6 +810,7 @@ impl Manager {
         }
         write(&self.shared.plan).clear();
         self.bursts.clear();
+        self.probes.clear();
         self.workers.clear();
         for ip in std::mem::take(&mut self.announced).into_keys() {
             self.shared.emit(AnnouncerEvent::Stopped { ip });
@@ -703,9 +849,60 @@ impl Manager {
         self.down_since
             .retain(|index, _| links.iter().any(|l| l.index == *index));
 
+        // Probes due for a decision are decided first: a free address joins the plan below.
+        let outcomes = lock(&self.shared.claims).step(now);
+        for outcome in outcomes {
+            match outcome {
+                ClaimOutcome::Free(ip) => {
+                    tracing::debug!(service = %self.shared.service_of(ip), %ip, "probes unanswered: the address is free");
+                }
+                ClaimOutcome::InUse {
+                    ip,
+                    mac,
+                    interface,
+                    attempt,
+                    retry_in,
+                } => self.shared.emit(AnnouncerEvent::AddressInUse {
+                    ip,
+                    mac,
+                    interface,
+                    attempt,
+                    retry_in,
+                }),
+                ClaimOutcome::Reprobe(_) => {}
+            }
+        }
+        let (pending, probing): (BTreeSet<IpAddr>, BTreeMap<IpAddr, u32>) = {
+            let claims = lock(&self.shared.claims);
+            (
+                desired
+                    .keys()
+                    .filter(|ip| claims.pending(ip))
+                    .copied()
+                    .collect(),
+                desired
+                    .keys()
+                    .filter_map(|ip| claims.probing(ip).map(|a| (*ip, a)))
+                    .collect(),
+            )
+        };
+        let mut probe_plan: Plan = BTreeMap::new();
         let mut plan: Plan = BTreeMap::new();
         for (ip, requested) in &desired {
             let chosen = choose_interfaces(*ip, requested.as_deref(), &links, &self.filter);
+            if pending.contains(ip) {
+                if probing.contains_key(ip) {
+                    probe_plan.insert(
+                        *ip,
+                        chosen
+                            .iter()
+                            .filter(|l| !self.held.contains_key(&l.index))
+                            .map(|l| (l.index, l.name.clone()))
+                            .collect(),
+                    );
+                }
+                continue;
+            }
             plan.insert(
                 *ip,
                 chosen
@@ -747,6 +944,51 @@ impl Manager {
             });
         }
 
+        // Probes go out as whole frames on the ARP socket, and an IPv6 probe's answer comes in
+        // on the NDP socket: a probed address needs both kinds.
+        for (ip, interfaces) in probe_plan.iter_mut() {
+            let v6 = ip.is_ipv6();
+            interfaces.retain(|index, name| {
+                let Some(mac) = links.iter().find(|l| l.index == *index).and_then(|l| l.mac) else {
+                    return false;
+                };
+                let opened = self.ensure_socket(*index, name, mac, true).and_then(|()| {
+                    if v6 {
+                        self.ensure_socket(*index, name, mac, false)
+                    } else {
+                        Ok(())
+                    }
+                });
+                match opened {
+                    Ok(()) => true,
+                    Err(e) => {
+                        self.shared.emit(AnnouncerEvent::InterfaceError {
+                            interface: name.clone(),
+                            error: e.to_string(),
+                        });
+                        false
+                    }
+                }
+            });
+        }
+        self.probes.retain(|(ip, index), (attempt, _)| {
+            probing.get(ip) == Some(attempt)
+                && probe_plan.get(ip).is_some_and(|m| m.contains_key(index))
+                && !replaced.contains(index)
+        });
+        for (ip, interfaces) in &probe_plan {
+            let Some(attempt) = probing.get(ip).copied() else {
+                continue;
+            };
+            for index in interfaces.keys() {
+                if !self.probes.contains_key(&(*ip, *index))
+                    && let Some(task) = self.spawn_probe(*ip, *index, attempt)
+                {
+                    self.probes.insert((*ip, *index), (attempt, task));
+                }
+            }
+        }
+
         // From here on answers follow the new plan.
         let previous = std::mem::replace(&mut *write(&self.shared.plan), plan.clone());
 
@@ -778,7 +1020,11 @@ impl Manager {
             }
         }
 
-        let used: BTreeSet<u32> = now.iter().map(|(_, i)| *i).collect();
+        let used: BTreeSet<u32> = now
+            .iter()
+            .map(|(_, i)| *i)
+            .chain(probe_plan.values().flat_map(|m| m.keys().copied()))
+            .collect();
         self.workers.retain(|index, _| used.contains(index));
 
         for (ip, interfaces) in &plan {
@@ -902,6 +1148,47 @@ impl Manager {
         }
     }
 
+    /// Sends the probes of one round for `ip` on interface `index`: ARP probes (sender IP
+    /// 0.0.0.0, RFC 5227 §2.1.1) or DAD solicitations (source `::`, to the solicited-node group,
+    /// no source link-layer option; RFC 4862 §5.4.2), as whole frames on the packet socket.
+    fn spawn_probe(&self, ip: IpAddr, index: u32, attempt: u32) -> Option<AbortOnDrop<()>> {
+        let worker = self.workers.get(&index)?;
+        let socket = worker.arp.as_ref()?.0.clone();
+        let shared = self.shared.clone();
+        let name = worker.name.clone();
+        let config = self.config.probe;
+        let frame = match ip {
+            IpAddr::V4(v4) => arp_request(worker.mac, Ipv4Addr::UNSPECIFIED, v4),
+            IpAddr::V6(v6) => {
+                let group = solicited_node_multicast(v6);
+                ipv6_icmp_frame(
+                    worker.mac,
+                    ipv6_multicast_mac(group),
+                    Ipv6Addr::UNSPECIFIED,
+                    group,
+                    255,
+                    &neighbor_solicitation(v6, None),
+                )
+            }
+        };
+        tracing::debug!(service = %shared.service_of(ip), %ip, interface = %name, attempt, "probing a newly assigned address");
+        let task = tokio::spawn(async move {
+            for i in 0..config.count {
+                if lock(&shared.claims).probing(&ip) != Some(attempt) {
+                    return;
+                }
+                match sys::send_arp(&socket, &frame).await {
+                    Ok(_) => inc(&shared.counters.probes_sent),
+                    Err(e) => shared.send_failed("probe", ip, &name, &e),
+                }
+                if i + 1 < config.count {
+                    tokio::time::sleep(config.probe_gap()).await;
+                }
+            }
+        });
+        Some(AbortOnDrop(task))
+    }
+
     fn spawn_burst(&self, ip: IpAddr, index: u32) -> Option<AbortOnDrop<()>> {
         let worker = self.workers.get(&index)?;
         let shared = self.shared.clone();
@@ -919,9 +1206,7 @@ impl Manager {
                         }
                         match sys::send_arp(&socket, &frame).await {
                             Ok(_) => inc(&shared.counters.gratuitous_arp_sent),
-                            Err(e) => {
-                                tracing::warn!(service = %shared.service_of(ip), %ip, interface = %name, error = %e, "gratuitous ARP")
-                            }
+                            Err(e) => shared.send_failed("gratuitous ARP", ip, &name, &e),
                         }
                         if i + 1 < count {
                             tokio::time::sleep(interval).await;
@@ -940,9 +1225,7 @@ impl Manager {
                         // From the address itself, as the kernel advertises its own.
                         match sys::send_ndp(&socket, &body, v6, ALL_NODES).await {
                             Ok(_) => inc(&shared.counters.unsolicited_na_sent),
-                            Err(e) => {
-                                tracing::warn!(service = %shared.service_of(ip), %ip, interface = %name, error = %e, "unsolicited NA")
-                            }
+                            Err(e) => shared.send_failed("unsolicited NA", ip, &name, &e),
                         }
                         if i + 1 < count {
                             tokio::time::sleep(interval).await;
@@ -984,6 +1267,17 @@ async fn arp_loop(
         if frame.op == ArpOp::Request {
             inc(&shared.counters.arp_requests_seen);
         }
+        // While an address is probed, a frame whose sender is that address from another MAC
+        // (a reply to the probe, a gratuitous ARP) means a machine uses it. Another host's probe
+        // for it (sender 0.0.0.0) is not counted, unlike RFC 5227 §2.1.1: it is most likely
+        // another speaker whose view of the cluster has not converged yet, and the election,
+        // not a back-off, decides between speakers.
+        if usable_sender(&frame)
+            && !frame.sender_ip.is_unspecified()
+            && !shared.is_local_mac(frame.sender_mac)
+        {
+            shared.probe_heard(IpAddr::V4(frame.sender_ip), frame.sender_mac, &name);
+        }
         let action = arp_action(
             &frame,
             |m| shared.is_local_mac(m),
@@ -992,13 +1286,29 @@ async fn arp_loop(
         match action {
             ArpAction::Reply => match sys::send_arp(&socket, &arp_reply(&frame, mac)).await {
                 Ok(_) => inc(&shared.counters.arp_requests_answered),
-                Err(e) => {
-                    let ip = IpAddr::V4(frame.target_ip);
-                    tracing::warn!(service = %shared.service_of(ip), %ip, interface = %name, error = %e, "sending ARP reply")
-                }
+                Err(e) => shared.send_failed("ARP reply", IpAddr::V4(frame.target_ip), &name, &e),
             },
             ArpAction::Conflict => {
-                shared.conflict(IpAddr::V4(frame.sender_ip), frame.sender_mac, name.clone());
+                let ip = IpAddr::V4(frame.sender_ip);
+                if shared.conflict(ip, frame.sender_mac, &name) {
+                    // Defend: announce again, so the neighbours that took the claim come back.
+                    // Linux ignores a second change of an entry within its ARP lock time (1 s),
+                    // so the announcement goes out at once and once more after it.
+                    let announcement = gratuitous_arp(frame.sender_ip, mac);
+                    match sys::send_arp(&socket, &announcement).await {
+                        Ok(_) => inc(&shared.counters.defences_sent),
+                        Err(e) => shared.send_failed("defending ARP", ip, &name, &e),
+                    }
+                    let (shared, socket, name) = (shared.clone(), socket.clone(), name.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(DEFENCE_REPEAT).await;
+                        if shared.answers(ip, index)
+                            && let Err(e) = sys::send_arp(&socket, &announcement).await
+                        {
+                            shared.send_failed("defending ARP", ip, &name, &e);
+                        }
+                    });
+                }
             }
             ArpAction::Ignore => {}
         }
@@ -1106,6 +1416,12 @@ async fn handle_ndp(
     if matches!(msg, NdpMessage::Solicitation(_)) {
         inc(&shared.counters.ns_seen);
     }
+    if let NdpMessage::Advertisement(na) = msg
+        && let Some(other) = na.target_mac
+        && !shared.is_local_mac(other)
+    {
+        shared.probe_heard(IpAddr::V6(na.target), other, name);
+    }
     let action = ndp_action(
         msg,
         source,
@@ -1124,14 +1440,19 @@ async fn handle_ndp(
             // other tools ignore advertisements from any other source.
             match sys::send_ndp(socket, &body, target, dst).await {
                 Ok(_) => inc(&shared.counters.ns_answered),
-                Err(e) => {
-                    let ip = IpAddr::V6(target);
-                    tracing::warn!(service = %shared.service_of(ip), %ip, interface = %name, error = %e, "sending NA")
-                }
+                // E.g. a solicitation from an off-link source, which no route reaches: one line
+                // per interval, not one per packet.
+                Err(e) => shared.send_failed("NA", IpAddr::V6(target), name, &e),
             }
         }
-        NdpAction::Conflict { target, mac } => {
-            shared.conflict(IpAddr::V6(target), mac, name.to_owned());
+        NdpAction::Conflict { target, mac: other } => {
+            if shared.conflict(IpAddr::V6(target), other, name) {
+                let body = neighbor_advertisement(target, mac, false, true);
+                match sys::send_ndp(socket, &body, target, ALL_NODES).await {
+                    Ok(_) => inc(&shared.counters.defences_sent),
+                    Err(e) => shared.send_failed("defending NA", IpAddr::V6(target), name, &e),
+                }
+            }
         }
         NdpAction::Ignore => {}
     }

@@ -9,6 +9,7 @@
 //! - [`announcer`], [`interfaces`]: answering ARP/NDP on the chosen links.
 //! - [`plan`]: pure: from the cluster's objects to what this node announces.
 //! - [`trim`]: pure: what the shell keeps of the cached cluster objects.
+//! - [`hold`]: pure: pools that vanished while their addresses are served stay in the plan.
 //! - [`bgp`], [`bfd`]: BGP mode: sessions with routers, and BFD to notice a dead path fast.
 //! - [`run`], [`metrics`]: the I/O shell around it.
 #![deny(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod announcer;
 pub mod bfd;
 pub mod bgp;
 pub mod frames;
+pub mod hold;
 pub mod interfaces;
 pub mod membership;
 pub mod metrics;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use lodestone_speaker::announcer::AnnouncerConfig;
+use lodestone_speaker::announcer::claims::ProbeConfig;
 use lodestone_speaker::interfaces::DEFAULT_EXCLUDE;
 use lodestone_speaker::membership::Keyring;
 use lodestone_speaker::plan::{ClassFilter, DEFAULT_LB_CLASS};
@@ -65,6 +66,12 @@ struct Args {
     /// peer rejoins or the API server comes back).
     #[arg(long, default_value_t = 0)]
     gratuitous_refresh_secs: u64,
+    /// Milliseconds an address new to the cluster is probed (ARP probes / IPv6 duplicate
+    /// address detection) before it is announced; if another machine answers meanwhile, it is
+    /// not announced (condition reason AddressInUse). 0 disables probing. Failovers are never
+    /// probed.
+    #[arg(long, default_value_t = 500)]
+    probe_time_ms: u64,
     /// Seconds the API server may stay unreachable before this speaker withdraws from the
     /// election, provided another speaker still reaches it (docs/announcing.md).
     #[arg(long, default_value_t = 30)]
@@ -158,6 +165,10 @@ async fn main() -> anyhow::Result<()> {
             exclude: args.interface_exclude.clone(),
             refresh_interval: (args.gratuitous_refresh_secs > 0)
                 .then(|| Duration::from_secs(args.gratuitous_refresh_secs)),
+            probe: ProbeConfig {
+                time: Duration::from_millis(args.probe_time_ms),
+                ..ProbeConfig::default()
+            },
             ..AnnouncerConfig::default()
         },
         api_loss_timeout: Duration::from_secs(args.api_loss_timeout_secs),

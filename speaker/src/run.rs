@@ -62,8 +62,8 @@ pub use lodestone_crds::announced::CONDITION_TYPE;
 pub use lodestone_crds::conditions::SPEAKER_FIELD_MANAGER as FIELD_MANAGER;
 /// How long the departure notice may take on SIGTERM.
 const LEAVE_TIMEOUT: Duration = Duration::from_millis(500);
-/// The same conflict (address, MAC) is reported at most this often.
-const CONFLICT_REPORT_EVERY: Duration = Duration::from_secs(60);
+/// Reason of `Announced=False` on a Service whose address another machine answers for.
+pub const REASON_ADDRESS_IN_USE: &str = "AddressInUse";
 /// After start, Ready nodes the membership has not shown yet still count as alive for this
 /// long (see [`plan::alive_set`]): peers are normally heard within one seed announce (1 s).
 const JOINING_GRACE: Duration = Duration::from_secs(5);
@@ -570,6 +570,55 @@ impl Desired {
     }
 }
 
+/// `Announced=False` with [`REASON_ADDRESS_IN_USE`] when this node owns the Service but another
+/// machine answered the probes for its first address.
+pub fn in_use_condition(
+    me: &str,
+    sp: &plan::ServicePlan,
+    in_use: &BTreeMap<IpAddr, crate::frames::MacAddr>,
+) -> Option<Desired> {
+    if !matches!(&sp.owner, Ok(owner) if owner == me) {
+        return None;
+    }
+    let (ip, mac) = sp
+        .addresses
+        .iter()
+        .find_map(|ip| in_use.get(ip).map(|mac| (ip, mac)))?;
+    Some(Desired {
+        status: false,
+        reason: REASON_ADDRESS_IN_USE,
+        message: lodestone_crds::events::condition_message(&format!(
+            "not announced: {ip} is in use by another machine ({mac} answered the probes from {me}); it is probed again later"
+        ))
+        .into_owned(),
+    })
+}
+
+/// The addresses of `next` to probe before announcing: owned by this node now and not before,
+/// and served by no node of the cluster (no other node owned them in the previous plan, and no
+/// Service holding them carries `Announced=True`). A failover or a restart is never probed: it
+/// must stay fast, and the address is the cluster's already.
+pub fn new_to_cluster(
+    me: &str,
+    previous: &Plan,
+    owners: &BTreeMap<IpAddr, String>,
+    next: &Plan,
+) -> BTreeSet<IpAddr> {
+    let served: BTreeSet<IpAddr> = next
+        .services
+        .values()
+        .filter(|sp| sp.observed.status == Some(true))
+        .flat_map(|sp| sp.addresses.iter().copied())
+        .collect();
+    next.owned
+        .keys()
+        .filter(|ip| !previous.owned.contains_key(*ip))
+        .filter(|ip| owners.get(*ip).is_none_or(|o| o == me))
+        .filter(|ip| !served.contains(*ip))
+        .copied()
+        .collect()
+}
+
 /// The condition this node should write on a Service, if it is the one to write it.
 ///
 /// One writer per Service at a time:
@@ -593,7 +642,10 @@ pub fn desired_condition(
             Some(Desired {
                 status: true,
                 reason: announced::REASON_ANNOUNCED,
-                message: announced::announced_message(me, ifaces),
+                message: lodestone_crds::events::condition_message(&announced::announced_message(
+                    me, ifaces,
+                ))
+                .into_owned(),
             })
         }
         Ok(_) => None,
@@ -808,7 +860,10 @@ fn k8s_event(event: &Event, regarding: ObjectReference, node: &str, now: Timesta
         event_time: Some(MicroTime(now)),
         action: Some(event.action.clone()),
         reason: Some(event.reason.clone()),
-        note: event.note.clone(),
+        note: event
+            .note
+            .as_deref()
+            .map(|n| lodestone_crds::events::event_note(n).into_owned()),
         type_: Some(
             match event.type_ {
                 EventType::Normal => "Normal",
@@ -877,7 +932,6 @@ struct Shell {
     write_id: u64,
     /// Since when each Service has had no owner in this speaker's view.
     no_owner_since: HashMap<String, Instant>,
-    conflicts_reported: BTreeMap<(IpAddr, String), Instant>,
     /// Owned addresses answered on no interface (none of the named ones exists here), as last
     /// reported: see [`plan::unanswerable`].
     unanswerable: BTreeMap<IpAddr, Vec<String>>,
@@ -937,6 +991,8 @@ struct Shell {
     /// is down and until `link_settle_until` (see [`LINK_SETTLE`]).
     alive_at_link_down: BTreeSet<String>,
     link_settle_until: Option<tokio::time::Instant>,
+    /// Pools that vanished while their addresses were served.
+    pool_hold: crate::hold::PoolHold,
 }
 
 impl Shell {
@@ -1218,12 +1274,27 @@ impl Shell {
         let started = Instant::now();
         let nodes = self.stores.nodes.state();
         let (alive, source) = self.alive(&nodes);
+        // Pools gone while their addresses are served (the CRD deleted) keep them announced.
+        let served: BTreeSet<IpAddr> = self
+            .plan
+            .services
+            .values()
+            .filter(|sp| sp.owner.is_ok())
+            .flat_map(|sp| sp.addresses.iter().copied())
+            .collect();
+        let (pools, held) = self.pool_hold.pools(self.stores.pools.state(), &served);
+        for pool in &held.started {
+            tracing::warn!(%pool, "IPAddressPool gone while Services hold its addresses (deleted without releasing them, or the IPAddressPool CRD deleted): announcing them on until a pool containing them exists again");
+        }
+        for pool in &held.released {
+            tracing::info!(%pool, "no longer holding the addresses of a vanished IPAddressPool: a present pool contains them, or no Service holds them");
+        }
         let input = PlanInput {
             node_name: self.cfg.node_name.clone(),
             services: self.stores.services.state(),
             endpoint_slices: self.stores.slices.state(),
             nodes: nodes.clone(),
-            pools: self.stores.pools.state(),
+            pools,
             advertisements: self.stores.adverts.state(),
             alive: alive.clone(),
             class: self.cfg.class.clone(),
@@ -1231,7 +1302,8 @@ impl Shell {
         let ready = plan::ready_endpoints(&input.endpoint_slices);
         let next = plan::plan_with(&input, &ready);
         if next.owned != self.plan.owned {
-            self.announcer.set_owned(next.owned.clone());
+            let probe = new_to_cluster(&self.cfg.node_name, &self.plan, &self.owners, &next);
+            self.announcer.set_owned_probing(next.owned.clone(), &probe);
         }
         let by_address = next.services_by_address();
         if by_address != self.by_address {
@@ -1419,9 +1491,15 @@ impl Shell {
         let me = self.cfg.node_name.clone();
         let now = Instant::now();
         let mut settle_at: Option<Instant> = None;
+        let in_use = self.announcer.in_use();
         for (key, sp) in &self.plan.services {
-            let desired = match desired_condition(&me, key, sp, &self.announced, alive) {
+            let refused = in_use_condition(&me, sp, &in_use);
+            let desired = match refused.map_or_else(
+                || desired_condition(&me, key, sp, &self.announced, alive),
+                Some,
+            ) {
                 Some(d) if d.is_observed(&sp.observed) => None,
+                Some(d) if d.reason == REASON_ADDRESS_IN_USE => Some(d),
                 Some(d) if !d.status => {
                     // "Not announced" waits for this speaker's view to settle.
                     let since = self.no_owner_since.get(key).copied().unwrap_or(now);
@@ -1615,25 +1693,37 @@ impl Shell {
         let me = self.cfg.node_name.clone();
         match event {
             AnnouncerEvent::Announcing { .. } | AnnouncerEvent::Stopped { .. } => true,
-            AnnouncerEvent::Conflict { ip, mac, interface } => {
-                self.metrics.address_conflicts.inc();
-                let mac = mac.to_string();
-                let now = Instant::now();
-                let due = self
-                    .conflicts_reported
-                    .get(&(ip, mac.clone()))
-                    .is_none_or(|t| now.duration_since(*t) >= CONFLICT_REPORT_EVERY);
-                if due {
-                    self.conflicts_reported.insert((ip, mac.clone()), now);
+            // One report per series of claims, already rate-limited by the announcer.
+            AnnouncerEvent::Conflict(report) => {
+                self.metrics
+                    .address_conflicts
+                    .inc_by(report.since_last_report);
+                let note = crate::announcer::conflicts::conflict_note(&report, &me);
+                for key in self.services_of.get(&report.ip).into_iter().flatten() {
+                    tracing::warn!(service = %key, ip = %report.ip, mac = %report.mac, interface = %report.interface, count = report.count, note = %lodestone_crds::events::log_text(&note), "address conflict");
+                }
+                self.event_on_services(report.ip, EventType::Warning, "AddressConflict", note);
+                false
+            }
+            AnnouncerEvent::AddressInUse {
+                ip,
+                mac,
+                interface,
+                attempt,
+                retry_in,
+            } => {
+                // The first refusal, then ever more rarely (1, 2, 4, 8... rounds).
+                if attempt.is_power_of_two() {
                     let note = format!(
-                        "{ip} is also claimed by {mac} on {interface} of {me}: another machine uses this address"
+                        "{ip} not announced from {me}: {mac} answered its probes on {interface}, so another machine uses it; probed again in {} s (round {attempt})",
+                        retry_in.as_secs()
                     );
                     for key in self.services_of.get(&ip).into_iter().flatten() {
-                        tracing::warn!(service = %key, %ip, %mac, %interface, "address conflict");
+                        tracing::warn!(service = %key, %ip, %mac, %interface, attempt, "address in use by another machine; not announced");
                     }
-                    self.event_on_services(ip, EventType::Warning, "AddressConflict", note);
+                    self.event_on_services(ip, EventType::Warning, REASON_ADDRESS_IN_USE, note);
                 }
-                false
+                true
             }
             AnnouncerEvent::InterfaceError { interface, error } => {
                 tracing::warn!(%interface, %error, "interface error");
@@ -1764,7 +1854,6 @@ pub async fn run(
         sent: BTreeMap::new(),
         write_id: 0,
         no_owner_since: HashMap::new(),
-        conflicts_reported: BTreeMap::new(),
         unanswerable: BTreeMap::new(),
         view: view_rx.borrow_and_update().clone(),
         states: states_rx.borrow_and_update().clone(),
@@ -1794,6 +1883,7 @@ pub async fn run(
         own_link_down_since: None,
         alive_at_link_down: BTreeSet::new(),
         link_settle_until: None,
+        pool_hold: crate::hold::PoolHold::default(),
     };
 
     let initial = shell.view.clone();
@@ -1941,7 +2031,7 @@ pub async fn run(
             () = tokio::time::sleep_until(release_at.unwrap_or_else(far)), if release_at.is_some() => {
                 release_at = None;
                 worked = false;
-                crate::heap::release_free_memory();
+                lodestone_crds::heap::release_free_memory();
             }
             () = &mut shutdown => break,
         }
@@ -2384,6 +2474,112 @@ mod tests {
         assert_eq!(e.reporting_controller.as_deref(), Some(FIELD_MANAGER));
         assert_eq!(e.reporting_instance.as_deref(), Some("node-a"));
         assert!(e.event_time.is_some() && e.series.is_none());
+    }
+
+    #[test]
+    fn only_addresses_new_to_the_cluster_are_probed() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let plan_of = |services: Vec<(&str, ServicePlan)>| {
+            let mut p = Plan::default();
+            for (k, s) in services {
+                if s.owner.as_deref() == Ok("b") {
+                    for a in &s.addresses {
+                        p.owned.insert(*a, None);
+                    }
+                }
+                p.services.insert(k.into(), s);
+            }
+            p
+        };
+        let empty = Plan::default();
+        // A brand-new Service: probed.
+        let fresh = plan_of(vec![("ns/new", sp(&["198.51.100.1"], Ok("b")))]);
+        assert_eq!(
+            new_to_cluster("b", &empty, &BTreeMap::new(), &fresh),
+            BTreeSet::from([ip("198.51.100.1")])
+        );
+        // A failover: another node owned it in the previous plan. Not probed.
+        let before = BTreeMap::from([(ip("198.51.100.1"), "a".to_owned())]);
+        assert!(new_to_cluster("b", &empty, &before, &fresh).is_empty());
+        // A restart: the Service says some node announces it. Not probed.
+        let mut served = sp(&["198.51.100.1"], Ok("b"));
+        served.observed.status = Some(true);
+        let restarted = plan_of(vec![("ns/new", served)]);
+        assert!(new_to_cluster("b", &empty, &BTreeMap::new(), &restarted).is_empty());
+        // Already owned: nothing new.
+        assert!(new_to_cluster("b", &fresh, &BTreeMap::new(), &fresh).is_empty());
+    }
+
+    #[test]
+    fn an_address_in_use_is_reported_by_its_owner_only() {
+        let ip: IpAddr = "198.51.100.1".parse().unwrap();
+        let mac = crate::frames::MacAddr::new(2, 0, 0, 0, 0, 0x66);
+        let in_use = BTreeMap::from([(ip, mac)]);
+        let owned = sp(&["198.51.100.1"], Ok("b"));
+        let d = in_use_condition("b", &owned, &in_use).unwrap();
+        assert!(!d.status);
+        assert_eq!(d.reason, REASON_ADDRESS_IN_USE);
+        assert!(d.message.contains("02:00:00:00:00:66"), "{}", d.message);
+        assert_eq!(in_use_condition("a", &owned, &in_use), None);
+        assert_eq!(in_use_condition("b", &owned, &BTreeMap::new()), None);
+    }
+
+    /// Issue 14 item 5/6: whatever the length of the text the speaker writes, the condition
+    /// message and the Event note fit the API's limits.
+    #[test]
+    fn huge_texts_fit_the_api() {
+        let huge = "x".repeat(200 * 1024);
+        let ip: IpAddr = "198.51.100.1".parse().unwrap();
+        let alive = BTreeSet::from([huge.clone()]);
+        let owned = sp(&["198.51.100.1"], Ok(huge.as_str()));
+        let announced = BTreeMap::from([(ip, vec![huge.clone(), huge.clone()])]);
+        let d = desired_condition(&huge, "ns/web", &owned, &announced, &alive).unwrap();
+        assert!(d.message.len() <= lodestone_crds::events::CONDITION_MESSAGE_MAX);
+        assert!(
+            d.message.contains("truncated"),
+            "{}",
+            &d.message[d.message.len() - 80..]
+        );
+        let mac = crate::frames::MacAddr::new(2, 0, 0, 0, 0, 0x66);
+        let d = in_use_condition(&huge, &owned, &BTreeMap::from([(ip, mac)])).unwrap();
+        assert!(d.message.len() <= lodestone_crds::events::CONDITION_MESSAGE_MAX);
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "AddressConflict".into(),
+            note: Some(huge.clone()),
+            action: "Announce".into(),
+            secondary: None,
+        };
+        let reference = ObjectReference {
+            name: Some("web".into()),
+            namespace: Some("shop".into()),
+            ..Default::default()
+        };
+        let e = k8s_event(&event, reference, &huge, Timestamp::UNIX_EPOCH);
+        let note = e.note.unwrap();
+        assert!(
+            note.len() <= lodestone_crds::events::EVENT_NOTE_MAX,
+            "{}",
+            note.len()
+        );
+        let report = crate::announcer::conflicts::ConflictReport {
+            ip,
+            mac,
+            interface: huge.clone(),
+            count: 1,
+            since_last_report: 1,
+            first_seen: std::time::SystemTime::UNIX_EPOCH,
+            last_seen: std::time::SystemTime::UNIX_EPOCH,
+            forgotten: 0,
+        };
+        let note = crate::announcer::conflicts::conflict_note(&report, &huge);
+        assert!(
+            lodestone_crds::events::event_note(&note).len()
+                <= lodestone_crds::events::EVENT_NOTE_MAX
+        );
+        assert!(
+            lodestone_crds::events::log_text(&note).len() <= lodestone_crds::events::LOG_TEXT_MAX
+        );
     }
 
     #[test]

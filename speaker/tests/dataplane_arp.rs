@@ -168,7 +168,7 @@ fn a_conflicting_claim_is_reported() {
     assert!(
         a.drain_events()
             .iter()
-            .all(|e| !matches!(e, AnnouncerEvent::Conflict { .. })),
+            .all(|e| !matches!(e, AnnouncerEvent::Conflict(_))),
         "a claim during the handoff grace was reported as a conflict"
     );
     assert_eq!(a.announcer.counters().conflicts, 0);
@@ -177,18 +177,13 @@ fn a_conflicting_claim_is_reported() {
     std::thread::sleep(lodestone_speaker::announcer::HANDOFF_GRACE);
     claim();
     let intruder_mac = intruder.mac().unwrap();
-    let ev = a.wait_event("Conflict", |e| matches!(e, AnnouncerEvent::Conflict { .. }));
-    let AnnouncerEvent::Conflict {
-        ip: cip,
-        mac,
-        interface,
-    } = ev
-    else {
+    let ev = a.wait_event("Conflict", |e| matches!(e, AnnouncerEvent::Conflict(_)));
+    let AnnouncerEvent::Conflict(report) = ev else {
         unreachable!()
     };
-    assert_eq!(cip, vip);
-    assert_eq!(mac.to_string(), intruder_mac);
-    assert_eq!(interface, "eth0");
+    assert_eq!(report.ip, vip);
+    assert_eq!(report.mac.to_string(), intruder_mac);
+    assert_eq!(report.interface, "eth0");
     assert!(a.announcer.counters().conflicts >= 1);
 }
 

@@ -255,14 +255,18 @@ fn a_conflicting_advertisement_is_reported() {
             socket.send_to(&na, "ff02::1".parse().unwrap()).unwrap();
         })
         .unwrap();
-    let ev = a.wait_event("Conflict", |e| matches!(e, AnnouncerEvent::Conflict { .. }));
+    let ev = a.wait_event("Conflict", |e| matches!(e, AnnouncerEvent::Conflict(_)));
+    let AnnouncerEvent::Conflict(report) = ev else {
+        unreachable!()
+    };
     assert_eq!(
-        ev,
-        AnnouncerEvent::Conflict {
-            ip: vip,
-            mac: intruder_mac,
-            interface: "eth0".into()
-        }
+        (
+            report.ip,
+            report.mac,
+            report.interface.as_str(),
+            report.count
+        ),
+        (vip, intruder_mac, "eth0", 1)
     );
 }
 
