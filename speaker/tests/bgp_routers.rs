@@ -417,7 +417,6 @@ fn wait_gobgp_hops(lab: &Lab, router: &Router, family: &str, prefix: &str, want:
 /// GoBGP (`gobgpd`, configured as `docs/bgp.md` shows): a path from every node in its RIB for
 /// both families, with the advertisement's communities; a stopped speaker's path withdrawn and
 /// its session closed with a Cease. GoBGP installs no kernel routes, so no traffic here.
-#[ignore = "written this stop, not yet run against the real router/cluster: run with --run-ignored (issue note)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gobgp_holds_a_path_from_every_node_and_loses_a_stopped_one() {
     if !installed("GoBGP", "/usr/bin/gobgpd") {
@@ -479,7 +478,6 @@ fn frr_neighbor(router: &Router, neighbor: &str) -> (u64, String) {
 /// keep it) withdraws its BGP routes too, and keeps its session: the router keeps the other
 /// nodes' paths, the client's flows land only there, and the node's route comes back with one
 /// UPDATE once it hears the API server again. `docs/bgp.md`, "Leaving the election".
-#[ignore = "written this stop, not yet run against the real router/cluster: run with --run-ignored (issue note)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frr_loses_the_routes_of_a_node_cut_from_the_api_server_not_its_session() {
     if !installed("FRR", "/usr/lib/frr/bgpd") {
