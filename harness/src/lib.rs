@@ -20,4 +20,5 @@ pub mod clusterlab;
 pub mod docs;
 pub mod e2e;
 pub mod netns;
+pub mod signal;
 pub mod tls;

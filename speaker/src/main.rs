@@ -122,10 +122,21 @@ async fn shutdown_signal() {
     }
 }
 
-// One thread: the work is small and I/O-bound, and a single thread keeps the resident memory
-// low (no per-worker allocator arenas); the failover path never waits behind other threads.
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before any thread starts: the arena limit applies to threads yet to allocate (the
+    // membership and BFD threads).
+    let heap_tuned = lodestone_crds::heap::limit_fragmentation();
+    // One runtime thread: the work is small and I/O-bound, and a single thread keeps the
+    // resident memory low (no per-worker allocator arenas); the failover path never waits
+    // behind other threads.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(speaker(heap_tuned))
+}
+
+async fn speaker(heap_tuned: bool) -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -140,6 +151,9 @@ async fn main() -> anyhow::Result<()> {
             .with_env_filter(filter)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
             .init();
+    }
+    if !heap_tuned {
+        tracing::warn!("the allocator refused its settings; memory may stay at its start-up peak");
     }
     let (keys, key_file) = read_keys(&args)?;
     let client = kube::Client::try_default()

@@ -1456,12 +1456,24 @@ impl Shell {
     /// [`Shell::event_on_services`] for the Services the plan has behind `ip` (an address that
     /// is owned but not announced has no [`Shell::services_of`] entry yet).
     fn event_on_owners(&self, ip: IpAddr, type_: EventType, reason: &str, note: String) {
-        for (key, _) in self
+        let keys = self
             .plan
             .services
             .iter()
             .filter(|(_, sp)| sp.addresses.contains(&ip))
-        {
+            .map(|(key, _)| key);
+        self.event_on_keys(keys, type_, reason, &note);
+    }
+
+    /// One Event on each of the Services named by `keys` that are still in the cache.
+    fn event_on_keys<'k>(
+        &self,
+        keys: impl Iterator<Item = &'k String>,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+    ) {
+        for key in keys {
             let Some(svc) = self.service(key) else {
                 continue;
             };
@@ -1470,7 +1482,7 @@ impl Shell {
                 event: Event {
                     type_,
                     reason: reason.to_owned(),
-                    note: Some(note.clone()),
+                    note: Some(note.to_owned()),
                     action: "Announce".into(),
                     secondary: None,
                 },
@@ -1634,21 +1646,8 @@ impl Shell {
     }
 
     fn event_on_services(&self, ip: IpAddr, type_: EventType, reason: &str, note: String) {
-        for key in self.services_of.get(&ip).into_iter().flatten() {
-            let Some(svc) = self.service(key) else {
-                continue;
-            };
-            let _ = self.events.send(EventReport {
-                reference: Box::new(service_reference(&svc)),
-                event: Event {
-                    type_,
-                    reason: reason.to_owned(),
-                    note: Some(note.clone()),
-                    action: "Announce".into(),
-                    secondary: None,
-                },
-            });
-        }
+        let keys = self.services_of.get(&ip).into_iter().flatten();
+        self.event_on_keys(keys, type_, reason, &note);
     }
 
     /// Brings `announced` in line with the announcer's own state and reports the differences.

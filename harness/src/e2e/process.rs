@@ -87,16 +87,8 @@ impl SpeakerProcess {
 
     /// Sends `signal` (e.g. `libc::SIGTERM`, `libc::SIGKILL`).
     pub fn kill(&self, signal: i32) -> io::Result<()> {
-        let pid = libc::pid_t::try_from(self.child.id())
-            .map_err(|_| io::Error::other("pid out of range"))?;
-        // SAFETY: kill(2) takes plain integers and touches none of our memory. The pid is our
-        // own unreaped child, so it cannot have been recycled for another process.
-        let rc = unsafe { libc::kill(pid, signal) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        // Our own unreaped child: the pid cannot have been recycled for another process.
+        crate::signal::send(self.child.id(), signal)
     }
 
     /// Exit status if it has exited.

@@ -1,6 +1,5 @@
 //! CPU load from `stress-ng` (Debian's `stress-ng` package), for the scenarios that must hold on
 //! a loaded node. Stopped when dropped, also when a test fails.
-#![allow(unsafe_code)] // kill(2) on our own child; with a SAFETY comment
 
 use std::process::{Child, Command, Stdio};
 
@@ -27,10 +26,8 @@ impl Stress {
 impl Drop for Stress {
     fn drop(&mut self) {
         // SIGTERM lets stress-ng stop its workers; SIGKILL (Child::kill) would orphan them.
-        if let Ok(pid) = libc::pid_t::try_from(self.0.id()) {
-            // SAFETY: kill(2) on our own child, not reaped yet, so the pid is still ours.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
+        // Our own child, not reaped yet, so the pid is still ours.
+        let _ = crate::signal::send(self.0.id(), libc::SIGTERM);
         let _ = self.0.wait();
     }
 }
