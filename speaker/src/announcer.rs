@@ -162,10 +162,12 @@ pub enum AnnouncerError {
 pub struct Counters {
     arp_frames_received: AtomicU64,
     arp_requests_seen: AtomicU64,
+    arp_requests_owned: AtomicU64,
     arp_requests_answered: AtomicU64,
     ndp_messages_received: AtomicU64,
     ndp_dropped_hop_limit: AtomicU64,
     ns_seen: AtomicU64,
+    ns_owned: AtomicU64,
     ns_answered: AtomicU64,
     gratuitous_arp_sent: AtomicU64,
     unsolicited_na_sent: AtomicU64,
@@ -182,6 +184,8 @@ pub struct CountersSnapshot {
     pub arp_frames_received: u64,
     /// ARP requests among them.
     pub arp_requests_seen: u64,
+    /// ARP requests for an address this node answers for on that interface.
+    pub arp_requests_owned: u64,
     /// ARP replies sent.
     pub arp_requests_answered: u64,
     /// Messages the NDP sockets delivered to user space (the kernel filter passes NS/NA).
@@ -190,6 +194,8 @@ pub struct CountersSnapshot {
     pub ndp_dropped_hop_limit: u64,
     /// Neighbor Solicitations received.
     pub ns_seen: u64,
+    /// Neighbor Solicitations for an address this node answers for on that interface.
+    pub ns_owned: u64,
     /// Neighbor Advertisements sent in answer.
     pub ns_answered: u64,
     /// Gratuitous ARPs sent.
@@ -219,10 +225,12 @@ impl Counters {
         CountersSnapshot {
             arp_frames_received: get(&self.arp_frames_received),
             arp_requests_seen: get(&self.arp_requests_seen),
+            arp_requests_owned: get(&self.arp_requests_owned),
             arp_requests_answered: get(&self.arp_requests_answered),
             ndp_messages_received: get(&self.ndp_messages_received),
             ndp_dropped_hop_limit: get(&self.ndp_dropped_hop_limit),
             ns_seen: get(&self.ns_seen),
+            ns_owned: get(&self.ns_owned),
             ns_answered: get(&self.ns_answered),
             gratuitous_arp_sent: get(&self.gratuitous_arp_sent),
             unsolicited_na_sent: get(&self.unsolicited_na_sent),
@@ -1266,6 +1274,10 @@ async fn arp_loop(
         };
         if frame.op == ArpOp::Request {
             inc(&shared.counters.arp_requests_seen);
+            // Answered or not (a forged sender is not): what the metric documents.
+            if shared.answers(IpAddr::V4(frame.target_ip), index) {
+                inc(&shared.counters.arp_requests_owned);
+            }
         }
         // While an address is probed, a frame whose sender is that address from another MAC
         // (a reply to the probe, a gratuitous ARP) means a machine uses it. Another host's probe
@@ -1413,8 +1425,11 @@ async fn handle_ndp(
         inc(&shared.counters.ndp_dropped_hop_limit);
         return;
     }
-    if matches!(msg, NdpMessage::Solicitation(_)) {
+    if let NdpMessage::Solicitation(ns) = msg {
         inc(&shared.counters.ns_seen);
+        if shared.answers(IpAddr::V6(ns.target), index) {
+            inc(&shared.counters.ns_owned);
+        }
     }
     if let NdpMessage::Advertisement(na) = msg
         && let Some(other) = na.target_mac

@@ -12,6 +12,9 @@
 //! | `failover_detections_total` | counter | addresses taken over from a member that went down |
 //! | `address_conflicts_total` | counter | replies from a foreign MAC for an address we announce |
 //! | `ndp_group_join_failures_total` | counter | solicited-node group joins the kernel refused |
+//! | `probes_sent_total` | counter | ARP probes / DAD solicitations sent before claiming a new address |
+//! | `addresses_in_use_total` | counter | probe rounds another machine answered (the address was not announced) |
+//! | `defences_sent_total` | counter | announcements sent to defend an owned address against a foreign claim |
 //! | `addresses_announced` | gauge | addresses this node announces now |
 //! | `membership_members` | gauge | alive speakers, this one included |
 //! | `membership_formed` | gauge | 1 when liveness comes from membership, 0 on the Node Ready fallback |
@@ -87,6 +90,10 @@ pub struct FrameCounts {
     pub unsolicited_na_sent: u64,
     /// Solicited-node group joins the kernel refused (those addresses go unanswered).
     pub ndp_group_join_failures: u64,
+    /// ARP probes and DAD solicitations sent for newly assigned addresses.
+    pub probes_sent: u64,
+    /// Announcements sent to defend an address against a foreign claim.
+    pub defences_sent: u64,
 }
 
 /// All of the speaker's metrics.
@@ -97,6 +104,10 @@ pub struct Metrics {
     requests_answered: Family<ProtocolLabel, Counter>,
     gratuitous_sent: Family<ProtocolLabel, Counter>,
     ndp_group_join_failures: Counter,
+    probes_sent: Counter,
+    defences_sent: Counter,
+    /// Probe rounds another machine answered.
+    pub addresses_in_use: Counter,
     /// Addresses this node started or stopped announcing.
     pub ownership_changes: Counter,
     /// Addresses taken over from a member that went down.
@@ -156,6 +167,9 @@ impl Metrics {
             requests_answered: Family::default(),
             gratuitous_sent: Family::default(),
             ndp_group_join_failures: Counter::default(),
+            probes_sent: Counter::default(),
+            defences_sent: Counter::default(),
+            addresses_in_use: Counter::default(),
             ownership_changes: Counter::default(),
             failover_detections: Counter::default(),
             address_conflicts: Counter::default(),
@@ -187,6 +201,21 @@ impl Metrics {
             "ndp_group_join_failures",
             "Solicited-node multicast group joins the kernel refused; solicitations for those addresses go unanswered",
             m.ndp_group_join_failures.clone(),
+        );
+        registry.register(
+            "probes_sent",
+            "ARP probes and DAD solicitations sent before claiming a newly assigned address",
+            m.probes_sent.clone(),
+        );
+        registry.register(
+            "addresses_in_use",
+            "Probe rounds another machine answered: the address was not announced and is probed again later",
+            m.addresses_in_use.clone(),
+        );
+        registry.register(
+            "defences_sent",
+            "Announcements sent to defend an owned address against a foreign claim (at most one per address per 10 s)",
+            m.defences_sent.clone(),
         );
         registry.register(
             "ownership_changes",
@@ -338,6 +367,12 @@ impl Metrics {
         self.ndp_group_join_failures
             .inner()
             .store(c.ndp_group_join_failures, Ordering::Relaxed);
+        self.probes_sent
+            .inner()
+            .store(c.probes_sent, Ordering::Relaxed);
+        self.defences_sent
+            .inner()
+            .store(c.defences_sent, Ordering::Relaxed);
     }
 
     /// Counts one condition write with its result (`written`, `conflict`, `failed`).
@@ -523,6 +558,8 @@ mod tests {
             garp_sent: 3,
             unsolicited_na_sent: 2,
             ndp_group_join_failures: 1,
+            probes_sent: 9,
+            defences_sent: 8,
         });
         m.ownership_changes.inc();
         m.addresses_announced.set(12);
@@ -538,6 +575,9 @@ mod tests {
             "lodestone_speaker_failover_detections_total 0",
             "lodestone_speaker_address_conflicts_total 0",
             "lodestone_speaker_ndp_group_join_failures_total 1",
+            "lodestone_speaker_probes_sent_total 9",
+            "lodestone_speaker_defences_sent_total 8",
+            "lodestone_speaker_addresses_in_use_total 0",
             "lodestone_speaker_addresses_announced 12",
             "lodestone_speaker_membership_members 0",
             "lodestone_speaker_membership_formed 0",

@@ -893,13 +893,15 @@ fn service_reference(svc: &Service) -> ObjectReference {
 fn frame_counts(a: &Announcer) -> FrameCounts {
     let c = a.counters();
     FrameCounts {
-        arp_seen: c.arp_requests_seen,
+        arp_seen: c.arp_requests_owned,
         arp_answered: c.arp_requests_answered,
-        ndp_seen: c.ns_seen,
+        ndp_seen: c.ns_owned,
         ndp_answered: c.ns_answered,
         garp_sent: c.gratuitous_arp_sent,
         unsolicited_na_sent: c.unsolicited_na_sent,
         ndp_group_join_failures: c.ndp_group_join_failures,
+        probes_sent: c.probes_sent,
+        defences_sent: c.defences_sent,
     }
 }
 
@@ -1711,6 +1713,7 @@ impl Shell {
                 attempt,
                 retry_in,
             } => {
+                self.metrics.addresses_in_use.inc();
                 // The first refusal, then ever more rarely (1, 2, 4, 8... rounds).
                 if attempt.is_power_of_two() {
                     let note = format!(

@@ -514,6 +514,11 @@ fn requests_from_senders_no_reply_can_reach_are_not_answered() {
         after.arp_requests_answered, before.arp_requests_answered,
         "a forged sender was answered"
     );
+    // Seen for an owned address, though not answered: what requests_seen_total documents.
+    assert_eq!(
+        after.arp_requests_owned - before.arp_requests_owned,
+        forged.len() as u64
+    );
     assert_eq!(after.conflicts, before.conflicts);
 
     send(vec![arp_request(own_mac, own_ip, vip)]);

@@ -61,30 +61,7 @@ use lodestone_crds::{allocation, selector};
 
 use runs::{Runs, no_filler};
 
-/// Identifies a Service.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceKey {
-    /// Namespace of the Service.
-    pub namespace: String,
-    /// Name of the Service.
-    pub name: String,
-}
-
-impl ServiceKey {
-    /// The key of `namespace/name`.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-}
-
-impl fmt::Display for ServiceKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+pub use lodestone_crds::ServiceKey;
 
 /// The Service's `spec.ipFamilyPolicy` with its primary family (`spec.ipFamilies[0]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
