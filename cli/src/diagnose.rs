@@ -7,8 +7,9 @@
 //! and the per-node eligibility verdicts. So `why` cannot disagree with what they do.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -540,7 +541,7 @@ fn node_verdicts(
 /// The node the speakers' rule picks among `eligible` (see
 /// [`lodestone_crds::election::sticky_owner`]): the current announcer while it stays eligible,
 /// else the winner of the election for the Service's first address.
-fn owner_finding(svc: &Service, first: std::net::IpAddr, eligible: &[String]) -> Option<Finding> {
+fn owner_finding(svc: &Service, first: IpAddr, eligible: &[String]) -> Option<Finding> {
     let current = AnnouncedBy::of_service(svc).map(|b| b.node);
     let owner = election::sticky_owner(
         current.as_deref(),
@@ -562,22 +563,40 @@ fn owner_finding(svc: &Service, first: std::net::IpAddr, eligible: &[String]) ->
 /// Why a Service has no address or is not announced: findings from its conditions, Events,
 /// the pools, the L2Advertisements, the Nodes and its EndpointSlices, most important first.
 pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
-    use Severity::{Info, Ok, Problem};
     let mut out = Vec::new();
-    let ns = svc.metadata.namespace.clone().unwrap_or_default();
     let spec = svc.spec.clone().unwrap_or_default();
 
     // Is it Lodestone's at all? The controller's and the speakers' class rule.
     if let Some(why_not) = not_ours(svc, &input.class) {
         let not_lb = spec.type_.as_deref() != Some("LoadBalancer");
-        out.push(finding(Problem, "Service", why_not));
+        out.push(finding(Severity::Problem, "Service", why_not));
         if not_lb {
             return out;
         }
     }
-
-    // The controller's and the speaker's verdicts, read with the formats they write.
     let addresses = ingress_ips(svc);
+    let pool_name = verdicts(svc, &addresses, &mut out);
+    recent_events(input, &mut out);
+    let serving = pools(svc, input, pool_name.as_ref(), &mut out);
+    let advertised_pools: Vec<&IPAddressPool> = match &pool_name {
+        Some(n) => input
+            .pools
+            .iter()
+            .filter(|p| p.metadata.name.as_ref() == Some(n))
+            .collect(),
+        None => serving,
+    };
+    let announcing_nodes = announcement(&advertised_pools, input, &mut out);
+    ownership(svc, &addresses, input, &mut out);
+    endpoints(svc, &spec, input, announcing_nodes, &mut out);
+    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    out
+}
+
+/// The controller's and the speaker's verdicts, read with the formats they write; the pool the
+/// controller says it assigned from.
+fn verdicts(svc: &Service, addresses: &[IpAddr], out: &mut Vec<Finding>) -> Option<String> {
+    use Severity::{Ok, Problem};
     let mut pool_name = None;
     match condition(svc, ADDRESS_ASSIGNED) {
         Some(c) if c.status == "True" => {
@@ -619,8 +638,12 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
         )),
         None => {}
     }
+    pool_name
+}
 
-    // Events, newest first; warnings are problems.
+/// The Service's latest Events, newest first; warnings are problems.
+fn recent_events(input: &WhyInput, out: &mut Vec<Finding>) {
+    use Severity::{Info, Problem};
     let mut events: Vec<&Event> = input.events.iter().collect();
     events.sort_by_key(|e| {
         std::cmp::Reverse(
@@ -652,9 +675,18 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
             ),
         ));
     }
+}
 
-    // Pools: which could serve it, and whether they have room. The annotations are read as
-    // the controller reads them, MetalLB's spellings included.
+/// Which pools could serve it, and whether they have room; the annotations read as the
+/// controller reads them, MetalLB's spellings included. Returns the pools that serve it.
+fn pools<'a>(
+    svc: &Service,
+    input: &'a WhyInput,
+    pool_name: Option<&String>,
+    out: &mut Vec<Finding>,
+) -> Vec<&'a IPAddressPool> {
+    use Severity::{Info, Ok, Problem};
+    let ns = svc.metadata.namespace.clone().unwrap_or_default();
     let annotations = svc.metadata.annotations.as_ref();
     let svc_labels = labels(&svc.metadata.labels);
     let wanted = annotations::first(annotations, &annotations::ADDRESS_POOL);
@@ -693,7 +725,7 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
             out.push(finding(Info, &src, "being deleted: takes no new Services"));
             continue;
         }
-        if !p.spec.auto_assign && wanted_pool.is_none() && Some(&name) != pool_name.as_ref() {
+        if !p.spec.auto_assign && wanted_pool.is_none() && Some(&name) != pool_name {
             out.push(finding(
                 Info,
                 &src,
@@ -709,7 +741,7 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
             Result::Ok(()) => {
                 serving.push(p);
                 let st = p.status.clone().unwrap_or_default();
-                let holds_it = Some(&name) == pool_name.as_ref();
+                let holds_it = Some(&name) == pool_name;
                 if st.available <= 0 && !holds_it {
                     out.push(finding(
                         Problem,
@@ -759,18 +791,19 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
             format!("no pool serves namespace {ns} with this Service's labels"),
         ));
     }
+    serving
+}
 
-    // Announcement: the pool holding it (or those that could) must be advertised somewhere.
-    let advertised_pools: Vec<&IPAddressPool> = match &pool_name {
-        Some(n) => input
-            .pools
-            .iter()
-            .filter(|p| p.metadata.name.as_ref() == Some(n))
-            .collect(),
-        None => serving,
-    };
+/// The pools holding it (or that could) must be advertised somewhere: which L2Advertisements
+/// select them, from which nodes. Returns those nodes (None: no advertisement selects them).
+fn announcement(
+    advertised_pools: &[&IPAddressPool],
+    input: &WhyInput,
+    out: &mut Vec<Finding>,
+) -> Option<Vec<String>> {
+    use Severity::{Ok, Problem};
     let mut announcing_nodes: Option<Vec<String>> = None;
-    for p in &advertised_pools {
+    for p in advertised_pools {
         let pname = p.metadata.name.clone().unwrap_or_default();
         let selecting: Vec<&L2Advertisement> = input
             .l2advertisements
@@ -815,11 +848,16 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
                 });
         }
     }
-    // Node by node, what the speakers decide for each address, and who owns the Service: a
-    // node eligible for every address.
+    announcing_nodes
+}
+
+/// Node by node, what the speakers decide for each address, and who owns the Service: a node
+/// eligible for every address.
+fn ownership(svc: &Service, addresses: &[IpAddr], input: &WhyInput, out: &mut Vec<Finding>) {
+    use Severity::Info;
     let mut eligible_for_all: Option<Vec<String>> = None;
-    for ip in &addresses {
-        let eligible = node_verdicts(svc, *ip, input, &mut out);
+    for ip in addresses {
+        let eligible = node_verdicts(svc, *ip, input, out);
         eligible_for_all = Some(match eligible_for_all {
             None => eligible,
             Some(prev) => prev.into_iter().filter(|n| eligible.contains(n)).collect(),
@@ -843,9 +881,18 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
             format!("{} never announce ({EXCLUDE_LABEL})", excluded.join(", ")),
         ));
     }
+}
 
-    // Endpoints: somebody must serve the traffic; with Local, on an announcing node. An
-    // endpoint counts as the speakers count it: ready, or serving and not terminating.
+/// Somebody must serve the traffic; with Local, on an announcing node. An endpoint counts as
+/// the speakers count it: ready, or serving and not terminating.
+fn endpoints(
+    svc: &Service,
+    spec: &ServiceSpec,
+    input: &WhyInput,
+    announcing_nodes: Option<Vec<String>>,
+    out: &mut Vec<Finding>,
+) {
+    use Severity::{Info, Ok, Problem};
     let can_serve: Vec<Option<String>> = input
         .endpoint_slices
         .iter()
@@ -899,8 +946,6 @@ pub fn why(svc: &Service, input: &WhyInput) -> Vec<Finding> {
             }
         }
     }
-    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
-    out
 }
 
 /// The `why` table.
