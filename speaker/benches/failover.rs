@@ -177,7 +177,9 @@ fn converged(lab: &Lab, owner: &str) -> anyhow::Result<()> {
             let announced = metrics_gauge(lab, node, "lodestone_speaker_addresses_announced")?;
             let want = if node == owner { 1.0 } else { 0.0 };
             ok &= members == Some(3.0) && announced == Some(want);
-            seen.push(format!("{node}: members {members:?}, announced {announced:?}"));
+            seen.push(format!(
+                "{node}: members {members:?}, announced {announced:?}"
+            ));
         }
         if ok {
             return Ok(());

@@ -394,6 +394,14 @@ pub const LINK_DOWN_HOLDS: Duration = Duration::from_millis(250);
 const LINK_HOLD_MAX: Duration = Duration::from_secs(2);
 
 /// State shared by the handle, the manager and the per-interface tasks.
+///
+/// Why five `RwLock`s and not one, or a lock-free snapshot: the shell's thread writes each map
+/// on its own occasions (ownership, the plan of links, the MACs, the Service names), rarely; the
+/// data-plane thread reads them per frame. Separate locks keep a write of one from stalling
+/// readers of another, and no reader needs two maps consistent with each other: `answers`
+/// requires an address to be both owned and planned, so a frame seen between the two writes
+/// errs towards not answering, which the next request or burst repairs. Reads never await while
+/// holding a guard, so a writer waits at most for one frame's lookup.
 #[derive(Debug)]
 struct Shared {
     desired: RwLock<BTreeMap<IpAddr, Option<Vec<String>>>>,
