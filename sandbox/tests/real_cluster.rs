@@ -810,7 +810,6 @@ fn web_service(shell: &Shell<'_>, name: &str) {
 /// leaves the election and says so on `/readyz`, the others serve its address and the new
 /// Services, nobody answers for the deleted one; after the heal it comes back without taking
 /// anything back, and every condition names the node that answers.
-#[ignore = "written this stop, not yet run against the real router/cluster: run with --run-ignored (issue note)"]
 #[tokio::test(flavor = "multi_thread")]
 async fn api_cut_node_steps_aside_and_comes_back_truthfully() {
     const API_LOSS_TIMEOUT: Duration = Duration::from_secs(30);
