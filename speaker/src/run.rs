@@ -578,14 +578,16 @@ impl Shell {
         };
         let ready = plan::ready_endpoints(&input.endpoint_slices);
         let next = plan::plan_with(&input, &ready);
-        if next.owned != self.plan.owned {
-            let probe = new_to_cluster(&self.cfg.node_name, &self.plan, &self.owners, &next);
-            self.announcer.set_owned_probing(next.owned.clone(), &probe);
-        }
+        // The names first, so the announcer's log lines about a new address (probing it,
+        // announcing it) name its Service.
         let by_address = next.services_by_address();
         if by_address != self.by_address {
             self.announcer.set_services(by_address.clone());
             self.by_address = by_address;
+        }
+        if next.owned != self.plan.owned {
+            let probe = new_to_cluster(&self.cfg.node_name, &self.plan, &self.owners, &next);
+            self.announcer.set_owned_probing(next.owned.clone(), &probe);
         }
         self.bgp.update(&input, &ready, self.withdrawal.as_ref());
 
