@@ -1280,10 +1280,13 @@ async fn arp_loop(
         let Some(Ok(frame)) = buf.get(..n).map(frames::parse_arp) else {
             continue;
         };
+        // Looked up once per request: counted here, reused by the decision below.
+        let target_owned =
+            frame.op == ArpOp::Request && shared.answers(IpAddr::V4(frame.target_ip), index);
         if frame.op == ArpOp::Request {
             inc(&shared.counters.arp_requests_seen);
             // Answered or not (a forged sender is not): what the metric documents.
-            if shared.answers(IpAddr::V4(frame.target_ip), index) {
+            if target_owned {
                 inc(&shared.counters.arp_requests_owned);
             }
         }
@@ -1301,7 +1304,13 @@ async fn arp_loop(
         let action = arp_action(
             &frame,
             |m| shared.is_local_mac(m),
-            |ip| shared.answers(IpAddr::V4(ip), index),
+            |ip| {
+                if frame.op == ArpOp::Request && ip == frame.target_ip {
+                    target_owned
+                } else {
+                    shared.answers(IpAddr::V4(ip), index)
+                }
+            },
         );
         match action {
             ArpAction::Reply => match sys::send_arp(&socket, &arp_reply(&frame, mac)).await {
@@ -1433,9 +1442,16 @@ async fn handle_ndp(
         inc(&shared.counters.ndp_dropped_hop_limit);
         return;
     }
-    if let NdpMessage::Solicitation(ns) = msg {
+    // Looked up once per solicitation: counted here, reused by the decision below.
+    let solicited = match msg {
+        NdpMessage::Solicitation(ns) => {
+            Some((ns.target, shared.answers(IpAddr::V6(ns.target), index)))
+        }
+        _ => None,
+    };
+    if let Some((_, owned)) = solicited {
         inc(&shared.counters.ns_seen);
-        if shared.answers(IpAddr::V6(ns.target), index) {
+        if owned {
             inc(&shared.counters.ns_owned);
         }
     }
@@ -1450,7 +1466,10 @@ async fn handle_ndp(
         source,
         hop_limit,
         |m| shared.is_local_mac(m),
-        |ip| shared.answers(IpAddr::V6(ip), index),
+        |ip| match solicited {
+            Some((target, owned)) if target == ip => owned,
+            _ => shared.answers(IpAddr::V6(ip), index),
+        },
     );
     match action {
         NdpAction::Reply {
