@@ -25,6 +25,7 @@ use common::{checkout, doc, eventually_within, sh};
 use lodestone_harness::clusterlab::probe::{HttpProber, outage};
 use lodestone_harness::clusterlab::{ClusterLab, K8S_BIN_VAR, LabOptions, images};
 use lodestone_harness::docs;
+use lodestone_harness::e2e::router::{Router, ignore_redirects};
 
 const CONTROLLER_IMAGE: &str = "lab.local/lodestone/controller";
 const SPEAKER_IMAGE: &str = "lab.local/lodestone/speaker";
@@ -972,6 +973,429 @@ async fn api_cut_node_steps_aside_and_comes_back_truthfully() {
         "served after the heal"
     );
     drop(prober);
+    let denied = lodestone_denials(&lab.audit_log().expect("audit log"));
+    assert!(
+        denied.is_empty(),
+        "requests RBAC denied:\n{}",
+        denied.join("\n")
+    );
+}
+
+/// The router of the BGP test: on the LAN beside the nodes (192.0.2.1 is the lab's API server
+/// and gateway, where `docs/bgp.md` puts its router).
+const ROUTER_V4: &str = "192.0.2.3";
+const ROUTER_V6: &str = "2001:db8::3";
+/// The routed pool: `docs/bgp.md` uses 203.0.113.0/24, the lab's ClusterIP range. Off the
+/// pools of the layer-2 tests and announced by no L2Advertisement, so only the router's route
+/// reaches it.
+const ROUTED_V4: &str = "192.0.2.224/28";
+const ROUTED_V6: &str = "2001:db8:f::/120";
+
+/// The router's kernel next hops for `ip`, sorted.
+fn router_hops(router: &Router, ip: IpAddr) -> Vec<IpAddr> {
+    let prefix = match ip {
+        IpAddr::V4(_) => format!("{ip}/32"),
+        IpAddr::V6(_) => format!("{ip}/128"),
+    };
+    router
+        .fib()
+        .ok()
+        .and_then(|f| f.get(&prefix).cloned())
+        .unwrap_or_default()
+}
+
+/// Polls the router's FIB until `ip`'s next hops are `want` (any order); how long it took.
+fn wait_router_hops(lab: &ClusterLab, router: &Router, ip: IpAddr, want: &[IpAddr]) -> Duration {
+    let mut want = want.to_vec();
+    want.sort();
+    let t = Instant::now();
+    while t.elapsed() < PATIENCE {
+        if router_hops(router, ip) == want {
+            return t.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!(
+        "the router never forwarded {ip} to {want:?} (has {:?})\n{}\n{}\n{}",
+        router_hops(router, ip),
+        router.vtysh("show bgp summary").unwrap_or_default(),
+        router.logs(),
+        lab.logs_tail(60)
+    );
+}
+
+/// The lab nodes' addresses of `ip`'s family, for the names given.
+fn node_addrs(lab: &ClusterLab, names: &[&str], v6: bool) -> Vec<IpAddr> {
+    names
+        .iter()
+        .map(|n| {
+            let net = &lab.node(n).expect("node").net;
+            if v6 {
+                net.v6.expect("a dual-stack lab")
+            } else {
+                net.v4
+            }
+        })
+        .collect()
+}
+
+/// Nodes of the running `web` pods.
+fn web_pod_nodes(shell: &Shell<'_>) -> Vec<String> {
+    let out = shell.try_run("kubectl get pods -l app=web --field-selector status.phase=Running -o jsonpath='{.items[*].spec.nodeName}'").stdout;
+    let mut v: Vec<String> = out.split_whitespace().map(str::to_owned).collect();
+    v.sort();
+    v
+}
+
+/// Issue 15 on a real cluster: the speakers installed as `docs/install.md` says peer with FRR
+/// configured as `docs/bgp.md` shows, and the client reaches the Service only through the
+/// router's routes. Checked in the router's FIB and from the client: a route from every node
+/// under `Cluster`, only from the nodes with a ready endpoint under `Local` with the flows spread
+/// over them (ECMP, each answered by the pod of the node it entered), a SIGKILLed speaker's
+/// route gone by BFD, a deleted speaker pod's withdrawn on SIGTERM, and the route following the
+/// only pod when it moves. Times are printed, not asserted.
+#[tokio::test(flavor = "multi_thread")]
+async fn bgp_router_learns_every_node_and_follows_local_endpoints() {
+    if !Path::new("/usr/lib/frr/bgpd").exists() {
+        eprintln!(
+            "SKIPPED bgp_router_learns_every_node_and_follows_local_endpoints: FRR is not installed (apt-get install frr)"
+        );
+        return;
+    }
+    let work = tempfile::tempdir().expect("temp dir");
+    let Some(lab) = lab_with_images(
+        "bgp_router_learns_every_node_and_follows_local_endpoints",
+        work.path(),
+    )
+    .await
+    else {
+        return;
+    };
+    let repo = checkout();
+    let shell = Shell {
+        lab: &lab,
+        cwd: repo.path(),
+    };
+    install(&shell);
+
+    // docs/bgp.md's FRR configuration and objects, moved to the router's address and the
+    // routed pool of this lab; nothing else changed.
+    let host = lab
+        .topology
+        .add_host(
+            "ldrt",
+            Some(format!("{ROUTER_V4}/24").parse().expect("cidr")),
+            Some(format!("{ROUTER_V6}/64").parse().expect("cidr")),
+        )
+        .expect("router namespace");
+    let conf = docs::blocks("docs/bgp.md", "frr")
+        .expect("docs/bgp.md")
+        .concat()
+        .replace("192.0.2.1", ROUTER_V4);
+    let router = Router::frr(host, &conf).expect("FRR starts");
+    let c = lab.client.ns();
+    ignore_redirects(c).expect("client ignores redirects");
+    c.exec_ok("ip", &["route", "add", ROUTED_V4, "via", ROUTER_V4])
+        .expect("client route");
+    c.exec_ok("ip", &["-6", "route", "add", ROUTED_V6, "via", ROUTER_V6])
+        .expect("client route");
+    let objects = docs::blocks("docs/bgp.md", "yaml")
+        .expect("docs/bgp.md")
+        .join("---\n")
+        .replace(
+            "peerAddress: 192.0.2.1",
+            &format!("peerAddress: {ROUTER_V4}"),
+        )
+        .replace("203.0.113.0/24", ROUTED_V4);
+    assert!(
+        objects.contains(ROUTED_V4) && objects.contains(ROUTER_V4),
+        "docs/bgp.md's example changed shape:\n{objects}"
+    );
+    lab.apply_yaml(&objects)
+        .expect("docs/bgp.md's objects are accepted");
+
+    shell.ok(&format!("cat <<'EOF' | kubectl apply -f -\n{WEB}EOF"));
+    shell.ok("kubectl rollout status deployment/web --timeout=180s");
+    let ips = wait_ingress(&shell, "default", "web", 2);
+    let v4 = *ips.iter().find(|i| i.is_ipv4()).expect("an IPv4 address");
+    let v6 = *ips.iter().find(|i| i.is_ipv6()).expect("an IPv6 address");
+    let all: Vec<&str> = lab.nodes.iter().map(|n| n.net.name.as_str()).collect();
+
+    // Cluster: a route from every node, both families; the client is served through them.
+    let t = wait_router_hops(&lab, &router, v4, &node_addrs(&lab, &all, false));
+    println!(
+        "BGP Cluster: the router forwards {v4} to all {} nodes ({} ms after the address was seen)",
+        all.len(),
+        t.as_millis()
+    );
+    wait_router_hops(&lab, &router, v6, &node_addrs(&lab, &all, true));
+    for ip in [v4, v6] {
+        let p = HttpProber::start(c.name(), SocketAddr::new(ip, 80), Duration::from_millis(50))
+            .expect("prober");
+        let body = p
+            .wait_success_after(Instant::now(), PATIENCE)
+            .unwrap_or_else(|| panic!("the client reaches {ip} through the router"));
+        println!("client -> router -> {ip}: {body}");
+    }
+    // Nobody answers ARP for it: the router's route is the only way in.
+    assert_eq!(
+        owner(&lab, v4),
+        None,
+        "a node answers ARP for a BGP-only address"
+    );
+    let sessions = eventually_within("every node's session and BFD are up", PATIENCE, || {
+        let out = shell
+            .try_run("kubectl get bgppeer router -o jsonpath='{range .status.sessions[*]}{.node} {.state} {.bfd}{\"\\n\"}{end}'")
+            .stdout;
+        let up = out
+            .lines()
+            .filter(|l| l.ends_with(" Established Up"))
+            .count();
+        (up == all.len()).then_some(out)
+    });
+    println!("sessions:\n{sessions}");
+    let listed = shell.ok("kubectl get bgppeers");
+    assert!(
+        listed.contains(&format!("{n}/{n} Established", n = all.len())),
+        "{listed}"
+    );
+
+    // Local with two pods: routes only from their nodes, and fresh flows spread over both, each
+    // answered by the pod of the node it entered.
+    shell.ok(r#"kubectl patch service web -p '{"spec":{"externalTrafficPolicy":"Local"}}'"#);
+    shell.ok("kubectl scale deployment web --replicas=2");
+    shell.ok("kubectl rollout status deployment/web --timeout=180s");
+    let two = eventually_within("two web pods on two nodes", PATIENCE, || {
+        let n = web_pod_nodes(&shell);
+        (n.len() == 2 && n[0] != n[1]).then_some(n)
+    });
+    let two_refs: Vec<&str> = two.iter().map(String::as_str).collect();
+    let t = wait_router_hops(&lab, &router, v4, &node_addrs(&lab, &two_refs, false));
+    wait_router_hops(&lab, &router, v6, &node_addrs(&lab, &two_refs, true));
+    println!(
+        "BGP Local: the router forwards {v4} to {two:?} only ({} ms)",
+        t.as_millis()
+    );
+    let p4 = HttpProber::start(c.name(), SocketAddr::new(v4, 80), Duration::from_millis(20))
+        .expect("prober");
+    p4.wait_success_after(Instant::now(), PATIENCE)
+        .expect("served under Local");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut spread: std::collections::BTreeMap<String, usize> = Default::default();
+    for p in p4.probes() {
+        if let Some(node) = p.body.as_deref().and_then(answered_by) {
+            *spread.entry(node.to_owned()).or_default() += 1;
+        }
+    }
+    println!("BGP ECMP: flows answered per node {spread:?}");
+    assert_eq!(
+        spread.keys().cloned().collect::<Vec<_>>(),
+        two,
+        "the router spreads the flows over both nodes with an endpoint, and only those"
+    );
+
+    // Four ways to lose one of the two nodes, each judged in the router's FIB and from the
+    // client; after each the node's route must come back.
+    let victim = two[0].clone();
+    let victim_v4 = node_addrs(&lab, &[victim.as_str()], false)[0];
+    let only_other = node_addrs(&lab, &[two[1].as_str()], false);
+    let both = node_addrs(&lab, &two_refs, false);
+    let lose = |what: &str, how: &str, fault: &dyn Fn()| {
+        let t = Instant::now();
+        fault();
+        let gone = wait_router_hops(&lab, &router, v4, &only_other);
+        println!(
+            "BGP {what} ({victim}): its route left the router's FIB after {} ms ({how})",
+            gone.as_millis()
+        );
+        print_outage(&format!("BGP {what} ({victim})"), &p4, t);
+        gone
+    };
+    let restored = |what: &str| {
+        let back = wait_router_hops(&lab, &router, v4, &both);
+        println!(
+            "BGP {what}: {victim}'s route is back {} ms later",
+            back.as_millis()
+        );
+        assert!(
+            router_hops(&router, v4).contains(&victim_v4),
+            "{what}: not back"
+        );
+    };
+    // The node cut off the LAN (carrier kept, nothing closes the TCP session): BFD's detection
+    // time is what notices it.
+    let node = lab.node(&victim).expect("victim");
+    lose("node cut off the LAN", "BFD", &|| {
+        node.host.partition().expect("cut")
+    });
+    node.host.heal().expect("heal");
+    restored("node healed");
+    // The speaker SIGKILLed: its kernel closes the session at once; the kubelet restarts it.
+    let kill = |sig: &'static str| {
+        let pid = eventually_within("the speaker process", PATIENCE, || {
+            speaker_pid(&lab, &victim)
+        });
+        move || {
+            Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .expect("kill");
+        }
+    };
+    let k = kill("-KILL");
+    lose("speaker SIGKILLed", "the kernel closed its TCP session", &k);
+    restored("speaker restarted after SIGKILL");
+    // SIGTERM: the speaker withdraws its routes and closes with a Cease.
+    let k = kill("-TERM");
+    lose("speaker SIGTERMed", "withdrawn before the Cease", &k);
+    restored("speaker restarted after SIGTERM");
+    // The pod deleted: the same, after the kubelet has stopped the container.
+    lose(
+        "speaker pod deleted",
+        "the kubelet's SIGTERM, then the withdraw",
+        &|| {
+            shell.ok(&format!(
+                "kubectl -n lodestone-system delete pod --wait=false -l app.kubernetes.io/component=speaker --field-selector spec.nodeName={victim}"
+            ));
+        },
+    );
+    restored("speaker pod recreated");
+
+    // Local with one pod that moves: the route follows it.
+    shell.ok("kubectl scale deployment web --replicas=1");
+    shell.ok("kubectl rollout status deployment/web --timeout=180s");
+    let first = eventually_within("one web pod", PATIENCE, || {
+        let n = web_pod_nodes(&shell);
+        (n.len() == 1).then(|| n[0].clone())
+    });
+    wait_router_hops(
+        &lab,
+        &router,
+        v4,
+        &node_addrs(&lab, &[first.as_str()], false),
+    );
+    let other = all
+        .iter()
+        .find(|n| **n != first)
+        .expect("another node")
+        .to_string();
+    let t = Instant::now();
+    shell.ok(&format!(
+        r#"kubectl patch deployment web -p '{{"spec":{{"template":{{"spec":{{"nodeSelector":{{"kubernetes.io/hostname":"{other}"}}}}}}}}}}'"#
+    ));
+    shell.ok("kubectl rollout status deployment/web --timeout=180s");
+    wait_router_hops(
+        &lab,
+        &router,
+        v4,
+        &node_addrs(&lab, &[other.as_str()], false),
+    );
+    wait_router_hops(
+        &lab,
+        &router,
+        v6,
+        &node_addrs(&lab, &[other.as_str()], true),
+    );
+    let body = p4
+        .wait_success_after(Instant::now(), PATIENCE)
+        .expect("served from the new node");
+    assert_eq!(answered_by(&body), Some(other.as_str()), "{body}");
+    print_outage(
+        &format!("BGP Local: the only pod moved from {first} to {other}"),
+        &p4,
+        t,
+    );
+
+    drop(p4);
+    let denied = lodestone_denials(&lab.audit_log().expect("audit log"));
+    assert!(
+        denied.is_empty(),
+        "requests RBAC denied:\n{}",
+        denied.join("\n")
+    );
+}
+
+/// Issue 13, semantics 3, on a real single-stack (IPv4) cluster: kube-apiserver gives a
+/// `PreferDualStack` Service one family (`spec.ipFamilies: [IPv4]`), so a pool with both
+/// families hands out only an IPv4 address (kube-proxy would serve no IPv6 one), and a Service
+/// that asks for an IPv6 address is refused with a condition that says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_stack_cluster_gets_only_its_family() {
+    let test = "a_single_stack_cluster_gets_only_its_family";
+    let work = tempfile::tempdir().expect("temp dir");
+    let Some(mut opts) = options_or_skip(test) else {
+        return;
+    };
+    opts.dual_stack = false;
+    opts.images = lodestone_images(work.path());
+    let lab = ClusterLab::start(opts).await.expect("the lab starts");
+    let repo = checkout();
+    let shell = Shell {
+        lab: &lab,
+        cwd: repo.path(),
+    };
+    install(&shell);
+    lab.apply_yaml(
+        "apiVersion: lodestone.dev/v1alpha1\nkind: IPAddressPool\nmetadata: {name: lan}\nspec:\n  addresses: [192.0.2.240/28, 2001:db8::240/124]\n---\napiVersion: lodestone.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {name: lan}\nspec: {}\n",
+    )
+    .expect("pool and advertisement");
+    shell.ok(&format!("cat <<'EOF' | kubectl apply -f -\n{WEB}EOF"));
+    shell.ok("kubectl rollout status deployment/web --timeout=180s");
+    let families = shell.ok("kubectl get service web -o jsonpath='{.spec.ipFamilies}'");
+    assert_eq!(
+        families.trim(),
+        r#"["IPv4"]"#,
+        "the cluster is single-stack"
+    );
+    let ips = wait_ingress(&shell, "default", "web", 1);
+    assert_eq!(ips.len(), 1, "{ips:?}");
+    assert!(ips[0].is_ipv4(), "{ips:?}");
+    let prober = HttpProber::start(
+        lab.client.ns().name(),
+        SocketAddr::new(ips[0], 80),
+        Duration::from_millis(100),
+    )
+    .expect("prober");
+    let body = prober
+        .wait_success_after(Instant::now(), PATIENCE)
+        .expect("the client reaches the IPv4 address");
+    println!("single-stack: {} -> {body}", ips[0]);
+    drop(prober);
+
+    shell.ok("cat <<'EOF' | kubectl apply -f -
+apiVersion: v1
+kind: Service
+metadata:
+  name: wants-v6
+  annotations: {lodestone.dev/loadBalancerIPs: \"2001:db8::241\"}
+spec:
+  type: LoadBalancer
+  ipFamilyPolicy: PreferDualStack
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+EOF");
+    let message = eventually_within(
+        "the IPv6 request is refused with a reason",
+        PATIENCE,
+        || {
+            let out = shell.try_run(
+            "kubectl get service wants-v6 -o jsonpath='{.status.conditions[?(@.type==\"lodestone.dev/AddressAssigned\")].message}'",
+        );
+            let m = out.stdout.trim().to_owned();
+            (!m.is_empty()).then_some(m)
+        },
+    );
+    assert!(
+        message.contains("is IPv6, but the Service is single-stack IPv4"),
+        "{message}"
+    );
+    // And the web Service has still one address: nothing added it a second family meanwhile.
+    let again =
+        shell.ok("kubectl get service web -o jsonpath='{.status.loadBalancer.ingress[*].ip}'");
+    assert_eq!(again.split_whitespace().count(), 1, "{again}");
+    let none =
+        shell.ok("kubectl get service wants-v6 -o jsonpath='{.status.loadBalancer.ingress}'");
+    assert!(none.trim().is_empty(), "wants-v6 got {none}");
     let denied = lodestone_denials(&lab.audit_log().expect("audit log"));
     assert!(
         denied.is_empty(),
