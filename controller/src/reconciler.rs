@@ -452,4 +452,162 @@ mod state_tests {
             "{effects:#?}"
         );
     }
+
+    /// A running decision state whose Service cache the test changes, as watch events would.
+    struct Live {
+        services: reflector::store::Writer<Service>,
+        pools: reflector::store::Writer<IPAddressPool>,
+        state: State,
+    }
+
+    impl Live {
+        fn start(services: &[Service], pools: &[IPAddressPool]) -> (Live, Vec<Effect>) {
+            let (services_store, mut services_w) = reflector::store::<Service>();
+            for o in services {
+                services_w.apply_watcher_event(&watcher::Event::Apply(o.clone()));
+            }
+            let (pools_store, mut pools_w) = reflector::store::<IPAddressPool>();
+            for o in pools {
+                pools_w.apply_watcher_event(&watcher::Event::Apply(o.clone()));
+            }
+            let mut st = stores(&[], &[]);
+            st.services = services_store;
+            st.pools = pools_store;
+            let mut state = State::rebuild(&st, &Config::default(), Arc::new(Metrics::new()));
+            state.full_pass();
+            let effects = state.take_effects();
+            let live = Live {
+                services: services_w,
+                pools: pools_w,
+                state,
+            };
+            (live, effects)
+        }
+
+        /// The Service changed (its status as the last effects wrote it is the caller's to set).
+        fn service_changed(&mut self, svc: Service) -> Vec<Effect> {
+            let key = service::key_of(&svc);
+            self.services
+                .apply_watcher_event(&watcher::Event::Apply(svc));
+            self.state.process(vec![Signal::Service(key)]);
+            self.state.take_effects()
+        }
+
+        fn pool_changed(&mut self, pool: IPAddressPool) -> Vec<Effect> {
+            self.pools.apply_watcher_event(&watcher::Event::Apply(pool));
+            self.state.process(vec![Signal::Pools]);
+            self.state.take_effects()
+        }
+    }
+
+    fn shared(name: &str, key: &str, port: u16) -> Service {
+        let mut s = service(name, json!({"ports": [{"port": port, "protocol": "TCP"}]}));
+        s.metadata.annotations = Some(
+            [("lodestone.dev/allow-shared-ip".to_string(), key.to_string())]
+                .into_iter()
+                .collect(),
+        );
+        s
+    }
+
+    /// Issue 13, semantics 5: refused because the only address is held under the Service's own
+    /// sharing key by a Service it cannot share with (`Local` and other pods), the Service is
+    /// told who holds it (`SharingConflict`, not `PoolExhausted`), and it is tried again as soon
+    /// as the holder's terms change, without any change to itself.
+    #[test]
+    fn a_sharing_conflict_names_the_holder_and_is_retried_when_the_holder_changes() {
+        let with = |name: &str, port: u16, policy: &str| {
+            let mut s = shared(name, "k", port);
+            let spec = s.spec.as_mut().unwrap();
+            spec.selector = Some([("app".to_string(), name.to_string())].into());
+            spec.external_traffic_policy = Some(policy.into());
+            s
+        };
+        let a = with("a", 80, "Local");
+        let b = with("b", 443, "Cluster");
+        let (mut live, first) =
+            Live::start(&[a.clone(), b.clone()], &[pool("one", &["192.0.2.9/32"])]);
+        let st: BTreeMap<String, DesiredStatus> = statuses(&first).into_iter().collect();
+        assert_eq!(st["a"].ips, ["192.0.2.9".parse::<IpAddr>().unwrap()]);
+        assert!(!st["b"].condition.assigned, "{:?}", st["b"]);
+        assert_eq!(st["b"].condition.reason, "SharingConflict", "{:?}", st["b"]);
+        assert!(
+            st["b"].condition.message.contains("default/a")
+                && st["b"]
+                    .condition
+                    .message
+                    .contains("externalTrafficPolicy is Local"),
+            "the holder and the rule are named: {}",
+            st["b"].condition.message
+        );
+        let a_written = written(a, &st["a"]);
+        assert!(live.service_changed(a_written.clone()).is_empty());
+
+        // The holder goes back to Cluster: b gets the address it was refused.
+        let mut a_cluster = a_written;
+        a_cluster.spec.as_mut().unwrap().external_traffic_policy = Some("Cluster".into());
+        let effects = live.service_changed(a_cluster);
+        let st: BTreeMap<String, DesiredStatus> = statuses(&effects).into_iter().collect();
+        assert!(
+            st.get("b").is_some_and(|d| d.condition.assigned),
+            "{effects:#?}"
+        );
+        assert_eq!(st["b"].ips, ["192.0.2.9".parse::<IpAddr>().unwrap()]);
+    }
+
+    /// Issue 13, semantics 6: a Service that has to leave its address says why in its
+    /// IPAllocated Event, whether its own ports now clash with a sharer's or its pool shrank.
+    #[test]
+    fn a_move_says_why() {
+        let a = shared("a", "k", 80);
+        let b = shared("b", "k", 443);
+        let one = pool("one", &["192.0.2.8/31"]);
+        let (mut live, first) = Live::start(&[a.clone(), b.clone()], std::slice::from_ref(&one));
+        let st: BTreeMap<String, DesiredStatus> = statuses(&first).into_iter().collect();
+        assert_eq!(
+            st["a"].ips, st["b"].ips,
+            "the two share one address: {st:?}"
+        );
+        let held = st["b"].ips[0];
+        for (svc, name) in [(a.clone(), "a"), (b.clone(), "b")] {
+            let _ = live.service_changed(written(svc, &st[name]));
+        }
+
+        // b's port now clashes with a's on the shared address: it moves, and says so.
+        let mut b80 = written(b, &st["b"]);
+        b80.spec.as_mut().unwrap().ports = shared("b", "k", 80).spec.unwrap().ports;
+        let effects = live.service_changed(b80);
+        let moved = statuses(&effects);
+        assert_eq!(moved.len(), 1, "{effects:#?}");
+        assert_ne!(moved[0].1.ips, [held], "b moved");
+        let ev = events(&effects);
+        assert_eq!(ev.len(), 1, "{ev:#?}");
+        let (name, _, reason, note) = &ev[0];
+        assert_eq!((name.as_str(), *reason), ("b", reasons::IP_ALLOCATED));
+        assert!(note.contains(" because "), "the move says why: {note}");
+        assert!(note.contains("80"), "the port is named: {note}");
+        let b_written = written(shared("b", "k", 80), &moved[0].1);
+        let _ = live.service_changed(b_written);
+
+        // The pool loses a's address: a moves and the Event names the shrink.
+        let a_ip = st["a"].ips[0];
+        let left = if a_ip == held {
+            "192.0.2.10/32"
+        } else {
+            "192.0.2.8/32"
+        };
+        let effects = live.pool_changed(pool("one", &[left, "192.0.2.9/32"]));
+        let ev = events(&effects);
+        let a_ev = ev
+            .iter()
+            .find(|(n, ..)| n == "a")
+            .unwrap_or_else(|| panic!("{effects:#?}"));
+        assert!(
+            a_ev.3.contains(&format!(
+                "because its address {a_ip} is no longer in a pool it may use"
+            )),
+            "{}",
+            a_ev.3
+        );
+    }
 }
