@@ -97,11 +97,37 @@ fn lodestone_images(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// A lab with Lodestone's images imported on every node; `None` when skipped.
-async fn lab_with_images(test: &str, work: &Path) -> Option<ClusterLab> {
+/// A lab with Lodestone's images on every node, installed as docs/install.md says, and the
+/// checkout the install ran in; `None` when skipped. `tweak` changes the lab's options first.
+async fn installed_lab(test: &str, tweak: impl FnOnce(&mut LabOptions)) -> Option<Installed> {
+    let work = tempfile::tempdir().expect("temp dir");
     let mut opts = options_or_skip(test)?;
-    opts.images = lodestone_images(work);
-    Some(ClusterLab::start(opts).await.expect("the lab starts"))
+    tweak(&mut opts);
+    opts.images = lodestone_images(work.path());
+    let lab = ClusterLab::start(opts).await.expect("the lab starts");
+    let it = Installed {
+        lab,
+        repo: checkout(),
+        _work: work,
+    };
+    install(&it.shell());
+    Some(it)
+}
+
+/// An installed lab; dropped lab first, then its checkout and image archives.
+struct Installed {
+    lab: ClusterLab,
+    repo: tempfile::TempDir,
+    _work: tempfile::TempDir,
+}
+
+impl Installed {
+    fn shell(&self) -> Shell<'_> {
+        Shell {
+            lab: &self.lab,
+            cwd: self.repo.path(),
+        }
+    }
 }
 
 /// Points the checkout's kustomization at the lab's images, as docs/install.md shows
@@ -317,21 +343,15 @@ fn lodestone_denials(audit: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn installs_as_documented_serves_a_service_and_uninstalls() {
-    let work = tempfile::tempdir().expect("temp dir");
-    let Some(lab) = lab_with_images(
+    let Some(it) = installed_lab(
         "installs_as_documented_serves_a_service_and_uninstalls",
-        work.path(),
+        |_| {},
     )
     .await
     else {
         return;
     };
-    let repo = checkout();
-    let shell = Shell {
-        lab: &lab,
-        cwd: repo.path(),
-    };
-    install(&shell);
+    let (lab, shell) = (&it.lab, it.shell());
 
     // The logs the page tells you to read: no ANSI colour escapes when not on a terminal.
     let logs = shell.doc("docs/install.md", "logs deploy/lodestone-controller");
@@ -495,7 +515,7 @@ async fn installs_as_documented_serves_a_service_and_uninstalls() {
     });
     for n in &lab.nodes {
         eventually_within("no speaker runs", PATIENCE, || {
-            speaker_pid(&lab, &n.net.name).is_none().then_some(())
+            speaker_pid(lab, &n.net.name).is_none().then_some(())
         });
     }
     let denied = lodestone_denials(&lab.audit_log().expect("audit log"));
@@ -508,21 +528,15 @@ async fn installs_as_documented_serves_a_service_and_uninstalls() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn serves_clients_through_faults_and_follows_local_endpoints() {
-    let work = tempfile::tempdir().expect("temp dir");
-    let Some(lab) = lab_with_images(
+    let Some(it) = installed_lab(
         "serves_clients_through_faults_and_follows_local_endpoints",
-        work.path(),
+        |_| {},
     )
     .await
     else {
         return;
     };
-    let repo = checkout();
-    let shell = Shell {
-        lab: &lab,
-        cwd: repo.path(),
-    };
-    install(&shell);
+    let (lab, shell) = (&it.lab, it.shell());
     lab.apply_yaml(
         "apiVersion: lodestone.dev/v1alpha1\nkind: IPAddressPool\nmetadata: {name: lan}\nspec:\n  addresses: [192.0.2.240/28, 2001:db8::240/124]\n---\napiVersion: lodestone.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {name: lan}\nspec: {}\n",
     )
@@ -555,8 +569,8 @@ async fn serves_clients_through_faults_and_follows_local_endpoints() {
         "IPv6 {v6}: {}",
         p6.wait_success_after(t0, PATIENCE).expect("IPv6 answers")
     );
-    let owner4 = eventually_within("one node answers ARP", PATIENCE, || owner(&lab, v4));
-    let owner6 = eventually_within("one node answers NDP", PATIENCE, || owner(&lab, v6));
+    let owner4 = eventually_within("one node answers ARP", PATIENCE, || owner(lab, v4));
+    let owner6 = eventually_within("one node answers NDP", PATIENCE, || owner(lab, v6));
     println!("owners: {v4} on {owner4}, {v6} on {owner6}");
 
     // What docs/addresses.md and docs/announcing.md promise, seen with kubectl.
@@ -599,7 +613,7 @@ EOF",
     let owner_node = lab.node(&owner4).expect("owner");
     owner_node.host.partition().expect("cut");
     let during = eventually_within("another node answers", PATIENCE, || {
-        owner(&lab, v4).filter(|o| *o != owner4)
+        owner(lab, v4).filter(|o| *o != owner4)
     });
     tokio::time::sleep(Duration::from_secs(10)).await;
     owner_node.host.heal().expect("heal");
@@ -621,12 +635,12 @@ EOF",
 
     // Issue 12, fault 1: 3 s after the heal, whoever owns the address now is cut as well (this
     // once cost 33 s: the healed node had kept a stale view of who was alive).
-    let interim = eventually_within("an owner after the heal", PATIENCE, || owner(&lab, v4));
+    let interim = eventually_within("an owner after the heal", PATIENCE, || owner(lab, v4));
     let t = Instant::now();
     let interim_node = lab.node(&interim).expect("interim owner");
     interim_node.host.partition().expect("second cut");
     let next = eventually_within("a third node answers", PATIENCE, || {
-        owner(&lab, v4).filter(|o| *o != interim)
+        owner(lab, v4).filter(|o| *o != interim)
     });
     tokio::time::sleep(Duration::from_secs(5)).await;
     interim_node.host.heal().expect("heal");
@@ -642,7 +656,7 @@ EOF",
     );
 
     // The owner's speaker pod deleted, then the new owner's speaker SIGKILLed.
-    let o = eventually_within("an owner", PATIENCE, || owner(&lab, v4));
+    let o = eventually_within("an owner", PATIENCE, || owner(lab, v4));
     let t = Instant::now();
     shell.ok(&format!(
         "kubectl -n lodestone-system delete pod --wait=false -l app.kubernetes.io/component=speaker --field-selector spec.nodeName={o}"
@@ -655,9 +669,9 @@ EOF",
     });
     print_outage(&format!("speaker pod on owner {o} deleted"), &p4, t);
     assert!(p4.wait_success_after(Instant::now(), PATIENCE).is_some());
-    let o = eventually_within("an owner", PATIENCE, || owner(&lab, v4));
+    let o = eventually_within("an owner", PATIENCE, || owner(lab, v4));
     let pid = eventually_within("the owner's speaker process", PATIENCE, || {
-        speaker_pid(&lab, &o)
+        speaker_pid(lab, &o)
     });
     let t = Instant::now();
     Command::new("kill")
@@ -665,7 +679,7 @@ EOF",
         .status()
         .expect("kill");
     eventually_within("the speaker is restarted", PATIENCE, || {
-        speaker_pid(&lab, &o).filter(|p| *p != pid).map(|_| ())
+        speaker_pid(lab, &o).filter(|p| *p != pid).map(|_| ())
     });
     print_outage(&format!("speaker on owner {o} killed with SIGKILL"), &p4, t);
     assert!(p4.wait_success_after(Instant::now(), PATIENCE).is_some());
@@ -705,7 +719,7 @@ EOF",
     eventually_within(
         "the address is announced from the pod's node",
         PATIENCE,
-        || (owner(&lab, v4).as_deref() == Some(first.as_str())).then_some(()),
+        || (owner(lab, v4).as_deref() == Some(first.as_str())).then_some(()),
     );
     let other = lab
         .nodes
@@ -719,7 +733,7 @@ EOF",
     ));
     shell.ok("kubectl rollout status deployment/web --timeout=180s");
     eventually_within("the address follows the pod", PATIENCE, || {
-        (owner(&lab, v4).as_deref() == Some(other.as_str())).then_some(())
+        (owner(lab, v4).as_deref() == Some(other.as_str())).then_some(())
     });
     let body = p4
         .wait_success_after(Instant::now(), PATIENCE)
@@ -814,21 +828,12 @@ fn web_service(shell: &Shell<'_>, name: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn api_cut_node_steps_aside_and_comes_back_truthfully() {
     const API_LOSS_TIMEOUT: Duration = Duration::from_secs(30);
-    let work = tempfile::tempdir().expect("temp dir");
-    let Some(lab) = lab_with_images(
-        "api_cut_node_steps_aside_and_comes_back_truthfully",
-        work.path(),
-    )
-    .await
+    let Some(it) =
+        installed_lab("api_cut_node_steps_aside_and_comes_back_truthfully", |_| {}).await
     else {
         return;
     };
-    let repo = checkout();
-    let shell = Shell {
-        lab: &lab,
-        cwd: repo.path(),
-    };
-    install(&shell);
+    let (lab, shell) = (&it.lab, it.shell());
     lab.apply_yaml(
         "apiVersion: lodestone.dev/v1alpha1\nkind: IPAddressPool\nmetadata: {name: lan}\nspec:\n  addresses: [192.0.2.240/28]\n---\napiVersion: lodestone.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {name: lan}\nspec: {}\n",
     )
@@ -848,7 +853,7 @@ async fn api_cut_node_steps_aside_and_comes_back_truthfully() {
         .iter()
         .map(|(name, ip)| {
             eventually_within(&format!("one node answers for {name}"), PATIENCE, || {
-                owner(&lab, *ip)
+                owner(lab, *ip)
             })
         })
         .collect();
@@ -876,7 +881,7 @@ async fn api_cut_node_steps_aside_and_comes_back_truthfully() {
         .expect("the kept Service answers");
 
     let cut = Instant::now();
-    api_rules(&lab, &cut_node, "-I");
+    api_rules(lab, &cut_node, "-I");
     let fresh: Vec<(String, IpAddr)> = (0..3)
         .map(|i| {
             let name = format!("during-{i}");
@@ -893,7 +898,7 @@ async fn api_cut_node_steps_aside_and_comes_back_truthfully() {
     let moved_to = eventually_within(
         "another node answers for the cut node's address",
         PATIENCE,
-        || owner(&lab, kept.1).filter(|o| *o != cut_node),
+        || owner(lab, kept.1).filter(|o| *o != cut_node),
     );
     let moved = cut.elapsed();
     println!(
@@ -909,14 +914,14 @@ async fn api_cut_node_steps_aside_and_comes_back_truthfully() {
         moved.as_millis()
     );
     print_outage(&format!("{cut_node} cut from the API server"), &prober, cut);
-    let ready = readyz(&lab, &cut_node);
+    let ready = readyz(lab, &cut_node);
     assert!(
         matches!(&ready, Some((503, body)) if body.contains("API server")),
         "/readyz of the cut node says why: {ready:?}"
     );
     for (name, ip) in &fresh {
         let by = eventually_within(&format!("one node answers for {name}"), PATIENCE, || {
-            owner(&lab, *ip)
+            owner(lab, *ip)
         });
         assert_ne!(by, cut_node, "{name} answered by the cut node");
         let p = HttpProber::start(
@@ -939,9 +944,9 @@ async fn api_cut_node_steps_aside_and_comes_back_truthfully() {
     });
 
     let heal = Instant::now();
-    api_rules(&lab, &cut_node, "-D");
+    api_rules(lab, &cut_node, "-D");
     eventually_within("the cut node is ready again", PATIENCE, || {
-        matches!(readyz(&lab, &cut_node), Some((200, _))).then_some(())
+        matches!(readyz(lab, &cut_node), Some((200, _))).then_some(())
     });
     println!(
         "API CUT: {cut_node} ready again {} ms after the heal",
@@ -953,7 +958,7 @@ async fn api_cut_node_steps_aside_and_comes_back_truthfully() {
     for (name, ip) in std::iter::once(&kept).chain(&fresh) {
         let answering =
             eventually_within(&format!("one node answers for {name}"), PATIENCE, || {
-                owner(&lab, *ip)
+                owner(lab, *ip)
             });
         eventually_within(
             &format!("{name}'s condition names {answering}, the node answering"),
@@ -962,7 +967,7 @@ async fn api_cut_node_steps_aside_and_comes_back_truthfully() {
         );
     }
     assert_eq!(
-        owner(&lab, kept.1).as_deref(),
+        owner(lab, kept.1).as_deref(),
         Some(moved_to.as_str()),
         "the address moved back after the heal"
     );
@@ -1062,21 +1067,15 @@ async fn bgp_router_learns_every_node_and_follows_local_endpoints() {
         );
         return;
     }
-    let work = tempfile::tempdir().expect("temp dir");
-    let Some(lab) = lab_with_images(
+    let Some(it) = installed_lab(
         "bgp_router_learns_every_node_and_follows_local_endpoints",
-        work.path(),
+        |_| {},
     )
     .await
     else {
         return;
     };
-    let repo = checkout();
-    let shell = Shell {
-        lab: &lab,
-        cwd: repo.path(),
-    };
-    install(&shell);
+    let (lab, shell) = (&it.lab, it.shell());
 
     // docs/bgp.md's FRR configuration and objects, moved to the router's address and the
     // routed pool of this lab; nothing else changed.
@@ -1122,13 +1121,13 @@ async fn bgp_router_learns_every_node_and_follows_local_endpoints() {
     let all: Vec<&str> = lab.nodes.iter().map(|n| n.net.name.as_str()).collect();
 
     // Cluster: a route from every node, both families; the client is served through them.
-    let t = wait_router_hops(&lab, &router, v4, &node_addrs(&lab, &all, false));
+    let t = wait_router_hops(lab, &router, v4, &node_addrs(lab, &all, false));
     println!(
         "BGP Cluster: the router forwards {v4} to all {} nodes ({} ms after the address was seen)",
         all.len(),
         t.as_millis()
     );
-    wait_router_hops(&lab, &router, v6, &node_addrs(&lab, &all, true));
+    wait_router_hops(lab, &router, v6, &node_addrs(lab, &all, true));
     for ip in [v4, v6] {
         let p = HttpProber::start(c.name(), SocketAddr::new(ip, 80), Duration::from_millis(50))
             .expect("prober");
@@ -1139,7 +1138,7 @@ async fn bgp_router_learns_every_node_and_follows_local_endpoints() {
     }
     // Nobody answers ARP for it: the router's route is the only way in.
     assert_eq!(
-        owner(&lab, v4),
+        owner(lab, v4),
         None,
         "a node answers ARP for a BGP-only address"
     );
@@ -1170,8 +1169,8 @@ async fn bgp_router_learns_every_node_and_follows_local_endpoints() {
         (n.len() == 2 && n[0] != n[1]).then_some(n)
     });
     let two_refs: Vec<&str> = two.iter().map(String::as_str).collect();
-    let t = wait_router_hops(&lab, &router, v4, &node_addrs(&lab, &two_refs, false));
-    wait_router_hops(&lab, &router, v6, &node_addrs(&lab, &two_refs, true));
+    let t = wait_router_hops(lab, &router, v4, &node_addrs(lab, &two_refs, false));
+    wait_router_hops(lab, &router, v6, &node_addrs(lab, &two_refs, true));
     println!(
         "BGP Local: the router forwards {v4} to {two:?} only ({} ms)",
         t.as_millis()
@@ -1197,13 +1196,13 @@ async fn bgp_router_learns_every_node_and_follows_local_endpoints() {
     // Four ways to lose one of the two nodes, each judged in the router's FIB and from the
     // client; after each the node's route must come back.
     let victim = two[0].clone();
-    let victim_v4 = node_addrs(&lab, &[victim.as_str()], false)[0];
-    let only_other = node_addrs(&lab, &[two[1].as_str()], false);
-    let both = node_addrs(&lab, &two_refs, false);
+    let victim_v4 = node_addrs(lab, &[victim.as_str()], false)[0];
+    let only_other = node_addrs(lab, &[two[1].as_str()], false);
+    let both = node_addrs(lab, &two_refs, false);
     let lose = |what: &str, how: &str, fault: &dyn Fn()| {
         let t = Instant::now();
         fault();
-        let gone = wait_router_hops(&lab, &router, v4, &only_other);
+        let gone = wait_router_hops(lab, &router, v4, &only_other);
         println!(
             "BGP {what} ({victim}): its route left the router's FIB after {} ms ({how})",
             gone.as_millis()
@@ -1212,7 +1211,7 @@ async fn bgp_router_learns_every_node_and_follows_local_endpoints() {
         gone
     };
     let restored = |what: &str| {
-        let back = wait_router_hops(&lab, &router, v4, &both);
+        let back = wait_router_hops(lab, &router, v4, &both);
         println!(
             "BGP {what}: {victim}'s route is back {} ms later",
             back.as_millis()
@@ -1233,7 +1232,7 @@ async fn bgp_router_learns_every_node_and_follows_local_endpoints() {
     // The speaker SIGKILLed: its kernel closes the session at once; the kubelet restarts it.
     let kill = |sig: &'static str| {
         let pid = eventually_within("the speaker process", PATIENCE, || {
-            speaker_pid(&lab, &victim)
+            speaker_pid(lab, &victim)
         });
         move || {
             Command::new("kill")
@@ -1268,12 +1267,7 @@ async fn bgp_router_learns_every_node_and_follows_local_endpoints() {
         let n = web_pod_nodes(&shell);
         (n.len() == 1).then(|| n[0].clone())
     });
-    wait_router_hops(
-        &lab,
-        &router,
-        v4,
-        &node_addrs(&lab, &[first.as_str()], false),
-    );
+    wait_router_hops(lab, &router, v4, &node_addrs(lab, &[first.as_str()], false));
     let other = all
         .iter()
         .find(|n| **n != first)
@@ -1284,18 +1278,8 @@ async fn bgp_router_learns_every_node_and_follows_local_endpoints() {
         r#"kubectl patch deployment web -p '{{"spec":{{"template":{{"spec":{{"nodeSelector":{{"kubernetes.io/hostname":"{other}"}}}}}}}}}}'"#
     ));
     shell.ok("kubectl rollout status deployment/web --timeout=180s");
-    wait_router_hops(
-        &lab,
-        &router,
-        v4,
-        &node_addrs(&lab, &[other.as_str()], false),
-    );
-    wait_router_hops(
-        &lab,
-        &router,
-        v6,
-        &node_addrs(&lab, &[other.as_str()], true),
-    );
+    wait_router_hops(lab, &router, v4, &node_addrs(lab, &[other.as_str()], false));
+    wait_router_hops(lab, &router, v6, &node_addrs(lab, &[other.as_str()], true));
     let body = p4
         .wait_success_after(Instant::now(), PATIENCE)
         .expect("served from the new node");
@@ -1321,20 +1305,12 @@ async fn bgp_router_learns_every_node_and_follows_local_endpoints() {
 /// that asks for an IPv6 address is refused with a condition that says why.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_single_stack_cluster_gets_only_its_family() {
-    let test = "a_single_stack_cluster_gets_only_its_family";
-    let work = tempfile::tempdir().expect("temp dir");
-    let Some(mut opts) = options_or_skip(test) else {
+    let single_stack = |o: &mut LabOptions| o.dual_stack = false;
+    let Some(it) = installed_lab("a_single_stack_cluster_gets_only_its_family", single_stack).await
+    else {
         return;
     };
-    opts.dual_stack = false;
-    opts.images = lodestone_images(work.path());
-    let lab = ClusterLab::start(opts).await.expect("the lab starts");
-    let repo = checkout();
-    let shell = Shell {
-        lab: &lab,
-        cwd: repo.path(),
-    };
-    install(&shell);
+    let (lab, shell) = (&it.lab, it.shell());
     lab.apply_yaml(
         "apiVersion: lodestone.dev/v1alpha1\nkind: IPAddressPool\nmetadata: {name: lan}\nspec:\n  addresses: [192.0.2.240/28, 2001:db8::240/124]\n---\napiVersion: lodestone.dev/v1alpha1\nkind: L2Advertisement\nmetadata: {name: lan}\nspec: {}\n",
     )
