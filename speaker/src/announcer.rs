@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use lodestone_crds::ServiceKey;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -410,7 +411,7 @@ struct Shared {
     plan: RwLock<Plan>,
     local_macs: RwLock<BTreeSet<MacAddr>>,
     /// The Services behind each owned address, so log lines name their object.
-    services: RwLock<BTreeMap<IpAddr, String>>,
+    services: RwLock<BTreeMap<IpAddr, Vec<ServiceKey>>>,
     counters: Counters,
     events: mpsc::Sender<AnnouncerEvent>,
     /// Bumped by [`Announcer::reassert`]: the manager re-sends every burst when it changes.
@@ -451,8 +452,7 @@ impl Shared {
     fn service_of(&self, ip: IpAddr) -> String {
         read(&self.services)
             .get(&ip)
-            .cloned()
-            .unwrap_or_else(|| "-".to_owned())
+            .map_or_else(|| "-".to_owned(), crate::plan::service_names)
     }
 
     /// Another MAC claims an owned address: counted into its series (reported when due), unless
@@ -647,7 +647,7 @@ impl Announcer {
 
     /// Tells the announcer which Services hold its addresses (see
     /// [`crate::plan::Plan::services_by_address`]); used only to name them in log lines.
-    pub fn set_services(&self, services: BTreeMap<IpAddr, String>) {
+    pub fn set_services(&self, services: BTreeMap<IpAddr, Vec<ServiceKey>>) {
         *write(&self.shared.services) = services;
     }
 
