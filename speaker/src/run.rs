@@ -52,7 +52,7 @@ use crate::announcer::{Announcer, AnnouncerConfig, AnnouncerError, AnnouncerEven
 use crate::election;
 use crate::membership::state::{SpeakerState, States};
 use crate::membership::{Membership, MembershipConfig, MembershipError, MembershipView};
-use crate::metrics::{self, FrameCounts, Health, Metrics};
+use crate::metrics::{self, Health, Metrics};
 use crate::plan::{self, AliveSource, ClassFilter, NoOwner, Observed, Plan, PlanInput};
 use crate::trim;
 
@@ -1036,7 +1036,7 @@ pub async fn run(
     let (announcer, mut events) = Announcer::start_dedicated(cfg.announcer.clone()).await?;
     let refresh: metrics::Refresh = {
         let announcer = announcer.clone();
-        Arc::new(move |m: &Metrics| m.set_frames(frame_counts(&announcer)))
+        Arc::new(move |m: &Metrics| m.set_frames(&announcer.counters()))
     };
     let bound = metrics::serve(
         cfg.health_addr,

@@ -218,18 +218,3 @@ pub(super) fn service_reference(svc: &Service) -> ObjectReference {
         ..Default::default()
     }
 }
-
-pub(super) fn frame_counts(a: &Announcer) -> FrameCounts {
-    let c = a.counters();
-    FrameCounts {
-        arp_seen: c.arp_requests_owned,
-        arp_answered: c.arp_requests_answered,
-        ndp_seen: c.ns_owned,
-        ndp_answered: c.ns_answered,
-        garp_sent: c.gratuitous_arp_sent,
-        unsolicited_na_sent: c.unsolicited_na_sent,
-        ndp_group_join_failures: c.ndp_group_join_failures,
-        probes_sent: c.probes_sent,
-        defences_sent: c.defences_sent,
-    }
-}
