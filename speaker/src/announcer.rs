@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use lodestone_crds::ServiceKey;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -45,6 +46,7 @@ use crate::interfaces::{
     choose_interfaces, watch_links,
 };
 use crate::membership::ratelimit::{LogLimiter, Verdict};
+use crate::stats::inc;
 use crate::sys::{self, ArpSocket, GroupSocket, NdpSocket, UnicastNsSocket};
 use claims::{ClaimOutcome, Claims, ProbeConfig, defend_due};
 use conflicts::{ConflictLimits, ConflictReport, ConflictTracker};
@@ -157,88 +159,43 @@ pub enum AnnouncerError {
     Runtime(std::io::Error),
 }
 
-/// Monotonic counters of the data plane.
-#[derive(Debug, Default)]
-pub struct Counters {
-    arp_frames_received: AtomicU64,
-    arp_requests_seen: AtomicU64,
-    arp_requests_owned: AtomicU64,
-    arp_requests_answered: AtomicU64,
-    ndp_messages_received: AtomicU64,
-    ndp_dropped_hop_limit: AtomicU64,
-    ns_seen: AtomicU64,
-    ns_owned: AtomicU64,
-    ns_answered: AtomicU64,
-    gratuitous_arp_sent: AtomicU64,
-    unsolicited_na_sent: AtomicU64,
-    conflicts: AtomicU64,
-    ndp_group_join_failures: AtomicU64,
-    probes_sent: AtomicU64,
-    defences_sent: AtomicU64,
-}
-
-/// A copy of [`Counters`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CountersSnapshot {
-    /// Frames the ARP sockets delivered to user space (the kernel filter passes only ARP).
-    pub arp_frames_received: u64,
-    /// ARP requests among them.
-    pub arp_requests_seen: u64,
-    /// ARP requests for an address this node answers for on that interface.
-    pub arp_requests_owned: u64,
-    /// ARP replies sent.
-    pub arp_requests_answered: u64,
-    /// Messages the NDP sockets delivered to user space (the kernel filter passes NS/NA).
-    pub ndp_messages_received: u64,
-    /// NDP messages dropped because their hop limit was not 255 (RFC 4861).
-    pub ndp_dropped_hop_limit: u64,
-    /// Neighbor Solicitations received.
-    pub ns_seen: u64,
-    /// Neighbor Solicitations for an address this node answers for on that interface.
-    pub ns_owned: u64,
-    /// Neighbor Advertisements sent in answer.
-    pub ns_answered: u64,
-    /// Gratuitous ARPs sent.
-    pub gratuitous_arp_sent: u64,
-    /// Unsolicited Neighbor Advertisements sent.
-    pub unsolicited_na_sent: u64,
-    /// Conflicts detected.
-    pub conflicts: u64,
-    /// Solicited-node group joins that failed (each is also reported as an
-    /// [`AnnouncerEvent::InterfaceError`] naming the addresses): solicitations for those
-    /// addresses go unanswered until a later attempt succeeds.
-    pub ndp_group_join_failures: u64,
-    /// ARP probes and DAD solicitations sent for newly assigned addresses.
-    pub probes_sent: u64,
-    /// Announcements sent to defend an address against a foreign claim.
-    pub defences_sent: u64,
-}
-
-fn inc(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
-
-impl Counters {
-    /// Reads all counters.
-    pub fn snapshot(&self) -> CountersSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        CountersSnapshot {
-            arp_frames_received: get(&self.arp_frames_received),
-            arp_requests_seen: get(&self.arp_requests_seen),
-            arp_requests_owned: get(&self.arp_requests_owned),
-            arp_requests_answered: get(&self.arp_requests_answered),
-            ndp_messages_received: get(&self.ndp_messages_received),
-            ndp_dropped_hop_limit: get(&self.ndp_dropped_hop_limit),
-            ns_seen: get(&self.ns_seen),
-            ns_owned: get(&self.ns_owned),
-            ns_answered: get(&self.ns_answered),
-            gratuitous_arp_sent: get(&self.gratuitous_arp_sent),
-            unsolicited_na_sent: get(&self.unsolicited_na_sent),
-            conflicts: get(&self.conflicts),
-            ndp_group_join_failures: get(&self.ndp_group_join_failures),
-            probes_sent: get(&self.probes_sent),
-            defences_sent: get(&self.defences_sent),
-        }
+crate::stats::stats! {
+    /// Monotonic counters of the data plane.
+    pub struct Counters;
+    /// A copy of [`Counters`] at one moment.
+    pub struct CountersSnapshot {
+        /// Frames the ARP sockets delivered to user space (the kernel filter passes only ARP).
+        arp_frames_received: u64,
+        /// ARP requests among them.
+        arp_requests_seen: u64,
+        /// ARP requests for an address this node answers for on that interface.
+        arp_requests_owned: u64,
+        /// ARP replies sent.
+        arp_requests_answered: u64,
+        /// Messages the NDP sockets delivered to user space (the kernel filter passes NS/NA).
+        ndp_messages_received: u64,
+        /// NDP messages dropped because their hop limit was not 255 (RFC 4861).
+        ndp_dropped_hop_limit: u64,
+        /// Neighbor Solicitations received.
+        ns_seen: u64,
+        /// Neighbor Solicitations for an address this node answers for on that interface.
+        ns_owned: u64,
+        /// Neighbor Advertisements sent in answer.
+        ns_answered: u64,
+        /// Gratuitous ARPs sent.
+        gratuitous_arp_sent: u64,
+        /// Unsolicited Neighbor Advertisements sent.
+        unsolicited_na_sent: u64,
+        /// Conflicts detected.
+        conflicts: u64,
+        /// Solicited-node group joins that failed (each is also reported as an
+        /// [`AnnouncerEvent::InterfaceError`] naming the addresses): solicitations for those
+        /// addresses go unanswered until a later attempt succeeds.
+        ndp_group_join_failures: u64,
+        /// ARP probes and DAD solicitations sent for newly assigned addresses.
+        probes_sent: u64,
+        /// Announcements sent to defend an address against a foreign claim.
+        defences_sent: u64,
     }
 }
 
@@ -410,7 +367,7 @@ struct Shared {
     plan: RwLock<Plan>,
     local_macs: RwLock<BTreeSet<MacAddr>>,
     /// The Services behind each owned address, so log lines name their object.
-    services: RwLock<BTreeMap<IpAddr, String>>,
+    services: RwLock<BTreeMap<IpAddr, Vec<ServiceKey>>>,
     counters: Counters,
     events: mpsc::Sender<AnnouncerEvent>,
     /// Bumped by [`Announcer::reassert`]: the manager re-sends every burst when it changes.
@@ -451,8 +408,7 @@ impl Shared {
     fn service_of(&self, ip: IpAddr) -> String {
         read(&self.services)
             .get(&ip)
-            .cloned()
-            .unwrap_or_else(|| "-".to_owned())
+            .map_or_else(|| "-".to_owned(), crate::plan::service_names)
     }
 
     /// Another MAC claims an owned address: counted into its series (reported when due), unless
@@ -647,7 +603,7 @@ impl Announcer {
 
     /// Tells the announcer which Services hold its addresses (see
     /// [`crate::plan::Plan::services_by_address`]); used only to name them in log lines.
-    pub fn set_services(&self, services: BTreeMap<IpAddr, String>) {
+    pub fn set_services(&self, services: BTreeMap<IpAddr, Vec<ServiceKey>>) {
         *write(&self.shared.services) = services;
     }
 

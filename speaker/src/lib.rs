@@ -11,7 +11,8 @@
 //! - [`trim`]: pure: what the shell keeps of the cached cluster objects.
 //! - [`hold`]: pure: pools that vanished while their addresses are served stay in the plan.
 //! - [`bgp`], [`bfd`]: BGP mode: sessions with routers, and BFD to notice a dead path fast.
-//! - [`run`], [`metrics`]: the I/O shell around it.
+//! - [`run`], [`metrics`]: the I/O shell around it; [`stats`]: how the parts declare the
+//!   counters that metrics read.
 #![deny(unsafe_code)]
 
 pub mod announcer;
@@ -24,6 +25,7 @@ pub mod membership;
 pub mod metrics;
 pub mod plan;
 pub mod run;
+pub mod stats;
 pub mod sys;
 pub mod trim;
 

@@ -56,6 +56,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::announcer::CountersSnapshot;
 use crate::membership::{MembershipStats, StatsReader};
 
 /// `protocol` label values.
@@ -71,29 +72,6 @@ fn label(name: &str, value: &str) -> ProtocolLabel {
 
 fn result(r: &str) -> ResultLabel {
     vec![("result".to_owned(), r.to_owned())]
-}
-
-/// Frame counters as the announcer reports them (cumulative since start).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FrameCounts {
-    /// ARP requests seen for owned addresses.
-    pub arp_seen: u64,
-    /// ARP replies sent.
-    pub arp_answered: u64,
-    /// Neighbour solicitations seen for owned addresses.
-    pub ndp_seen: u64,
-    /// Neighbour advertisements sent in reply.
-    pub ndp_answered: u64,
-    /// Gratuitous ARP sent.
-    pub garp_sent: u64,
-    /// Unsolicited neighbour advertisements sent.
-    pub unsolicited_na_sent: u64,
-    /// Solicited-node group joins the kernel refused (those addresses go unanswered).
-    pub ndp_group_join_failures: u64,
-    /// ARP probes and DAD solicitations sent for newly assigned addresses.
-    pub probes_sent: u64,
-    /// Announcements sent to defend an address against a foreign claim.
-    pub defences_sent: u64,
 }
 
 /// All of the speaker's metrics.
@@ -351,18 +329,19 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Copy the announcer's cumulative frame counters into the exported counters.
-    pub fn set_frames(&self, c: FrameCounts) {
+    /// Copy the announcer's cumulative frame counters into the exported counters: requests
+    /// seen are those for owned addresses.
+    pub fn set_frames(&self, c: &CountersSnapshot) {
         let set = |fam: &Family<ProtocolLabel, Counter>, p: &str, v: u64| {
             fam.get_or_create(&protocol(p))
                 .inner()
                 .store(v, Ordering::Relaxed);
         };
-        set(&self.requests_seen, "arp", c.arp_seen);
-        set(&self.requests_seen, "ndp", c.ndp_seen);
-        set(&self.requests_answered, "arp", c.arp_answered);
-        set(&self.requests_answered, "ndp", c.ndp_answered);
-        set(&self.gratuitous_sent, "arp", c.garp_sent);
+        set(&self.requests_seen, "arp", c.arp_requests_owned);
+        set(&self.requests_seen, "ndp", c.ns_owned);
+        set(&self.requests_answered, "arp", c.arp_requests_answered);
+        set(&self.requests_answered, "ndp", c.ns_answered);
+        set(&self.gratuitous_sent, "arp", c.gratuitous_arp_sent);
         set(&self.gratuitous_sent, "ndp", c.unsolicited_na_sent);
         self.ndp_group_join_failures
             .inner()
@@ -550,16 +529,19 @@ mod tests {
     #[test]
     fn names_and_values() {
         let m = Metrics::new();
-        m.set_frames(FrameCounts {
-            arp_seen: 7,
-            arp_answered: 6,
-            ndp_seen: 5,
-            ndp_answered: 4,
-            garp_sent: 3,
+        m.set_frames(&CountersSnapshot {
+            arp_requests_seen: 70,
+            arp_requests_owned: 7,
+            arp_requests_answered: 6,
+            ns_seen: 50,
+            ns_owned: 5,
+            ns_answered: 4,
+            gratuitous_arp_sent: 3,
             unsolicited_na_sent: 2,
             ndp_group_join_failures: 1,
             probes_sent: 9,
             defences_sent: 8,
+            ..CountersSnapshot::default()
         });
         m.ownership_changes.inc();
         m.addresses_announced.set(12);

@@ -19,12 +19,13 @@
 //!    part of the Service object, so every node reads the same current owner: the decision
 //!    stays a function of shared inputs.
 //! 4. An address shared by several Services goes to the owner chosen by the first of them (by
-//!    `namespace/name`) that has one, so no address ever has two owners, even when the sharing
-//!    Services disagree about eligibility.
+//!    `namespace/name` text, see [`by_text`]) that has one, so no address ever has two owners,
+//!    even when the sharing Services disagree about eligibility.
 //!
 //! The rules themselves (which advertisement selects which pool and node, the exclusion label,
 //! which endpoints can serve) live in [`eligibility`]; this module applies them to every Service.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -33,7 +34,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lodestone_crds::addresses::{PoolAddresses, parse_pool};
 use lodestone_crds::announced;
-use lodestone_crds::{IPAddressPool, L2Advertisement};
+use lodestone_crds::{IPAddressPool, L2Advertisement, ServiceKey};
 
 use crate::eligibility;
 
@@ -152,30 +153,68 @@ pub fn observed(svc: &Service) -> Observed {
 pub struct Plan {
     /// Addresses this node announces → the interfaces to announce on (`None` = automatic).
     pub owned: BTreeMap<IpAddr, Option<Vec<String>>>,
-    /// Every Service of ours by `namespace/name`.
-    pub services: BTreeMap<String, ServicePlan>,
+    /// Every Service of ours.
+    pub services: BTreeMap<ServiceKey, ServicePlan>,
 }
 
 impl Plan {
-    /// The Services (`namespace/name`, comma-separated when they share it) of each address this
-    /// node announces: what the announcer's log lines name.
-    pub fn services_by_address(&self) -> BTreeMap<IpAddr, String> {
-        let mut out: BTreeMap<IpAddr, String> = BTreeMap::new();
+    /// The Services of each address this node announces: what the announcer's log lines name
+    /// (through [`service_names`]).
+    pub fn services_by_address(&self) -> BTreeMap<IpAddr, Vec<ServiceKey>> {
+        let mut out: BTreeMap<IpAddr, Vec<ServiceKey>> = BTreeMap::new();
         for (key, svc) in &self.services {
             for ip in svc
                 .addresses
                 .iter()
                 .filter(|ip| self.owned.contains_key(ip))
             {
-                let names = out.entry(*ip).or_default();
-                if !names.is_empty() {
-                    names.push(',');
-                }
-                names.push_str(key);
+                out.entry(*ip).or_default().push(key.clone());
             }
         }
         out
     }
+}
+
+/// The order of the Services' `namespace/name` texts, which decides which of several Services
+/// sharing an address picks its owner (step 4 of [`plan`], [`crate::run::address_owners`]).
+/// It is not [`ServiceKey`]'s own order (namespace, then name): the two differ when a
+/// namespace is another's prefix followed by `-` (`team-a/x` sorts before `team/x` as text).
+/// Speakers of different versions meet during an upgrade and must pick the same owner, so the
+/// text order of the earlier, string-keyed speaker stays.
+pub fn by_text(a: &ServiceKey, b: &ServiceKey) -> Ordering {
+    fn text(k: &ServiceKey) -> impl Iterator<Item = u8> + '_ {
+        k.namespace
+            .bytes()
+            .chain(std::iter::once(b'/'))
+            .chain(k.name.bytes())
+    }
+    text(a).cmp(text(b))
+}
+
+/// The entries of a map by Service in [`by_text`] order.
+pub fn in_text_order<V>(map: &BTreeMap<ServiceKey, V>) -> Vec<(&ServiceKey, &V)> {
+    let mut out: Vec<(&ServiceKey, &V)> = map.iter().collect();
+    // Nearly sorted already (the orders differ only around `-`): the sort costs about a pass.
+    out.sort_by(|a, b| by_text(a.0, b.0));
+    out
+}
+
+/// Several Services in one log field: `namespace/name` each, in [`by_text`] order,
+/// comma-separated.
+pub fn service_names<'a>(keys: impl IntoIterator<Item = &'a ServiceKey>) -> String {
+    use std::fmt::Write as _;
+    let mut keys: Vec<&ServiceKey> = keys.into_iter().collect();
+    keys.sort_by(|a, b| by_text(a, b));
+    keys.dedup();
+    let mut out = String::new();
+    for key in keys {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        // Writing into a String cannot fail.
+        let _ = write!(out, "{key}");
+    }
+    out
 }
 
 /// Where the alive set came from.
@@ -269,26 +308,20 @@ pub fn internal_ip(node: &Node) -> Option<IpAddr> {
         .find_map(|a| a.address.trim().parse().ok())
 }
 
-/// `namespace/name` of an object, the form every log line and map key uses (the
-/// [`ServiceKey`](lodestone_crds::ServiceKey)'s text: the speaker's maps are still keyed by it).
-pub fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    lodestone_crds::ServiceKey::of(meta).to_string()
-}
-
 /// A parsed pool with the advertisements that select it.
 struct PoolView<'a> {
     addresses: PoolAddresses,
     adverts: Vec<&'a L2Advertisement>,
 }
 
-/// Ready endpoints of each Service: `namespace/name` → nodes hosting one (`None` for an
-/// endpoint without `nodeName`, which counts for "anywhere" but for no node).
-pub type ReadyEndpoints = BTreeMap<String, BTreeSet<Option<String>>>;
+/// Ready endpoints of each Service: the nodes hosting one (`None` for an endpoint without
+/// `nodeName`, which counts for "anywhere" but for no node).
+pub type ReadyEndpoints = BTreeMap<ServiceKey, BTreeSet<Option<String>>>;
 
 /// Reads [`ReadyEndpoints`] from every EndpointSlice: once per recomputation, for layer 2's
 /// [`plan_with`] and BGP alike.
 pub fn ready_endpoints(slices: &[Arc<EndpointSlice>]) -> ReadyEndpoints {
-    let mut out: BTreeMap<String, BTreeSet<Option<String>>> = BTreeMap::new();
+    let mut out: ReadyEndpoints = BTreeMap::new();
     for slice in slices {
         let Some(service) = slice
             .metadata
@@ -298,10 +331,9 @@ pub fn ready_endpoints(slices: &[Arc<EndpointSlice>]) -> ReadyEndpoints {
         else {
             continue;
         };
-        let key = format!(
-            "{}/{}",
+        let key = ServiceKey::new(
             slice.metadata.namespace.as_deref().unwrap_or_default(),
-            service
+            service.as_str(),
         );
         let entry = out.entry(key).or_default();
         for ep in &slice.endpoints {
@@ -360,9 +392,9 @@ pub fn plan_with(input: &PlanInput, endpoints: &ReadyEndpoints) -> Plan {
         local_interfaces: BTreeMap<IpAddr, Option<Vec<String>>>,
         observed: Observed,
     }
-    let mut candidates: BTreeMap<String, Candidate> = BTreeMap::new();
+    let mut candidates: BTreeMap<ServiceKey, Candidate> = BTreeMap::new();
     for svc in input.services.iter().filter(|s| input.class.is_ours(s)) {
-        let key = key_of(&svc.metadata);
+        let key = ServiceKey::of(&svc.metadata);
         let ips = ingress_ips(svc);
         let mut cand = Candidate {
             addresses: Vec::new(),
@@ -445,9 +477,9 @@ pub fn plan_with(input: &PlanInput, endpoints: &ReadyEndpoints) -> Plan {
         candidates.insert(key, cand);
     }
 
-    // Step 4: one owner per address, from the first Service (by key) that has one.
+    // Step 4: one owner per address, from the first Service (by text) that has one.
     let mut address_owner: BTreeMap<IpAddr, &str> = BTreeMap::new();
-    for cand in candidates.values() {
+    for (_, cand) in in_text_order(&candidates) {
         if let Ok(owner) = &cand.owner {
             for ip in &cand.addresses {
                 address_owner.entry(*ip).or_insert(owner.as_str());
@@ -686,7 +718,7 @@ mod tests {
     }
 
     fn owner_of(p: &Plan, svc: &str) -> Result<String, NoOwner> {
-        p.services[&format!("default/{svc}")].owner.clone()
+        p.services[&ServiceKey::new("default", svc)].owner.clone()
     }
 
     #[test]
@@ -1010,7 +1042,10 @@ mod tests {
             assert_eq!(owner_of(&p, "web").as_deref(), Ok(other), "{me}");
             assert_eq!(p.owned.is_empty(), me != other);
             assert_eq!(
-                p.services["default/web"].observed.owner.as_deref(),
+                p.services[&ServiceKey::new("default", "web")]
+                    .observed
+                    .owner
+                    .as_deref(),
                 Some(other)
             );
         }
@@ -1198,7 +1233,7 @@ mod tests {
             // The owners write their conditions.
             let mut settled = input.clone();
             settled.services = input.services.iter().map(|svc| {
-                match &first.services[&key_of(&svc.metadata)].owner {
+                match &first.services[&ServiceKey::of(&svc.metadata)].owner {
                     Ok(owner) => with_owner(svc, owner),
                     Err(_) => svc.clone(),
                 }
@@ -1274,17 +1309,76 @@ mod tests {
         let plan = Plan {
             owned: [(ip("192.0.2.1"), None), (ip("2001:db8::1"), None)].into(),
             services: [
-                ("default/dns-tcp".to_owned(), svc(&["192.0.2.1"])),
-                ("default/dns-udp".to_owned(), svc(&["192.0.2.1"])),
-                ("shop/web".to_owned(), svc(&["2001:db8::1", "192.0.2.9"])),
+                (ServiceKey::new("default", "dns-tcp"), svc(&["192.0.2.1"])),
+                (ServiceKey::new("default", "dns-udp"), svc(&["192.0.2.1"])),
+                (
+                    ServiceKey::new("shop", "web"),
+                    svc(&["2001:db8::1", "192.0.2.9"]),
+                ),
             ]
             .into(),
         };
         let got = plan.services_by_address();
-        assert_eq!(got[&ip("192.0.2.1")], "default/dns-tcp,default/dns-udp");
-        assert_eq!(got[&ip("2001:db8::1")], "shop/web");
+        assert_eq!(
+            service_names(&got[&ip("192.0.2.1")]),
+            "default/dns-tcp,default/dns-udp"
+        );
+        assert_eq!(service_names(&got[&ip("2001:db8::1")]), "shop/web");
         // Not owned here: not named.
         assert!(!got.contains_key(&ip("192.0.2.9")));
+    }
+
+    /// Step 4 follows the first sharing Service by `namespace/name` text, as the string-keyed
+    /// speaker did: `team-a/web` before `team/web`, though [`ServiceKey`] orders `team` first.
+    #[test]
+    fn a_shared_address_follows_the_first_service_by_text() {
+        let key = |ns: &str| ServiceKey::new(ns, "web");
+        assert!(key("team") < key("team-a"));
+        assert_eq!(by_text(&key("team-a"), &key("team")), Ordering::Less);
+        assert_eq!(
+            service_names([&key("team"), &key("team-a"), &key("team")]),
+            "team-a/web,team/web"
+        );
+        let in_ns = |ns: &str, obj: &ObjectMeta| ObjectMeta {
+            namespace: Some(ns.into()),
+            ..obj.clone()
+        };
+        let mut input = base("node-a");
+        let web = service("web", &["198.51.100.20"], true);
+        let ready = slice("web", &[]);
+        input.services.clear();
+        input.endpoint_slices.clear();
+        for (ns, host) in [("team", "node-a"), ("team-a", "node-c")] {
+            let mut svc = (*web).clone();
+            svc.metadata = in_ns(ns, &svc.metadata);
+            input.services.push(Arc::new(svc));
+            let mut s = (*ready).clone();
+            s.metadata = in_ns(ns, &s.metadata);
+            s.endpoints.push(slice_endpoint(host));
+            input.endpoint_slices.push(Arc::new(s));
+        }
+        let ip: IpAddr = "198.51.100.20".parse().unwrap();
+        for me in ["node-a", "node-b", "node-c"] {
+            input.node_name = me.into();
+            let p = plan(&input);
+            assert_eq!(p.owned.contains_key(&ip), me == "node-c", "{me}");
+            assert_eq!(p.services[&key("team")].owner.as_deref(), Ok("node-c"));
+            assert_eq!(
+                crate::run::address_owners(&p)[&ip],
+                "node-c",
+                "the shell's view of the owner agrees"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn text_order_is_the_order_of_the_keys_text(
+            a in ("[a-z0-9-]{1,6}", "[a-z0-9-]{1,6}"), b in ("[a-z0-9-]{1,6}", "[a-z0-9-]{1,6}")
+        ) {
+            let (a, b) = (ServiceKey::new(a.0, a.1), ServiceKey::new(b.0, b.1));
+            prop_assert_eq!(by_text(&a, &b), a.to_string().cmp(&b.to_string()));
+        }
     }
 
     #[test]

@@ -43,7 +43,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
-use lodestone_crds::{IPAddressPool, L2Advertisement};
+use lodestone_crds::{IPAddressPool, L2Advertisement, ServiceKey};
 use lodestone_crds::{announced, conditions};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc};
@@ -52,7 +52,7 @@ use crate::announcer::{Announcer, AnnouncerConfig, AnnouncerError, AnnouncerEven
 use crate::election;
 use crate::membership::state::{SpeakerState, States};
 use crate::membership::{Membership, MembershipConfig, MembershipError, MembershipView};
-use crate::metrics::{self, FrameCounts, Health, Metrics};
+use crate::metrics::{self, Health, Metrics};
 use crate::plan::{self, AliveSource, ClassFilter, NoOwner, Observed, Plan, PlanInput};
 use crate::trim;
 
@@ -199,16 +199,16 @@ struct Shell {
     /// What the announcer reports as announced (from its events).
     announced: BTreeMap<IpAddr, Vec<String>>,
     /// What the announcer was last told about the Services behind each owned address.
-    by_address: BTreeMap<IpAddr, String>,
-    /// Services (by key) per owned address, kept for addresses still announced after the
-    /// Service vanished, so that "stopped" can be reported on it.
-    services_of: BTreeMap<IpAddr, BTreeSet<String>>,
-    /// Condition writes made and not yet seen in the cache, by Service key.
-    sent: BTreeMap<String, Sent>,
+    by_address: BTreeMap<IpAddr, Vec<ServiceKey>>,
+    /// Services per owned address, kept for addresses still announced after the Service
+    /// vanished, so that "stopped" can be reported on it.
+    services_of: BTreeMap<IpAddr, BTreeSet<ServiceKey>>,
+    /// Condition writes made and not yet seen in the cache, by Service.
+    sent: BTreeMap<ServiceKey, Sent>,
     /// Numbers the writes, so a late result is matched to its own write.
     write_id: u64,
     /// Since when each Service has had no owner in this speaker's view.
-    no_owner_since: HashMap<String, Instant>,
+    no_owner_since: HashMap<ServiceKey, Instant>,
     /// Owned addresses answered on no interface (none of the named ones exists here), as last
     /// reported: see [`plan::unanswerable`].
     unanswerable: BTreeMap<IpAddr, Vec<String>>,
@@ -639,17 +639,14 @@ impl Shell {
         let failed_over = failovers(&self.cfg.node_name, &self.owners, &owners, &alive);
         if !changed.is_empty() || !failed_over.is_empty() {
             // One pass over the Services names every address that changed hands.
-            let mut names: BTreeMap<IpAddr, BTreeSet<&str>> = BTreeMap::new();
+            let mut names: BTreeMap<IpAddr, BTreeSet<&ServiceKey>> = BTreeMap::new();
             for (key, sp) in next.services.iter().chain(self.plan.services.iter()) {
                 for ip in sp.addresses.iter().filter(|ip| changed.contains(ip)) {
-                    names.entry(*ip).or_default().insert(key.as_str());
+                    names.entry(*ip).or_default().insert(key);
                 }
             }
             let services_with = |ip: &IpAddr| -> String {
-                names
-                    .get(ip)
-                    .map(|k| k.iter().copied().collect::<Vec<_>>().join(","))
-                    .unwrap_or_default()
+                plan::service_names(names.get(ip).into_iter().flatten().copied())
             };
             for (ip, from) in &failed_over {
                 self.metrics.failover_detections.inc();
@@ -747,7 +744,7 @@ impl Shell {
     /// One Event on each of the Services named by `keys` that are still in the cache.
     fn event_on_keys<'k>(
         &self,
-        keys: impl Iterator<Item = &'k String>,
+        keys: impl Iterator<Item = &'k ServiceKey>,
         type_: EventType,
         reason: &str,
         note: &str,
@@ -832,9 +829,6 @@ impl Shell {
                     }
                 }
             }
-            let Some((namespace, name)) = key.split_once('/') else {
-                continue;
-            };
             let last_transition = conditions::transition_time(
                 sp.observed.status.zip(sp.observed.last_transition.as_ref()),
                 desired.status,
@@ -856,8 +850,6 @@ impl Shell {
                 key.clone(),
                 Write {
                     id: self.write_id,
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
                     desired,
                     last_transition,
                     resource_version: sp.observed.resource_version.clone(),
@@ -877,7 +869,7 @@ impl Shell {
         self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
     }
 
-    fn on_write_result(&mut self, key: String, id: u64, outcome: Outcome) {
+    fn on_write_result(&mut self, key: ServiceKey, id: u64, outcome: Outcome) {
         let ours = self.sent.get(&key).is_some_and(|s| s.id == id);
         match outcome {
             Outcome::Written(rv) => {
@@ -917,11 +909,10 @@ impl Shell {
         }
     }
 
-    fn service(&self, key: &str) -> Option<Arc<Service>> {
-        let (namespace, name) = key.split_once('/')?;
+    fn service(&self, key: &ServiceKey) -> Option<Arc<Service>> {
         self.stores
             .services
-            .get(&reflector::ObjectRef::new(name).within(namespace))
+            .get(&reflector::ObjectRef::new(&key.name).within(&key.namespace))
     }
 
     fn event_on_services(&self, ip: IpAddr, type_: EventType, reason: &str, note: String) {
@@ -1045,7 +1036,7 @@ pub async fn run(
     let (announcer, mut events) = Announcer::start_dedicated(cfg.announcer.clone()).await?;
     let refresh: metrics::Refresh = {
         let announcer = announcer.clone();
-        Arc::new(move |m: &Metrics| m.set_frames(frame_counts(&announcer)))
+        Arc::new(move |m: &Metrics| m.set_frames(&announcer.counters()))
     };
     let bound = metrics::serve(
         cfg.health_addr,
@@ -1557,30 +1548,36 @@ mod tests {
 
     #[test]
     fn only_the_owner_writes_true_and_one_node_writes_false() {
+        let web = ServiceKey::new("ns", "web");
         let alive: BTreeSet<String> = ["a", "b", "c"].iter().map(|s| (*s).to_owned()).collect();
         let ip: IpAddr = "198.51.100.1".parse().unwrap();
         let owned = sp(&["198.51.100.1"], Ok("b"));
         let announced = BTreeMap::from([(ip, vec!["eth0".to_owned()])]);
         assert_eq!(
-            desired_condition("b", "ns/web", &owned, &announced, &alive),
+            desired_condition("b", &web, &owned, &announced, &alive),
             desired(true, "Announced", "announced from b on eth0")
         );
         assert_eq!(
-            desired_condition("a", "ns/web", &owned, &announced, &alive),
+            desired_condition("a", &web, &owned, &announced, &alive),
             None
         );
         // The owner says nothing until its announcer reports an interface.
         assert_eq!(
-            desired_condition("b", "ns/web", &owned, &BTreeMap::new(), &alive),
+            desired_condition("b", &web, &owned, &BTreeMap::new(), &alive),
             None
         );
         let none = sp(&["198.51.100.1"], Err(NoOwner::NoReadyEndpoints));
         let writers: Vec<&str> = ["a", "b", "c"]
             .into_iter()
-            .filter(|me| desired_condition(me, "ns/web", &none, &announced, &alive).is_some())
+            .filter(|me| desired_condition(me, &web, &none, &announced, &alive).is_some())
             .collect();
         assert_eq!(writers.len(), 1);
-        let d = desired_condition(writers[0], "ns/web", &none, &announced, &alive).unwrap();
+        assert_eq!(
+            Some(writers[0]),
+            election::owner("ns/web", ["a", "b", "c"]),
+            "the writer is elected by the key's text, as before the key was typed"
+        );
+        let d = desired_condition(writers[0], &web, &none, &announced, &alive).unwrap();
         assert!(!d.status);
         assert_eq!(d.reason, "NoReadyEndpoints");
         assert_eq!(d.message, "not announced: no ready endpoint");
@@ -1596,16 +1593,14 @@ mod tests {
         };
         let writers: Vec<&str> = ["a", "b", "c"]
             .into_iter()
-            .filter(|me| desired_condition(me, "ns/web", &retract, &announced, &alive).is_some())
+            .filter(|me| desired_condition(me, &web, &retract, &announced, &alive).is_some())
             .collect();
         assert_eq!(writers, ["c"]);
         // Gone: the election among the alive decides, as before.
         let without_c: BTreeSet<String> = ["a", "b"].iter().map(|s| (*s).to_owned()).collect();
         let writers: Vec<&str> = ["a", "b"]
             .into_iter()
-            .filter(|me| {
-                desired_condition(me, "ns/web", &retract, &announced, &without_c).is_some()
-            })
+            .filter(|me| desired_condition(me, &web, &retract, &announced, &without_c).is_some())
             .collect();
         assert_eq!(writers.len(), 1);
         // Already said: every speaker sees it as observed, and nobody needs to write it.
@@ -1617,13 +1612,13 @@ mod tests {
             ..Observed::default()
         };
         for me in ["a", "b", "c"] {
-            let d = desired_condition(me, "ns/web", &said, &announced, &alive);
+            let d = desired_condition(me, &web, &said, &announced, &alive);
             assert!(d.is_some_and(|d| d.is_observed(&said.observed)));
         }
         let unassigned = sp(&[], Err(NoOwner::NoAddress));
         for me in ["a", "b", "c"] {
             assert_eq!(
-                desired_condition(me, "ns/web", &unassigned, &announced, &alive),
+                desired_condition(me, &web, &unassigned, &announced, &alive),
                 None
             );
         }
@@ -1766,7 +1761,7 @@ mod tests {
                         p.owned.insert(*a, None);
                     }
                 }
-                p.services.insert(k.into(), s);
+                p.services.insert(ServiceKey::parse(k).unwrap(), s);
             }
             p
         };
@@ -1812,7 +1807,8 @@ mod tests {
         let alive = BTreeSet::from([huge.clone()]);
         let owned = sp(&["198.51.100.1"], Ok(huge.as_str()));
         let announced = BTreeMap::from([(ip, vec![huge.clone(), huge.clone()])]);
-        let d = desired_condition(&huge, "ns/web", &owned, &announced, &alive).unwrap();
+        let web = ServiceKey::new("ns", "web");
+        let d = desired_condition(&huge, &web, &owned, &announced, &alive).unwrap();
         assert!(d.message.len() <= lodestone_crds::events::CONDITION_MESSAGE_MAX);
         assert!(
             d.message.contains("truncated"),
@@ -1865,9 +1861,11 @@ mod tests {
     fn address_owner_first_service_wins() {
         let mut p = Plan::default();
         p.services
-            .insert("a/x".into(), sp(&["198.51.100.1"], Ok("n1")));
-        p.services
-            .insert("b/y".into(), sp(&["198.51.100.1", "2001:db8::1"], Ok("n2")));
+            .insert(ServiceKey::new("a", "x"), sp(&["198.51.100.1"], Ok("n1")));
+        p.services.insert(
+            ServiceKey::new("b", "y"),
+            sp(&["198.51.100.1", "2001:db8::1"], Ok("n2")),
+        );
         let owners = address_owners(&p);
         assert_eq!(owners[&"198.51.100.1".parse::<IpAddr>().unwrap()], "n1");
         assert_eq!(owners[&"2001:db8::1".parse::<IpAddr>().unwrap()], "n2");

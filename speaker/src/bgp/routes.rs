@@ -239,7 +239,7 @@ pub fn desired(input: &RoutesInput<'_>) -> Desired {
         .collect();
 
     for svc in input.services.iter().filter(|s| input.class.is_ours(s)) {
-        let key = crate::plan::key_of(&svc.metadata);
+        let key = lodestone_crds::ServiceKey::of(&svc.metadata);
         let ready = input.ready.get(&key);
         let anywhere = ready.is_some_and(|r| !r.is_empty());
         let here = ready.is_some_and(|r| r.iter().any(|n| n.as_deref() == Some(input.node_name)));

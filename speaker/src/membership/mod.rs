@@ -63,7 +63,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -272,80 +272,64 @@ pub struct MembershipView {
     pub generation: u64,
 }
 
-macro_rules! stats {
-    ($( $(#[$doc:meta])* $name:ident : $plain:ty => $atomic:ty ),* $(,)?) => {
-        /// Counters and gauges for metrics and tests.
-        #[derive(Clone, Debug, Default, PartialEq, Eq)]
-        pub struct MembershipStats {
-            $( $(#[$doc])* pub $name: $plain, )*
-        }
-
-        #[derive(Debug, Default)]
-        struct SharedStats {
-            $( $name: $atomic, )*
-        }
-
-        impl SharedStats {
-            fn snapshot(&self) -> MembershipStats {
-                MembershipStats { $( $name: self.$name.load(Ordering::Relaxed), )* }
-            }
-        }
-    };
-}
-
-stats! {
-    /// Alive members, self included.
-    members: usize => AtomicUsize,
-    /// Whether [`MembershipView::formed`] is true.
-    formed: bool => AtomicBool,
-    /// [`MembershipView::authenticated_peers`].
-    authenticated_peers: usize => AtomicUsize,
-    /// [`MembershipView::keyring_failing`].
-    keyring_failing: bool => AtomicBool,
-    /// Keys in the keyring.
-    keys: usize => AtomicUsize,
-    /// Local health multiplier: 1 healthy, up to 9 while this node's timers run late.
-    local_health: u32 => AtomicU32,
-    /// Datagrams accepted (authentic and not replayed).
-    datagrams_in: u64 => AtomicU64,
-    /// Of those, sealed with the primary key.
-    accepted_primary: u64 => AtomicU64,
-    /// Of those, sealed with another key of the keyring (a rotation in progress).
-    accepted_secondary: u64 => AtomicU64,
-    /// Datagrams sent.
-    datagrams_out: u64 => AtomicU64,
-    /// Datagrams dropped because no key verified them (another keyring, or forged).
-    auth_failures: u64 => AtomicU64,
-    /// Authentic datagrams dropped as replays.
-    replays: u64 => AtomicU64,
-    /// Datagrams dropped as malformed (envelope or SWIM payload).
-    malformed: u64 => AtomicU64,
-    /// Datagrams dropped for being larger than any speaker sends.
-    oversized: u64 => AtomicU64,
-    /// Sends the kernel refused.
-    send_errors: u64 => AtomicU64,
-    /// Times the others declared this speaker down and it rejoined under a renewed identity.
-    rejoins: u64 => AtomicU64,
-    /// Members this speaker saw go down (declared down, or left).
-    members_down: u64 => AtomicU64,
-    /// Times this speaker found a previous identity of its node still remembered and took one
-    /// above it (a restart with the clock behind).
-    identity_outranked: u64 => AtomicU64,
-    /// Identity hints sent to restarted peers that their old identity outranks.
-    hints_sent: u64 => AtomicU64,
-    /// Key file changes applied.
-    key_reloads: u64 => AtomicU64,
-    /// Key file changes refused (unreadable, or no valid keyring); the previous keys stay.
-    key_reload_failures: u64 => AtomicU64,
-    /// Suspicions this node raised that the suspect refuted in time (a probe answered late).
-    suspicions_refuted: u64 => AtomicU64,
-    /// Expired suspicions not turned into "down" because the suspect had spoken since.
-    suspicions_deferred: u64 => AtomicU64,
-    /// Probe periods in which this node's own timers fired late (the loop was starved).
-    late_timers: u64 => AtomicU64,
-    /// Times the membership thread woke well after its timers were due, and paused them
-    /// rather than judge the others by time it could not act in.
-    stalls: u64 => AtomicU64,
+crate::stats::stats! {
+    /// The membership's counters and gauges, written by its thread.
+    struct SharedStats;
+    /// Counters and gauges for metrics and tests.
+    pub struct MembershipStats {
+        /// Alive members, self included.
+        members: usize,
+        /// Whether [`MembershipView::formed`] is true.
+        formed: bool,
+        /// [`MembershipView::authenticated_peers`].
+        authenticated_peers: usize,
+        /// [`MembershipView::keyring_failing`].
+        keyring_failing: bool,
+        /// Keys in the keyring.
+        keys: usize,
+        /// Local health multiplier: 1 healthy, up to 9 while this node's timers run late.
+        local_health: u32,
+        /// Datagrams accepted (authentic and not replayed).
+        datagrams_in: u64,
+        /// Of those, sealed with the primary key.
+        accepted_primary: u64,
+        /// Of those, sealed with another key of the keyring (a rotation in progress).
+        accepted_secondary: u64,
+        /// Datagrams sent.
+        datagrams_out: u64,
+        /// Datagrams dropped because no key verified them (another keyring, or forged).
+        auth_failures: u64,
+        /// Authentic datagrams dropped as replays.
+        replays: u64,
+        /// Datagrams dropped as malformed (envelope or SWIM payload).
+        malformed: u64,
+        /// Datagrams dropped for being larger than any speaker sends.
+        oversized: u64,
+        /// Sends the kernel refused.
+        send_errors: u64,
+        /// Times the others declared this speaker down and it rejoined under a renewed identity.
+        rejoins: u64,
+        /// Members this speaker saw go down (declared down, or left).
+        members_down: u64,
+        /// Times this speaker found a previous identity of its node still remembered and took one
+        /// above it (a restart with the clock behind).
+        identity_outranked: u64,
+        /// Identity hints sent to restarted peers that their old identity outranks.
+        hints_sent: u64,
+        /// Key file changes applied.
+        key_reloads: u64,
+        /// Key file changes refused (unreadable, or no valid keyring); the previous keys stay.
+        key_reload_failures: u64,
+        /// Suspicions this node raised that the suspect refuted in time (a probe answered late).
+        suspicions_refuted: u64,
+        /// Expired suspicions not turned into "down" because the suspect had spoken since.
+        suspicions_deferred: u64,
+        /// Probe periods in which this node's own timers fired late (the loop was starved).
+        late_timers: u64,
+        /// Times the membership thread woke well after its timers were due, and paused them
+        /// rather than judge the others by time it could not act in.
+        stalls: u64,
+    }
 }
 
 /// Reads a running membership's counters; cheap to clone and to keep after the handle.

@@ -36,10 +36,11 @@ pub fn seeds(nodes: &[Arc<Node>], me: &str, port: u16) -> Vec<SocketAddr> {
     out
 }
 
-/// Address → owner, as the plan decided (the first Service by key wins, as in the plan).
+/// Address → owner, as the plan decided (the first Service by text wins, as in the plan: see
+/// [`plan::by_text`]).
 pub fn address_owners(p: &Plan) -> BTreeMap<IpAddr, String> {
     let mut out = BTreeMap::new();
-    for sp in p.services.values() {
+    for (_, sp) in plan::in_text_order(&p.services) {
         if let Ok(owner) = &sp.owner {
             for ip in &sp.addresses {
                 out.entry(*ip).or_insert_with(|| owner.clone());
@@ -269,7 +270,7 @@ pub fn new_to_cluster(
 ///   never write over an owner.
 pub fn desired_condition(
     me: &str,
-    key: &str,
+    key: &ServiceKey,
     sp: &plan::ServicePlan,
     announced: &BTreeMap<IpAddr, Vec<String>>,
     alive: &BTreeSet<String>,
@@ -301,7 +302,8 @@ pub fn desired_condition(
             }
             let writer = match sp.observed.owner.as_deref() {
                 Some(previous) if alive.contains(previous) => previous,
-                _ => election::owner(key, alive.iter().map(String::as_str))?,
+                // Elected by the key's text, as every speaker version does.
+                _ => election::owner(&key.to_string(), alive.iter().map(String::as_str))?,
             };
             (writer == me).then_some(desired)
         }

@@ -7,8 +7,6 @@ use super::*;
 #[derive(Clone, Debug)]
 pub(super) struct Write {
     pub(super) id: u64,
-    pub(super) namespace: String,
-    pub(super) name: String,
     pub(super) desired: Desired,
     pub(super) last_transition: Time,
     /// Precondition: the write fails if the Service changed since.
@@ -28,26 +26,26 @@ pub(super) enum Outcome {
     Failed(String),
 }
 
-/// The latest write wanted per Service (key → write), taken one at a time by the writer task.
+/// The latest write wanted per Service, taken one at a time by the writer task.
 /// The loop replaces or removes entries on every pass, so a write the plan no longer wants is
 /// never sent, however long the API server kept the writer waiting.
 #[derive(Default)]
 pub(super) struct PendingWrites {
-    pub(super) queue: Mutex<BTreeMap<String, Write>>,
+    pub(super) queue: Mutex<BTreeMap<ServiceKey, Write>>,
     pub(super) notify: Notify,
 }
 
 impl PendingWrites {
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Write>> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ServiceKey, Write>> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(super) fn put(&self, key: String, write: Write) {
+    pub(super) fn put(&self, key: ServiceKey, write: Write) {
         self.lock().insert(key, write);
         self.notify.notify_one();
     }
 
-    pub(super) fn drop_key(&self, key: &str) {
+    pub(super) fn drop_key(&self, key: &ServiceKey) {
         self.lock().remove(key);
     }
 
@@ -59,7 +57,7 @@ impl PendingWrites {
 pub(super) async fn condition_writer(
     client: Client,
     pending: Arc<PendingWrites>,
-    results: mpsc::UnboundedSender<(String, u64, Outcome)>,
+    results: mpsc::UnboundedSender<(ServiceKey, u64, Outcome)>,
 ) {
     loop {
         let next = pending.lock().pop_first();
@@ -67,21 +65,23 @@ pub(super) async fn condition_writer(
             pending.notify.notified().await;
             continue;
         };
-        let outcome = match tokio::time::timeout(WRITE_TIMEOUT, write_condition(&client, &write))
-            .await
-        {
-            Ok(outcome) => outcome,
-            Err(_) => Outcome::Failed(format!("no answer within {} s", WRITE_TIMEOUT.as_secs())),
-        };
+        let outcome =
+            match tokio::time::timeout(WRITE_TIMEOUT, write_condition(&client, &key, &write)).await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    Outcome::Failed(format!("no answer within {} s", WRITE_TIMEOUT.as_secs()))
+                }
+            };
         if results.send((key, write.id, outcome)).is_err() {
             return;
         }
     }
 }
 
-pub(super) async fn write_condition(client: &Client, w: &Write) -> Outcome {
-    let api: Api<Service> = Api::namespaced(client.clone(), &w.namespace);
-    let mut metadata = serde_json::json!({ "name": w.name, "namespace": w.namespace });
+pub(super) async fn write_condition(client: &Client, key: &ServiceKey, w: &Write) -> Outcome {
+    let api: Api<Service> = Api::namespaced(client.clone(), &key.namespace);
+    let mut metadata = serde_json::json!({ "name": key.name, "namespace": key.namespace });
     if let Some(rv) = &w.resource_version {
         metadata["resourceVersion"] = rv.clone().into();
     }
@@ -99,7 +99,7 @@ pub(super) async fn write_condition(client: &Client, w: &Write) -> Outcome {
     });
     let params = PatchParams::apply(FIELD_MANAGER).force();
     match api
-        .patch_status(&w.name, &params, &Patch::Apply(&body))
+        .patch_status(&key.name, &params, &Patch::Apply(&body))
         .await
     {
         Ok(svc) => Outcome::Written(svc.metadata.resource_version),
@@ -148,12 +148,12 @@ pub(super) async fn event_reporter(
         let body = k8s_event(&event, *reference, &node, Timestamp::now());
         let api: Api<K8sEvent> = Api::namespaced(client.clone(), &namespace);
         if let Err(error) = api.create(&PostParams::default(), &body).await {
-            let service = format!(
-                "{namespace}/{}",
+            let service = ServiceKey::new(
+                namespace,
                 body.regarding
                     .as_ref()
                     .and_then(|r| r.name.as_deref())
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
             );
             tracing::warn!(%service, reason = %event.reason, %error, "publishing an Event failed");
         }
@@ -216,20 +216,5 @@ pub(super) fn service_reference(svc: &Service) -> ObjectReference {
         namespace: svc.metadata.namespace.clone(),
         uid: svc.metadata.uid.clone(),
         ..Default::default()
-    }
-}
-
-pub(super) fn frame_counts(a: &Announcer) -> FrameCounts {
-    let c = a.counters();
-    FrameCounts {
-        arp_seen: c.arp_requests_owned,
-        arp_answered: c.arp_requests_answered,
-        ndp_seen: c.ns_owned,
-        ndp_answered: c.ns_answered,
-        garp_sent: c.gratuitous_arp_sent,
-        unsolicited_na_sent: c.unsolicited_na_sent,
-        ndp_group_join_failures: c.ndp_group_join_failures,
-        probes_sent: c.probes_sent,
-        defences_sent: c.defences_sent,
     }
 }
