@@ -67,7 +67,7 @@ fn init_logging(json: bool) {
 
 fn main() -> anyhow::Result<()> {
     // Before the runtime starts its threads: the arena limit applies to threads yet to allocate.
-    let heap_tuned = lodestone_crds::heap::limit_fragmentation();
+    let heap_tuned = lodestone_heap::limit_fragmentation();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

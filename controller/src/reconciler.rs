@@ -134,7 +134,7 @@ pub async fn run(
     stores.nodes.clone().wait_for(Option::is_some).await?;
     info!("caches synced");
     // The initial lists were decoded whole and trimmed; a standby replica keeps only the caches.
-    lodestone_crds::heap::release_free_memory();
+    lodestone_heap::release_free_memory();
 
     let leadership = Leadership::default();
     let writer = Writer {
@@ -185,7 +185,7 @@ pub async fn run(
             tokio::select! {
                 () = tokio::time::sleep(RELEASE_MEMORY_AFTER), if worked => {
                     worked = false;
-                    lodestone_crds::heap::release_free_memory();
+                    lodestone_heap::release_free_memory();
                 }
                 changed = leader.changed() => {
                     changed?;

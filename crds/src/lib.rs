@@ -16,7 +16,7 @@
 //!
 //! The CRD YAML under `deploy/crds/` is generated from these types by
 //! `cargo run -p lodestone-crds --example crdgen`; a test fails when it drifts.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod addresses;
 pub mod allocation;
@@ -27,7 +27,6 @@ pub mod conditions;
 pub mod election;
 pub mod eligibility;
 pub mod events;
-pub mod heap;
 mod l2advertisement;
 mod pool;
 pub mod reference;

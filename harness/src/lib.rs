@@ -12,7 +12,7 @@
 //! - [`netns`]: network namespaces, veth pairs and bridges for layer-2 topologies on one machine.
 //! - [`e2e`]: running the real binaries in that topology: API access from inside a namespace,
 //!   a traffic responder on each node, and process management shared by tests and the sandbox.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod apiserver;
 pub mod cluster;

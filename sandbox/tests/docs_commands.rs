@@ -15,7 +15,6 @@
 //!
 //! lodestonectl's transcripts are compared with the real output in cli/tests (the scenario they
 //! show lives there). Needs root (namespaces), kubectl, arping, ndisc6 and curl.
-#![allow(unsafe_code)] // kill(2) / sysconf(3) on plain integers
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -664,10 +663,8 @@ impl KeptSandbox {
 
 impl Drop for KeptSandbox {
     fn drop(&mut self) {
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) on our own unreaped child with plain integers.
-            unsafe { libc::kill(pid, libc::SIGINT) };
-        }
+        // Our own unreaped child; gone already is fine.
+        let _ = lodestone_harness::signal::send(self.child.id(), libc::SIGINT);
         let _ = self.child.wait();
     }
 }

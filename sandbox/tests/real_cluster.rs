@@ -11,7 +11,6 @@
 //! `lodestone-speaker`, e.g. the static musl build) or else built here with `cargo build
 //! --release`. Each test brings up its own lab (about 10-20 s), so they run one at a time
 //! (`.config/nextest.toml`). Client-side outages are printed, never asserted against a time.
-#![allow(unsafe_code)] // kill(2) / sysconf(3) on plain integers
 
 #[allow(dead_code)]
 mod common;
@@ -1452,11 +1451,7 @@ fn the_lab_command_comes_up_and_an_interrupt_removes_everything() {
     assert!(data.exists() && namespaces.len() == 4, "{namespaces:?}");
 
     // ^C, as a terminal sends it: to the whole foreground process group.
-    let pgid = libc::pid_t::try_from(pgid).expect("pid");
-    // SAFETY: kill(2) with plain integers.
-    unsafe {
-        libc::kill(-pgid, libc::SIGINT);
-    }
+    lodestone_harness::signal::send_group(pgid, libc::SIGINT).expect("killpg(2)");
     let status = child.wait().expect("it exits");
     assert!(!status.success(), "interrupted, not finished: {status}");
     assert!(!data.exists(), "{} is removed", data.display());

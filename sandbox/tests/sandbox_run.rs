@@ -1,7 +1,6 @@
 //! Runs the real sandbox binary end to end (root needed: it makes network namespaces) and
 //! checks the facts it reports and that it leaves nothing behind. No timing is asserted: the
 //! failover time only has to be a measured, positive number.
-#![allow(unsafe_code)] // kill(2) / sysconf(3) on plain integers
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -203,9 +202,8 @@ fn read_until(rx: &mpsc::Receiver<String>, needle: &str) -> String {
 }
 
 fn signal(child: &std::process::Child, sig: i32) {
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    // SAFETY: kill(2) on our own unreaped child; plain integers.
-    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    // Our own unreaped child: the pid cannot have been recycled.
+    lodestone_harness::signal::send(child.id(), sig).expect("kill(2)");
 }
 
 fn finish(mut child: std::process::Child) -> (std::process::ExitStatus, Value) {

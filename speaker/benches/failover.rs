@@ -15,7 +15,6 @@
 //! returning node takes nothing back), so the next trial fails the node that owns it then.
 //!
 //! Footprint: one node owning 1,000 addresses; VmRSS and CPU (utime+stime) over 10 s idle.
-#![allow(unsafe_code)] // kill(2) / sysconf(3) on plain integers
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpStream};
@@ -354,11 +353,7 @@ async fn footprint() -> anyhow::Result<()> {
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("speaker gone"))?
         .pid();
-    let ticks_per_s = {
-        // SAFETY: sysconf only reads a configuration value.
-        let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        if v > 0 { v as f64 } else { 100.0 }
-    };
+    let ticks_per_s = lodestone_harness::e2e::process::clock_ticks_per_second() as f64;
     let before = cpu_ticks(pid)?;
     std::thread::sleep(Duration::from_secs(10));
     let after = cpu_ticks(pid)?;

@@ -23,7 +23,6 @@
 //! every rejoin (a speaker that learnt the others had declared it down). Both are counted from the
 //! speakers' logs, which every version writes (`membership changed ... gone=[..]`, `rejoined with
 //! a new identity`). CPU is each speaker's user + system time over the run.
-#![allow(unsafe_code)] // kill(2) / sysconf(3) on plain integers
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -16,7 +16,6 @@
 //!   rounds answered by two MACs;
 //! - membership "gone" lines for a node that was never stopped (false failure declarations);
 //! - how long a Service created right after the storm takes to be announced.
-#![allow(unsafe_code)] // kill(2) / sysconf(3) on plain integers
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -46,9 +45,7 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
 }
 
 fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf takes an integer and touches no memory of ours.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
+    lodestone_harness::e2e::process::clock_ticks_per_second() as f64
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

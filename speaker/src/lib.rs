@@ -4,8 +4,8 @@
 //!   core `lodestone_crds` so `lodestonectl why` runs them too; re-exported here.
 //! - [`membership`]: fast liveness of the other speakers over the node network.
 //! - [`frames`]: ARP and NDP frames, built and parsed (pure).
-//! - [`sys`]: the only module with `unsafe` (the allocator calls are in the shared [`heap`]): filtered
-//!   raw sockets.
+//! - [`sys`]: the only module with `unsafe` (the allocator calls are in `lodestone-heap`):
+//!   filtered raw sockets.
 //! - [`announcer`], [`interfaces`]: answering ARP/NDP on the chosen links.
 //! - [`plan`]: pure: from the cluster's objects to what this node announces.
 //! - [`trim`]: pure: what the shell keeps of the cached cluster objects.
@@ -29,4 +29,4 @@ pub mod stats;
 pub mod sys;
 pub mod trim;
 
-pub use lodestone_crds::{election, eligibility, heap};
+pub use lodestone_crds::{election, eligibility};

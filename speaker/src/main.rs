@@ -1,5 +1,6 @@
 //! `lodestone-speaker`: one per node; answers ARP/NDP for the LoadBalancer addresses this node
 //! owns. See `docs/announcing.md`.
+#![forbid(unsafe_code)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -125,7 +126,7 @@ async fn shutdown_signal() {
 fn main() -> anyhow::Result<()> {
     // Before any thread starts: the arena limit applies to threads yet to allocate (the
     // membership and BFD threads).
-    let heap_tuned = lodestone_crds::heap::limit_fragmentation();
+    let heap_tuned = lodestone_heap::limit_fragmentation();
     // One runtime thread: the work is small and I/O-bound, and a single thread keeps the
     // resident memory low (no per-worker allocator arenas); the failover path never waits
     // behind other threads.

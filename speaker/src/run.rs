@@ -76,7 +76,7 @@ pub const REASON_ADDRESS_IN_USE: &str = "AddressInUse";
 /// long (see [`plan::alive_set`]): peers are normally heard within one seed announce (1 s).
 const JOINING_GRACE: Duration = Duration::from_secs(5);
 /// Freed memory goes back to the system once the loop has been idle this long (see
-/// [`crate::heap`]): after the start, and after each later burst of changes.
+/// [`lodestone_heap`]): after the start, and after each later burst of changes.
 const RELEASE_MEMORY_AFTER: Duration = Duration::from_secs(5);
 /// A condition write that failed or lost a race is looked at again after this long.
 const CONDITION_RETRY: Duration = Duration::from_secs(1);
@@ -1301,7 +1301,7 @@ pub async fn run(
             () = tokio::time::sleep_until(release_at.unwrap_or_else(far)), if release_at.is_some() => {
                 release_at = None;
                 worked = false;
-                lodestone_crds::heap::release_free_memory();
+                lodestone_heap::release_free_memory();
             }
             () = &mut shutdown => break,
         }

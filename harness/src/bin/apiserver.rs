@@ -1,5 +1,6 @@
 //! `lodestone-apiserver`: the embedded Kubernetes API server as a process, for the sandbox and
 //! for poking at with kubectl.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 

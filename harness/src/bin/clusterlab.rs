@@ -5,6 +5,7 @@
 //! ```sh
 //! LODESTONE_K8S_BIN=/path/to/kubernetes/server/bin cargo run -p lodestone-harness --bin lodestone-clusterlab
 //! ```
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 

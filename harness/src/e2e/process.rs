@@ -1,5 +1,4 @@
 //! A real `lodestone-speaker` (or any binary) running inside a node namespace.
-#![allow(unsafe_code)] // raw syscalls; each with a SAFETY comment
 
 use std::fs::File;
 use std::io;
@@ -74,11 +73,7 @@ impl SpeakerProcess {
                 .and_then(|f| f.parse().ok())
                 .ok_or_else(|| io::Error::other("malformed /proc/PID/stat"))
         };
-        // SAFETY: sysconf only reads a configuration value.
-        let per_second = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-            v if v > 0 => v.unsigned_abs(),
-            _ => 100,
-        };
+        let per_second = clock_ticks_per_second();
         let total = ticks(11)? + ticks(12)?;
         Ok(std::time::Duration::from_millis(
             total.saturating_mul(1000) / per_second,
@@ -117,5 +112,14 @@ impl Drop for SpeakerProcess {
         // Errors mean it already exited.
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The kernel's clock ticks per second, the unit of `/proc/PID/stat`'s CPU times (100 when
+/// sysconf cannot tell).
+pub fn clock_ticks_per_second() -> u64 {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(v)) if v > 0 => v.unsigned_abs(),
+        _ => 100,
     }
 }

@@ -7,7 +7,6 @@
 //!
 //! Shelling out to `ip` (iproute2) is deliberate: this is the harness, not the product, and
 //! `ip` is what a person debugging a failed test would type.
-#![allow(unsafe_code)] // raw syscalls; each with a SAFETY comment
 
 mod topology;
 
@@ -18,7 +17,6 @@ pub use topology::{HOST_IF, Host, Neighbour, Topology};
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -332,18 +330,10 @@ where
 
 /// Moves the calling thread into the network namespace behind `ns_file`.
 ///
-/// std has no `setns`, and `nix` is not a dependency; this is the one libc call needed.
-/// Only the calling thread changes namespace, which is why [`Netns::run_in`] spawns a
-/// thread that is thrown away afterwards.
+/// std has no `setns`; nix's is safe. Only the calling thread changes namespace, which is why
+/// [`Netns::run_in`] spawns a thread that is thrown away afterwards.
 fn enter(ns_file: &File) -> io::Result<()> {
-    // SAFETY: `ns_file` is an open file for the whole call, so the descriptor is valid;
-    // setns(2) reads nothing from our memory and only affects the calling thread.
-    let rc = unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    nix::sched::setns(ns_file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
 }
 
 impl Drop for Netns {

@@ -5,7 +5,11 @@
 //! (initial lists decoded, a thousand addresses announced), the controller at the peak of
 //! decoding and trimming the initial list of every Service. `malloc_trim` hands those pages
 //! back. musl, which the images are built with, has no `malloc_trim`: there this does nothing.
-#![allow(unsafe_code)] // raw syscalls; each with a SAFETY comment
+//!
+//! A crate of its own so the shared core (`lodestone-crds`) stays free of `unsafe`: no
+//! maintained crate wraps these two glibc calls, and each `unsafe` block here is allowed for
+//! itself with a SAFETY comment.
+#![deny(unsafe_code)]
 
 /// Keeps glibc's allocator from holding on to memory around large short-lived buffers. Call it
 /// first thing in `main`, before any thread starts. Returns whether the allocator took both
@@ -20,6 +24,7 @@
 /// on a real kube-apiserver this took the controller from 52 to 44 MiB after a cold start
 /// (docs/performance.md).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
 pub fn limit_fragmentation() -> bool {
     /// glibc's own default, before it starts adjusting it.
     const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
@@ -38,6 +43,7 @@ pub fn limit_fragmentation() -> bool {
 }
 
 /// Returns the allocator's free pages to the system (glibc), or does nothing.
+#[allow(unsafe_code)]
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks and shrinks the allocator's own free lists; it takes no
