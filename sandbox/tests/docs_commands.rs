@@ -349,6 +349,11 @@ const PLAN: &[(&str, &str, How)] = &[
     ),
     (
         "docs/performance.md",
+        "--target x86_64-unknown-linux-musl",
+        How::Ci,
+    ),
+    (
+        "docs/performance.md",
         "--test e2e_ownership --no-capture",
         How::NotRun(
             "the test binary CI runs through the README's `cargo nextest run --workspace`; `--no-capture` only shows the figures it prints",
